@@ -1,0 +1,257 @@
+//! A running instance of a model: the backends that execute its layers (the CPU, and with
+//! `-ngl` a GPU for the last layers and the output head), the weights uploaded to each, scratch
+//! buffers and the KV cache. `decode` runs one step over a batch of tokens from any number of
+//! sequences.
+
+use crate::layers::{Scratch, Step};
+use crate::{Model, ModelError};
+use orchard_backend::{AttnBatch, Backend, BufId, CpuBackend, TokenSlot, WeightId};
+use orchard_core::TokenId;
+use std::sync::Arc;
+
+/// How a context is built.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    /// KV cells (tokens of context) shared by all sequences.
+    pub n_ctx: usize,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions { n_ctx: 4096 }
+    }
+}
+
+/// One step's input. `slots[i]` places `tokens[i]`; `cells[seq][pos]` is the KV cell of position
+/// `pos` of sequence `seq` (the caller owns cell allocation); `logits` lists the indices of the
+/// tokens whose next-token logits are wanted, in the order they are returned.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub tokens: &'a [TokenId],
+    pub slots: &'a [TokenSlot],
+    pub cells: &'a [&'a [u32]],
+    pub logits: &'a [u32],
+}
+
+struct BackendSlot {
+    b: Box<dyn Backend>,
+    weights: Vec<Option<WeightId>>,
+    scratch: Scratch,
+    /// The residual stream on this backend, `[n_tokens, n_embd]`.
+    x: BufId,
+}
+
+pub struct Context {
+    model: Arc<Model>,
+    slots: Vec<BackendSlot>,
+    /// Which slot runs each layer.
+    layer_slot: Vec<usize>,
+    /// Which slot runs the output norm and head.
+    output_slot: usize,
+    n_cells: usize,
+    host: Vec<f32>,
+    embd_row: Vec<f32>,
+}
+
+impl Context {
+    /// A context that runs everything on the CPU.
+    pub fn new(model: Arc<Model>, opts: ContextOptions) -> Result<Context, ModelError> {
+        Context::with_offload(model, opts, None)
+    }
+
+    /// A context that runs the last `n_gpu_layers` layers (and, when that covers every layer,
+    /// the output head too, as llama.cpp's `-ngl` does) on `gpu`, the rest on the CPU.
+    pub fn with_offload(
+        model: Arc<Model>,
+        opts: ContextOptions,
+        gpu: Option<(Box<dyn Backend>, usize)>,
+    ) -> Result<Context, ModelError> {
+        let n_layer = model.hp.n_layer;
+        let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+        let mut first_gpu_layer = n_layer;
+        let mut output_slot = 0;
+        if let Some((g, ngl)) = gpu {
+            if ngl > 0 {
+                backends.push(g);
+                first_gpu_layer = n_layer.saturating_sub(ngl);
+                if ngl > n_layer {
+                    output_slot = 1;
+                }
+            }
+        }
+        let layer_slot: Vec<usize> = (0..n_layer).map(|il| usize::from(il >= first_gpu_layer)).collect();
+        let n_cells = opts.n_ctx.max(1);
+        let mut slots = Vec::new();
+        for (si, mut b) in backends.into_iter().enumerate() {
+            let mut weights = vec![None; model.tensors.len()];
+            for (ti, w) in model.tensors.iter().enumerate() {
+                let r = crate::TensorRef(ti as u32);
+                let used_here = match model.tensor_layer(r) {
+                    Some(il) => layer_slot.get(il) == Some(&si),
+                    // Global tensors: the output head where it runs; the CPU keeps token_embd
+                    // (embedding lookup is a row gather done on the host) and anything else.
+                    None => si == 0 || (si == output_slot && (r == model.output || r == model.output_norm)),
+                };
+                if used_here {
+                    weights[ti] = Some(b.add_weight(w)?);
+                }
+            }
+            for il in (0..n_layer).filter(|&il| layer_slot[il] == si) {
+                let (kw, vw) = model.arch.kv_width(il);
+                b.alloc_kv(il, n_cells, kw, vw)?;
+            }
+            let x = b.alloc(1, model.hp.n_embd);
+            slots.push(BackendSlot { b, weights, scratch: Scratch::default(), x });
+        }
+        Ok(Context { model, slots, layer_slot, output_slot, n_cells, host: Vec::new(), embd_row: Vec::new() })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// KV cells available (the `-c` context size).
+    pub fn n_cells(&self) -> usize {
+        self.n_cells
+    }
+
+    /// Bytes of KV cache across backends.
+    pub fn kv_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.b.kv_bytes()).sum()
+    }
+
+    /// Names of the backends in use, CPU first.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.b.name()).collect()
+    }
+
+    /// Runs one step and writes `batch.logits.len() * n_vocab` logits into `out`.
+    pub fn decode(&mut self, batch: &Batch<'_>, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.forward(batch, out, false)
+    }
+
+    /// Runs one step and writes the final-norm hidden state (`n_embd` per requested token)
+    /// into `out` instead of logits (embeddings endpoint).
+    pub fn decode_hidden(&mut self, batch: &Batch<'_>, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.forward(batch, out, true)
+    }
+
+    fn check_batch(&self, batch: &Batch<'_>) -> Result<(), ModelError> {
+        let n = batch.tokens.len();
+        let bad = |m: String| Err(ModelError::BadBatch(m));
+        if n == 0 {
+            return bad("empty batch".into());
+        }
+        if batch.slots.len() != n {
+            return bad(format!("{} tokens but {} slots", n, batch.slots.len()));
+        }
+        let n_vocab = self.model.hp.n_vocab;
+        if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return bad(format!("token id {t} is outside the vocabulary of {n_vocab}"));
+        }
+        for s in batch.slots {
+            let cells = batch.cells.get(s.seq as usize).ok_or_else(|| ModelError::BadBatch(format!("sequence {} has no cell table", s.seq)))?;
+            match cells.get(s.pos as usize) {
+                Some(&c) if (c as usize) < self.n_cells => {}
+                Some(&c) => return bad(format!("cell {c} is outside the cache of {} cells", self.n_cells)),
+                None => return bad(format!("position {} of sequence {} has no cell", s.pos, s.seq)),
+            }
+        }
+        if let Some(&i) = batch.logits.iter().find(|&&i| i as usize >= n) {
+            return bad(format!("logits requested for token {i} of a batch of {n}"));
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &Batch<'_>, out: &mut Vec<f32>, hidden: bool) -> Result<(), ModelError> {
+        self.check_batch(batch)?;
+        let model = self.model.clone();
+        let hp = &model.hp;
+        let n = batch.tokens.len();
+
+        // Embedding lookup on the host: dequantize the rows of token_embd.
+        let emb = model.tensor(model.tok_embd);
+        let row_bytes = emb.dtype.row_bytes(hp.n_embd as u64).expect("validated at load") as usize;
+        let bytes = emb.bytes();
+        self.host.resize(n * hp.n_embd, 0.0);
+        self.embd_row.resize(hp.n_embd, 0.0);
+        for (i, &t) in batch.tokens.iter().enumerate() {
+            let src = &bytes[t as usize * row_bytes..(t as usize + 1) * row_bytes];
+            orchard_quant::dequantize_row(emb.dtype, src, &mut self.host[i * hp.n_embd..(i + 1) * hp.n_embd])
+                .map_err(|e| ModelError::BadBatch(e.to_string()))?;
+        }
+        if let Some(s) = model.arch.embed_scale() {
+            self.host.iter_mut().for_each(|v| *v *= s);
+        }
+
+        let attn = AttnBatch { tokens: batch.slots, cells: batch.cells };
+        let mut cur_slot = self.layer_slot.first().copied().unwrap_or(0);
+        {
+            let s = &mut self.slots[cur_slot];
+            s.b.set_rows(s.x, n);
+            s.b.upload(s.x, &self.host);
+        }
+        for il in 0..hp.n_layer {
+            let want = self.layer_slot[il];
+            if want != cur_slot {
+                self.move_residual(cur_slot, want, n);
+                cur_slot = want;
+            }
+            let s = &mut self.slots[cur_slot];
+            let mut step = Step {
+                b: s.b.as_mut(),
+                weights: &s.weights,
+                scratch: &mut s.scratch,
+                n_tokens: n,
+                tokens: batch.slots,
+                attn,
+                x: s.x,
+            };
+            model.arch.layer(&mut step, il)?;
+        }
+        if self.output_slot != cur_slot {
+            self.move_residual(cur_slot, self.output_slot, n);
+            cur_slot = self.output_slot;
+        }
+
+        // Output: pick the rows that need logits, final norm, head.
+        let s = &mut self.slots[cur_slot];
+        let n_out = batch.logits.len();
+        let mut step = Step {
+            b: s.b.as_mut(),
+            weights: &s.weights,
+            scratch: &mut s.scratch,
+            n_tokens: n_out,
+            tokens: batch.slots,
+            attn,
+            x: s.x,
+        };
+        if n_out == 0 {
+            out.clear();
+            step.b.sync();
+            return Ok(());
+        }
+        let sel = step.buf("out_rows", hp.n_embd);
+        step.b.copy_rows(step.x, batch.logits, sel);
+        let normed = step.norm(sel, model.output_norm, hp.rms_eps, "out_norm", hp.n_embd);
+        if hidden {
+            step.b.download(normed, out);
+            return Ok(());
+        }
+        let logits = step.linear(model.output, None, normed, "logits", hp.n_vocab);
+        if let Some(cap) = model.arch.final_logit_softcap() {
+            step.b.softcap(logits, cap);
+        }
+        step.b.download(logits, out);
+        Ok(())
+    }
+
+    /// Moves the residual stream between backends (the one transfer at an offload boundary).
+    fn move_residual(&mut self, from: usize, to: usize, n: usize) {
+        let x = self.slots[from].x;
+        self.slots[from].b.download(x, &mut self.host);
+        let s = &mut self.slots[to];
+        s.b.set_rows(s.x, n);
+        s.b.upload(s.x, &self.host);
+    }
+}

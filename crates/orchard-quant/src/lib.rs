@@ -1,0 +1,1 @@
+//! Block formats of ggml: dequantize, quantize, and dot products against activation blocks

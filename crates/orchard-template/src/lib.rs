@@ -1,0 +1,1 @@
+//! Chat templates: Jinja templates from the GGUF rendered with minijinja, and built-in fallbacks

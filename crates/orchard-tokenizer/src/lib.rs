@@ -1,0 +1,1 @@
+//! BPE and SentencePiece tokenizers built from a GGUF vocabulary
