@@ -33,3 +33,9 @@ pub const MAX_TENSOR_NAME_LEN: usize = 63;
 /// How deep arrays of arrays may nest; llama.cpp allows none, we allow a few but bound the
 /// recursion so a crafted file cannot exhaust the stack.
 pub const MAX_ARRAY_NESTING: usize = 8;
+
+// Models are shared across worker threads behind an Arc; keep that possible.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<GgufFile>();
+};
