@@ -97,6 +97,39 @@ pub struct Throughput {
     pub utilisation: f64,
 }
 
+impl Throughput {
+    /// Estimates throughput from ledger sums over a window of `window_ms` wall time. Utilisation is
+    /// attributed device time over the window. Device time is split between prompt processing and
+    /// generation in the ratio of the requests' prompt and generation times, which is exact when
+    /// requests do not overlap (a single-client benchmark) and an estimate under batching; cached
+    /// prompt tokens cost no device time and are left out.
+    pub fn estimate(t: &crate::store::PhaseTotals, window_ms: f64) -> Throughput {
+        let device_s = t.device_ms / 1000.0;
+        let phase_ms = t.prompt_ms + t.generation_ms;
+        let (prompt_s, gen_s) = if phase_ms > 0.0 {
+            (
+                device_s * t.prompt_ms / phase_ms,
+                device_s * t.generation_ms / phase_ms,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let rate = |tokens: u64, s: f64| if s > 0.0 { tokens as f64 / s } else { 0.0 };
+        Throughput {
+            prompt_tps: rate(
+                t.prompt_tokens.saturating_sub(t.cached_prompt_tokens),
+                prompt_s,
+            ),
+            gen_tps: rate(t.generated_tokens, gen_s),
+            utilisation: if window_ms > 0.0 {
+                (t.device_ms / window_ms).min(1.0)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// The owned node's monthly cost at a given utilisation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MonthlyCost {

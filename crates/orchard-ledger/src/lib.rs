@@ -24,6 +24,7 @@ pub mod cost;
 mod error;
 pub mod keys;
 pub mod limits;
+mod metrics;
 mod policy;
 mod record;
 pub mod report;
@@ -37,10 +38,12 @@ pub use cost::{
 pub use error::{LedgerError, Result};
 pub use keys::{AuthError, AuthedKey, KeyId, KeyInfo, KeyStore, NewKey};
 pub use limits::{LimitExceeded, LimitKind, LimitScope, Limiter, LimiterConfig};
+pub use metrics::UsageMetrics;
 pub use policy::{Budget, Period, RateLimits};
 pub use record::{RequestStatus, UsageRecord};
-pub use report::usage_report;
+pub use report::{measured_throughput, usage_report};
 pub use store::{
-    open_ledger, GroupBy, LedgerStore, PostgresStore, SpendScope, SqliteStore, SqliteSync, UsageRow,
+    open_ledger, GroupBy, LedgerStore, PhaseTotals, PostgresStore, SpendScope, SqliteStore,
+    SqliteSync, UsageRow,
 };
 pub use writer::{CommitCallback, CommitHandle, LedgerWriter, WriterConfig, WriterStats};

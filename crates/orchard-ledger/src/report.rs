@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::cost::Throughput;
 use crate::error::Result;
 use crate::store::{GroupBy, LedgerStore, UsageRow};
 
@@ -13,6 +14,19 @@ pub fn usage_report(
     until_ms: Option<i64>,
 ) -> Result<Vec<UsageRow>> {
     store.usage_report(group_by, since_ms, until_ms)
+}
+
+/// Throughput measured by the ledger over `[since, until)`: `orchard finops tco` without a
+/// benchmark. The window defaults to the span between the first and last row.
+pub fn measured_throughput(
+    store: &dyn LedgerStore,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> Result<Throughput> {
+    let t = store.phase_totals(since_ms, until_ms)?;
+    let start = since_ms.or(t.first_ts_ms).unwrap_or(0);
+    let end = until_ms.or(t.last_ts_ms).unwrap_or(start);
+    Ok(Throughput::estimate(&t, (end - start) as f64))
 }
 
 /// The sum of report rows (the TOTAL line).

@@ -56,6 +56,12 @@ fn pg_keys_and_auth() {
 
 #[test]
 #[ignore = "needs ORCHARD_TEST_POSTGRES_URL; run with --ignored"]
+fn pg_throughput_from_ledger() {
+    common::throughput_from_ledger(fresh("throughput"));
+}
+
+#[test]
+#[ignore = "needs ORCHARD_TEST_POSTGRES_URL; run with --ignored"]
 fn pg_budgets_and_limits() {
     common::budgets_and_limits(fresh("budgets"));
 }

@@ -32,6 +32,12 @@ fn keys_and_auth() {
 }
 
 #[test]
+fn throughput_from_ledger() {
+    let (_d, s) = fresh();
+    common::throughput_from_ledger(s);
+}
+
+#[test]
 fn budgets_and_limits() {
     let (_d, s) = fresh();
     common::budgets_and_limits(s);

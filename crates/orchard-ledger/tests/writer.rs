@@ -62,6 +62,9 @@ impl LedgerStore for Flaky {
     fn usage_report(&self, g: GroupBy, s: Option<i64>, u: Option<i64>) -> Result<Vec<UsageRow>> {
         self.inner.usage_report(g, s, u)
     }
+    fn phase_totals(&self, s: Option<i64>, u: Option<i64>) -> Result<PhaseTotals> {
+        self.inner.phase_totals(s, u)
+    }
     fn spent_since(&self, s: &SpendScope, t: i64) -> Result<f64> {
         self.inner.spent_since(s, t)
     }

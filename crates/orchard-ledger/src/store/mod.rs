@@ -61,6 +61,20 @@ pub struct UsageRow {
     pub rejected: u64,
 }
 
+/// Ledger-wide sums over a time window, from which measured throughput is estimated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PhaseTotals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+    pub device_ms: f64,
+    pub first_ts_ms: Option<i64>,
+    pub last_ts_ms: Option<i64>,
+}
+
 /// Whose spending a budget query sums.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SpendScope {
@@ -115,6 +129,8 @@ pub trait LedgerStore: Send + Sync {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
     ) -> Result<Vec<UsageRow>>;
+    /// Sums for throughput estimation over `since <= ts_ms < until`.
+    fn phase_totals(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Result<PhaseTotals>;
     /// Sum of `cost_usd` for the scope over rows with `ts_ms >= since_ms`.
     fn spent_since(&self, scope: &SpendScope, since_ms: i64) -> Result<f64>;
     /// Database-level consistency check; an empty list means healthy.

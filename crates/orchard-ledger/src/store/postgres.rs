@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use postgres::{Client, NoTls};
 
-use super::{GroupBy, KeyRecord, LedgerStore, SpendScope, TenantRecord, UsageRow};
+use super::{GroupBy, KeyRecord, LedgerStore, PhaseTotals, SpendScope, TenantRecord, UsageRow};
 use crate::error::{LedgerError, Result};
 use crate::policy::{budget_from_columns, limits_from_columns, Budget, RateLimits};
 use crate::record::{RequestStatus, UsageRecord};
@@ -406,6 +406,32 @@ impl LedgerStore for PostgresStore {
                 rejected: to_u64(r.get(7)),
             })
             .collect())
+    }
+
+    fn phase_totals(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Result<PhaseTotals> {
+        let since = since_ms.unwrap_or(i64::MIN);
+        let until = until_ms.unwrap_or(i64::MAX);
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0)::BIGINT, \
+                 COALESCE(SUM(cached_prompt_tokens), 0)::BIGINT, COALESCE(SUM(generated_tokens), 0)::BIGINT, \
+                 COALESCE(SUM(prompt_ms), 0.0)::float8, COALESCE(SUM(generation_ms), 0.0)::float8, \
+                 COALESCE(SUM(device_ms), 0.0)::float8, MIN(ts_ms), MAX(ts_ms) \
+                 FROM usage_ledger WHERE ts_ms >= $1 AND ts_ms < $2",
+                &[&since, &until],
+            )
+        })?;
+        Ok(PhaseTotals {
+            requests: to_u64(r.get(0)),
+            prompt_tokens: to_u64(r.get(1)),
+            cached_prompt_tokens: to_u64(r.get(2)),
+            generated_tokens: to_u64(r.get(3)),
+            prompt_ms: r.get(4),
+            generation_ms: r.get(5),
+            device_ms: r.get(6),
+            first_ts_ms: r.get(7),
+            last_ts_ms: r.get(8),
+        })
     }
 
     fn spent_since(&self, scope: &SpendScope, since_ms: i64) -> Result<f64> {

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{GroupBy, KeyRecord, LedgerStore, SpendScope, TenantRecord, UsageRow};
+use super::{GroupBy, KeyRecord, LedgerStore, PhaseTotals, SpendScope, TenantRecord, UsageRow};
 use crate::error::{LedgerError, Result};
 use crate::policy::{budget_from_columns, limits_from_columns, Budget, RateLimits};
 use crate::record::{RequestStatus, UsageRecord};
@@ -416,6 +416,31 @@ impl LedgerStore for SqliteStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))
+    }
+
+    fn phase_totals(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Result<PhaseTotals> {
+        let c = lock(&self.reader);
+        c.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_prompt_tokens), 0), \
+             COALESCE(SUM(generated_tokens), 0), COALESCE(SUM(prompt_ms), 0.0), \
+             COALESCE(SUM(generation_ms), 0.0), COALESCE(SUM(device_ms), 0.0), MIN(ts_ms), MAX(ts_ms) \
+             FROM usage_ledger WHERE ts_ms >= ?1 AND ts_ms < ?2",
+            params![since_ms.unwrap_or(i64::MIN), until_ms.unwrap_or(i64::MAX)],
+            |r| {
+                Ok(PhaseTotals {
+                    requests: to_u64(r.get(0)?),
+                    prompt_tokens: to_u64(r.get(1)?),
+                    cached_prompt_tokens: to_u64(r.get(2)?),
+                    generated_tokens: to_u64(r.get(3)?),
+                    prompt_ms: r.get(4)?,
+                    generation_ms: r.get(5)?,
+                    device_ms: r.get(6)?,
+                    first_ts_ms: r.get(7)?,
+                    last_ts_ms: r.get(8)?,
+                })
+            },
+        )
+        .map_err(|e| self.err(e))
     }
 
     fn spent_since(&self, scope: &SpendScope, since_ms: i64) -> Result<f64> {
