@@ -100,7 +100,7 @@ def main() -> int:
             raw = np.fromfile(src, dtype=np.uint8, count=int(nbytes), offset=int(offset))
             if raw.size != int(nbytes):
                 raise SystemExit(f"{src}: short read at {offset}")
-            dequant(raw, tname).astype("<f4").tofile(out)
+            np.asarray(dequant(raw, tname), dtype="<f4").tofile(out)
             n += 1
     else:
         for tname, src, out in jobs(path, 3):

@@ -55,7 +55,7 @@ fn blocks_mut<const N: usize>(dst: &mut [u8]) -> impl Iterator<Item = &mut [u8; 
 }
 
 #[inline]
-fn first_two(b: &[u8], at: usize) -> [u8; 2] {
+fn pair_at(b: &[u8], at: usize) -> [u8; 2] {
     [b[at], b[at + 1]]
 }
 
@@ -148,7 +148,7 @@ impl BlockQ4_0 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
+            d: read_f16(pair_at(b, 0)),
             qs: array_at(b, 2),
         }
     }
@@ -170,8 +170,8 @@ impl BlockQ4_1 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
-            m: read_f16(first_two(b, 2)),
+            d: read_f16(pair_at(b, 0)),
+            m: read_f16(pair_at(b, 2)),
             qs: array_at(b, 4),
         }
     }
@@ -193,7 +193,7 @@ impl BlockQ5_0 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
+            d: read_f16(pair_at(b, 0)),
             qh: array_at(b, 2),
             qs: array_at(b, 6),
         }
@@ -216,8 +216,8 @@ impl BlockQ5_1 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
-            m: read_f16(first_two(b, 2)),
+            d: read_f16(pair_at(b, 0)),
+            m: read_f16(pair_at(b, 2)),
             qh: array_at(b, 4),
             qs: array_at(b, 8),
         }
@@ -241,7 +241,7 @@ impl BlockQ8_0 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
+            d: read_f16(pair_at(b, 0)),
             qs: i8_array(array_at(b, 2)),
         }
     }
@@ -262,8 +262,8 @@ impl BlockQ8_1 {
     #[inline]
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Self {
         Self {
-            d: read_f16(first_two(b, 0)),
-            s: read_f16(first_two(b, 2)),
+            d: read_f16(pair_at(b, 0)),
+            s: read_f16(pair_at(b, 2)),
             qs: i8_array(array_at(b, 4)),
         }
     }
@@ -692,6 +692,14 @@ pub fn vec_dot_q8_0_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Entry points used by the dispatch table. They forward to the scalar references until SIMD
 // variants exist; keeping the names separate means the table never has to change.
+//
+// Parity caveat for that SIMD work: on x86 with AVX/AVX2, ggml-cpu's `quantize_row_q8_0` and
+// `quantize_row_q8_1` (what llama-server uses for activations) are NOT the `_ref` quantizers:
+// they multiply by `127 / amax` instead of `1 / (amax / 127)` and round half to even, and Q8_1's
+// `s` is `d * sum` of those quants. Matching llama-server's logits bit for bit on x86 needs
+// those variants; the `_ref` ones here match ggml's reference and gguf-py. Likewise ggml's SIMD
+// dots (and `ggml_vec_dot_f32`/`_f16` whenever GGML_SIMD is defined) sum in f32 lanes with FMA,
+// not in the generic order or in f64 as the `_ref` dots here do.
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! forward_to_ref {
