@@ -321,7 +321,9 @@ pub(crate) fn load(md: &Metadata) -> Result<Tokenizer, TokenizerError> {
         add_eos = v;
     }
 
-    let find = |strings: &Strings, s: &str| strings.find(s.as_bytes());
+    // Tokens only: BPE later appends merge halves that are not tokens after id n.
+    let find =
+        |strings: &Strings, s: &str| strings.find(s.as_bytes()).filter(|&id| (id as usize) < n);
 
     // Special ids found by text. llama.cpp walks its hash map and takes the first candidate it
     // meets; when a group has several candidates, replay that map's order.

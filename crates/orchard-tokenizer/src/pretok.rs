@@ -429,4 +429,50 @@ mod tests {
     fn empty_text_has_no_words() {
         assert!(words(Splitter::Gpt2, "").is_empty());
     }
+
+    /// Splits of ~480 texts (reference cases, edge cases, random mixes of scripts, digits,
+    /// whitespace kinds and punctuation) as printed by llama.cpp's own `unicode_regex_split`;
+    /// see `scripts/gen_pretok_fixture.py`.
+    #[test]
+    fn splits_match_llama_cpp_fixture() {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            pre: String,
+            text: String,
+            words: Vec<String>,
+        }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/pretok_splits.jsonl"
+        );
+        let data = std::fs::read_to_string(path).expect("fixture");
+        let mut n = 0;
+        let mut bad = Vec::new();
+        for line in data.lines() {
+            let row: Row = serde_json::from_str(line).expect("fixture line");
+            let splitter = match row.pre.as_str() {
+                "default" => Splitter::Default,
+                "gpt2" => Splitter::Gpt2,
+                "smollm" => Splitter::DigitsThenGpt2,
+                "llama3" => Splitter::Llama3,
+                "qwen2" => Splitter::Qwen2,
+                other => panic!("unknown pre {other}"),
+            };
+            let got = words(splitter, &row.text);
+            if got != row.words {
+                bad.push(format!(
+                    "{} {:?}\n  want {:?}\n  got  {:?}",
+                    row.pre, row.text, row.words, got
+                ));
+            }
+            n += 1;
+        }
+        assert!(n > 2000, "fixture has only {n} rows");
+        assert!(
+            bad.is_empty(),
+            "{} of {n} differ:\n{}",
+            bad.len(),
+            bad.join("\n")
+        );
+    }
 }

@@ -267,3 +267,30 @@ fn load_time_is_reported() {
         );
     }
 }
+
+/// Encode throughput on the whole reference corpus (run with `--release --ignored
+/// --nocapture`); printed, not asserted.
+#[test]
+#[ignore]
+fn encode_speed_on_corpus() {
+    let corpus = std::fs::read_to_string(workspace_root().join("testdata/parity/corpus.txt"))
+        .expect("corpus");
+    for (name, tok) in [("SmolLM2", smollm()), ("Gemma 3", gemma())] {
+        let t = Instant::now();
+        let ids = tok.encode(&corpus, true, false);
+        let dt = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let text = tok.decode(&ids, true);
+        let dt_dec = t.elapsed().as_secs_f64();
+        assert_eq!(text, corpus);
+        eprintln!(
+            "{name}: {} bytes -> {} tokens in {:.1} ms ({:.2} M tokens/s, {:.1} MB/s); decode {:.1} ms",
+            corpus.len(),
+            ids.len(),
+            dt * 1e3,
+            ids.len() as f64 / dt / 1e6,
+            corpus.len() as f64 / dt / 1e6,
+            dt_dec * 1e3
+        );
+    }
+}
