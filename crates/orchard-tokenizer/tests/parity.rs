@@ -257,11 +257,14 @@ fn load_time_is_reported() {
         "gemma-3-270m-q4_k_m.gguf",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
     ] {
+        let t = Instant::now();
         let file = GgufFile::open(models_dir().join(name)).expect("open");
+        let t_open = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
         eprintln!(
-            "{name}: Tokenizer::from_gguf {:.1} ms ({} tokens)",
+            "{name}: GgufFile::open {:.1} ms, Tokenizer::from_gguf {:.1} ms ({} tokens)",
+            t_open * 1e3,
             t.elapsed().as_secs_f64() * 1e3,
             tok.n_vocab()
         );
