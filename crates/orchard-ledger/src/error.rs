@@ -67,6 +67,37 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
+    /// Whether retrying the same operation later may succeed (database unreachable, locked, out
+    /// of disk) as opposed to the database refusing this input for good.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            LedgerError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    C::DatabaseBusy
+                        | C::DatabaseLocked
+                        | C::SystemIoFailure
+                        | C::DiskFull
+                        | C::CannotOpen
+                        | C::OutOfMemory
+                        | C::FileLockingProtocolFailed
+                )
+            ),
+            LedgerError::Postgres { source } => match source.code() {
+                // No SQLSTATE: the connection or the client failed, not the statement.
+                None => true,
+                // 08 connection, 40 rollback (serialization, deadlock), 53 resources,
+                // 57 operator intervention (shutdown), 58 system error.
+                Some(state) => matches!(&state.code()[..2], "08" | "40" | "53" | "57" | "58"),
+            },
+            LedgerError::Io { .. }
+            | LedgerError::CommitFailed { .. }
+            | LedgerError::CommitTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn pg(source: postgres::Error) -> Self {
         LedgerError::Postgres { source }
     }
@@ -74,3 +105,28 @@ impl LedgerError {
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> LedgerError {
+        LedgerError::Sqlite {
+            path: "x".into(),
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn busy_and_full_are_transient_constraint_is_not() {
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
+        assert!(!LedgerError::InvalidInput {
+            field: "f",
+            reason: "r".into()
+        }
+        .is_transient());
+        assert!(LedgerError::CommitFailed { reason: "r".into() }.is_transient());
+    }
+}

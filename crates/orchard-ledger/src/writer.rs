@@ -327,65 +327,86 @@ fn commit(
         flushes,
     } = batch;
     let mut outcome: Vec<Option<Result<()>>> = (0..rows.len()).map(|_| None).collect();
+    // Indices of rows not yet stored or rejected; the happy path never looks at it.
+    let mut remaining: Vec<usize> = (0..rows.len()).collect();
     let mut backoff = Duration::from_millis(10);
     let mut attempts = 0u32;
-    loop {
+    while !remaining.is_empty() {
         attempts += 1;
-        match store.insert_batch(&rows) {
+        let subset: Vec<UsageRecord>;
+        let batch_rows: &[UsageRecord] = if remaining.len() == rows.len() {
+            &rows
+        } else {
+            subset = remaining.iter().map(|&i| rows[i].clone()).collect();
+            &subset
+        };
+        let err = match store.insert_batch(batch_rows) {
             Ok(new) => {
                 counters.committed.fetch_add(new as u64, Ordering::Relaxed);
+                let dups = batch_rows.len() - new.min(batch_rows.len());
                 counters
                     .duplicates
-                    .fetch_add((rows.len() - new.min(rows.len())) as u64, Ordering::Relaxed);
+                    .fetch_add(dups as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
-                outcome.iter_mut().for_each(|o| *o = Some(Ok(())));
+                for &i in &remaining {
+                    outcome[i] = Some(Ok(()));
+                }
+                remaining.clear();
                 break;
             }
-            Err(e) => {
-                counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                // A reachable database that refuses the batch refuses some row in it: store the
-                // rows one by one so one bad row cannot hold the rest hostage.
-                if store.schema_version().is_ok() {
-                    for (i, row) in rows.iter().enumerate() {
-                        outcome[i] = Some(match store.insert_batch(std::slice::from_ref(row)) {
-                            Ok(new) => {
-                                counters.committed.fetch_add(new as u64, Ordering::Relaxed);
-                                counters
-                                    .duplicates
-                                    .fetch_add(1 - new.min(1) as u64, Ordering::Relaxed);
-                                Ok(())
-                            }
-                            Err(e) => {
-                                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                                Err(LedgerError::RowRejected {
-                                    request_id: row.request_id.clone(),
-                                    reason: e.to_string(),
-                                })
-                            }
-                        });
+            Err(e) => e,
+        };
+        counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let mut last_err = err.to_string();
+        if !err.is_transient() {
+            // The database works but refuses the batch, so some row in it is bad: store the rows
+            // one by one so that one row cannot hold the rest hostage.
+            let mut still = Vec::new();
+            for &i in &remaining {
+                match store.insert_batch(std::slice::from_ref(&rows[i])) {
+                    Ok(new) => {
+                        counters.committed.fetch_add(new as u64, Ordering::Relaxed);
+                        counters
+                            .duplicates
+                            .fetch_add(1 - new.min(1) as u64, Ordering::Relaxed);
+                        outcome[i] = Some(Ok(()));
                     }
-                    counters.batches.fetch_add(1, Ordering::Relaxed);
-                    break;
+                    Err(e) if e.is_transient() => {
+                        last_err = e.to_string();
+                        still.push(i);
+                    }
+                    Err(e) => {
+                        counters.rejected.fetch_add(1, Ordering::Relaxed);
+                        outcome[i] = Some(Err(LedgerError::RowRejected {
+                            request_id: rows[i].request_id.clone(),
+                            reason: e.to_string(),
+                        }));
+                    }
                 }
-                if (final_attempts || counters.closing.load(Ordering::Acquire))
-                    && attempts >= cfg.shutdown_attempts.max(1)
-                {
-                    counters
-                        .rejected
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    let reason = format!("database unreachable at shutdown: {e}");
-                    outcome.iter_mut().for_each(|o| {
-                        *o = Some(Err(LedgerError::CommitFailed {
-                            reason: reason.clone(),
-                        }))
-                    });
-                    break;
-                }
-                // Outage: keep the rows and retry; pending() shows the backlog meanwhile.
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(cfg.max_backoff.max(Duration::from_millis(10)));
+            }
+            remaining = still;
+            if remaining.is_empty() {
+                break;
             }
         }
+        if (final_attempts || counters.closing.load(Ordering::Acquire))
+            && attempts >= cfg.shutdown_attempts.max(1)
+        {
+            counters
+                .rejected
+                .fetch_add(remaining.len() as u64, Ordering::Relaxed);
+            let reason = format!("database unavailable at shutdown: {last_err}");
+            for &i in &remaining {
+                outcome[i] = Some(Err(LedgerError::CommitFailed {
+                    reason: reason.clone(),
+                }));
+            }
+            break;
+        }
+        // Outage (unreachable, locked, disk full): keep the rows and retry; stats().pending
+        // shows the backlog meanwhile.
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(cfg.max_backoff.max(Duration::from_millis(10)));
     }
     counters
         .pending
