@@ -87,7 +87,7 @@ pub fn parse_time(s: &str) -> Result<i64> {
     let y: i64 = y.parse().map_err(|_| bad("bad year"))?;
     let m: u32 = m.parse().map_err(|_| bad("bad month"))?;
     let d: u32 = d.parse().map_err(|_| bad("bad day"))?;
-    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+    if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
         return Err(bad("no such date"));
     }
     let mut ms = days_from_civil(y, m, d) * MS_PER_DAY;
@@ -213,6 +213,8 @@ mod tests {
         assert!(parse_time("2023-13-01").is_err());
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2023-01-01T25:00").is_err());
+        assert!(parse_time("99999999999999999-01-01").is_err());
+        assert!(parse_time("99999999999999999").is_err());
         assert_eq!(parse_time("86400").unwrap(), MS_PER_DAY);
         assert_eq!(parse_time("1970-01-02").unwrap(), MS_PER_DAY);
     }

@@ -195,3 +195,16 @@ fn close_during_outage_gives_up_and_says_so() {
         Err(LedgerError::WriterClosed)
     ));
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    // The server keeps these in an Arc shared by its async handlers and the engine thread.
+    fn assert_shared<T: Send + Sync>() {}
+    assert_shared::<LedgerWriter>();
+    assert_shared::<KeyStore>();
+    assert_shared::<Limiter>();
+    assert_shared::<UsageMetrics>();
+    assert_shared::<Arc<dyn LedgerStore>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<CommitHandle>();
+}
