@@ -342,6 +342,11 @@ impl Sampler {
         // top-k, top-p and min-p always keep the best token, so greedy decoding only needs the
         // full chain when typical-p (which may drop it) or a filter is active.
         if greedy && self.cfg.typical_p >= 1.0 && filter.is_none() {
+            let untouched = self.cfg.logit_bias.is_empty()
+                && (!self.cfg.penalties_enabled() || self.counts.is_empty());
+            if untouched {
+                return stages::argmax_f32(logits).map(|i| i as TokenId);
+            }
             self.load_row(logits, true);
             return stages::argmax_f32(&self.row).map(|i| i as TokenId);
         }
