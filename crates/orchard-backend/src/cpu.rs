@@ -48,17 +48,38 @@ impl Default for CpuBackend {
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend { weights: Vec::new(), bufs: Vec::new(), kv: Vec::new(), act_scratch: Vec::new(), out_scratch: Vec::new() }
+        CpuBackend {
+            weights: Vec::new(),
+            bufs: Vec::new(),
+            kv: Vec::new(),
+            act_scratch: Vec::new(),
+            out_scratch: Vec::new(),
+        }
     }
 
     fn vector(&self, w: WeightId) -> &[f32] {
-        self.weights[w.0 as usize].vector.as_deref().expect("vector weight used as a vector")
+        self.weights[w.0 as usize]
+            .vector
+            .as_deref()
+            .expect("vector weight used as a vector")
     }
 
     /// Runs `f(x, out)` with `x` borrowed and `out` mutable, both buffers of this backend.
-    fn with_pair<R>(&mut self, x: BufId, out: BufId, f: impl FnOnce(&Self, &Buf, &mut Buf) -> R) -> R {
+    fn with_pair<R>(
+        &mut self,
+        x: BufId,
+        out: BufId,
+        f: impl FnOnce(&Self, &Buf, &mut Buf) -> R,
+    ) -> R {
         assert_ne!(x, out, "an op's input and output must be distinct buffers");
-        let mut o = std::mem::replace(&mut self.bufs[out.0 as usize], Buf { data: Vec::new(), n_tokens: 0, width: 0 });
+        let mut o = std::mem::replace(
+            &mut self.bufs[out.0 as usize],
+            Buf {
+                data: Vec::new(),
+                n_tokens: 0,
+                width: 0,
+            },
+        );
         let r = f(self, &self.bufs[x.0 as usize], &mut o);
         self.bufs[out.0 as usize] = o;
         r
@@ -67,6 +88,99 @@ impl CpuBackend {
 
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
+
+/// ggml's `GGML_FA_TILE_Q`: the batch size from which its CPU flash attention is tiled.
+const FA_TILE_Q: usize = 64;
+
+/// One KV head's view of a layer's cache.
+struct HeadKv<'a> {
+    kv: &'a LayerKv,
+    kvh: usize,
+    dk: usize,
+    dv: usize,
+}
+
+impl HeadKv<'_> {
+    fn k(&self, cell: u32) -> &[f16] {
+        &self.kv.k[cell as usize * self.kv.k_width + self.kvh * self.dk..][..self.dk]
+    }
+    fn v(&self, cell: u32) -> &[f16] {
+        &self.kv.v[cell as usize * self.kv.v_width + self.kvh * self.dv..][..self.dv]
+    }
+}
+
+#[inline]
+fn score(s: f32, p: &AttnParams) -> f32 {
+    match p.softcap {
+        Some(cap) => cap * (s * (p.scale / cap)).tanh(),
+        None => s * p.scale,
+    }
+}
+
+/// Attention of one query head in f32 (ggml's tiled path): softmax over all scores, then the
+/// weighted sum of V.
+fn attend_f32(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
+    let mut scores = Vec::with_capacity(cells.len());
+    let mut max = f32::NEG_INFINITY;
+    for &c in cells {
+        let s = score(
+            q.iter()
+                .zip(h.k(c))
+                .map(|(a, b)| a * b.to_f32())
+                .sum::<f32>(),
+            p,
+        );
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for (&c, &w) in cells.iter().zip(&scores) {
+        for (o, x) in out.iter_mut().zip(h.v(c)) {
+            *o += w * x.to_f32();
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Attention of one query head as ggml's per-query flash attention computes it: Q rounded to
+/// f16, an online softmax, and V accumulated in f16.
+fn attend_f16_acc(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
+    let q16: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+    let mut acc = vec![f16::ZERO; h.dv];
+    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    for &c in cells {
+        let s = score(
+            q16.iter()
+                .zip(h.k(c))
+                .map(|(a, b)| a * b.to_f32())
+                .sum::<f32>(),
+            p,
+        );
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > max {
+            ms = (max - s).exp();
+            max = s;
+            acc.iter_mut()
+                .for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+        } else {
+            vs = (s - max).exp();
+        }
+        for (a, v) in acc.iter_mut().zip(h.v(c)) {
+            *a = f16::from_f32(a.to_f32() + v.to_f32() * vs);
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut()
+        .zip(&acc)
+        .for_each(|(o, a)| *o = a.to_f32() * inv);
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
@@ -78,16 +192,25 @@ impl Backend for CpuBackend {
     }
 
     fn add_weight(&mut self, w: &HostWeight) -> Result<WeightId, BackendError> {
-        let t = traits(w.dtype).filter(|t| t.to_float.is_some()).ok_or_else(|| BackendError::UnsupportedType {
-            name: w.name.clone(),
-            dtype: w.dtype,
-            backend: self.name(),
-        })?;
+        let t = traits(w.dtype)
+            .filter(|t| t.to_float.is_some())
+            .ok_or_else(|| BackendError::UnsupportedType {
+                name: w.name.clone(),
+                dtype: w.dtype,
+                backend: self.name(),
+            })?;
         let n: u64 = w.dims.iter().product();
         let want = w.dtype.row_bytes(w.dims.first().copied().unwrap_or(0));
-        let bad = || BackendError::BadWeight { name: w.name.clone(), dtype: w.dtype, dims: w.dims.clone(), len: w.range.len() };
+        let bad = || BackendError::BadWeight {
+            name: w.name.clone(),
+            dtype: w.dtype,
+            dims: w.dims.clone(),
+            len: w.range.len(),
+        };
         let row = want.ok_or_else(bad)?;
-        if row.checked_mul(n / w.dims[0].max(1)) != Some(w.range.len() as u64) || w.range.end > w.source.bytes().len() {
+        if row.checked_mul(n / w.dims[0].max(1)) != Some(w.range.len() as u64)
+            || w.range.end > w.source.bytes().len()
+        {
             return Err(bad());
         }
         let vector = if w.n_rows() == 1 {
@@ -97,11 +220,21 @@ impl Backend for CpuBackend {
         } else {
             None
         };
-        self.weights.push(CpuWeight { host: w.clone(), traits: t, vector });
+        self.weights.push(CpuWeight {
+            host: w.clone(),
+            traits: t,
+            vector,
+        });
         Ok(WeightId(self.weights.len() as u32 - 1))
     }
 
-    fn alloc_kv(&mut self, layer: usize, n_cells: usize, k_width: usize, v_width: usize) -> Result<(), BackendError> {
+    fn alloc_kv(
+        &mut self,
+        layer: usize,
+        n_cells: usize,
+        k_width: usize,
+        v_width: usize,
+    ) -> Result<(), BackendError> {
         if self.kv.len() <= layer {
             self.kv.resize_with(layer + 1, || None);
         }
@@ -116,11 +249,19 @@ impl Backend for CpuBackend {
     }
 
     fn kv_bytes(&self) -> usize {
-        self.kv.iter().flatten().map(|l| (l.k.len() + l.v.len()) * 2).sum()
+        self.kv
+            .iter()
+            .flatten()
+            .map(|l| (l.k.len() + l.v.len()) * 2)
+            .sum()
     }
 
     fn alloc(&mut self, n_tokens: usize, width: usize) -> BufId {
-        self.bufs.push(Buf { data: vec![0.0; n_tokens * width], n_tokens, width });
+        self.bufs.push(Buf {
+            data: vec![0.0; n_tokens * width],
+            n_tokens,
+            width,
+        });
         BufId(self.bufs.len() as u32 - 1)
     }
 
@@ -147,7 +288,8 @@ impl Backend for CpuBackend {
             assert_eq!(s.width, d.width);
             for (i, &r) in rows.iter().enumerate() {
                 let r = r as usize;
-                d.data[i * d.width..(i + 1) * d.width].copy_from_slice(&s.data[r * s.width..(r + 1) * s.width]);
+                d.data[i * d.width..(i + 1) * d.width]
+                    .copy_from_slice(&s.data[r * s.width..(r + 1) * s.width]);
             }
         });
     }
@@ -157,10 +299,18 @@ impl Backend for CpuBackend {
         self.set_rows(out, n);
         self.with_pair(x, out, |me, x, o| {
             let wv = w.map(|w| me.vector(w));
-            for (xr, or) in x.data.chunks_exact(x.width).zip(o.data.chunks_exact_mut(o.width)) {
+            for (xr, or) in x
+                .data
+                .chunks_exact(x.width)
+                .zip(o.data.chunks_exact_mut(o.width))
+            {
                 let s = rms_scale(xr, eps);
                 match wv {
-                    Some(wv) => or.iter_mut().zip(xr).zip(wv).for_each(|((o, &x), &w)| *o = (x * s) * w),
+                    Some(wv) => or
+                        .iter_mut()
+                        .zip(xr)
+                        .zip(wv)
+                        .for_each(|((o, &x), &w)| *o = (x * s) * w),
                     None => or.iter_mut().zip(xr).for_each(|(o, &x)| *o = x * s),
                 }
             }
@@ -168,11 +318,16 @@ impl Backend for CpuBackend {
     }
 
     fn head_rms_norm(&mut self, x: BufId, w: WeightId, head_dim: usize, eps: f32) {
-        let wv = self.weights[w.0 as usize].vector.clone().expect("head norm weight is a vector");
+        let wv = self.weights[w.0 as usize]
+            .vector
+            .clone()
+            .expect("head norm weight is a vector");
         let b = &mut self.bufs[x.0 as usize];
         for head in b.data.chunks_exact_mut(head_dim) {
             let s = rms_scale(head, eps);
-            head.iter_mut().zip(&wv).for_each(|(v, &w)| *v = (*v * s) * w);
+            head.iter_mut()
+                .zip(&wv)
+                .for_each(|(v, &w)| *v = (*v * s) * w);
         }
     }
 
@@ -181,44 +336,56 @@ impl Backend for CpuBackend {
         let (cols, rows) = (cw.host.row_len(), cw.host.n_rows());
         let t = cw.traits;
         let n_tokens = self.bufs[x.0 as usize].n_tokens;
-        assert_eq!(self.bufs[x.0 as usize].width, cols, "matmul {}: input width", cw.host.name);
+        assert_eq!(
+            self.bufs[x.0 as usize].width, cols,
+            "matmul {}: input width",
+            cw.host.name
+        );
         let vdt = t.vec_dot_type;
         let act_row = vdt.row_bytes(cols as u64).expect("validated weight shape") as usize;
-        let vdt_from = traits(vdt).and_then(|v| v.from_float).expect("activation type quantizes");
+        let vdt_from = traits(vdt)
+            .and_then(|v| v.from_float)
+            .expect("activation type quantizes");
         let dot = t.vec_dot.expect("matmul on a type without a dot kernel");
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
         let xb = &self.bufs[x.0 as usize].data;
-        act.par_chunks_mut(act_row).zip(xb.par_chunks(cols)).for_each(|(a, xr)| vdt_from(xr, a));
+        act.par_chunks_mut(act_row)
+            .zip(xb.par_chunks(cols))
+            .for_each(|(a, xr)| vdt_from(xr, a));
 
         self.set_rows(out, n_tokens);
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
         let wbytes = self.weights[w.0 as usize].host.bytes();
         let w_row = t.dtype.row_bytes(cols as u64).expect("validated") as usize;
         if n_tokens == 1 {
-            o.par_chunks_mut(MATMUL_ROWS_PER_TASK).enumerate().for_each(|(ci, chunk)| {
-                let r0 = ci * MATMUL_ROWS_PER_TASK;
-                for (i, v) in chunk.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
-                }
-            });
+            o.par_chunks_mut(MATMUL_ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let r0 = ci * MATMUL_ROWS_PER_TASK;
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        let r = r0 + i;
+                        *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
+                    }
+                });
         } else {
             // Each task owns a block of weight rows and dots it with every token, so a weight row
             // is read from memory once per step; the result is transposed back afterwards.
             let mut tr = std::mem::take(&mut self.out_scratch);
             tr.resize(rows * n_tokens, 0.0);
-            tr.par_chunks_mut(MATMUL_ROWS_PER_TASK * n_tokens).enumerate().for_each(|(ci, chunk)| {
-                let r0 = ci * MATMUL_ROWS_PER_TASK;
-                for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                    let r = r0 + i;
-                    let wr = &wbytes[r * w_row..(r + 1) * w_row];
-                    for (tk, v) in row_out.iter_mut().enumerate() {
-                        *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
+            tr.par_chunks_mut(MATMUL_ROWS_PER_TASK * n_tokens)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let r0 = ci * MATMUL_ROWS_PER_TASK;
+                    for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
+                        let r = r0 + i;
+                        let wr = &wbytes[r * w_row..(r + 1) * w_row];
+                        for (tk, v) in row_out.iter_mut().enumerate() {
+                            *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
+                        }
                     }
-                }
-            });
+                });
             for r in 0..rows {
                 for tk in 0..n_tokens {
                     o[tk * rows + r] = tr[r * n_tokens + tk];
@@ -231,7 +398,10 @@ impl Backend for CpuBackend {
     }
 
     fn add_bias(&mut self, x: BufId, b: WeightId) {
-        let bv = self.weights[b.0 as usize].vector.clone().expect("bias is a vector");
+        let bv = self.weights[b.0 as usize]
+            .vector
+            .clone()
+            .expect("bias is a vector");
         let xb = &mut self.bufs[x.0 as usize];
         for row in xb.data.chunks_exact_mut(xb.width) {
             row.iter_mut().zip(&bv).for_each(|(v, &b)| *v += b);
@@ -246,24 +416,39 @@ impl Backend for CpuBackend {
     }
 
     fn scale(&mut self, x: BufId, s: f32) {
-        self.bufs[x.0 as usize].data.iter_mut().for_each(|v| *v *= s);
+        self.bufs[x.0 as usize]
+            .data
+            .iter_mut()
+            .for_each(|v| *v *= s);
     }
 
     fn softcap(&mut self, x: BufId, cap: f32) {
-        self.bufs[x.0 as usize].data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        self.bufs[x.0 as usize]
+            .data
+            .iter_mut()
+            .for_each(|v| *v = (*v / cap).tanh() * cap);
     }
 
-    fn rope(&mut self, x: BufId, tokens: &[TokenSlot], p: &RopeParams, freq_factors: Option<WeightId>) {
+    fn rope(
+        &mut self,
+        x: BufId,
+        tokens: &[TokenSlot],
+        p: &RopeParams,
+        freq_factors: Option<WeightId>,
+    ) {
         let ff = freq_factors.map(|w| self.vector(w).to_vec());
         let b = &mut self.bufs[x.0 as usize];
         let width = b.width;
-        b.data.par_chunks_mut(width).zip(tokens.par_iter()).for_each(|(row, tok)| {
-            let mut cache = vec![0.0f32; p.n_rot];
-            rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
-            for head in row.chunks_exact_mut(p.head_dim) {
-                rope_apply(head, &cache, p.n_rot, p.neox);
-            }
-        });
+        b.data
+            .par_chunks_mut(width)
+            .zip(tokens.par_iter())
+            .for_each(|(row, tok)| {
+                let mut cache = vec![0.0f32; p.n_rot];
+                rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
+                for head in row.chunks_exact_mut(p.head_dim) {
+                    rope_apply(head, &cache, p.n_rot, p.neox);
+                }
+            });
     }
 
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
@@ -273,8 +458,16 @@ impl Backend for CpuBackend {
         let g = &self.bufs[gate.0 as usize].data;
         let u = &self.bufs[up.0 as usize].data;
         match kind {
-            GluKind::SwiGlu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = silu(g) * u),
-            GluKind::GeGlu => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = gelu_tanh_f16_rounded(g) * u),
+            GluKind::SwiGlu => o
+                .iter_mut()
+                .zip(g)
+                .zip(u)
+                .for_each(|((o, &g), &u)| *o = silu(g) * u),
+            GluKind::GeGlu => o
+                .iter_mut()
+                .zip(g)
+                .zip(u)
+                .for_each(|((o, &g), &u)| *o = gelu_tanh_f16_rounded(g) * u),
         }
         self.bufs[out.0 as usize].data = o;
     }
@@ -290,7 +483,11 @@ impl Backend for CpuBackend {
         out: BufId,
     ) -> Result<(), BackendError> {
         let n_tokens = batch.tokens.len();
-        let kv = self.kv.get_mut(layer).and_then(|l| l.as_mut()).ok_or(BackendError::NoKvCache { layer })?;
+        let kv = self
+            .kv
+            .get_mut(layer)
+            .and_then(|l| l.as_mut())
+            .ok_or(BackendError::NoKvCache { layer })?;
         let (kw, vw) = (kv.k_width, kv.v_width);
         debug_assert_eq!(kw, p.n_head_kv * p.head_dim_k);
         // 1. store this step's K and V (f16) in their cells
@@ -301,15 +498,27 @@ impl Backend for CpuBackend {
                 .cells
                 .get(tok.seq as usize)
                 .and_then(|c| c.get(tok.pos as usize))
-                .ok_or(BackendError::MissingCell { seq: tok.seq, pos: tok.pos })?;
+                .ok_or(BackendError::MissingCell {
+                    seq: tok.seq,
+                    pos: tok.pos,
+                })?;
             if cell as usize >= kv.n_cells {
-                return Err(BackendError::CellOutOfRange { cell, n_cells: kv.n_cells });
+                return Err(BackendError::CellOutOfRange {
+                    cell,
+                    n_cells: kv.n_cells,
+                });
             }
             let c = cell as usize;
-            for (d, s) in kv.k[c * kw..(c + 1) * kw].iter_mut().zip(&kb[t * kw..(t + 1) * kw]) {
+            for (d, s) in kv.k[c * kw..(c + 1) * kw]
+                .iter_mut()
+                .zip(&kb[t * kw..(t + 1) * kw])
+            {
                 *d = f16::from_f32(*s);
             }
-            for (d, s) in kv.v[c * vw..(c + 1) * vw].iter_mut().zip(&vb[t * vw..(t + 1) * vw]) {
+            for (d, s) in kv.v[c * vw..(c + 1) * vw]
+                .iter_mut()
+                .zip(&vb[t * vw..(t + 1) * vw])
+            {
                 *d = f16::from_f32(*s);
             }
         }
@@ -320,48 +529,32 @@ impl Backend for CpuBackend {
         let qw = p.n_head * p.head_dim_k;
         let group = p.n_head / p.n_head_kv;
         o.resize(n_tokens * p.n_head * p.head_dim_v, 0.0);
-        o.par_chunks_mut(p.head_dim_v).enumerate().for_each(|(i, oh)| {
-            let (t, h) = (i / p.n_head, i % p.n_head);
-            let tok = batch.tokens[t];
-            let cells = batch.cells[tok.seq as usize];
-            let hi = tok.pos as usize;
-            let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
-            let kvh = h / group;
-            // Q is rounded to f16 as ggml does before dotting it with the f16 cache.
-            let qh: Vec<f32> = qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k]
-                .iter()
-                .map(|&x| f16::from_f32(x).to_f32())
-                .collect();
-            let mut scores = Vec::with_capacity(hi + 1 - lo);
-            let mut max = f32::NEG_INFINITY;
-            for &cell in &cells[lo..=hi] {
-                let kr = &kv.k[cell as usize * kw + kvh * p.head_dim_k..][..p.head_dim_k];
-                let mut s = 0.0f32;
-                for (a, b) in qh.iter().zip(kr) {
-                    s += a * b.to_f32();
+        // llama.cpp's CPU flash attention takes a tiled all-f32 path for batches of at least
+        // FA_TILE_Q queries and a per-query path with Q rounded to f16 and an f16 V accumulator
+        // below that; we follow the same split so that logits agree at every batch size.
+        let f32_path = n_tokens >= FA_TILE_Q;
+        o.par_chunks_mut(p.head_dim_v)
+            .enumerate()
+            .for_each(|(i, oh)| {
+                let (t, h) = (i / p.n_head, i % p.n_head);
+                let tok = batch.tokens[t];
+                let cells = batch.cells[tok.seq as usize];
+                let hi = tok.pos as usize;
+                let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+                let kvh = h / group;
+                let q_row = &qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k];
+                let head = HeadKv {
+                    kv,
+                    kvh,
+                    dk: p.head_dim_k,
+                    dv: p.head_dim_v,
+                };
+                if f32_path {
+                    attend_f32(q_row, &cells[lo..=hi], &head, p, oh);
+                } else {
+                    attend_f16_acc(q_row, &cells[lo..=hi], &head, p, oh);
                 }
-                s *= p.scale;
-                if let Some(cap) = p.softcap {
-                    s = cap * (s / cap).tanh();
-                }
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0f64;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            oh.iter_mut().for_each(|v| *v = 0.0);
-            for (&cell, &w) in cells[lo..=hi].iter().zip(&scores) {
-                let vr = &kv.v[cell as usize * vw + kvh * p.head_dim_v..][..p.head_dim_v];
-                for (o, x) in oh.iter_mut().zip(vr) {
-                    *o += w * x.to_f32();
-                }
-            }
-            oh.iter_mut().for_each(|v| *v *= inv);
-        });
+            });
         let ob = &mut self.bufs[out.0 as usize];
         ob.data = o;
         ob.n_tokens = n_tokens;

@@ -60,13 +60,23 @@ impl HostWeight {
     pub fn from_f32(name: &str, dims: Vec<u64>, values: &[f32]) -> HostWeight {
         let bytes: Vec<u8> = bytemuck::cast_slice(values).to_vec();
         let len = bytes.len();
-        HostWeight { name: name.into(), dtype: DType::F32, dims, source: Arc::new(bytes), range: 0..len }
+        HostWeight {
+            name: name.into(),
+            dtype: DType::F32,
+            dims,
+            source: Arc::new(bytes),
+            range: 0..len,
+        }
     }
 }
 
 impl std::fmt::Debug for HostWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostWeight").field("name", &self.name).field("dtype", &self.dtype).field("dims", &self.dims).finish()
+        f.debug_struct("HostWeight")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("dims", &self.dims)
+            .finish()
     }
 }
 
@@ -126,9 +136,18 @@ pub enum GluKind {
 #[non_exhaustive]
 pub enum BackendError {
     #[error("weight {name}: type {dtype} is not supported by the {backend} backend")]
-    UnsupportedType { name: String, dtype: DType, backend: String },
+    UnsupportedType {
+        name: String,
+        dtype: DType,
+        backend: String,
+    },
     #[error("weight {name}: {len} bytes do not hold a {dtype} tensor of shape {dims:?}")]
-    BadWeight { name: String, dtype: DType, dims: Vec<u64>, len: usize },
+    BadWeight {
+        name: String,
+        dtype: DType,
+        dims: Vec<u64>,
+        len: usize,
+    },
     #[error("KV cache for layer {layer} is not allocated on this backend")]
     NoKvCache { layer: usize },
     #[error("KV cell {cell} is outside the cache of {n_cells} cells")]
@@ -150,7 +169,13 @@ pub trait Backend: Send {
     /// Makes a weight available to this backend (the CPU borrows it; a GPU copies it once).
     fn add_weight(&mut self, w: &HostWeight) -> Result<WeightId, BackendError>;
     /// Allocates KV storage for one layer: `n_cells` rows of K (`k_width`) and V (`v_width`).
-    fn alloc_kv(&mut self, layer: usize, n_cells: usize, k_width: usize, v_width: usize) -> Result<(), BackendError>;
+    fn alloc_kv(
+        &mut self,
+        layer: usize,
+        n_cells: usize,
+        k_width: usize,
+        v_width: usize,
+    ) -> Result<(), BackendError>;
     /// Bytes of KV storage allocated on this backend.
     fn kv_bytes(&self) -> usize;
 
@@ -180,7 +205,13 @@ pub trait Backend: Send {
     fn softcap(&mut self, x: BufId, cap: f32);
     /// Rotary embedding in place on a `[n_tokens, n_heads * head_dim]` buffer, positions from
     /// `tokens`, optional per-frequency divisors (Llama 3's `rope_freqs`).
-    fn rope(&mut self, x: BufId, tokens: &[TokenSlot], p: &RopeParams, freq_factors: Option<WeightId>);
+    fn rope(
+        &mut self,
+        x: BufId,
+        tokens: &[TokenSlot],
+        p: &RopeParams,
+        freq_factors: Option<WeightId>,
+    );
     /// `out = act(gate) * up`.
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId);
     /// Stores this step's K and V into the layer's cache and computes attention for every token.

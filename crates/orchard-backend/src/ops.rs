@@ -14,7 +14,7 @@ pub fn silu(x: f32) -> f32 {
 #[inline]
 pub fn gelu_tanh_f16_rounded(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
-    const SQRT_2_OVER_PI: f32 = 0.797_884_56;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     if x <= -10.0 {
         return 0.0;
     }
@@ -29,7 +29,12 @@ pub fn gelu_tanh_f16_rounded(x: f32) -> f32 {
 /// Fills `cache` (`n_rot` floats: cos, sin interleaved per rotated pair) for position `pos`,
 /// as ggml's `ggml_rope_cache_init` with no YaRN extension: theta is advanced by repeated
 /// multiplication, which is what makes the rounding agree with ggml.
-pub fn rope_cache(pos: f32, p: &crate::RopeParams, freq_factors: Option<&[f32]>, cache: &mut [f32]) {
+pub fn rope_cache(
+    pos: f32,
+    p: &crate::RopeParams,
+    freq_factors: Option<&[f32]>,
+    cache: &mut [f32],
+) {
     let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
     let mut theta = pos;
     for i0 in (0..p.n_rot).step_by(2) {
@@ -79,7 +84,13 @@ mod tests {
 
     #[test]
     fn rope_rotates_pairs_and_preserves_norm() {
-        let p = RopeParams { n_rot: 8, head_dim: 8, freq_base: 10000.0, freq_scale: 1.0, neox: false };
+        let p = RopeParams {
+            n_rot: 8,
+            head_dim: 8,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            neox: false,
+        };
         let mut cache = vec![0.0; 8];
         rope_cache(3.0, &p, None, &mut cache);
         let mut h: Vec<f32> = (1..=8).map(|v| v as f32).collect();

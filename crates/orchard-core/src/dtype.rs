@@ -239,14 +239,17 @@ impl DType {
 
     /// Parses ggml's name, case-insensitively (`Q4_K`, `q4_k`, `f16`).
     pub fn from_name(name: &str) -> Option<DType> {
-        DType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
+        DType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Bytes taken by a row of `n_elements`, or `None` when the row is not a whole number of
     /// blocks or the size overflows.
     pub fn row_bytes(self, n_elements: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(self.block_bytes() as u64)

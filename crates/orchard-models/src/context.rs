@@ -79,7 +79,9 @@ impl Context {
                 }
             }
         }
-        let layer_slot: Vec<usize> = (0..n_layer).map(|il| usize::from(il >= first_gpu_layer)).collect();
+        let layer_slot: Vec<usize> = (0..n_layer)
+            .map(|il| usize::from(il >= first_gpu_layer))
+            .collect();
         let n_cells = opts.n_ctx.max(1);
         let mut slots = Vec::new();
         for (si, mut b) in backends.into_iter().enumerate() {
@@ -90,7 +92,10 @@ impl Context {
                     Some(il) => layer_slot.get(il) == Some(&si),
                     // Global tensors: the output head where it runs; the CPU keeps token_embd
                     // (embedding lookup is a row gather done on the host) and anything else.
-                    None => si == 0 || (si == output_slot && (r == model.output || r == model.output_norm)),
+                    None => {
+                        si == 0
+                            || (si == output_slot && (r == model.output || r == model.output_norm))
+                    }
                 };
                 if used_here {
                     weights[ti] = Some(b.add_weight(w)?);
@@ -101,9 +106,22 @@ impl Context {
                 b.alloc_kv(il, n_cells, kw, vw)?;
             }
             let x = b.alloc(1, model.hp.n_embd);
-            slots.push(BackendSlot { b, weights, scratch: Scratch::default(), x });
+            slots.push(BackendSlot {
+                b,
+                weights,
+                scratch: Scratch::default(),
+                x,
+            });
         }
-        Ok(Context { model, slots, layer_slot, output_slot, n_cells, host: Vec::new(), embd_row: Vec::new() })
+        Ok(Context {
+            model,
+            slots,
+            layer_slot,
+            output_slot,
+            n_cells,
+            host: Vec::new(),
+            embd_row: Vec::new(),
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -132,7 +150,11 @@ impl Context {
 
     /// Runs one step and writes the final-norm hidden state (`n_embd` per requested token)
     /// into `out` instead of logits (embeddings endpoint).
-    pub fn decode_hidden(&mut self, batch: &Batch<'_>, out: &mut Vec<f32>) -> Result<(), ModelError> {
+    pub fn decode_hidden(
+        &mut self,
+        batch: &Batch<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
         self.forward(batch, out, true)
     }
 
@@ -147,14 +169,28 @@ impl Context {
         }
         let n_vocab = self.model.hp.n_vocab;
         if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return bad(format!("token id {t} is outside the vocabulary of {n_vocab}"));
+            return bad(format!(
+                "token id {t} is outside the vocabulary of {n_vocab}"
+            ));
         }
         for s in batch.slots {
-            let cells = batch.cells.get(s.seq as usize).ok_or_else(|| ModelError::BadBatch(format!("sequence {} has no cell table", s.seq)))?;
+            let cells = batch.cells.get(s.seq as usize).ok_or_else(|| {
+                ModelError::BadBatch(format!("sequence {} has no cell table", s.seq))
+            })?;
             match cells.get(s.pos as usize) {
                 Some(&c) if (c as usize) < self.n_cells => {}
-                Some(&c) => return bad(format!("cell {c} is outside the cache of {} cells", self.n_cells)),
-                None => return bad(format!("position {} of sequence {} has no cell", s.pos, s.seq)),
+                Some(&c) => {
+                    return bad(format!(
+                        "cell {c} is outside the cache of {} cells",
+                        self.n_cells
+                    ))
+                }
+                None => {
+                    return bad(format!(
+                        "position {} of sequence {} has no cell",
+                        s.pos, s.seq
+                    ))
+                }
             }
         }
         if let Some(&i) = batch.logits.iter().find(|&&i| i as usize >= n) {
@@ -163,7 +199,12 @@ impl Context {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &Batch<'_>, out: &mut Vec<f32>, hidden: bool) -> Result<(), ModelError> {
+    fn forward(
+        &mut self,
+        batch: &Batch<'_>,
+        out: &mut Vec<f32>,
+        hidden: bool,
+    ) -> Result<(), ModelError> {
         self.check_batch(batch)?;
         let model = self.model.clone();
         let hp = &model.hp;
@@ -171,20 +212,30 @@ impl Context {
 
         // Embedding lookup on the host: dequantize the rows of token_embd.
         let emb = model.tensor(model.tok_embd);
-        let row_bytes = emb.dtype.row_bytes(hp.n_embd as u64).expect("validated at load") as usize;
+        let row_bytes = emb
+            .dtype
+            .row_bytes(hp.n_embd as u64)
+            .expect("validated at load") as usize;
         let bytes = emb.bytes();
         self.host.resize(n * hp.n_embd, 0.0);
         self.embd_row.resize(hp.n_embd, 0.0);
         for (i, &t) in batch.tokens.iter().enumerate() {
             let src = &bytes[t as usize * row_bytes..(t as usize + 1) * row_bytes];
-            orchard_quant::dequantize_row(emb.dtype, src, &mut self.host[i * hp.n_embd..(i + 1) * hp.n_embd])
-                .map_err(|e| ModelError::BadBatch(e.to_string()))?;
+            orchard_quant::dequantize_row(
+                emb.dtype,
+                src,
+                &mut self.host[i * hp.n_embd..(i + 1) * hp.n_embd],
+            )
+            .map_err(|e| ModelError::BadBatch(e.to_string()))?;
         }
         if let Some(s) = model.arch.embed_scale() {
             self.host.iter_mut().for_each(|v| *v *= s);
         }
 
-        let attn = AttnBatch { tokens: batch.slots, cells: batch.cells };
+        let attn = AttnBatch {
+            tokens: batch.slots,
+            cells: batch.cells,
+        };
         let mut cur_slot = self.layer_slot.first().copied().unwrap_or(0);
         {
             let s = &mut self.slots[cur_slot];

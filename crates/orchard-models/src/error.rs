@@ -14,7 +14,11 @@ pub enum ModelError {
     #[error("missing tensor '{name}'")]
     MissingTensor { name: String },
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    BadShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("architecture '{arch}' does not know tensor(s): {}", names.join(", "))]
     UnknownTensors { arch: String, names: Vec<String> },
     #[error("hyper-parameter {key}: {reason}")]

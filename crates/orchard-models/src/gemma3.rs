@@ -32,10 +32,19 @@ const DEFAULT_SWA_FREQ_BASE: f32 = 10000.0;
 pub(crate) fn load(ld: &mut Loader<'_>) -> Result<Box<dyn Architecture>, ModelError> {
     let hp = ld.hp.clone();
     let md = ld.file.metadata();
-    let window = md.get_u32("gemma3.attention.sliding_window")?.filter(|&w| w > 0).map(|w| w as usize);
-    let pattern = md.get_u32("gemma3.attention.sliding_window_pattern")?.map_or(SWA_PATTERN, |p| p as usize);
-    let swa_base = md.get_f32("gemma3.rope.freq_base_swa")?.unwrap_or(DEFAULT_SWA_FREQ_BASE);
-    let final_softcap = md.get_f32("gemma3.final_logit_softcapping")?.filter(|&c| c > 0.0);
+    let window = md
+        .get_u32("gemma3.attention.sliding_window")?
+        .filter(|&w| w > 0)
+        .map(|w| w as usize);
+    let pattern = md
+        .get_u32("gemma3.attention.sliding_window_pattern")?
+        .map_or(SWA_PATTERN, |p| p as usize);
+    let swa_base = md
+        .get_f32("gemma3.rope.freq_base_swa")?
+        .unwrap_or(DEFAULT_SWA_FREQ_BASE);
+    let final_softcap = md
+        .get_f32("gemma3.final_logit_softcapping")?
+        .filter(|&c| c > 0.0);
     // 27B scales by n_embd / n_head; every other size by the key length.
     let q_scale = if hp.n_layer == 62 {
         1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt()
@@ -77,7 +86,11 @@ pub(crate) fn load(ld: &mut Loader<'_>) -> Result<Box<dyn Architecture>, ModelEr
             cfg,
         });
     }
-    Ok(Box::new(Gemma3 { hp, layers, final_softcap }))
+    Ok(Box::new(Gemma3 {
+        hp,
+        layers,
+        final_softcap,
+    }))
 }
 
 impl Architecture for Gemma3 {

@@ -34,29 +34,59 @@ impl HParams {
         let n_embd = req("embedding_length")?;
         let n_ff = req("feed_forward_length")?;
         let n_head = req("attention.head_count")?;
-        let n_head_kv = md.get_u32(&key("attention.head_count_kv"))?.map_or(n_head, |v| v as usize);
-        let bad = |k: &str, reason: &str| ModelError::BadHParam { key: key(k), reason: reason.into() };
+        let n_head_kv = md
+            .get_u32(&key("attention.head_count_kv"))?
+            .map_or(n_head, |v| v as usize);
+        let bad = |k: &str, reason: &str| ModelError::BadHParam {
+            key: key(k),
+            reason: reason.into(),
+        };
         if n_layer == 0 || n_embd == 0 || n_head == 0 {
-            return Err(bad("block_count", "block_count, embedding_length and head_count must be non-zero"));
+            return Err(bad(
+                "block_count",
+                "block_count, embedding_length and head_count must be non-zero",
+            ));
         }
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(bad("attention.head_count_kv", "must divide attention.head_count"));
+            return Err(bad(
+                "attention.head_count_kv",
+                "must divide attention.head_count",
+            ));
         }
-        let head_dim_k = md.get_u32(&key("attention.key_length"))?.map_or(n_embd / n_head, |v| v as usize);
-        let head_dim_v = md.get_u32(&key("attention.value_length"))?.map_or(n_embd / n_head, |v| v as usize);
-        let n_rot = md.get_u32(&key("rope.dimension_count"))?.map_or(head_dim_k, |v| v as usize);
+        let head_dim_k = md
+            .get_u32(&key("attention.key_length"))?
+            .map_or(n_embd / n_head, |v| v as usize);
+        let head_dim_v = md
+            .get_u32(&key("attention.value_length"))?
+            .map_or(n_embd / n_head, |v| v as usize);
+        let n_rot = md
+            .get_u32(&key("rope.dimension_count"))?
+            .map_or(head_dim_k, |v| v as usize);
         if head_dim_k == 0 || n_rot > head_dim_k || n_rot % 2 != 0 {
-            return Err(bad("rope.dimension_count", "must be even and at most the head size"));
+            return Err(bad(
+                "rope.dimension_count",
+                "must be even and at most the head size",
+            ));
         }
         let n_vocab = match md.get_u32(&key("vocab_size"))? {
             Some(v) => v as usize,
             None => md
                 .get_array("tokenizer.ggml.tokens")?
                 .map(|a| a.len())
-                .or_else(|| f.tensor("token_embd.weight").and_then(|t| t.dims.get(1).map(|&d| d as usize)))
-                .ok_or_else(|| bad("vocab_size", "no vocabulary size (no tokens array nor token_embd)"))?,
+                .or_else(|| {
+                    f.tensor("token_embd.weight")
+                        .and_then(|t| t.dims.get(1).map(|&d| d as usize))
+                })
+                .ok_or_else(|| {
+                    bad(
+                        "vocab_size",
+                        "no vocabulary size (no tokens array nor token_embd)",
+                    )
+                })?,
         };
-        let rms_eps = md.get_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rms_eps = md
+            .get_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5);
         let rope_freq_base = md.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let mut rope_freq_scale = 1.0;
         if let Some(factor) = md.get_f32(&key("rope.scaling.factor"))? {
@@ -64,10 +94,17 @@ impl HParams {
             match kind {
                 "linear" if factor > 0.0 => rope_freq_scale = 1.0 / factor,
                 "none" | "linear" => {}
-                other => return Err(bad("rope.scaling.type", &format!("rope scaling '{other}' is not supported"))),
+                other => {
+                    return Err(bad(
+                        "rope.scaling.type",
+                        &format!("rope scaling '{other}' is not supported"),
+                    ))
+                }
             }
         }
-        let n_ctx_train = md.get_u32(&key("context_length"))?.map_or(2048, |v| v as usize);
+        let n_ctx_train = md
+            .get_u32(&key("context_length"))?
+            .map_or(2048, |v| v as usize);
         Ok(HParams {
             arch: arch.to_string(),
             n_layer,

@@ -2,7 +2,9 @@
 //! the architectures share (`attn_norm`, `qkv`, `attention`, `ffn_glu`).
 
 use crate::{ModelError, TensorRef};
-use orchard_backend::{AttnBatch, AttnParams, Backend, BufId, GluKind, RopeParams, TokenSlot, WeightId};
+use orchard_backend::{
+    AttnBatch, AttnParams, Backend, BufId, GluKind, RopeParams, TokenSlot, WeightId,
+};
 use std::collections::HashMap;
 
 /// Named scratch buffers of one backend, reused across steps.
@@ -48,7 +50,14 @@ impl Step<'_> {
     }
 
     /// `out = rms_norm(x) * w` into a scratch buffer.
-    pub fn norm(&mut self, x: BufId, w: TensorRef, eps: f32, name: &'static str, width: usize) -> BufId {
+    pub fn norm(
+        &mut self,
+        x: BufId,
+        w: TensorRef,
+        eps: f32,
+        name: &'static str,
+        width: usize,
+    ) -> BufId {
         let out = self.buf(name, width);
         let w = self.w(w);
         self.b.rms_norm(x, Some(w), eps, out);
@@ -56,7 +65,14 @@ impl Step<'_> {
     }
 
     /// `out = W x (+ bias)` into a scratch buffer of width `rows`.
-    pub fn linear(&mut self, w: TensorRef, bias: Option<TensorRef>, x: BufId, name: &'static str, rows: usize) -> BufId {
+    pub fn linear(
+        &mut self,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        x: BufId,
+        name: &'static str,
+        rows: usize,
+    ) -> BufId {
         let out = self.buf(name, rows);
         let wid = self.w(w);
         self.b.matmul(wid, x, out);
@@ -85,9 +101,19 @@ pub(crate) struct AttnWeights {
 
 impl AttnWeights {
     /// Loads `attn_{q,k,v,output}` (+ optional biases and Q/K norms) of layer `il`.
-    pub fn load(ld: &mut crate::Loader<'_>, il: usize, biases: bool, qk_norm: bool) -> Result<AttnWeights, ModelError> {
+    pub fn load(
+        ld: &mut crate::Loader<'_>,
+        il: usize,
+        biases: bool,
+        qk_norm: bool,
+    ) -> Result<AttnWeights, ModelError> {
         let hp = ld.hp.clone();
-        let (e, q, k, v) = (hp.n_embd as u64, hp.n_embd_q() as u64, hp.n_embd_k_gqa() as u64, hp.n_embd_v_gqa() as u64);
+        let (e, q, k, v) = (
+            hp.n_embd as u64,
+            hp.n_embd_q() as u64,
+            hp.n_embd_k_gqa() as u64,
+            hp.n_embd_v_gqa() as u64,
+        );
         let o_in = (hp.n_head * hp.head_dim_v) as u64;
         let hk = hp.head_dim_k as u64;
         Ok(AttnWeights {
@@ -95,11 +121,31 @@ impl AttnWeights {
             wk: ld.layer(il, "attn_k.weight", &[e, k])?,
             wv: ld.layer(il, "attn_v.weight", &[e, v])?,
             wo: ld.layer(il, "attn_output.weight", &[o_in, e])?,
-            bq: if biases { ld.layer_optional(il, "attn_q.bias", &[q])? } else { None },
-            bk: if biases { ld.layer_optional(il, "attn_k.bias", &[k])? } else { None },
-            bv: if biases { ld.layer_optional(il, "attn_v.bias", &[v])? } else { None },
-            q_norm: if qk_norm { Some(ld.layer(il, "attn_q_norm.weight", &[hk])?) } else { None },
-            k_norm: if qk_norm { Some(ld.layer(il, "attn_k_norm.weight", &[hk])?) } else { None },
+            bq: if biases {
+                ld.layer_optional(il, "attn_q.bias", &[q])?
+            } else {
+                None
+            },
+            bk: if biases {
+                ld.layer_optional(il, "attn_k.bias", &[k])?
+            } else {
+                None
+            },
+            bv: if biases {
+                ld.layer_optional(il, "attn_v.bias", &[v])?
+            } else {
+                None
+            },
+            q_norm: if qk_norm {
+                Some(ld.layer(il, "attn_q_norm.weight", &[hk])?)
+            } else {
+                None
+            },
+            k_norm: if qk_norm {
+                Some(ld.layer(il, "attn_k_norm.weight", &[hk])?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -117,7 +163,14 @@ pub(crate) struct AttnConfig {
 
 /// Q/K/V projections, Q/K norms, RoPE, attention over the cache and the output projection.
 /// Returns the `[n_tokens, n_embd]` output (not yet added to the residual).
-pub(crate) fn attention(s: &mut Step<'_>, il: usize, x: BufId, w: &AttnWeights, c: &AttnConfig, n_embd: usize) -> Result<BufId, ModelError> {
+pub(crate) fn attention(
+    s: &mut Step<'_>,
+    il: usize,
+    x: BufId,
+    w: &AttnWeights,
+    c: &AttnConfig,
+    n_embd: usize,
+) -> Result<BufId, ModelError> {
     let p = &c.params;
     let q = s.linear(w.wq, w.bq, x, "q", p.n_head * p.head_dim_k);
     let k = s.linear(w.wk, w.bk, x, "k", p.n_head_kv * p.head_dim_k);
@@ -159,7 +212,14 @@ impl FfnWeights {
 }
 
 /// `down(act(gate(x)) * up(x))`, returns `[n_tokens, n_embd]`.
-pub(crate) fn ffn_glu(s: &mut Step<'_>, x: BufId, w: &FfnWeights, kind: GluKind, n_ff: usize, n_embd: usize) -> BufId {
+pub(crate) fn ffn_glu(
+    s: &mut Step<'_>,
+    x: BufId,
+    w: &FfnWeights,
+    kind: GluKind,
+    n_ff: usize,
+    n_embd: usize,
+) -> BufId {
     let g = s.linear(w.gate, None, x, "ffn_gate", n_ff);
     let u = s.linear(w.up, None, x, "ffn_up", n_ff);
     let h = s.buf("ffn_act", n_ff);

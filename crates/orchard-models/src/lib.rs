@@ -75,7 +75,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("hp", &self.hp).field("n_tensors", &self.tensors.len()).finish()
+        f.debug_struct("Model")
+            .field("hp", &self.hp)
+            .field("n_tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -99,30 +102,49 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A required tensor with the given shape (ggml order: `dims[0]` is the row length).
     pub fn tensor(&mut self, name: &str, dims: &[u64]) -> Result<TensorRef, ModelError> {
-        self.optional(name, dims)?.ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })
+        self.optional(name, dims)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+            })
     }
 
     /// An optional tensor: `Ok(None)` when absent, an error when present with a wrong shape.
     pub fn optional(&mut self, name: &str, dims: &[u64]) -> Result<Option<TensorRef>, ModelError> {
-        let Some(&i) = self.by_name.get(name) else { return Ok(None) };
+        let Some(&i) = self.by_name.get(name) else {
+            return Ok(None);
+        };
         let t = &self.tensors[i];
         let mut found = t.dims.clone();
         while found.len() > dims.len() && found.last() == Some(&1) {
             found.pop();
         }
         if found != dims {
-            return Err(ModelError::BadShape { name: name.to_string(), expected: dims.to_vec(), found: t.dims.clone() });
+            return Err(ModelError::BadShape {
+                name: name.to_string(),
+                expected: dims.to_vec(),
+                found: t.dims.clone(),
+            });
         }
         self.used[i] = true;
         Ok(Some(TensorRef(i as u32)))
     }
 
     /// A per-layer tensor `blk.{il}.{suffix}`.
-    pub fn layer(&mut self, il: usize, suffix: &str, dims: &[u64]) -> Result<TensorRef, ModelError> {
+    pub fn layer(
+        &mut self,
+        il: usize,
+        suffix: &str,
+        dims: &[u64],
+    ) -> Result<TensorRef, ModelError> {
         self.tensor(&format!("blk.{il}.{suffix}"), dims)
     }
 
-    pub fn layer_optional(&mut self, il: usize, suffix: &str, dims: &[u64]) -> Result<Option<TensorRef>, ModelError> {
+    pub fn layer_optional(
+        &mut self,
+        il: usize,
+        suffix: &str,
+        dims: &[u64],
+    ) -> Result<Option<TensorRef>, ModelError> {
         self.optional(&format!("blk.{il}.{suffix}"), dims)
     }
 }
@@ -140,7 +162,9 @@ impl Model {
             .iter()
             .find(|(n, _)| *n == arch_name)
             .map(|(_, f)| *f)
-            .ok_or_else(|| ModelError::UnsupportedArchitecture { arch: arch_name.clone() })?;
+            .ok_or_else(|| ModelError::UnsupportedArchitecture {
+                arch: arch_name.clone(),
+            })?;
         let hp = HParams::from_gguf(&file, &arch_name)?;
         let source: Arc<dyn ByteSource> = Arc::new(GgufBytes(file.clone()));
         let base = file.data_offset() as usize;
@@ -155,19 +179,47 @@ impl Model {
                 range: base + t.offset as usize..base + (t.offset + t.n_bytes) as usize,
             })
             .collect();
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-        let mut ld = Loader { file: &file, hp: &hp, tensors: &tensors, by_name, used: vec![false; tensors.len()] };
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let mut ld = Loader {
+            file: &file,
+            hp: &hp,
+            tensors: &tensors,
+            by_name,
+            used: vec![false; tensors.len()],
+        };
         let (n_embd, n_vocab) = (hp.n_embd as u64, hp.n_vocab as u64);
         let tok_embd = ld.tensor("token_embd.weight", &[n_embd, n_vocab])?;
         let output_norm = ld.tensor("output_norm.weight", &[n_embd])?;
-        let output = ld.optional("output.weight", &[n_embd, n_vocab])?.unwrap_or(tok_embd);
+        let output = ld
+            .optional("output.weight", &[n_embd, n_vocab])?
+            .unwrap_or(tok_embd);
         let arch = loader_fn(&mut ld)?;
-        let unused: Vec<String> =
-            ld.used.iter().enumerate().filter(|(_, u)| !**u).map(|(i, _)| tensors[i].name.clone()).collect();
+        let unused: Vec<String> = ld
+            .used
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| !**u)
+            .map(|(i, _)| tensors[i].name.clone())
+            .collect();
         if !unused.is_empty() {
-            return Err(ModelError::UnknownTensors { arch: arch_name, names: unused });
+            return Err(ModelError::UnknownTensors {
+                arch: arch_name,
+                names: unused,
+            });
         }
-        Ok(Model { hp, tensors, tok_embd, output_norm, output, arch, file })
+        Ok(Model {
+            hp,
+            tensors,
+            tok_embd,
+            output_norm,
+            output,
+            arch,
+            file,
+        })
     }
 
     pub fn tensor(&self, r: TensorRef) -> &HostWeight {

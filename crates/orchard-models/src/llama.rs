@@ -7,10 +7,10 @@ use crate::{Architecture, HParams, Loader, ModelError, Step, TensorRef};
 use orchard_backend::{AttnParams, GluKind, RopeParams};
 
 struct Layer {
-    attn_norm: TensorRef,     // [n_embd]
-    attn: AttnWeights,        // q [n_embd, n_head*hd], k/v [n_embd, n_head_kv*hd], o [n_head*hd, n_embd]
-    ffn_norm: TensorRef,      // [n_embd]
-    ffn: FfnWeights,          // gate/up [n_embd, n_ff], down [n_ff, n_embd]
+    attn_norm: TensorRef, // [n_embd]
+    attn: AttnWeights, // q [n_embd, n_head*hd], k/v [n_embd, n_head_kv*hd], o [n_head*hd, n_embd]
+    ffn_norm: TensorRef, // [n_embd]
+    ffn: FfnWeights,   // gate/up [n_embd, n_ff], down [n_ff, n_embd]
 }
 
 struct Llama {
