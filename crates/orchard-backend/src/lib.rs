@@ -231,3 +231,12 @@ pub trait Backend: Send {
     /// Waits for recorded work (no-op on the CPU).
     fn sync(&mut self) {}
 }
+
+/// Sizes the CPU thread pool used by every CPU kernel (`-t`). Call once, before the first op;
+/// later calls are ignored (the pool is global). `0` keeps the default (all cores).
+pub fn init_threads(n_threads: usize) {
+    if n_threads > 0 {
+        // An error only means the pool was already built; the first size wins.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n_threads).build_global();
+    }
+}

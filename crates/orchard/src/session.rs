@@ -1,0 +1,107 @@
+//! A single-sequence session over a `Context` for the one-user commands (`run`, `logits`,
+//! `perplexity`, `bench`): cells are simply positions, and the prompt goes in `-b`-sized batches.
+
+use anyhow::{Context as _, Result};
+use orchard_backend::TokenSlot;
+use orchard_models::{Batch, Context, ContextOptions, Model};
+use orchard_tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads the model and its tokenizer, with a context of `n_ctx` cells (0 = the model's training
+/// context, capped at 4096 as llama.cpp's tools default).
+pub fn load(
+    path: &Path,
+    n_ctx: usize,
+    n_threads: usize,
+) -> Result<(Arc<Model>, Arc<Tokenizer>, Session)> {
+    orchard_backend::init_threads(n_threads);
+    let model = Arc::new(Model::load(path).with_context(|| format!("loading {}", path.display()))?);
+    let tok = Arc::new(Tokenizer::from_gguf(&model.file).context("reading the tokenizer")?);
+    let n_ctx = if n_ctx == 0 {
+        model.hp.n_ctx_train.min(4096)
+    } else {
+        n_ctx
+    };
+    let session = Session::new(model.clone(), n_ctx)?;
+    Ok((model, tok, session))
+}
+
+pub struct Session {
+    pub ctx: Context,
+    cells: Vec<u32>,
+    /// Tokens already in the KV cache.
+    pub n_past: usize,
+    slots: Vec<TokenSlot>,
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
+        let ctx = Context::new(model, ContextOptions { n_ctx })?;
+        let cells = (0..n_ctx as u32).collect();
+        Ok(Session {
+            ctx,
+            cells,
+            n_past: 0,
+            slots: Vec::new(),
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Forgets the KV cache (the cells are overwritten by the next tokens).
+    pub fn clear(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Decodes `tokens` after what is cached, `n_batch` at a time. With `all_logits`, `out`
+    /// receives logits for every token, otherwise for the last one only.
+    pub fn feed(
+        &mut self,
+        tokens: &[u32],
+        n_batch: usize,
+        all_logits: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            self.n_past + tokens.len() <= self.n_ctx(),
+            "context full: {} cached + {} new tokens exceed -c {}",
+            self.n_past,
+            tokens.len(),
+            self.n_ctx()
+        );
+        out.clear();
+        let mut part = Vec::new();
+        let n_batch = n_batch.max(1);
+        for (ci, chunk) in tokens.chunks(n_batch).enumerate() {
+            let last_chunk = (ci + 1) * n_batch >= tokens.len();
+            self.slots.clear();
+            self.slots.extend((0..chunk.len()).map(|i| TokenSlot {
+                seq: 0,
+                pos: (self.n_past + i) as u32,
+            }));
+            let want: Vec<u32> = if all_logits {
+                (0..chunk.len() as u32).collect()
+            } else if last_chunk {
+                vec![chunk.len() as u32 - 1]
+            } else {
+                Vec::new()
+            };
+            let tables = [self.cells.as_slice()];
+            self.ctx.decode(
+                &Batch {
+                    tokens: chunk,
+                    slots: &self.slots,
+                    cells: &tables,
+                    logits: &want,
+                },
+                &mut part,
+            )?;
+            out.extend_from_slice(&part);
+            self.n_past += chunk.len();
+        }
+        Ok(())
+    }
+}
