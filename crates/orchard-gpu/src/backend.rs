@@ -1,0 +1,1063 @@
+//! `GpuBackend`: device setup, the per-step command recorder and the `Backend` ops.
+
+use crate::formats::{format, Format};
+use crate::shaders;
+use crate::{adapters, describe, device_error, instance, AdapterInfo};
+use orchard_backend::{
+    rope_cache, AttnBatch, AttnParams, Backend, BackendError, BufId, GluKind, HostWeight,
+    RopeParams, TokenSlot, WeightId,
+};
+use orchard_core::DType;
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+/// Bytes of one op's parameter block.
+const PARAM_BYTES: usize = 64;
+/// Op parameter blocks one submission can hold before it is flushed early.
+const PARAM_SLOTS: usize = 4096;
+/// Initial words of the per-step table arena (grows on demand).
+const AUX_WORDS: usize = 1 << 20;
+/// Token counts up to which a matmul runs as matrix-vector products (weights re-read per token
+/// from cache) rather than the tiled kernel, whose 64-token tiles would be mostly empty.
+const MATVEC_MAX_TOKENS: usize = 8;
+/// Threads of a matrix-vector workgroup (one output row).
+const MATVEC_WG: u32 = 64;
+/// Threads of an attention workgroup (one head of one token); also the KV tile length.
+const ATTN_WG: u32 = 64;
+/// Largest head dimension the attention kernel holds in shared memory.
+const MAX_HEAD_DIM: usize = 512;
+
+/// A device buffer with an identity that changes whenever the buffer is replaced, so cached bind
+/// groups never point at a stale buffer.
+#[derive(Clone)]
+struct Res {
+    buf: wgpu::Buffer,
+    id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kernel {
+    MatVec(DType),
+    MatMul(DType),
+    Norm,
+    NormInplace,
+    Elementwise,
+    Glu,
+    Rope,
+    KvStore,
+    Attention,
+}
+
+impl Kernel {
+    /// Storage bindings after the params block: `true` for read-write.
+    fn bindings(self) -> &'static [bool] {
+        match self {
+            Kernel::MatVec(_) | Kernel::MatMul(_) | Kernel::Norm | Kernel::Glu => {
+                &[false, false, true]
+            }
+            Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
+            Kernel::KvStore => &[false, true, false],
+            Kernel::Attention => &[false, false, false, false, true],
+        }
+    }
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+enum Cmd {
+    Dispatch {
+        kernel: Kernel,
+        bind: wgpu::BindGroup,
+        offset: u32,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_off: u64,
+        dst: wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    },
+}
+
+struct WeightChunk {
+    res: Res,
+    row0: usize,
+    rows: usize,
+    scale_off: u32,
+}
+
+struct GpuWeight {
+    name: String,
+    cols: usize,
+    rows: usize,
+    fmt: Option<Format>,
+    chunks: Vec<WeightChunk>,
+    /// Vectors (norms, biases, RoPE factors) as f32 on the device and on the host.
+    vector: Option<(Res, Vec<f32>)>,
+}
+
+struct GpuBuf {
+    res: Res,
+    cap: usize,
+    n_tokens: usize,
+    width: usize,
+}
+
+struct LayerKv {
+    k: Res,
+    v: Res,
+    k_width: usize,
+    v_width: usize,
+    n_cells: usize,
+}
+
+/// A RoPE table already in this step's arena: parameters, positions and its word offset.
+struct RopeMemo {
+    key: (usize, u32, u32, bool, Option<u32>),
+    positions: Vec<u32>,
+    offset: u32,
+}
+
+/// The wgpu implementation of [`Backend`].
+pub struct GpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: HashMap<Kernel, Pipeline>,
+    binds: HashMap<(Kernel, [u64; 6]), wgpu::BindGroup>,
+    next_id: u64,
+    weights: Vec<GpuWeight>,
+    bufs: Vec<GpuBuf>,
+    kv: Vec<Option<LayerKv>>,
+    dummy: Res,
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+    params_res: Res,
+    param_stride: usize,
+    aux: Vec<u32>,
+    aux_res: Res,
+    aux_cap: usize,
+    rope_memo: Vec<RopeMemo>,
+    staging: Option<(wgpu::Buffer, u64)>,
+    errors: Arc<Mutex<Vec<String>>>,
+    submissions: u64,
+}
+
+impl GpuBackend {
+    /// Opens adapter `adapter_index` of [`crate::list_adapters`] (the first, a discrete GPU when
+    /// there is one, by default).
+    pub fn new(adapter_index: Option<usize>) -> Result<GpuBackend, BackendError> {
+        let inst = instance();
+        let list = adapters(&inst);
+        let idx = adapter_index.unwrap_or(0);
+        let adapter = list.get(idx).ok_or_else(|| {
+            device_error(format!(
+                "no GPU adapter {idx} ({} found; install a Vulkan driver, or set WGPU_BACKEND)",
+                list.len()
+            ))
+        })?;
+        let info = describe(idx, adapter);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("orchard"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| device_error(format!("opening {}: {e}", info.name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            tracing::error!("GPU error: {e}");
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let param_stride = PARAM_BYTES.max(limits.min_uniform_buffer_offset_alignment as usize);
+        let mut me = GpuBackend {
+            dummy: Res {
+                buf: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("dummy"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                }),
+                id: 0,
+            },
+            params_res: Res {
+                buf: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: (param_stride * PARAM_SLOTS) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                id: 1,
+            },
+            aux_res: Res {
+                buf: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("aux"),
+                    size: (AUX_WORDS * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                id: 2,
+            },
+            aux_cap: AUX_WORDS,
+            next_id: 3,
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: HashMap::new(),
+            binds: HashMap::new(),
+            weights: Vec::new(),
+            bufs: Vec::new(),
+            kv: Vec::new(),
+            cmds: Vec::new(),
+            params: Vec::new(),
+            param_stride,
+            aux: Vec::new(),
+            rope_memo: Vec::new(),
+            staging: None,
+            errors,
+            submissions: 0,
+        };
+        me.sync();
+        Ok(me)
+    }
+
+    /// The adapter this backend runs on.
+    pub fn adapter(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    /// Device errors reported since the last call (validation or out-of-memory); empty when
+    /// all recorded work was valid. Ops cannot return errors mid-step, so callers that care
+    /// check here after `download`/`sync`.
+    pub fn take_errors(&mut self) -> Vec<String> {
+        self.errors
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Command submissions made so far (one per step when nothing overflows the arenas).
+    pub fn submissions(&self) -> u64 {
+        self.submissions
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn storage(&mut self, label: &str, bytes: u64) -> Res {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Res {
+            buf,
+            id: self.new_id(),
+        }
+    }
+
+    fn storage_init(&mut self, label: &str, words: &[u32]) -> Res {
+        let res = self.storage(label, (words.len() * 4) as u64);
+        self.queue
+            .write_buffer(&res.buf, 0, bytemuck::cast_slice(words));
+        res
+    }
+
+    fn pipeline(&mut self, k: Kernel) -> &Pipeline {
+        if !self.pipelines.contains_key(&k) {
+            let (body, wg, fmt) = match k {
+                Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
+                Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
+                Kernel::Norm => (shaders::NORM, 256, None),
+                Kernel::NormInplace => (shaders::NORM_INPLACE, 256, None),
+                Kernel::Elementwise => (shaders::ELEMENTWISE, 256, None),
+                Kernel::Glu => (shaders::GLU, 256, None),
+                Kernel::Rope => (shaders::ROPE, 256, None),
+                Kernel::KvStore => (shaders::KV_STORE, 256, None),
+                Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
+            };
+            let src = shaders::source(body, wg, fmt.as_ref());
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&format!("{k:?}")),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: NonZeroU64::new(PARAM_BYTES as u64),
+                },
+                count: None,
+            }];
+            for (i, &rw) in k.bindings().iter().enumerate() {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: !rw },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
+            let layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                });
+            let pl = self
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&format!("{k:?}")),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            self.pipelines.insert(k, Pipeline { pipeline, layout });
+        }
+        &self.pipelines[&k]
+    }
+
+    /// Makes room for `n_ops` parameter blocks and `aux_words` table words in the current
+    /// submission, flushing first when they would not fit, so that what an op pushes afterwards
+    /// is never split from the op across two submissions.
+    fn reserve(&mut self, n_ops: usize, aux_words: usize) {
+        let params_full = self.params.len() + n_ops * self.param_stride
+            > self.param_stride * PARAM_SLOTS;
+        let aux_full = self.aux.len() + aux_words > self.aux_cap;
+        if params_full || aux_full {
+            self.flush(None);
+        }
+        if aux_words > self.aux_cap {
+            let cap = aux_words.next_power_of_two();
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("aux"),
+                size: (cap * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            self.aux_res = Res {
+                buf,
+                id: self.new_id(),
+            };
+            self.aux_cap = cap;
+        }
+    }
+
+    /// Appends words to this submission's table arena; returns their word offset.
+    fn push_aux(&mut self, words: &[u32]) -> u32 {
+        debug_assert!(self.aux.len() + words.len() <= self.aux_cap);
+        let off = self.aux.len() as u32;
+        self.aux.extend_from_slice(words);
+        off
+    }
+
+    /// Records one dispatch of `k` over `res` (the storage bindings in order).
+    fn dispatch(&mut self, k: Kernel, res: &[&Res], p: [u32; 16], groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        self.reserve(1, 0);
+        let offset = self.params.len() as u32;
+        self.params.extend_from_slice(bytemuck::cast_slice(&p));
+        self.params.resize(offset as usize + self.param_stride, 0);
+        let mut key = [0u64; 6];
+        key[0] = self.params_res.id;
+        for (i, r) in res.iter().enumerate() {
+            key[i + 1] = r.id;
+        }
+        if !self.binds.contains_key(&(k, key)) {
+            if self.binds.len() > 8192 {
+                self.binds.clear();
+            }
+            let params_buf = self.params_res.buf.clone();
+            let layout = self.pipeline(k).layout.clone();
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: 0,
+                    size: NonZeroU64::new(PARAM_BYTES as u64),
+                }),
+            }];
+            for (i, r) in res.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: r.buf.as_entire_binding(),
+                });
+            }
+            let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+            self.binds.insert((k, key), bind);
+        }
+        let bind = self.binds[&(k, key)].clone();
+        self.pipeline(k);
+        self.cmds.push(Cmd::Dispatch {
+            kernel: k,
+            bind,
+            offset,
+            groups,
+        });
+    }
+
+    /// A 1-D launch of `n` work items in workgroups of `wg`, folded into 2-D when it exceeds the
+    /// per-dimension limit. Returns (groups, grid x).
+    fn grid(&self, n: usize, wg: usize) -> ([u32; 3], u32) {
+        let groups = n.div_ceil(wg);
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        if groups <= max {
+            ([groups as u32, 1, 1], groups as u32)
+        } else {
+            let gx = max;
+            ([gx as u32, groups.div_ceil(gx) as u32, 1], gx as u32)
+        }
+    }
+
+    /// Encodes everything recorded into one command buffer and submits it, with an optional
+    /// final copy of `(src, bytes)` into the staging buffer.
+    fn flush(&mut self, readback: Option<(wgpu::Buffer, u64)>) {
+        if self.cmds.is_empty() && readback.is_none() {
+            return;
+        }
+        if !self.params.is_empty() {
+            self.queue
+                .write_buffer(&self.params_res.buf, 0, &self.params);
+        }
+        if !self.aux.is_empty() {
+            self.queue
+                .write_buffer(&self.aux_res.buf, 0, bytemuck::cast_slice(&self.aux));
+        }
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let cmds = std::mem::take(&mut self.cmds);
+        let mut i = 0;
+        while i < cmds.len() {
+            if let Cmd::Copy {
+                src,
+                src_off,
+                dst,
+                dst_off,
+                size,
+            } = &cmds[i]
+            {
+                enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size);
+                i += 1;
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            let mut current: Option<Kernel> = None;
+            while let Some(Cmd::Dispatch {
+                kernel,
+                bind,
+                offset,
+                groups,
+            }) = cmds.get(i)
+            {
+                if current != Some(*kernel) {
+                    pass.set_pipeline(&self.pipelines[kernel].pipeline);
+                    current = Some(*kernel);
+                }
+                pass.set_bind_group(0, bind, &[*offset]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                i += 1;
+            }
+        }
+        if let Some((src, bytes)) = readback {
+            let need = bytes.max(4);
+            if self.staging.as_ref().is_none_or(|(_, cap)| *cap < need) {
+                let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("staging"),
+                    size: need.next_power_of_two(),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.staging = Some((buf, need.next_power_of_two()));
+            }
+            if bytes > 0 {
+                let (st, _) = self.staging.as_ref().expect("created above");
+                enc.copy_buffer_to_buffer(&src, 0, st, 0, bytes);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.submissions += 1;
+        self.params.clear();
+        self.aux.clear();
+        self.rope_memo.clear();
+    }
+
+    fn wait(&self) {
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            tracing::error!("GPU wait failed: {e}");
+            if let Ok(mut v) = self.errors.lock() {
+                v.push(e.to_string());
+            }
+        }
+    }
+
+    fn buf(&self, b: BufId) -> &GpuBuf {
+        &self.bufs[b.0 as usize]
+    }
+
+    fn res(&self, b: BufId) -> Res {
+        self.bufs[b.0 as usize].res.clone()
+    }
+
+    fn vector(&self, w: WeightId) -> Res {
+        self.weights[w.0 as usize]
+            .vector
+            .as_ref()
+            .map(|(r, _)| r.clone())
+            .expect("vector weight used as a vector")
+    }
+
+    fn elementwise(&mut self, x: BufId, y: Option<Res>, mode: u32, width: usize, f: f32) {
+        let n = self.buf(x).n_tokens * self.buf(x).width;
+        let (groups, gx) = self.grid(n, 256);
+        let xr = self.res(x);
+        let yr = y.unwrap_or_else(|| self.dummy.clone());
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[n as u32, mode, width as u32, gx]);
+        p[12] = f.to_bits();
+        self.dispatch(Kernel::Elementwise, &[&xr, &yr], p, groups);
+    }
+
+    fn check_weight(&self, w: &HostWeight) -> Result<(), BackendError> {
+        let bad = || BackendError::BadWeight {
+            name: w.name.clone(),
+            dtype: w.dtype,
+            dims: w.dims.clone(),
+            len: w.range.len(),
+        };
+        let n: u64 = w.dims.iter().product();
+        let row = w
+            .dtype
+            .row_bytes(w.dims.first().copied().unwrap_or(0))
+            .ok_or_else(bad)?;
+        if w.dims.is_empty()
+            || row.checked_mul(n / w.dims[0].max(1)) != Some(w.range.len() as u64)
+            || w.range.end > w.source.bytes().len()
+        {
+            return Err(bad());
+        }
+        Ok(())
+    }
+
+    fn unsupported(&self, w: &HostWeight) -> BackendError {
+        BackendError::UnsupportedType {
+            name: w.name.clone(),
+            dtype: w.dtype,
+            backend: self.name(),
+        }
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        format!("{}: {}", self.info.backend, self.info.name)
+    }
+
+    fn supports_matmul(&self, dtype: DType) -> bool {
+        format(dtype).is_some()
+    }
+
+    fn add_weight(&mut self, w: &HostWeight) -> Result<WeightId, BackendError> {
+        self.check_weight(w)?;
+        let (cols, rows) = (w.row_len(), w.n_rows());
+        let mut gw = GpuWeight {
+            name: w.name.clone(),
+            cols,
+            rows,
+            fmt: None,
+            chunks: Vec::new(),
+            vector: None,
+        };
+        if rows == 1 {
+            let mut v = vec![0.0f32; cols];
+            orchard_quant::dequantize_row(w.dtype, w.bytes(), &mut v)
+                .map_err(|_| self.unsupported(w))?;
+            let words: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+            let res = self.storage_init(&w.name, &words);
+            gw.vector = Some((res, v));
+        } else {
+            let fmt = format(w.dtype).ok_or_else(|| self.unsupported(w))?;
+            let raw_row = w.dtype.row_bytes(cols as u64).expect("checked") as usize;
+            let bpr = fmt.padded_cols(cols) / fmt.block;
+            // Bytes of one repacked row, scales rounded up, to size the chunks.
+            let gpu_row = bpr * (fmt.body_words() * 4 + 4);
+            let max_bind = self
+                .limits
+                .max_storage_buffer_binding_size
+                .min(self.limits.max_buffer_size) as usize;
+            let rows_per_chunk = (max_bind / gpu_row).max(1).min(rows);
+            let bytes = w.bytes();
+            let mut row0 = 0;
+            while row0 < rows {
+                let n = rows_per_chunk.min(rows - row0);
+                let (words, scale_off) =
+                    fmt.repack(&bytes[row0 * raw_row..(row0 + n) * raw_row], cols, n);
+                let res = self.storage_init(&w.name, &words);
+                gw.chunks.push(WeightChunk {
+                    res,
+                    row0,
+                    rows: n,
+                    scale_off,
+                });
+                row0 += n;
+            }
+            gw.fmt = Some(fmt);
+        }
+        self.weights.push(gw);
+        Ok(WeightId(self.weights.len() as u32 - 1))
+    }
+
+    fn alloc_kv(
+        &mut self,
+        layer: usize,
+        n_cells: usize,
+        k_width: usize,
+        v_width: usize,
+    ) -> Result<(), BackendError> {
+        if k_width % 2 != 0 || v_width % 2 != 0 {
+            return Err(device_error(format!(
+                "layer {layer}: odd KV widths {k_width}/{v_width} are not supported on the GPU"
+            )));
+        }
+        let max_bind = self.limits.max_storage_buffer_binding_size as usize;
+        if n_cells * k_width.max(v_width) * 2 > max_bind {
+            return Err(device_error(format!(
+                "layer {layer}: a KV cache of {n_cells} cells exceeds the device's binding limit"
+            )));
+        }
+        if self.kv.len() <= layer {
+            self.kv.resize_with(layer + 1, || None);
+        }
+        let k = self.storage("kv_k", (n_cells * k_width * 2) as u64);
+        let v = self.storage("kv_v", (n_cells * v_width * 2) as u64);
+        self.kv[layer] = Some(LayerKv {
+            k,
+            v,
+            k_width,
+            v_width,
+            n_cells,
+        });
+        Ok(())
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.kv
+            .iter()
+            .flatten()
+            .map(|l| l.n_cells * (l.k_width + l.v_width) * 2)
+            .sum()
+    }
+
+    fn alloc(&mut self, n_tokens: usize, width: usize) -> BufId {
+        let cap = (n_tokens * width).max(4);
+        let res = self.storage("act", (cap * 4) as u64);
+        self.bufs.push(GpuBuf {
+            res,
+            cap,
+            n_tokens,
+            width,
+        });
+        BufId(self.bufs.len() as u32 - 1)
+    }
+
+    fn set_rows(&mut self, buf: BufId, n_tokens: usize) {
+        let need = n_tokens * self.buf(buf).width;
+        if need > self.buf(buf).cap {
+            let res = self.storage("act", (need * 4) as u64);
+            let b = &mut self.bufs[buf.0 as usize];
+            b.res = res;
+            b.cap = need;
+        }
+        self.bufs[buf.0 as usize].n_tokens = n_tokens;
+    }
+
+    fn upload(&mut self, buf: BufId, data: &[f32]) {
+        let b = self.buf(buf);
+        assert_eq!(data.len(), b.n_tokens * b.width, "upload size mismatch");
+        if data.is_empty() {
+            return;
+        }
+        self.reserve(0, data.len());
+        let off = self.push_aux(bytemuck::cast_slice(data));
+        let dst = self.res(buf);
+        self.cmds.push(Cmd::Copy {
+            src: self.aux_res.buf.clone(),
+            src_off: off as u64 * 4,
+            dst: dst.buf,
+            dst_off: 0,
+            size: data.len() as u64 * 4,
+        });
+    }
+
+    fn download(&mut self, buf: BufId, out: &mut Vec<f32>) {
+        let n = self.buf(buf).n_tokens * self.buf(buf).width;
+        let bytes = (n * 4) as u64;
+        let src = self.res(buf).buf;
+        self.flush(Some((src, bytes)));
+        out.clear();
+        if n == 0 {
+            self.wait();
+            return;
+        }
+        let (st, _) = self.staging.clone().expect("flush made the staging buffer");
+        let slice = st.slice(0..bytes);
+        let done = Arc::new(Mutex::new(None));
+        let d2 = done.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            if let Ok(mut g) = d2.lock() {
+                *g = Some(r);
+            }
+        });
+        self.wait();
+        let ok = matches!(done.lock().ok().and_then(|g| g.clone()), Some(Ok(())));
+        if !ok {
+            tracing::error!("GPU download of {n} values failed");
+            if let Ok(mut v) = self.errors.lock() {
+                v.push("download: mapping the staging buffer failed".into());
+            }
+            out.resize(n, f32::NAN);
+            return;
+        }
+        match slice.get_mapped_range() {
+            Ok(view) => out.extend_from_slice(bytemuck::cast_slice(&view)),
+            Err(e) => {
+                if let Ok(mut v) = self.errors.lock() {
+                    v.push(format!("download: {e}"));
+                }
+                out.resize(n, f32::NAN);
+            }
+        }
+        st.unmap();
+    }
+
+    fn copy_rows(&mut self, src: BufId, rows: &[u32], dst: BufId) {
+        self.set_rows(dst, rows.len());
+        let w = self.buf(src).width;
+        assert_eq!(w, self.buf(dst).width, "copy_rows width mismatch");
+        let (s, d) = (self.res(src).buf, self.res(dst).buf);
+        let row_bytes = (w * 4) as u64;
+        for (i, &r) in rows.iter().enumerate() {
+            self.cmds.push(Cmd::Copy {
+                src: s.clone(),
+                src_off: r as u64 * row_bytes,
+                dst: d.clone(),
+                dst_off: i as u64 * row_bytes,
+                size: row_bytes,
+            });
+        }
+    }
+
+    fn rms_norm(&mut self, x: BufId, w: Option<WeightId>, eps: f32, out: BufId) {
+        let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
+        self.set_rows(out, n);
+        let (groups, gx) = self.grid(n, 1);
+        let wr = w.map_or_else(|| self.dummy.clone(), |w| self.vector(w));
+        let (xr, or) = (self.res(x), self.res(out));
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[width as u32, n as u32, w.is_some() as u32, gx]);
+        p[12] = eps.to_bits();
+        self.dispatch(Kernel::Norm, &[&xr, &wr, &or], p, groups);
+    }
+
+    fn head_rms_norm(&mut self, x: BufId, w: WeightId, head_dim: usize, eps: f32) {
+        let n_seg = self.buf(x).n_tokens * self.buf(x).width / head_dim;
+        let (groups, gx) = self.grid(n_seg, 1);
+        let (xr, wr) = (self.res(x), self.vector(w));
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[head_dim as u32, n_seg as u32, 1, gx]);
+        p[12] = eps.to_bits();
+        self.dispatch(Kernel::NormInplace, &[&xr, &wr], p, groups);
+    }
+
+    fn matmul(&mut self, w: WeightId, x: BufId, out: BufId) {
+        let n = self.buf(x).n_tokens;
+        let gw = &self.weights[w.0 as usize];
+        let (cols, rows) = (gw.cols, gw.rows);
+        assert_eq!(self.buf(x).width, cols, "matmul {}: input width", gw.name);
+        let fmt = gw.fmt.expect("matmul on a weight uploaded as a matrix");
+        let bpr = fmt.padded_cols(cols) / fmt.block;
+        let ragged = if fmt.padded_cols(cols) != cols {
+            cols as u32
+        } else {
+            0
+        };
+        let chunks: Vec<(Res, usize, usize, u32)> = gw
+            .chunks
+            .iter()
+            .map(|c| (c.res.clone(), c.row0, c.rows, c.scale_off))
+            .collect();
+        self.set_rows(out, n);
+        let (xr, or) = (self.res(x), self.res(out));
+        let cpb = (fmt.block / 16) as u32;
+        for (res, row0, crow, scale_off) in chunks {
+            let mut p = [0u32; 16];
+            p[..4].copy_from_slice(&[crow as u32, bpr as u32, cols as u32, rows as u32]);
+            p[8] = n as u32;
+            p[9] = bpr as u32 * cpb;
+            if n <= MATVEC_MAX_TOKENS {
+                let (mut groups, gx) = self.grid(crow, 1);
+                groups[2] = n as u32;
+                p[4..8].copy_from_slice(&[row0 as u32, scale_off, ragged, gx]);
+                self.dispatch(Kernel::MatVec(fmt.dtype), &[&res, &xr, &or], p, groups);
+            } else {
+                p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
+                let groups = [crow.div_ceil(64) as u32, n.div_ceil(64) as u32, 1];
+                self.dispatch(Kernel::MatMul(fmt.dtype), &[&res, &xr, &or], p, groups);
+            }
+        }
+    }
+
+    fn add_bias(&mut self, x: BufId, b: WeightId) {
+        let width = self.buf(x).width;
+        let br = self.vector(b);
+        self.elementwise(x, Some(br), 1, width, 0.0);
+    }
+
+    fn add(&mut self, x: BufId, y: BufId) {
+        assert_eq!(
+            self.buf(x).n_tokens * self.buf(x).width,
+            self.buf(y).n_tokens * self.buf(y).width
+        );
+        let yr = self.res(y);
+        self.elementwise(x, Some(yr), 0, 0, 0.0);
+    }
+
+    fn scale(&mut self, x: BufId, s: f32) {
+        self.elementwise(x, None, 2, 0, s);
+    }
+
+    fn softcap(&mut self, x: BufId, cap: f32) {
+        self.elementwise(x, None, 3, 0, cap);
+    }
+
+    fn rope(
+        &mut self,
+        x: BufId,
+        tokens: &[TokenSlot],
+        p: &RopeParams,
+        freq_factors: Option<WeightId>,
+    ) {
+        let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
+        let key = (
+            p.n_rot,
+            p.freq_base.to_bits(),
+            p.freq_scale.to_bits(),
+            p.neox,
+            freq_factors.map(|w| w.0),
+        );
+        let positions: Vec<u32> = tokens.iter().map(|t| t.pos).collect();
+        self.reserve(1, n * p.n_rot);
+        let memo = self
+            .rope_memo
+            .iter()
+            .find(|m| m.key == key && m.positions == positions)
+            .map(|m| m.offset);
+        let offset = match memo {
+            Some(o) => o,
+            None => {
+                let ff = freq_factors.map(|w| {
+                    self.weights[w.0 as usize]
+                        .vector
+                        .as_ref()
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                });
+                let mut table = vec![0.0f32; n * p.n_rot];
+                let mut cache = vec![0.0f32; p.n_rot];
+                for (t, tok) in tokens.iter().enumerate() {
+                    rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
+                    table[t * p.n_rot..(t + 1) * p.n_rot].copy_from_slice(&cache);
+                }
+                let o = self.push_aux(bytemuck::cast_slice(&table));
+                self.rope_memo.push(RopeMemo {
+                    key,
+                    positions,
+                    offset: o,
+                });
+                o
+            }
+        };
+        let total = n * (width / p.head_dim) * (p.n_rot / 2);
+        let (groups, gx) = self.grid(total, 256);
+        let xr = self.res(x);
+        let aux = self.aux_res.clone();
+        let mut pp = [0u32; 16];
+        pp[..8].copy_from_slice(&[
+            n as u32,
+            width as u32,
+            p.head_dim as u32,
+            p.n_rot as u32,
+            offset,
+            p.neox as u32,
+            0,
+            gx,
+        ]);
+        self.dispatch(Kernel::Rope, &[&xr, &aux], pp, groups);
+    }
+
+    fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
+        let n = self.buf(gate).n_tokens;
+        let total = n * self.buf(gate).width;
+        self.set_rows(out, n);
+        let (groups, gx) = self.grid(total, 256);
+        let (g, u, o) = (self.res(gate), self.res(up), self.res(out));
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, 0, gx]);
+        self.dispatch(Kernel::Glu, &[&g, &u, &o], p, groups);
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: BufId,
+        k: BufId,
+        v: BufId,
+        batch: &AttnBatch<'_>,
+        p: &AttnParams,
+        out: BufId,
+    ) -> Result<(), BackendError> {
+        let n = batch.tokens.len();
+        let kv = self
+            .kv
+            .get(layer)
+            .and_then(|l| l.as_ref())
+            .ok_or(BackendError::NoKvCache { layer })?;
+        if p.head_dim_k > MAX_HEAD_DIM || p.head_dim_v > MAX_HEAD_DIM || p.head_dim_k % 2 != 0 {
+            return Err(device_error(format!(
+                "head dims {}/{} are not supported by the GPU attention kernel",
+                p.head_dim_k, p.head_dim_v
+            )));
+        }
+        let (kres, vres, kw, vw, n_cells) =
+            (kv.k.clone(), kv.v.clone(), kv.k_width, kv.v_width, kv.n_cells);
+        // Validate every cell before recording anything, as the CPU backend does.
+        let mut tok_cells = Vec::with_capacity(n);
+        let mut seq_len: HashMap<u32, usize> = HashMap::new();
+        for tok in batch.tokens {
+            let cell = *batch
+                .cells
+                .get(tok.seq as usize)
+                .and_then(|c| c.get(tok.pos as usize))
+                .ok_or(BackendError::MissingCell {
+                    seq: tok.seq,
+                    pos: tok.pos,
+                })?;
+            if cell as usize >= n_cells {
+                return Err(BackendError::CellOutOfRange { cell, n_cells });
+            }
+            tok_cells.push(cell);
+            let e = seq_len.entry(tok.seq).or_insert(0);
+            *e = (*e).max(tok.pos as usize + 1);
+        }
+        for (&seq, &len) in &seq_len {
+            for &cell in &batch.cells[seq as usize][..len] {
+                if cell as usize >= n_cells {
+                    return Err(BackendError::CellOutOfRange { cell, n_cells });
+                }
+            }
+        }
+        let table_words: usize = seq_len.values().sum();
+        self.reserve(3, n + table_words + 2 * n);
+        let cells_off = self.push_aux(&tok_cells);
+        let mut table_off = HashMap::new();
+        for (&seq, &len) in &seq_len {
+            let o = self.push_aux(&batch.cells[seq as usize][..len]);
+            table_off.insert(seq, o);
+        }
+        let mut ranges = Vec::with_capacity(2 * n);
+        for tok in batch.tokens {
+            let hi = tok.pos as usize;
+            let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+            ranges.push(table_off[&tok.seq] + lo as u32);
+            ranges.push((hi + 1 - lo) as u32);
+        }
+        let ranges_off = self.push_aux(&ranges);
+        let aux = self.aux_res.clone();
+        for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
+            let words = width / 2;
+            let (groups, gx) = self.grid(n * words, 256);
+            let s = self.res(src);
+            let mut pp = [0u32; 16];
+            pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
+            self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
+        }
+        self.set_rows(out, n);
+        let (qr, or) = (self.res(q), self.res(out));
+        let mut pp = [0u32; 16];
+        pp[..12].copy_from_slice(&[
+            p.n_head as u32,
+            (p.n_head / p.n_head_kv) as u32,
+            p.head_dim_k as u32,
+            p.head_dim_v as u32,
+            (p.n_head * p.head_dim_k) as u32,
+            (kw / 2) as u32,
+            (vw / 2) as u32,
+            (p.n_head * p.head_dim_v) as u32,
+            ranges_off,
+            0,
+            0,
+            0,
+        ]);
+        pp[12] = p.scale.to_bits();
+        pp[13] = p.softcap.unwrap_or(0.0).to_bits();
+        self.dispatch(
+            Kernel::Attention,
+            &[&qr, &kres, &vres, &aux, &or],
+            pp,
+            [p.n_head as u32, n as u32, 1],
+        );
+        Ok(())
+    }
+
+    fn sync(&mut self) {
+        self.flush(None);
+        self.wait();
+    }
+}

@@ -1,0 +1,95 @@
+//! The GPU implementation of `orchard_backend::Backend`, written once in WGSL on wgpu: Vulkan on
+//! Linux, Metal on macOS (DX12 on Windows), Mesa's lavapipe in CI.
+//!
+//! Every op records a dispatch (or a buffer copy) into a per-step list; nothing reaches the
+//! device until `download` or `sync`, which encode the whole step into one command buffer with
+//! one submission. Op parameters go into a uniform arena bound with dynamic offsets and per-step
+//! tables (KV cell lists, RoPE angles, uploads) into a storage arena, both written once per
+//! submission, so bind groups are cached across steps. Weights are repacked and uploaded once
+//! at `add_weight` (split by rows where larger than the device's storage binding limit); the KV
+//! cache of the layers this backend runs lives on the device as f16.
+
+mod backend;
+mod formats;
+mod shaders;
+
+pub use backend::GpuBackend;
+
+use orchard_backend::BackendError;
+
+/// One adapter wgpu can open, as `orchard devices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// Position in the list; pass it to [`GpuBackend::new`].
+    pub index: usize,
+    pub name: String,
+    /// `vulkan`, `metal`, `dx12`, `gl`.
+    pub backend: String,
+    /// `discrete`, `integrated`, `virtual`, `cpu`, `other`.
+    pub device_type: String,
+    pub driver: String,
+}
+
+/// The APIs tried on this platform unless `WGPU_BACKEND` names others: Metal on macOS, Vulkan
+/// elsewhere (DX12 too on Windows). GL is left out: it would list the same device twice.
+fn backends() -> wgpu::Backends {
+    let default = if cfg!(target_os = "macos") {
+        wgpu::Backends::METAL
+    } else if cfg!(target_os = "windows") {
+        wgpu::Backends::DX12 | wgpu::Backends::VULKAN
+    } else {
+        wgpu::Backends::VULKAN
+    };
+    wgpu::Backends::from_env().unwrap_or(default)
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends();
+    wgpu::Instance::new(desc)
+}
+
+fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut list = pollster::block_on(instance.enumerate_adapters(backends()));
+    // Real GPUs first, so that index 0 is the sensible default.
+    list.sort_by_key(|a| match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    });
+    list
+}
+
+fn describe(index: usize, a: &wgpu::Adapter) -> AdapterInfo {
+    let i = a.get_info();
+    AdapterInfo {
+        index,
+        name: i.name,
+        backend: i.backend.to_str().to_string(),
+        device_type: match i.device_type {
+            wgpu::DeviceType::DiscreteGpu => "discrete",
+            wgpu::DeviceType::IntegratedGpu => "integrated",
+            wgpu::DeviceType::VirtualGpu => "virtual",
+            wgpu::DeviceType::Cpu => "cpu",
+            wgpu::DeviceType::Other => "other",
+        }
+        .to_string(),
+        driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+    }
+}
+
+/// The adapters available to [`GpuBackend::new`], discrete GPUs first.
+pub fn list_adapters() -> Vec<AdapterInfo> {
+    let inst = instance();
+    adapters(&inst)
+        .iter()
+        .enumerate()
+        .map(|(i, a)| describe(i, a))
+        .collect()
+}
+
+fn device_error(msg: impl Into<String>) -> BackendError {
+    BackendError::Device(msg.into())
+}

@@ -1,0 +1,428 @@
+//! WGSL sources of every kernel. Each op's parameters arrive in one 64-byte uniform block
+//! (`Params`, bound with a dynamic offset into a per-step arena) whose fields are named per
+//! kernel in the comments; per-step tables (KV cell lists, RoPE cos/sin) live in the `Aux`
+//! arena. Workgroup sizes and tile shapes are constants spliced in by `source`.
+
+use crate::formats::{Format, DEQ_COMMON};
+
+pub(crate) const PARAMS: &str = r#"
+struct Params { a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, f: vec4<f32> }
+@group(0) @binding(0) var<uniform> P: Params;
+"#;
+
+/// Matrix-vector product for decode: one workgroup per output row (and per token in `z`), its
+/// threads striding over the row's 16-element chunks, then a shared-memory tree reduction.
+/// a = (rows, blocks per row, x row stride (= cols), out row stride)
+/// b = (out column offset, scale word offset, cols when rows are padded else 0, grid x)
+pub(crate) const MATVEC: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+var<workgroup> red: array<f32, WG>;
+
+fn xload4(i: u32, e: u32) -> vec4<f32> {
+    if (P.b.z != 0u) {
+        var v = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            if (e + j < P.b.z) { v[j] = X[i + j]; }
+        }
+        return v;
+    }
+    return vec4<f32>(X[i], X[i + 1u], X[i + 2u], X[i + 3u]);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = g.y * P.b.w + g.x;
+    let tok = g.z;
+    let live = row < P.a.x;
+    var acc = 0.0;
+    if (live) {
+        let nch = P.a.y * CPB;
+        let wrow = row * P.a.y;
+        let xb = tok * P.a.z;
+        for (var c = lid; c < nch; c += WG) {
+            let w = deq(wrow + c / CPB, c % CPB);
+            let e = c * 16u;
+            acc += dot(w[0], xload4(xb + e, e));
+            acc += dot(w[1], xload4(xb + e + 4u, e + 4u));
+            acc += dot(w[2], xload4(xb + e + 8u, e + 8u));
+            acc += dot(w[3], xload4(xb + e + 12u, e + 12u));
+        }
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u && live) {
+        O[tok * P.a.w + P.b.x + row] = red[0];
+    }
+}
+"#;
+
+/// Tiled matrix-matrix product for prompt processing: a 16x16 workgroup computes a TM x TN
+/// tile (weight rows x tokens), each thread 4x4 outputs; per K step of 32 the weight tile is
+/// dequantized once into shared memory and the activation tile copied beside it.
+/// a = (rows, blocks per row, x row stride (= cols), out row stride)
+/// b = (out column offset, scale word offset, _, _), c = (n_tokens, chunks per row, _, _)
+pub(crate) const MATMUL: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const BK: u32 = 32u;
+var<workgroup> As: array<vec4<f32>, 512>; // [BK][TM / 4]
+var<workgroup> Bs: array<vec4<f32>, 512>; // [BK][TN / 4]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let m0 = g.x * TM;
+    let n0 = g.y * TN;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let cols = P.a.z;
+    let ntok = P.c.x;
+    let nch = P.c.y;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
+        if (lid < TM * 2u) {
+            let r = lid >> 1u;
+            let sc = lid & 1u;
+            let ch = (k0 >> 4u) + sc;
+            let row = m0 + r;
+            var w: array<vec4<f32>, 4>;
+            if (row < rows && ch < nch) {
+                w = deq(row * nblk + ch / CPB, ch % CPB);
+            }
+            for (var k = 0u; k < 4u; k++) {
+                for (var j = 0u; j < 4u; j++) {
+                    let kk = sc * 16u + 4u * k + j;
+                    As[kk * (TM / 4u) + (r >> 2u)][r & 3u] = w[k][j];
+                }
+            }
+        }
+        for (var i = lid; i < TN * BK; i += 256u) {
+            let t = i / BK;
+            let kk = i % BK;
+            let e = k0 + kk;
+            let tok = n0 + t;
+            var v = 0.0;
+            if (tok < ntok && e < cols) { v = X[tok * cols + e]; }
+            Bs[kk * (TN / 4u) + (t >> 2u)][t & 3u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = As[kk * (TM / 4u) + l.x];
+            let b = Bs[kk * (TN / 4u) + l.y];
+            acc[0] += a * b.x;
+            acc[1] += a * b.y;
+            acc[2] += a * b.z;
+            acc[3] += a * b.w;
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let tok = n0 + l.y * 4u + j;
+        if (tok < ntok) {
+            for (var i = 0u; i < 4u; i++) {
+                let row = m0 + l.x * 4u + i;
+                if (row < rows) {
+                    O[tok * P.a.w + P.b.x + row] = acc[j][i];
+                }
+            }
+        }
+    }
+}
+"#;
+
+/// RMS norm over segments of `len` values (whole rows, or heads for Q/K norms): one workgroup
+/// per segment. a = (len, n segments, has weight, grid x), f.x = eps.
+/// The in-place variant (`NORM_INPLACE`) binds X read-write and writes back into it.
+pub(crate) const NORM: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Wn: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = g.y * P.a.w + g.x;
+    if (seg >= P.a.y) { return; }
+    let n = P.a.x;
+    let base = seg * n;
+    var s = 0.0;
+    for (var i = lid; i < n; i += 256u) { let v = X[base + i]; s += v * v; }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    for (var i = lid; i < n; i += 256u) {
+        var v = X[base + i] * scale;
+        if (P.a.z != 0u) { v = v * Wn[i]; }
+        O[base + i] = v;
+    }
+}
+"#;
+
+pub(crate) const NORM_INPLACE: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Wn: array<f32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = g.y * P.a.w + g.x;
+    if (seg >= P.a.y) { return; }
+    let n = P.a.x;
+    let base = seg * n;
+    var s = 0.0;
+    for (var i = lid; i < n; i += 256u) { let v = X[base + i]; s += v * v; }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    for (var i = lid; i < n; i += 256u) {
+        var v = X[base + i] * scale;
+        if (P.a.z != 0u) { v = v * Wn[i]; }
+        X[base + i] = v;
+    }
+}
+"#;
+
+/// In-place element-wise ops on X with an optional second operand Y.
+/// a = (n elements, mode, width (bias), grid x), f.x = scalar.
+/// modes: 0 add (x += y), 1 bias (x += y[i % width]), 2 scale, 3 softcap.
+pub(crate) const ELEMENTWISE: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    if (i >= P.a.x) { return; }
+    let x = X[i];
+    switch P.a.y {
+        case 0u: { X[i] = x + Y[i]; }
+        case 1u: { X[i] = x + Y[i % P.a.z]; }
+        case 2u: { X[i] = x * P.f.x; }
+        default: { X[i] = tanh(x / P.f.x) * P.f.x; }
+    }
+}
+"#;
+
+/// `O = act(G) * U`. a = (n elements, kind (0 SwiGLU, 1 GeGLU), _, grid x).
+/// GeGLU rounds the input and the GELU result through f16 as ggml's CPU table does.
+pub(crate) const GLU: &str = r#"
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    if (i >= P.a.x) { return; }
+    let x = G[i];
+    var a: f32;
+    if (P.a.y == 0u) {
+        a = x / (1.0 + exp(-x));
+    } else if (x <= -10.0) {
+        a = 0.0;
+    } else if (x >= 10.0) {
+        a = x;
+    } else {
+        let h = round_f16(x);
+        a = round_f16(0.5 * h * (1.0 + tanh(0.7978845608 * h * (1.0 + 0.044715 * h * h))));
+    }
+    O[i] = a * U[i];
+}
+"#;
+
+/// RoPE in place with a host-computed cos/sin table per token (so the angles round exactly as
+/// the CPU's `rope_cache` does). One thread per rotated pair.
+/// a = (n tokens, row width, head dim, n_rot), b = (table word offset, neox, _, grid x).
+pub(crate) const ROPE: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> A: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.b.w + g.x) * 256u + lid;
+    let half_rot = P.a.w / 2u;
+    let n_heads = P.a.y / P.a.z;
+    let per_tok = n_heads * half_rot;
+    if (i >= P.a.x * per_tok) { return; }
+    let t = i / per_tok;
+    let r = i % per_tok;
+    let h = r / half_rot;
+    let p = r % half_rot;
+    let c = bitcast<f32>(A[P.b.x + t * P.a.w + 2u * p]);
+    let s = bitcast<f32>(A[P.b.x + t * P.a.w + 2u * p + 1u]);
+    let base = t * P.a.y + h * P.a.z;
+    var i0: u32;
+    var i1: u32;
+    if (P.b.y != 0u) { i0 = base + p; i1 = base + p + half_rot; } else { i0 = base + 2u * p; i1 = i0 + 1u; }
+    let x0 = X[i0];
+    let x1 = X[i1];
+    X[i0] = x0 * c - x1 * s;
+    X[i1] = x0 * s + x1 * c;
+}
+"#;
+
+/// Stores a step's K or V rows as f16 pairs into their KV cells.
+/// a = (n tokens, words per row, aux offset of the per-token cell list, grid x).
+pub(crate) const KV_STORE: &str = r#"
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> C: array<u32>;
+@group(0) @binding(3) var<storage, read> A: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    let wpr = P.a.y;
+    if (i >= P.a.x * wpr) { return; }
+    let t = i / wpr;
+    let w = i % wpr;
+    let cell = A[P.a.z + t];
+    C[cell * wpr + w] = pack2x16float(vec2<f32>(S[t * wpr * 2u + 2u * w], S[t * wpr * 2u + 2u * w + 1u]));
+}
+"#;
+
+/// Attention of one (query head, token) per workgroup over its visible cells, split over the
+/// KV length in tiles of WG cells: each thread scores one cell of the tile, the tile's softmax
+/// terms are merged into a running (max, sum), and each thread accumulates its own V dims.
+/// The visible range is the token's (cell-list offset, count) in Aux: causal and sliding-window
+/// masks are expressed by the range the host computes.
+/// a = (n_head, group, dk, dv), b = (q row stride, K words per cell, V words per cell, out row
+/// stride), c = (aux offset of per-token ranges, _, _, _), f = (scale, softcap or 0).
+pub(crate) const ATTENTION: &str = r#"
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<u32>;
+@group(0) @binding(3) var<storage, read> V: array<u32>;
+@group(0) @binding(4) var<storage, read> A: array<u32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+const MAXD: u32 = 512u;
+const DPT: u32 = MAXD / WG;
+var<workgroup> qs: array<f32, MAXD>;
+var<workgroup> ps: array<f32, WG>;
+var<workgroup> cl: array<u32, WG>;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> range: vec2<u32>;
+
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = g.x;
+    let t = g.y;
+    let dk = P.a.z;
+    let dv = P.a.w;
+    let kvh = h / P.a.y;
+    for (var i = lid; i < dk; i += WG) { qs[i] = Q[t * P.b.x + h * dk + i]; }
+    if (lid == 0u) { range = vec2<u32>(A[P.c.x + 2u * t], A[P.c.x + 2u * t + 1u]); }
+    let rg = workgroupUniformLoad(&range);
+    let off = rg.x;
+    let cnt = rg.y;
+    var m = -3.0e38;
+    var lsum = 0.0;
+    var acc: array<f32, DPT>;
+    let kbase = kvh * (dk / 2u);
+    for (var t0 = 0u; t0 < cnt; t0 += WG) {
+        let j = t0 + lid;
+        var s = -3.0e38;
+        var cell = 0u;
+        if (j < cnt) {
+            cell = A[off + j];
+            let kb = cell * P.b.y + kbase;
+            var d = 0.0;
+            for (var w = 0u; w < dk / 2u; w++) {
+                let kv = unpack2x16float(K[kb + w]);
+                d += qs[2u * w] * kv.x + qs[2u * w + 1u] * kv.y;
+            }
+            if (P.f.y != 0.0) {
+                s = P.f.y * tanh(d * (P.f.x / P.f.y));
+            } else {
+                s = d * P.f.x;
+            }
+        }
+        cl[lid] = cell;
+        let mx = reduce_max(lid, s);
+        let mn = max(m, mx);
+        var p = 0.0;
+        if (j < cnt) { p = exp(s - mn); }
+        ps[lid] = p;
+        let corr = exp(m - mn);
+        let tsum = reduce_sum(lid, p);
+        lsum = lsum * corr + tsum;
+        let n_in = min(WG, cnt - t0);
+        for (var q = 0u; q < DPT; q++) {
+            let dim = lid + q * WG;
+            if (dim < dv) {
+                var a = acc[q] * corr;
+                let vo = kvh * dv + dim;
+                for (var jj = 0u; jj < n_in; jj++) {
+                    let hi = cl[jj] * P.b.z * 2u + vo;
+                    let vv = unpack2x16float(V[hi >> 1u])[hi & 1u];
+                    a += ps[jj] * vv;
+                }
+                acc[q] = a;
+            }
+        }
+        m = mn;
+        workgroupBarrier();
+    }
+    for (var q = 0u; q < DPT; q++) {
+        let dim = lid + q * WG;
+        if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] / lsum; }
+    }
+}
+"#;
+
+/// Assembles a kernel's source: the params block, the format's `deq` for weight kernels, the
+/// body, with `WG` defined.
+pub(crate) fn source(body: &str, wg: u32, fmt: Option<&Format>) -> String {
+    let mut s = String::with_capacity(8192);
+    s.push_str(PARAMS);
+    s.push_str(&format!("const WG: u32 = {wg}u;\n"));
+    // The weight binding must be declared before the helpers that read it.
+    let first = [body.find("fn "), body.find("@compute")]
+        .into_iter()
+        .flatten()
+        .min();
+    let (decl, rest) = match first {
+        Some(i) if fmt.is_some() => body.split_at(i),
+        _ => (body, ""),
+    };
+    s.push_str(decl);
+    if let Some(f) = fmt {
+        s.push_str(DEQ_COMMON);
+        s.push_str(f.wgsl);
+    }
+    s.push_str(rest);
+    s
+}

@@ -1,0 +1,523 @@
+//! Backend parity in the manner of llama.cpp's test-backend-ops: every op of the compute
+//! interface, every weight format the GPU reads, several shapes (ragged ones included), run on
+//! the GPU and on `CpuBackend` with the same inputs and compared by normalized mean squared
+//! error. Runs on whatever adapter wgpu finds first (Mesa lavapipe in CI, with
+//! `WGPU_BACKEND=vulkan`); fails when there is none.
+
+use orchard_backend::{
+    AttnBatch, AttnParams, Backend, BackendError, BufId, CpuBackend, GluKind, HostWeight,
+    RopeParams, TokenSlot,
+};
+use orchard_core::DType;
+use orchard_gpu::GpuBackend;
+use std::sync::Arc;
+
+/// A small deterministic generator (xorshift) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32() * scale).collect()
+    }
+}
+
+fn gpu() -> GpuBackend {
+    GpuBackend::new(None).expect("a GPU adapter (CI: apt-get install mesa-vulkan-drivers)")
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "output lengths differ");
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU output");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        num += ((g - w) as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    num / den.max(1e-30)
+}
+
+fn weight(name: &str, dtype: DType, cols: usize, rows: usize, values: &[f32]) -> HostWeight {
+    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; row_bytes * rows];
+    for r in 0..rows {
+        orchard_quant::quantize_row(
+            dtype,
+            &values[r * cols..(r + 1) * cols],
+            &mut bytes[r * row_bytes..(r + 1) * row_bytes],
+        )
+        .unwrap();
+    }
+    let len = bytes.len();
+    HostWeight {
+        name: name.into(),
+        dtype,
+        dims: if rows == 1 {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        },
+        source: Arc::new(bytes),
+        range: 0..len,
+    }
+}
+
+fn buf(b: &mut dyn Backend, n: usize, w: usize, data: &[f32]) -> BufId {
+    let id = b.alloc(n, w);
+    b.upload(id, data);
+    id
+}
+
+fn read(b: &mut dyn Backend, id: BufId) -> Vec<f32> {
+    let mut out = Vec::new();
+    b.download(id, &mut out);
+    out
+}
+
+/// Runs `f` on a fresh CPU backend and on `g`, returning (gpu, cpu) outputs.
+fn both(g: &mut GpuBackend, f: impl Fn(&mut dyn Backend) -> Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+    let mut cpu = CpuBackend::new();
+    let want = f(&mut cpu);
+    let got = f(g);
+    let errs = g.take_errors();
+    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+    (got, want)
+}
+
+/// `W · x` in f64 from the dequantized weight, as `[n, rows]`.
+fn dequantized_product(w: &HostWeight, x: &[f32], n: usize) -> Vec<f32> {
+    let (cols, rows) = (w.row_len(), w.n_rows());
+    let mut wf = vec![0.0f32; cols * rows];
+    orchard_quant::dequantize_row(w.dtype, w.bytes(), &mut wf).unwrap();
+    let mut out = vec![0.0f32; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            let s: f64 = (0..cols)
+                .map(|c| wf[r * cols + c] as f64 * x[t * cols + c] as f64)
+                .sum();
+            out[t * rows + r] = s as f32;
+        }
+    }
+    out
+}
+
+const MATMUL_TYPES: [DType; 9] = [
+    DType::F32,
+    DType::F16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+#[test]
+fn matmul_every_format_and_shape() {
+    let mut g = gpu();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut report = Vec::new();
+    for dtype in MATMUL_TYPES {
+        let bs = dtype.block_size();
+        // (cols, rows): rows not divisible by the 64-row tile; cols of 1..3 K-steps, and for
+        // the float types a width that is not a whole 16-element chunk.
+        let mut shapes = vec![(bs.max(32) * 2, 67), (bs.max(64) * 3, 130)];
+        if bs == 1 {
+            shapes.push((40, 33));
+            shapes.push((2, 5));
+        }
+        for (cols, rows) in shapes {
+            let wv = rng.vec(cols * rows, 1.0);
+            let w = weight("w", dtype, cols, rows, &wv);
+            // token counts on the matrix-vector path (1, 3, 8) and the tiled one (13, 70)
+            for n in [1usize, 3, 8, 13, 70] {
+                let xv = rng.vec(n * cols, 1.0);
+                let (got, want) = both(&mut g, |b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, n, cols, &xv);
+                    let o = b.alloc(n, rows);
+                    b.matmul(wid, x, o);
+                    read(b, o)
+                });
+                let e = nmse(&got, &want);
+                // Against the dequantized weights times unquantized activations the GPU
+                // should agree to f32 rounding: this catches a misread block that the CPU's
+                // own activation-quantization noise could hide.
+                let exact = dequantized_product(&w, &xv, n);
+                let e_exact = nmse(&got, &exact);
+                report.push(format!(
+                    "{dtype} {cols}x{rows} n={n}: vs cpu {e:.2e}, vs f64 {e_exact:.2e}"
+                ));
+                assert!(e < 5e-4, "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE {e}");
+                assert!(
+                    e_exact < 1e-9,
+                    "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE vs f64 {e_exact}"
+                );
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn matmul_splits_weights_larger_than_a_binding() {
+    // Enough rows that a chunked upload would be exercised on any device whose limit is
+    // lowered; on every device it checks the row offsets of a multi-row-block weight.
+    let mut g = gpu();
+    let mut rng = Rng(7);
+    let (cols, rows) = (256, 1000);
+    let wv = rng.vec(cols * rows, 1.0);
+    let w = weight("big", DType::Q6_K, cols, rows, &wv);
+    let xv = rng.vec(2 * cols, 1.0);
+    let (got, want) = both(&mut g, |b| {
+        let wid = b.add_weight(&w).unwrap();
+        let x = buf(b, 2, cols, &xv);
+        let o = b.alloc(2, rows);
+        b.matmul(wid, x, o);
+        read(b, o)
+    });
+    assert!(nmse(&got, &want) < 5e-4);
+}
+
+#[test]
+fn unsupported_weight_types_are_refused() {
+    let mut g = gpu();
+    let mut rng = Rng(3);
+    let wv = rng.vec(256 * 4, 1.0);
+    let w = weight("q3", DType::Q3_K, 256, 4, &wv);
+    assert!(!g.supports_matmul(DType::Q3_K));
+    assert!(g.supports_matmul(DType::Q4_K));
+    match g.add_weight(&w) {
+        Err(BackendError::UnsupportedType { dtype, .. }) => assert_eq!(dtype, DType::Q3_K),
+        other => panic!("expected UnsupportedType, got {:?}", other.map(|_| ())),
+    }
+    let mut bad = weight("short", DType::Q4_0, 64, 4, &rng.vec(256, 1.0));
+    bad.range = 0..10;
+    assert!(matches!(
+        g.add_weight(&bad),
+        Err(BackendError::BadWeight { .. })
+    ));
+}
+
+#[test]
+fn norms_and_elementwise_ops() {
+    let mut g = gpu();
+    let mut rng = Rng(11);
+    for (n, width) in [(1usize, 576usize), (5, 640), (70, 100)] {
+        let xv = rng.vec(n * width, 3.0);
+        let yv = rng.vec(n * width, 1.0);
+        let wv = rng.vec(width, 1.0);
+        let w = weight("norm", DType::F32, width, 1, &wv);
+        let checks: Vec<(&str, Box<dyn Fn(&mut dyn Backend) -> Vec<f32>>)> = vec![
+            (
+                "rms_norm",
+                Box::new(|b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, n, width, &xv);
+                    let o = b.alloc(1, width);
+                    b.rms_norm(x, Some(wid), 1e-6, o);
+                    read(b, o)
+                }),
+            ),
+            (
+                "rms_norm_plain",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    let o = b.alloc(n, width);
+                    b.rms_norm(x, None, 1e-5, o);
+                    read(b, o)
+                }),
+            ),
+            (
+                "add",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    let y = buf(b, n, width, &yv);
+                    b.add(x, y);
+                    read(b, x)
+                }),
+            ),
+            (
+                "add_bias",
+                Box::new(|b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, n, width, &xv);
+                    b.add_bias(x, wid);
+                    read(b, x)
+                }),
+            ),
+            (
+                "scale",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    b.scale(x, 0.125);
+                    read(b, x)
+                }),
+            ),
+            (
+                "softcap",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    b.softcap(x, 2.5);
+                    read(b, x)
+                }),
+            ),
+            (
+                "swiglu",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    let y = buf(b, n, width, &yv);
+                    let o = b.alloc(n, width);
+                    b.glu(x, y, GluKind::SwiGlu, o);
+                    read(b, o)
+                }),
+            ),
+            (
+                "geglu",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    let y = buf(b, n, width, &yv);
+                    let o = b.alloc(n, width);
+                    b.glu(x, y, GluKind::GeGlu, o);
+                    read(b, o)
+                }),
+            ),
+            (
+                "copy_rows",
+                Box::new(|b| {
+                    let x = buf(b, n, width, &xv);
+                    let o = b.alloc(1, width);
+                    let rows: Vec<u32> = (0..n as u32).rev().step_by(2).collect();
+                    b.copy_rows(x, &rows, o);
+                    read(b, o)
+                }),
+            ),
+        ];
+        for (name, f) in checks {
+            let (got, want) = both(&mut g, f);
+            let e = nmse(&got, &want);
+            // GeGLU rounds through f16 on both sides; a tanh ulp can flip one rounding.
+            let tol = if name == "geglu" { 1e-6 } else { 1e-10 };
+            assert!(e < tol, "{name} n={n} width={width}: NMSE {e}");
+        }
+    }
+}
+
+#[test]
+fn head_norm_and_rope() {
+    let mut g = gpu();
+    let mut rng = Rng(5);
+    // (head_dim, n_rot, n_heads, neox, freq factors)
+    for (hd, n_rot, heads, neox, ff) in [
+        (64usize, 64usize, 9usize, false, false),
+        (256, 256, 4, true, false),
+        (128, 64, 3, true, false),
+        (64, 64, 2, false, true),
+    ] {
+        let n = 7;
+        let width = hd * heads;
+        let xv = rng.vec(n * width, 2.0);
+        let wv = rng.vec(hd, 1.0);
+        let w = weight("qn", DType::F32, hd, 1, &wv);
+        let ffv: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+        let fw = weight("ff", DType::F32, n_rot / 2, 1, &ffv);
+        let tokens: Vec<TokenSlot> = (0..n)
+            .map(|i| TokenSlot {
+                seq: 0,
+                pos: (i * 37 + 3) as u32,
+            })
+            .collect();
+        let p = RopeParams {
+            n_rot,
+            head_dim: hd,
+            freq_base: 10000.0,
+            freq_scale: 0.5,
+            neox,
+        };
+        let (got, want) = both(&mut g, |b| {
+            let wid = b.add_weight(&w).unwrap();
+            let fid = b.add_weight(&fw).unwrap();
+            let x = buf(b, n, width, &xv);
+            b.head_rms_norm(x, wid, hd, 1e-6);
+            b.rope(x, &tokens, &p, ff.then_some(fid));
+            // a second rope with the same table exercises the per-step memo
+            b.rope(x, &tokens, &p, ff.then_some(fid));
+            read(b, x)
+        });
+        let e = nmse(&got, &want);
+        assert!(e < 1e-10, "head norm + rope hd={hd} n_rot={n_rot}: NMSE {e}");
+    }
+}
+
+struct AttnCase {
+    p: AttnParams,
+    /// Steps of (seq, positions) fed one after another.
+    steps: Vec<Vec<(u32, std::ops::Range<u32>)>>,
+}
+
+fn run_attention(b: &mut dyn Backend, case: &AttnCase, seed: u64) -> Vec<f32> {
+    let p = &case.p;
+    let n_cells = 256;
+    // Paged tables: each sequence's positions live in scattered cells.
+    let mut perm: Vec<u32> = (0..n_cells as u32).collect();
+    let mut r = Rng(seed ^ 0xabc);
+    for i in (1..perm.len()).rev() {
+        let j = ((r.f32() * 0.5 + 0.5) * i as f32) as usize % (i + 1);
+        perm.swap(i, j);
+    }
+    let tables: Vec<Vec<u32>> = (0..2).map(|s| perm[s * 128..(s + 1) * 128].to_vec()).collect();
+    let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+    let (kw, vw) = (p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
+    b.alloc_kv(3, n_cells, kw, vw).unwrap();
+    let mut rng = Rng(seed);
+    let mut all = Vec::new();
+    for step in &case.steps {
+        let tokens: Vec<TokenSlot> = step
+            .iter()
+            .flat_map(|(s, r)| r.clone().map(move |pos| TokenSlot { seq: *s, pos }))
+            .collect();
+        let n = tokens.len();
+        let q = buf(b, n, p.n_head * p.head_dim_k, &rng.vec(n * p.n_head * p.head_dim_k, 1.0));
+        let k = buf(b, n, kw, &rng.vec(n * kw, 1.0));
+        let v = buf(b, n, vw, &rng.vec(n * vw, 1.0));
+        let o = b.alloc(n, p.n_head * p.head_dim_v);
+        let batch = AttnBatch {
+            tokens: &tokens,
+            cells: &table_refs,
+        };
+        b.attention(3, q, k, v, &batch, p, o).unwrap();
+        all.extend(read(b, o));
+    }
+    all
+}
+
+#[test]
+fn attention_decode_and_prefill() {
+    let mut g = gpu();
+    let base = AttnParams {
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim_k: 64,
+        head_dim_v: 64,
+        scale: 0.125,
+        window: None,
+        softcap: None,
+    };
+    let cases = vec![
+        // prefill of two sequences in one batch (causal), then decode steps
+        AttnCase {
+            p: base,
+            steps: vec![
+                vec![(0, 0..70), (1, 0..20)],
+                vec![(0, 70..71), (1, 20..21)],
+                vec![(1, 21..22)],
+            ],
+        },
+        // sliding window shorter than the context, with soft-capping and wide heads
+        AttnCase {
+            p: AttnParams {
+                n_head: 4,
+                n_head_kv: 1,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 1.0,
+                window: Some(16),
+                softcap: Some(20.0),
+            },
+            steps: vec![vec![(0, 0..40)], vec![(0, 40..41)], vec![(0, 41..44)]],
+        },
+        // long decode over more than one KV tile
+        AttnCase {
+            p: AttnParams {
+                n_head: 3,
+                n_head_kv: 3,
+                ..base
+            },
+            steps: vec![vec![(0, 0..100)], vec![(0, 100..101)]],
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
+        let e = nmse(&got, &want);
+        // The CPU rounds Q and the V accumulator to f16 below 64 tokens, as ggml does.
+        assert!(e < 1e-5, "attention case {i}: NMSE {e}");
+    }
+}
+
+#[test]
+fn attention_errors_match_the_cpu() {
+    let mut g = gpu();
+    let p = AttnParams {
+        n_head: 2,
+        n_head_kv: 2,
+        head_dim_k: 8,
+        head_dim_v: 8,
+        scale: 1.0,
+        window: None,
+        softcap: None,
+    };
+    let q = g.alloc(1, 16);
+    let o = g.alloc(1, 16);
+    let tokens = [TokenSlot { seq: 0, pos: 5 }];
+    let short = [0u32, 1, 2];
+    let tables: [&[u32]; 1] = [&short];
+    let batch = AttnBatch {
+        tokens: &tokens,
+        cells: &tables,
+    };
+    assert!(matches!(
+        g.attention(0, q, q, q, &batch, &p, o),
+        Err(BackendError::NoKvCache { layer: 0 })
+    ));
+    g.alloc_kv(0, 4, 16, 16).unwrap();
+    assert!(matches!(
+        g.attention(0, q, q, q, &batch, &p, o),
+        Err(BackendError::MissingCell { seq: 0, pos: 5 })
+    ));
+    let far = [0u32, 1, 2, 3, 4, 9];
+    let tables: [&[u32]; 1] = [&far];
+    let batch = AttnBatch {
+        tokens: &tokens,
+        cells: &tables,
+    };
+    assert!(matches!(
+        g.attention(0, q, q, q, &batch, &p, o),
+        Err(BackendError::CellOutOfRange { cell: 9, n_cells: 4 })
+    ));
+    assert_eq!(g.kv_bytes(), 4 * 32 * 2);
+}
+
+#[test]
+fn one_submission_per_step() {
+    let mut g = gpu();
+    let mut rng = Rng(1);
+    let w = weight("w", DType::Q8_0, 64, 64, &rng.vec(64 * 64, 1.0));
+    let wid = g.add_weight(&w).unwrap();
+    let x = buf(&mut g, 1, 64, &rng.vec(64, 1.0));
+    let o = g.alloc(1, 64);
+    let before = g.submissions();
+    for _ in 0..20 {
+        g.matmul(wid, x, o);
+        g.add(x, o);
+        g.scale(x, 0.5);
+    }
+    let mut out = Vec::new();
+    g.download(x, &mut out);
+    assert_eq!(g.submissions() - before, 1, "60 ops and a download in one submission");
+    assert!(out.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn adapters_are_listed() {
+    let list = orchard_gpu::list_adapters();
+    assert!(!list.is_empty());
+    assert_eq!(list[0].index, 0);
+    let g = gpu();
+    assert_eq!(g.adapter().name, list[0].name);
+    assert!(g.name().contains(&list[0].name));
+}
