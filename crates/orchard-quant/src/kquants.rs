@@ -737,9 +737,8 @@ pub fn vec_dot_q2_k_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-/// Q2_K × Q8_K dot; dispatches to the best kernel available (the scalar one for now).
-pub fn vec_dot_q2_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    vec_dot_q2_k_q8_k_ref(n, w, act)
+crate::legacy::dispatched! {
+    fn vec_dot_q2_k_q8_k => dispatch_dot(Q2_K) (n: usize, w: &[u8], act: &[u8]) -> f32;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -897,9 +896,8 @@ pub fn vec_dot_q3_k_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-/// Q3_K × Q8_K dot; dispatches to the best kernel available (the scalar one for now).
-pub fn vec_dot_q3_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    vec_dot_q3_k_q8_k_ref(n, w, act)
+crate::legacy::dispatched! {
+    fn vec_dot_q3_k_q8_k => dispatch_dot(Q3_K) (n: usize, w: &[u8], act: &[u8]) -> f32;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1121,9 +1119,8 @@ pub fn vec_dot_q4_k_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-/// Q4_K × Q8_K dot; dispatches to the best kernel available (the scalar one for now).
-pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    vec_dot_q4_k_q8_k_ref(n, w, act)
+crate::legacy::dispatched! {
+    fn vec_dot_q4_k_q8_k => dispatch_dot(Q4_K) (n: usize, w: &[u8], act: &[u8]) -> f32;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1252,9 +1249,8 @@ pub fn vec_dot_q5_k_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-/// Q5_K × Q8_K dot; dispatches to the best kernel available (the scalar one for now).
-pub fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    vec_dot_q5_k_q8_k_ref(n, w, act)
+crate::legacy::dispatched! {
+    fn vec_dot_q5_k_q8_k => dispatch_dot(Q5_K) (n: usize, w: &[u8], act: &[u8]) -> f32;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1397,9 +1393,8 @@ pub fn vec_dot_q6_k_q8_k_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-/// Q6_K × Q8_K dot; dispatches to the best kernel available (the scalar one for now).
-pub fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    vec_dot_q6_k_q8_k_ref(n, w, act)
+crate::legacy::dispatched! {
+    fn vec_dot_q6_k_q8_k => dispatch_dot(Q6_K) (n: usize, w: &[u8], act: &[u8]) -> f32;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@
 //! for the dot products). Floating-point expressions therefore keep ggml's evaluation order
 //! exactly, and nothing is fused into an FMA (ggml-base is built without FMA contraction).
 //!
-//! Each kernel exists twice: `*_ref` is the scalar implementation, and the plain name is the
-//! entry point the dispatch table (`traits.rs`) uses. The plain names call the `_ref` twins for
-//! now; SIMD variants will replace them and be tested against the `_ref` ones.
+//! `*_ref` are ggml's reference/generic kernels; the plain names at the end are the entry points
+//! (activation quantizers and dots dispatch through `crate::traits`, whose x86-exact scalar twins
+//! live in `lanes.rs` and SIMD versions in `simd/`).
 
 use half::{bf16, f16};
 
@@ -690,21 +690,16 @@ pub fn vec_dot_q8_0_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry points used by the dispatch table. They forward to the scalar references until SIMD
-// variants exist; keeping the names separate means the table never has to change.
-//
-// Parity caveat for that SIMD work: on x86 with AVX/AVX2, ggml-cpu's `quantize_row_q8_0` and
-// `quantize_row_q8_1` (what llama-server uses for activations) are NOT the `_ref` quantizers:
-// they multiply by `127 / amax` instead of `1 / (amax / 127)` and round half to even, and Q8_1's
-// `s` is `d * sum` of those quants. Matching llama-server's logits bit for bit on x86 needs
-// those variants; the `_ref` ones here match ggml's reference and gguf-py. Likewise ggml's SIMD
-// dots (and `ggml_vec_dot_f32`/`_f16` whenever GGML_SIMD is defined) sum in f32 lanes with FMA,
-// not in the generic order or in f64 as the `_ref` dots here do.
+// Plain-named entry points, as ggml-cpu names them. Dequantizers and weight quantizers are the
+// references (ggml-cpu uses those too); activation quantizers and dots go through the active
+// kernel table (`crate::traits`), whose x86 arithmetic differs from the references above: ggml's
+// AVX `quantize_row_q8_0`/`_q8_1` multiply by `127 / amax` and round half to even, and its SIMD
+// dots sum in f32 lanes with FMAs (see `lanes.rs`).
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! forward_to_ref {
     ($(fn $name:ident => $reference:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
-        #[doc = concat!("Dispatch entry point; currently [`", stringify!($reference), "`].")]
+        #[doc = concat!("Entry point; [`", stringify!($reference), "`] (ggml-cpu has no other).")]
         #[inline]
         pub fn $name($($arg: $ty),*) $(-> $ret)? {
             $reference($($arg),*)
@@ -724,24 +719,39 @@ forward_to_ref! {
     fn dequantize_row_q8_1 => dequantize_row_q8_1_ref(src: &[u8], dst: &mut [f32]);
 
     fn quantize_row_f32 => quantize_row_f32_ref(src: &[f32], dst: &mut [u8]);
-    fn quantize_row_f16 => quantize_row_f16_ref(src: &[f32], dst: &mut [u8]);
     fn quantize_row_bf16 => quantize_row_bf16_ref(src: &[f32], dst: &mut [u8]);
     fn quantize_row_q4_0 => quantize_row_q4_0_ref(src: &[f32], dst: &mut [u8]);
     fn quantize_row_q4_1 => quantize_row_q4_1_ref(src: &[f32], dst: &mut [u8]);
     fn quantize_row_q5_0 => quantize_row_q5_0_ref(src: &[f32], dst: &mut [u8]);
     fn quantize_row_q5_1 => quantize_row_q5_1_ref(src: &[f32], dst: &mut [u8]);
-    fn quantize_row_q8_0 => quantize_row_q8_0_ref(src: &[f32], dst: &mut [u8]);
-    fn quantize_row_q8_1 => quantize_row_q8_1_ref(src: &[f32], dst: &mut [u8]);
-
-    fn vec_dot_f32 => vec_dot_f32_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_f16 => vec_dot_f16_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_bf16 => vec_dot_bf16_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_q4_0_q8_0 => vec_dot_q4_0_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_q4_1_q8_1 => vec_dot_q4_1_q8_1_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_q5_0_q8_0 => vec_dot_q5_0_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_q5_1_q8_1 => vec_dot_q5_1_q8_1_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
-    fn vec_dot_q8_0_q8_0 => vec_dot_q8_0_q8_0_ref(n: usize, w: &[u8], act: &[u8]) -> f32;
 }
+
+macro_rules! dispatched {
+    ($(fn $name:ident => $how:ident($dt:ident) ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+        #[doc = concat!("Entry point through the active kernel table (`traits(DType::", stringify!($dt), ")`).")]
+        #[inline]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            crate::traits::$how(orchard_core::DType::$dt, $($arg),*)
+        }
+    )*};
+}
+
+dispatched! {
+    fn quantize_row_f16 => dispatch_from_float(F16) (src: &[f32], dst: &mut [u8]);
+    fn quantize_row_q8_0 => dispatch_from_float(Q8_0) (src: &[f32], dst: &mut [u8]);
+    fn quantize_row_q8_1 => dispatch_from_float(Q8_1) (src: &[f32], dst: &mut [u8]);
+
+    fn vec_dot_f32 => dispatch_dot(F32) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_f16 => dispatch_dot(F16) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_bf16 => dispatch_dot(BF16) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_q4_0_q8_0 => dispatch_dot(Q4_0) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_q4_1_q8_1 => dispatch_dot(Q4_1) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_q5_0_q8_0 => dispatch_dot(Q5_0) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_q5_1_q8_1 => dispatch_dot(Q5_1) (n: usize, w: &[u8], act: &[u8]) -> f32;
+    fn vec_dot_q8_0_q8_0 => dispatch_dot(Q8_0) (n: usize, w: &[u8], act: &[u8]) -> f32;
+}
+
+pub(crate) use dispatched;
 
 #[cfg(test)]
 mod tests {
@@ -814,7 +824,7 @@ mod tests {
     fn q8_1_sum_is_rounded_from_f32_product() {
         let x: Vec<f32> = (0..32).map(|i| (i as f32 - 10.3) * 0.37).collect();
         let mut q = [0u8; BlockQ8_1::BYTES];
-        quantize_row_q8_1(&x, &mut q);
+        quantize_row_q8_1_ref(&x, &mut q);
         let b = BlockQ8_1::from_bytes(&q);
         let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;

@@ -1,19 +1,29 @@
 //! Block formats of ggml: the `#[repr(C)]` block layouts, dequantization, reference quantization,
 //! and dot products of a weight row against a row of activations quantized to the format ggml
-//! pairs it with (`vec_dot_type`). Every kernel here is the scalar reference; SIMD twins chosen at
-//! run time live beside them and are property-tested against them.
+//! pairs it with (`vec_dot_type`).
+//!
+//! Kernels come in three flavours: `*_ref` are ggml's reference/generic C kernels (what
+//! `llama-quantize` writes, and ggml's portable dots); `*_scalar` (`lanes.rs`) are portable
+//! scalar kernels computing ggml-cpu's x86 SIMD results bit for bit; `simd/` holds the AVX2,
+//! AVX-512 and NEON kernels, which must equal the `*_scalar` ones bit for bit. [`traits`] hands
+//! out the fastest table this CPU supports.
 //!
 //! Byte slices are used at the boundary (rather than `&[BlockQ4_0]`) because tensor data comes
 //! straight from an mmap with no alignment guarantee beyond GGUF's; kernels read blocks with
 //! unaligned loads.
 
-mod legacy;
 mod kquants;
+mod lanes;
+mod legacy;
+mod simd;
 mod traits;
 
-pub use legacy::*;
 pub use kquants::*;
-pub use traits::{traits, FromFloatFn, ToFloatFn, TypeTraits, VecDotFn};
+pub use lanes::*;
+pub use legacy::*;
+pub use traits::{
+    active_tier, traits, traits_for, FromFloatFn, Tier, ToFloatFn, TypeTraits, VecDotFn, VecDotX4Fn,
+};
 
 use orchard_core::DType;
 
@@ -24,9 +34,18 @@ pub enum QuantError {
     #[error("type {0} is not supported by this operation")]
     Unsupported(DType),
     #[error("row of {n} elements is not a whole number of {dtype} blocks of {block}")]
-    RaggedRow { dtype: DType, n: usize, block: usize },
+    RaggedRow {
+        dtype: DType,
+        n: usize,
+        block: usize,
+    },
     #[error("{dtype} buffer holds {got} bytes, {want} needed for {n} elements")]
-    BadLength { dtype: DType, n: usize, want: usize, got: usize },
+    BadLength {
+        dtype: DType,
+        n: usize,
+        want: usize,
+        got: usize,
+    },
 }
 
 /// Dequantizes `dst.len()` elements of type `dtype` from `src` into f32.
@@ -39,8 +58,18 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 }
 
 /// Quantizes `src` into `dtype` blocks in `dst` (the reference quantizer, as ggml's
-/// `quantize_row_*_ref`).
+/// `quantize_row_*_ref`: use it for weights).
 pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    let t = traits(dtype).ok_or(QuantError::Unsupported(dtype))?;
+    let from_float = t.from_float_ref.ok_or(QuantError::Unsupported(dtype))?;
+    check_len(dtype, src.len(), dst.len())?;
+    from_float(src, dst);
+    Ok(())
+}
+
+/// Quantizes a row of activations the way ggml-cpu does before a dot product with a weight
+/// whose `vec_dot_type` is `dtype` (its `from_float`; on x86 not the reference quantizer).
+pub fn quantize_activations(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     let t = traits(dtype).ok_or(QuantError::Unsupported(dtype))?;
     let from_float = t.from_float.ok_or(QuantError::Unsupported(dtype))?;
     check_len(dtype, src.len(), dst.len())?;
@@ -65,7 +94,12 @@ fn check_len(dtype: DType, n: usize, got: usize) -> Result<(), QuantError> {
     }
     let want = n / block * dtype.block_bytes();
     if want != got {
-        return Err(QuantError::BadLength { dtype, n, want, got });
+        return Err(QuantError::BadLength {
+            dtype,
+            n,
+            want,
+            got,
+        });
     }
     Ok(())
 }

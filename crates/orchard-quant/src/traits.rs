@@ -1,9 +1,17 @@
-//! The per-type kernel table, after ggml's `type_traits` / `type_traits_cpu`: which activation
+//! The per-type kernel tables, after ggml's `type_traits` / `type_traits_cpu`: which activation
 //! format a weight type is dotted against, and the row kernels. Callers on the hot path look the
 //! entry up once per matrix, then call the function pointers directly.
+//!
+//! There is one table per [`Tier`]. `traits()` returns the fastest table this CPU supports, picked
+//! once (feature detection, then a `OnceLock`); `ORCHARD_FORCE_SCALAR=1` picks the portable scalar
+//! table instead, and `ORCHARD_FORCE_SCALAR=ref` ggml's generic reference kernels. Every table
+//! except the reference one computes ggml-cpu's x86 results bit for bit (see `lanes.rs`), so the
+//! choice changes speed, not numbers; the one exception is the F16 dot on the AVX2 tier, which
+//! reproduces ggml's AVX2 build (as llama.cpp would compute it on that CPU).
 
 use crate::*;
 use orchard_core::DType;
+use std::sync::OnceLock;
 
 /// `to_float(src_bytes, dst)`.
 pub type ToFloatFn = fn(&[u8], &mut [f32]);
@@ -11,9 +19,12 @@ pub type ToFloatFn = fn(&[u8], &mut [f32]);
 pub type FromFloatFn = fn(&[f32], &mut [u8]);
 /// `vec_dot(n, weight_row, act_row)`.
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
+/// `vec_dot_x4(n, [four weight rows], act_row)`: four dots sharing one activation row.
+pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
 
 /// Row kernels of one type. Lengths are checked by the callers (see `crate::dequantize_row`);
-/// the kernels themselves assume whole blocks and matching slice lengths.
+/// the kernels themselves process whole blocks only and never read past their slices (a short
+/// slice just ends the dot early).
 #[derive(Clone, Copy)]
 pub struct TypeTraits {
     pub dtype: DType,
@@ -21,37 +32,355 @@ pub struct TypeTraits {
     pub vec_dot_type: DType,
     /// `to_float(src_bytes, dst)`: dequantize `dst.len()` elements.
     pub to_float: Option<ToFloatFn>,
-    /// `from_float(src, dst_bytes)`: quantize `src.len()` elements (reference quantizer).
+    /// ggml-cpu's `from_float`: how a row of activations is quantized to this type before a dot
+    /// product (for Q8_0/Q8_1 on x86 this is not the reference quantizer: `127 / amax` and
+    /// round-half-even). Use it for activations, never for weights.
     pub from_float: Option<FromFloatFn>,
+    /// ggml's `from_float_ref`: the reference quantizer (what `llama-quantize` writes).
+    pub from_float_ref: Option<FromFloatFn>,
     /// `vec_dot(n, weight_row, act_row)` with `act_row` in `vec_dot_type`.
     pub vec_dot: Option<VecDotFn>,
+    /// Four weight rows against one activation row; each result is bit-identical to `vec_dot`
+    /// of that row. Faster than four `vec_dot` calls (independent accumulator chains, shared
+    /// activation loads).
+    pub vec_dot_x4: Option<VecDotX4Fn>,
 }
 
-/// The kernel table entry for `dtype`, or `None` for types without CPU kernels.
+/// A family of kernels, from the portable reference to the widest SIMD this build supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tier {
+    /// ggml's generic C kernels (`*_ref`): the reference quantizers and the generic dots. Not
+    /// what llama.cpp computes on x86; kept for cross-checks against ggml's C.
+    Reference,
+    /// Portable scalar code computing ggml-cpu's x86 results bit for bit (`*_scalar`).
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// x86-64 with AVX-512 F/BW/DQ/VL and VNNI (plus the AVX2 tier's features).
+    Avx512,
+    /// aarch64 with NEON.
+    Neon,
+}
+
+impl Tier {
+    /// Every tier, slowest first.
+    pub const ALL: [Tier; 5] = [
+        Tier::Reference,
+        Tier::Scalar,
+        Tier::Avx2,
+        Tier::Avx512,
+        Tier::Neon,
+    ];
+
+    /// Whether this CPU can run the tier's kernels.
+    pub fn is_available(self) -> bool {
+        match self {
+            Tier::Reference | Tier::Scalar => true,
+            Tier::Avx2 => crate::simd::has_avx2(),
+            Tier::Avx512 => crate::simd::has_avx512(),
+            Tier::Neon => crate::simd::has_neon(),
+        }
+    }
+
+    /// The fastest tier this CPU supports.
+    pub fn best() -> Tier {
+        [Tier::Avx512, Tier::Avx2, Tier::Neon]
+            .into_iter()
+            .find(|t| t.is_available())
+            .unwrap_or(Tier::Scalar)
+    }
+}
+
+/// The tier `traits()` uses: `ORCHARD_FORCE_SCALAR` (`1`/`true`/`scalar` for [`Tier::Scalar`],
+/// `ref` for [`Tier::Reference`]) or else the best one available. Read once per process.
+pub fn active_tier() -> Tier {
+    static ACTIVE: OnceLock<Tier> = OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        match std::env::var("ORCHARD_FORCE_SCALAR")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("ref" | "reference") => Tier::Reference,
+            Some("" | "0" | "false") | None => Tier::best(),
+            Some(_) => Tier::Scalar,
+        }
+    })
+}
+
+/// The kernel table entry for `dtype` in the active tier, or `None` for types without CPU
+/// kernels.
 pub fn traits(dtype: DType) -> Option<&'static TypeTraits> {
-    TABLE.iter().find(|t| t.dtype == dtype)
+    traits_for(active_tier(), dtype)
+}
+
+/// The entry for `dtype` in a given tier's table; `None` when the type has no kernels or the
+/// tier cannot run on this CPU.
+pub fn traits_for(tier: Tier, dtype: DType) -> Option<&'static TypeTraits> {
+    table(tier)?.iter().find(|t| t.dtype == dtype)
+}
+
+fn table(tier: Tier) -> Option<&'static [TypeTraits]> {
+    static TABLES: [OnceLock<Option<Vec<TypeTraits>>>; 5] = [const { OnceLock::new() }; 5];
+    let slot = Tier::ALL.iter().position(|&t| t == tier)?;
+    TABLES[slot]
+        .get_or_init(|| tier.is_available().then(|| build(tier)))
+        .as_deref()
 }
 
 macro_rules! entry {
-    ($dt:ident, $vdt:ident, $to:expr, $from:expr, $dot:expr) => {
-        TypeTraits { dtype: DType::$dt, vec_dot_type: DType::$vdt, to_float: $to, from_float: $from, vec_dot: $dot }
+    ($dt:ident, $vdt:ident, $to:expr, $from:expr, $from_ref:expr, $dot:expr, $dot4:expr) => {
+        TypeTraits {
+            dtype: DType::$dt,
+            vec_dot_type: DType::$vdt,
+            to_float: $to,
+            from_float: $from,
+            from_float_ref: $from_ref,
+            vec_dot: $dot,
+            vec_dot_x4: $dot4,
+        }
     };
 }
 
-static TABLE: &[TypeTraits] = &[
-    entry!(F32, F32, Some(dequantize_row_f32), Some(quantize_row_f32), Some(vec_dot_f32)),
-    entry!(F16, F16, Some(dequantize_row_f16), Some(quantize_row_f16), Some(vec_dot_f16)),
-    entry!(BF16, BF16, Some(dequantize_row_bf16), Some(quantize_row_bf16), Some(vec_dot_bf16)),
-    entry!(Q4_0, Q8_0, Some(dequantize_row_q4_0), Some(quantize_row_q4_0), Some(vec_dot_q4_0_q8_0)),
-    entry!(Q4_1, Q8_1, Some(dequantize_row_q4_1), Some(quantize_row_q4_1), Some(vec_dot_q4_1_q8_1)),
-    entry!(Q5_0, Q8_0, Some(dequantize_row_q5_0), Some(quantize_row_q5_0), Some(vec_dot_q5_0_q8_0)),
-    entry!(Q5_1, Q8_1, Some(dequantize_row_q5_1), Some(quantize_row_q5_1), Some(vec_dot_q5_1_q8_1)),
-    entry!(Q8_0, Q8_0, Some(dequantize_row_q8_0), Some(quantize_row_q8_0), Some(vec_dot_q8_0_q8_0)),
-    entry!(Q8_1, Q8_1, Some(dequantize_row_q8_1), Some(quantize_row_q8_1), None),
-    entry!(Q2_K, Q8_K, Some(dequantize_row_q2_k), Some(quantize_row_q2_k), Some(vec_dot_q2_k_q8_k)),
-    entry!(Q3_K, Q8_K, Some(dequantize_row_q3_k), Some(quantize_row_q3_k), Some(vec_dot_q3_k_q8_k)),
-    entry!(Q4_K, Q8_K, Some(dequantize_row_q4_k), Some(quantize_row_q4_k), Some(vec_dot_q4_k_q8_k)),
-    entry!(Q5_K, Q8_K, Some(dequantize_row_q5_k), Some(quantize_row_q5_k), Some(vec_dot_q5_k_q8_k)),
-    entry!(Q6_K, Q8_K, Some(dequantize_row_q6_k), Some(quantize_row_q6_k), Some(vec_dot_q6_k_q8_k)),
-    entry!(Q8_K, Q8_K, Some(dequantize_row_q8_k), Some(quantize_row_q8_k), None),
-];
+/// Four single-row dots, for tiers without a dedicated multi-row kernel.
+macro_rules! x4_of {
+    ($dot:path) => {{
+        fn x4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            w.map(|w| $dot(n, w, act))
+        }
+        x4 as VecDotX4Fn
+    }};
+}
+
+/// The reference table: ggml's generic kernels throughout.
+fn reference_table() -> Vec<TypeTraits> {
+    vec![
+        entry!(
+            F32,
+            F32,
+            Some(dequantize_row_f32_ref),
+            Some(quantize_row_f32_ref),
+            Some(quantize_row_f32_ref),
+            Some(vec_dot_f32_ref),
+            Some(x4_of!(vec_dot_f32_ref))
+        ),
+        entry!(
+            F16,
+            F16,
+            Some(dequantize_row_f16_ref),
+            Some(quantize_row_f16_ref),
+            Some(quantize_row_f16_ref),
+            Some(vec_dot_f16_ref),
+            Some(x4_of!(vec_dot_f16_ref))
+        ),
+        entry!(
+            BF16,
+            BF16,
+            Some(dequantize_row_bf16_ref),
+            Some(quantize_row_bf16_ref),
+            Some(quantize_row_bf16_ref),
+            Some(vec_dot_bf16_ref),
+            Some(x4_of!(vec_dot_bf16_ref))
+        ),
+        entry!(
+            Q4_0,
+            Q8_0,
+            Some(dequantize_row_q4_0_ref),
+            Some(quantize_row_q4_0_ref),
+            Some(quantize_row_q4_0_ref),
+            Some(vec_dot_q4_0_q8_0_ref),
+            Some(x4_of!(vec_dot_q4_0_q8_0_ref))
+        ),
+        entry!(
+            Q4_1,
+            Q8_1,
+            Some(dequantize_row_q4_1_ref),
+            Some(quantize_row_q4_1_ref),
+            Some(quantize_row_q4_1_ref),
+            Some(vec_dot_q4_1_q8_1_ref),
+            Some(x4_of!(vec_dot_q4_1_q8_1_ref))
+        ),
+        entry!(
+            Q5_0,
+            Q8_0,
+            Some(dequantize_row_q5_0_ref),
+            Some(quantize_row_q5_0_ref),
+            Some(quantize_row_q5_0_ref),
+            Some(vec_dot_q5_0_q8_0_ref),
+            Some(x4_of!(vec_dot_q5_0_q8_0_ref))
+        ),
+        entry!(
+            Q5_1,
+            Q8_1,
+            Some(dequantize_row_q5_1_ref),
+            Some(quantize_row_q5_1_ref),
+            Some(quantize_row_q5_1_ref),
+            Some(vec_dot_q5_1_q8_1_ref),
+            Some(x4_of!(vec_dot_q5_1_q8_1_ref))
+        ),
+        entry!(
+            Q8_0,
+            Q8_0,
+            Some(dequantize_row_q8_0_ref),
+            Some(quantize_row_q8_0_ref),
+            Some(quantize_row_q8_0_ref),
+            Some(vec_dot_q8_0_q8_0_ref),
+            Some(x4_of!(vec_dot_q8_0_q8_0_ref))
+        ),
+        entry!(
+            Q8_1,
+            Q8_1,
+            Some(dequantize_row_q8_1_ref),
+            Some(quantize_row_q8_1_ref),
+            Some(quantize_row_q8_1_ref),
+            None,
+            None
+        ),
+        entry!(
+            Q2_K,
+            Q8_K,
+            Some(dequantize_row_q2_k_ref),
+            Some(quantize_row_q2_k_ref),
+            Some(quantize_row_q2_k_ref),
+            Some(vec_dot_q2_k_q8_k_ref),
+            Some(x4_of!(vec_dot_q2_k_q8_k_ref))
+        ),
+        entry!(
+            Q3_K,
+            Q8_K,
+            Some(dequantize_row_q3_k_ref),
+            Some(quantize_row_q3_k_ref),
+            Some(quantize_row_q3_k_ref),
+            Some(vec_dot_q3_k_q8_k_ref),
+            Some(x4_of!(vec_dot_q3_k_q8_k_ref))
+        ),
+        entry!(
+            Q4_K,
+            Q8_K,
+            Some(dequantize_row_q4_k_ref),
+            Some(quantize_row_q4_k_ref),
+            Some(quantize_row_q4_k_ref),
+            Some(vec_dot_q4_k_q8_k_ref),
+            Some(x4_of!(vec_dot_q4_k_q8_k_ref))
+        ),
+        entry!(
+            Q5_K,
+            Q8_K,
+            Some(dequantize_row_q5_k_ref),
+            Some(quantize_row_q5_k_ref),
+            Some(quantize_row_q5_k_ref),
+            Some(vec_dot_q5_k_q8_k_ref),
+            Some(x4_of!(vec_dot_q5_k_q8_k_ref))
+        ),
+        entry!(
+            Q6_K,
+            Q8_K,
+            Some(dequantize_row_q6_k_ref),
+            Some(quantize_row_q6_k_ref),
+            Some(quantize_row_q6_k_ref),
+            Some(vec_dot_q6_k_q8_k_ref),
+            Some(x4_of!(vec_dot_q6_k_q8_k_ref))
+        ),
+        entry!(
+            Q8_K,
+            Q8_K,
+            Some(dequantize_row_q8_k_ref),
+            Some(quantize_row_q8_k_ref),
+            Some(quantize_row_q8_k_ref),
+            None,
+            None
+        ),
+    ]
+}
+
+/// The portable scalar table: ggml-cpu's x86 arithmetic where it differs from the reference
+/// (activation quantizers, dot lane order), the reference kernels where it does not.
+fn scalar_table() -> Vec<TypeTraits> {
+    let mut t = reference_table();
+    for e in t.iter_mut() {
+        let (from, dot, dot4): (Option<FromFloatFn>, Option<VecDotFn>, Option<VecDotX4Fn>) =
+            match e.dtype {
+                DType::F16 => (
+                    Some(quantize_row_f16_scalar),
+                    Some(vec_dot_f16_scalar),
+                    Some(x4_of!(vec_dot_f16_scalar)),
+                ),
+                DType::Q4_0 => (
+                    e.from_float,
+                    Some(vec_dot_q4_0_q8_0_scalar),
+                    Some(x4_of!(vec_dot_q4_0_q8_0_scalar)),
+                ),
+                DType::Q4_1 => (
+                    e.from_float,
+                    Some(vec_dot_q4_1_q8_1_scalar),
+                    Some(x4_of!(vec_dot_q4_1_q8_1_scalar)),
+                ),
+                DType::Q5_0 => (
+                    e.from_float,
+                    Some(vec_dot_q5_0_q8_0_scalar),
+                    Some(x4_of!(vec_dot_q5_0_q8_0_scalar)),
+                ),
+                DType::Q5_1 => (
+                    e.from_float,
+                    Some(vec_dot_q5_1_q8_1_scalar),
+                    Some(x4_of!(vec_dot_q5_1_q8_1_scalar)),
+                ),
+                DType::Q8_0 => (
+                    Some(quantize_row_q8_0_scalar),
+                    Some(vec_dot_q8_0_q8_0_scalar),
+                    Some(x4_of!(vec_dot_q8_0_q8_0_scalar)),
+                ),
+                DType::Q8_1 => (Some(quantize_row_q8_1_scalar), None, None),
+                DType::Q4_K => (
+                    e.from_float,
+                    Some(vec_dot_q4_k_q8_k_scalar),
+                    Some(x4_of!(vec_dot_q4_k_q8_k_scalar)),
+                ),
+                DType::Q5_K => (
+                    e.from_float,
+                    Some(vec_dot_q5_k_q8_k_scalar),
+                    Some(x4_of!(vec_dot_q5_k_q8_k_scalar)),
+                ),
+                DType::Q6_K => (
+                    e.from_float,
+                    Some(vec_dot_q6_k_q8_k_scalar),
+                    Some(x4_of!(vec_dot_q6_k_q8_k_scalar)),
+                ),
+                _ => (e.from_float, e.vec_dot, e.vec_dot_x4),
+            };
+        e.from_float = from;
+        e.vec_dot = dot;
+        e.vec_dot_x4 = dot4;
+    }
+    t
+}
+
+fn build(tier: Tier) -> Vec<TypeTraits> {
+    match tier {
+        Tier::Reference => reference_table(),
+        Tier::Scalar => scalar_table(),
+        _ => {
+            let mut t = scalar_table();
+            crate::simd::install(tier, &mut t);
+            t
+        }
+    }
+}
+
+/// Dispatches a dot through the active table (the plain-named entry points use this).
+#[inline]
+pub(crate) fn dispatch_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    match traits(dtype).and_then(|t| t.vec_dot) {
+        Some(dot) => dot(n, w, act),
+        None => 0.0,
+    }
+}
+
+/// Dispatches an activation quantizer through the active table.
+#[inline]
+pub(crate) fn dispatch_from_float(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    if let Some(q) = traits(dtype).and_then(|t| t.from_float) {
+        q(src, dst)
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 
 use common::Rng;
 use orchard_core::DType;
-use orchard_quant::{dequantize_row, quantize_row, traits, vec_dot, QK_K};
+use orchard_quant::{dequantize_row, quantize_row, traits, traits_for, vec_dot, Tier, QK_K};
 
 const WEIGHT_TYPES: [DType; 5] = [
     DType::Q2_K,
@@ -173,7 +173,7 @@ fn dequant_dot(dtype: DType, w: &[u8], act: &[u8]) -> (f64, f64) {
 /// Copies `bytes` to an odd address so the kernel under test reads unaligned blocks.
 fn unaligned(bytes: &[u8]) -> (Vec<u8>, usize) {
     let mut v = Vec::with_capacity(bytes.len() + 8);
-    let start = if v.as_ptr() as usize % 2 == 0 { 1 } else { 2 };
+    let start = if (v.as_ptr() as usize).is_multiple_of(2) { 1 } else { 2 };
     v.resize(start, 0xAA);
     v.extend_from_slice(bytes);
     (v, start)
@@ -258,22 +258,27 @@ fn scale_fields(dtype: DType) -> &'static [usize] {
 #[test]
 fn dot_uses_q8_k_bsums_for_the_mins() {
     // Q2_K/Q4_K/Q5_K apply their mins through the activation's bsums. Corrupting the bsums must
-    // change those dots (and only those), which proves the kernels read them.
+    // change those dots (and only those), which proves the kernels read them. ggml's x86 Q6_K
+    // kernel (which the scalar and SIMD tiers reproduce) also takes its -32 offset through them.
     let mut rng = Rng::new(11);
     let w: Vec<f32> = (0..QK_K).map(|_| rng.normal() + 1.5).collect();
     let a: Vec<f32> = (0..QK_K).map(|_| rng.normal() + 1.0).collect();
     let act = quantize(DType::Q8_K, &a);
     let mut bad = act.clone();
     bad[260] ^= 0x10; // bsums[0] low byte
-    for dtype in WEIGHT_TYPES {
-        let q = quantize(dtype, &w);
-        let good = vec_dot(dtype, QK_K, &q, &act).unwrap();
-        let corrupted = vec_dot(dtype, QK_K, &q, &bad).unwrap();
-        let uses_mins = matches!(dtype, DType::Q2_K | DType::Q4_K | DType::Q5_K);
-        assert_eq!(
-            good != corrupted,
-            uses_mins,
-            "{dtype}: {good} vs {corrupted}"
-        );
+    for tier in [Tier::Reference, Tier::Scalar, orchard_quant::active_tier()] {
+        for dtype in WEIGHT_TYPES {
+            let q = quantize(dtype, &w);
+            let dot = traits_for(tier, dtype).unwrap().vec_dot.unwrap();
+            let good = dot(QK_K, &q, &act);
+            let corrupted = dot(QK_K, &q, &bad);
+            let uses_mins = matches!(dtype, DType::Q2_K | DType::Q4_K | DType::Q5_K)
+                || (dtype == DType::Q6_K && tier != Tier::Reference);
+            assert_eq!(
+                good != corrupted,
+                uses_mins,
+                "{tier:?} {dtype}: {good} vs {corrupted}"
+            );
+        }
     }
 }
