@@ -173,7 +173,11 @@ fn dequant_dot(dtype: DType, w: &[u8], act: &[u8]) -> (f64, f64) {
 /// Copies `bytes` to an odd address so the kernel under test reads unaligned blocks.
 fn unaligned(bytes: &[u8]) -> (Vec<u8>, usize) {
     let mut v = Vec::with_capacity(bytes.len() + 8);
-    let start = if (v.as_ptr() as usize).is_multiple_of(2) { 1 } else { 2 };
+    let start = if (v.as_ptr() as usize).is_multiple_of(2) {
+        1
+    } else {
+        2
+    };
     v.resize(start, 0xAA);
     v.extend_from_slice(bytes);
     (v, start)

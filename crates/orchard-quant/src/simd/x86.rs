@@ -1,5 +1,815 @@
-//! x86-64 kernels: AVX2+FMA+F16C, and AVX-512 (with VNNI) where it helps.
+//! x86-64 kernels. The quant dots follow ggml-cpu's `arch/x86/quants.c` AVX2 code: eight f32
+//! lanes, one FMA per block, `hsum_float_8` at the end. Their integer parts are exact, so the
+//! AVX-512 tier only swaps the byte multiply-adds for VNNI (`vpdpbusd`/`vpdpwssd`), which gives
+//! the same lane sums in fewer instructions; the float arithmetic is identical in both tiers
+//! and identical to `lanes.rs`. The F16 dot is the exception: ggml's AVX2 and AVX-512 builds sum
+//! in different orders, and each tier reproduces its own build.
+//!
+//! Every kernel takes byte slices and first clamps its block count to what both slices hold, so
+//! the raw-pointer loads below stay in bounds whatever the caller passes.
 
-use crate::traits::{Tier, TypeTraits};
+// Index loops over rows and accumulators mirror ggml's C and keep the lanes obvious.
+#![allow(clippy::needless_range_loop)]
 
-pub(super) fn install(_tier: Tier, _table: &mut [TypeTraits]) {}
+use crate::traits::{Tier, TypeTraits, VecDotFn, VecDotX4Fn};
+use orchard_core::DType;
+use std::arch::x86_64::*;
+
+/// Weight block `xb` as 32 signed levels (Q4_0, Q5_0, Q8_0) or unsigned ones (Q4_1,
+/// Q5_1), and the matching multiply.
+macro_rules! unpack {
+    (q4_0, $xb:expr) => {
+        _mm256_sub_epi8(nibbles32($xb.add(2)), _mm256_set1_epi8(8))
+    };
+    (q5_0, $xb:expr) => {
+        _mm256_or_si256(
+            nibbles32($xb.add(6)),
+            _mm256_andnot_si256(bits32($xb.add(2)), _mm256_set1_epi8(0xF0u8 as i8)),
+        )
+    };
+    (q8_0, $xb:expr) => {
+        load256($xb.add(2))
+    };
+    (q4_1, $xb:expr) => {
+        nibbles32($xb.add(4))
+    };
+    (q5_1, $xb:expr) => {
+        _mm256_or_si256(
+            nibbles32($xb.add(8)),
+            _mm256_and_si256(bits32($xb.add(4)), _mm256_set1_epi8(0x10)),
+        )
+    };
+}
+
+/// Dots of the symmetric formats (`d_x * d_y` per block, signed levels).
+macro_rules! dot_sym {
+    ($feat:literal, $name:ident, $name4:ident, $fmt:tt, $wb:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            let nb = blocks(n, 32, w, $wb, act, Q8_0);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * $wb), y.add(i * Q8_0));
+                let d = _mm256_set1_ps(f16_at(xb) * f16_at(yb));
+                let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), load256(yb.add(2))));
+                acc = _mm256_fmadd_ps(d, q, acc);
+            }
+            hsum8(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn $name4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            let nb = blocks4(n, 32, &w, $wb, act, Q8_0);
+            let x = w.map(|r| r.as_ptr());
+            let y = act.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for i in 0..nb {
+                let yb = y.add(i * Q8_0);
+                let dy = f16_at(yb);
+                let qy = load256(yb.add(2));
+                for r in 0..4 {
+                    let xb = x[r].add(i * $wb);
+                    let d = _mm256_set1_ps(f16_at(xb) * dy);
+                    let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), qy));
+                    acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+                }
+            }
+            [hsum8(acc[0]), hsum8(acc[1]), hsum8(acc[2]), hsum8(acc[3])]
+        }
+    };
+}
+
+/// Dots of the formats with a minimum (`m * s` summed beside the lanes).
+macro_rules! dot_min {
+    ($feat:literal, $name:ident, $name4:ident, $fmt:tt, $wb:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            let nb = blocks(n, 32, w, $wb, act, Q8_1);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * $wb), y.add(i * Q8_1));
+                // [d_x, m_x, d_y, s_y]
+                let s = f16_pairs(xb, yb);
+                let (dx, mx, dy, sy) = (lane(s, 0), lane(s, 1), lane(s, 2), lane(s, 3));
+                summs = mx.mul_add(sy, summs);
+                let d = _mm256_set1_ps(dx * dy);
+                let q = _mm256_cvtepi32_ps(dot_us(unpack!($fmt, xb), load256(yb.add(4))));
+                acc = _mm256_fmadd_ps(d, q, acc);
+            }
+            hsum8(acc) + summs
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn $name4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            let nb = blocks4(n, 32, &w, $wb, act, Q8_1);
+            let x = w.map(|r| r.as_ptr());
+            let y = act.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = _mm_setzero_ps();
+            // Lane r of these gathers holds row r's d (first) and m (second).
+            let deint = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            for i in 0..nb {
+                let yb = y.add(i * Q8_1);
+                let dys = f16_pairs(yb, yb);
+                let (dy, sy) = (_mm_broadcastss_ps(dys), _mm_movehdup_ps(dys));
+                let sy = _mm_shuffle_ps::<0>(sy, sy);
+                let qy = load256(yb.add(4));
+                let dm = |r: usize| (x[r].add(i * $wb) as *const i32).read_unaligned();
+                let h = _mm_set_epi32(dm(3), dm(2), dm(1), dm(0));
+                let dm8 = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(h), deint);
+                let dx = _mm256_castps256_ps128(dm8);
+                let mx = _mm256_extractf128_ps::<1>(dm8);
+                summs = _mm_fmadd_ps(mx, sy, summs);
+                let d = _mm256_broadcastsi128_si256(_mm_castps_si128(_mm_mul_ps(dx, dy)));
+                let d = _mm256_castsi256_ps(d);
+                for r in 0..4 {
+                    let xb = x[r].add(i * $wb);
+                    let q = _mm256_cvtepi32_ps(dot_us(unpack!($fmt, xb), qy));
+                    let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
+                    acc[r] = _mm256_fmadd_ps(dr, q, acc[r]);
+                }
+            }
+            [
+                hsum8(acc[0]) + lane(summs, 0),
+                hsum8(acc[1]) + lane(summs, 1),
+                hsum8(acc[2]) + lane(summs, 2),
+                hsum8(acc[3]) + lane(summs, 3),
+            ]
+        }
+    };
+}
+
+macro_rules! dot_k4 {
+    ($feat:literal, $name:ident, $name4:ident, $wb:expr, $q5:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            let nb = blocks(n, QK_K, w, $wb, act, Q8K);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_m = _mm_setzero_ps();
+            let mut summs = 0f32;
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * $wb), y.add(i * Q8K));
+                let yd = (yb as *const f32).read_unaligned();
+                let dd = f16_pairs(xb, xb);
+                let d = yd * lane(dd, 0);
+                let dmin = -yd * lane(dd, 1);
+                let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+                let prod = k4_min_prod(ms, yb);
+                if $q5 {
+                    let h = _mm_hadd_epi32(
+                        _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                        _mm_setzero_si128(),
+                    );
+                    summs = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, summs);
+                } else {
+                    acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+                }
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                let (qs, hb) = if $q5 {
+                    (xb.add(48), Some(load256(xb.add(16))))
+                } else {
+                    (xb.add(16), None)
+                };
+                let sumi = k4_sumi(scales, qs, yb.add(4), hb);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            if $q5 {
+                hsum8(acc) + summs
+            } else {
+                hsum8(acc) + hsum4(acc_m)
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn $name4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            // The K-quant blocks carry enough work per block that interleaving four
+            // rows buys little over running the single-row kernel four times.
+            w.map(|w| $name(n, w, act))
+        }
+    };
+}
+
+/// Safe wrappers for the table.
+macro_rules! wrap {
+    ($($dot:ident => $inner:ident;)*) => {$(
+        pub(in crate::simd) fn $dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            // SAFETY: only reachable through this tier's table, built after feature
+            // detection (see the module docs of `simd`); the kernel bounds its loads.
+            unsafe { $inner(n, w, act) }
+        }
+    )*};
+}
+macro_rules! wrap4 {
+    ($($dot:ident => $inner:ident;)*) => {$(
+        pub(in crate::simd) fn $dot(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            // SAFETY: as for the single-row wrappers.
+            unsafe { $inner(n, w, act) }
+        }
+    )*};
+}
+macro_rules! wrapq {
+    ($($q:ident => $inner:ident;)*) => {$(
+        pub(in crate::simd) fn $q(src: &[f32], dst: &mut [u8]) {
+            // SAFETY: as for the dot wrappers; the kernel bounds its loads and stores.
+            unsafe { $inner(src, dst) }
+        }
+    )*};
+}
+
+/// Kernels shared by both tiers; expanded inside `avx2` and `avx512`, which each define the
+/// integer primitives `dot_us` (unsigned x signed bytes, 4-sums per i32 lane) and `madd_acc`
+/// (i16 pairs times i16 scales, added to an i32 accumulator) for their instruction set.
+macro_rules! shared_kernels {
+    ($feat:literal) => {
+        use super::*;
+        use crate::kquants::QK_K;
+
+        /// Bytes per block of the formats these kernels read.
+        const Q4_0: usize = 18;
+        const Q4_1: usize = 20;
+        const Q5_0: usize = 22;
+        const Q5_1: usize = 24;
+        const Q8_0: usize = 34;
+        const Q8_1: usize = 36;
+        const Q4K: usize = 144;
+        const Q5K: usize = 176;
+        const Q6K: usize = 210;
+        const Q8K: usize = 292;
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn load256(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+
+        /// `hsum_float_8`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum8(x: __m256) -> f32 {
+            let mut r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            _mm_cvtss_f32(r)
+        }
+
+        /// The `(r0 + r2) + (r1 + r3)` tail of `hsum_float_8` on a 4-lane vector.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum4(mut r: __m128) -> f32 {
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            _mm_cvtss_f32(r)
+        }
+
+        /// 32 nibbles: the low ones of 16 bytes, then the high ones (`bytes_from_nibbles_32`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn nibbles32(p: *const u8) -> __m256i {
+            let t = _mm_loadu_si128(p as *const __m128i);
+            let b = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(t), _mm_srli_epi16::<4>(t));
+            _mm256_and_si256(b, _mm256_set1_epi8(0xF))
+        }
+
+        /// 32 bits to 32 bytes of 0x00/0xFF (`bytes_from_bits_32`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn bits32(p: *const u8) -> __m256i {
+            let x32 = (p as *const i32).read_unaligned();
+            let shuf = _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+            let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+        }
+
+        /// Signed bytes times signed bytes, through the `sign_epi8` trick ggml uses.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn dot_ss(x: __m256i, y: __m256i) -> __m256i {
+            dot_us(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+        }
+
+        /// Two f16 at `a` and two at `b` widened: `[a0, a1, b0, b1]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn f16_pairs(a: *const u8, b: *const u8) -> __m128 {
+            let a = (a as *const i32).read_unaligned();
+            let b = (b as *const i32).read_unaligned();
+            _mm_cvtph_ps(_mm_set_epi32(0, 0, b, a))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn f16_at(p: *const u8) -> f32 {
+            let h = (p as *const u16).read_unaligned();
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn lane(v: __m128, i: usize) -> f32 {
+            let mut a = [0f32; 4];
+            _mm_storeu_ps(a.as_mut_ptr(), v);
+            a[i]
+        }
+
+        fn blocks(n: usize, qk: usize, w: &[u8], wb: usize, act: &[u8], ab: usize) -> usize {
+            (n / qk).min(w.len() / wb).min(act.len() / ab)
+        }
+
+        fn blocks4(n: usize, qk: usize, w: &[&[u8]; 4], wb: usize, act: &[u8], ab: usize) -> usize {
+            w.iter()
+                .fold((n / qk).min(act.len() / ab), |m, w| m.min(w.len() / wb))
+        }
+
+        // -------------------------------------------------------------------------------------
+        // Legacy formats against Q8_0 / Q8_1.
+
+        dot_sym!($feat, q4_0_q8_0, q4_0_q8_0_x4, q4_0, Q4_0);
+        dot_sym!($feat, q5_0_q8_0, q5_0_q8_0_x4, q5_0, Q5_0);
+        dot_sym!($feat, q8_0_q8_0, q8_0_q8_0_x4, q8_0, Q8_0);
+
+        dot_min!($feat, q4_1_q8_1, q4_1_q8_1_x4, q4_1, Q4_1);
+        dot_min!($feat, q5_1_q8_1, q5_1_q8_1_x4, q5_1, Q5_1);
+
+        // -------------------------------------------------------------------------------------
+        // Activation quantizers (ggml-cpu's x86 `quantize_row_q8_0` / `_q8_1`).
+
+        /// One block: the scale, the 32 quants stored at `out`, and the sum of the unsaturated
+        /// integers.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q8_block(x: *const f32, out: *mut u8) -> (f32, i32) {
+            let v = [
+                _mm256_loadu_ps(x),
+                _mm256_loadu_ps(x.add(8)),
+                _mm256_loadu_ps(x.add(16)),
+                _mm256_loadu_ps(x.add(24)),
+            ];
+            let sign = _mm256_set1_ps(-0.0);
+            let mut m = _mm256_andnot_ps(sign, v[0]);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[1]));
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[2]));
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[3]));
+            let mut m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            let amax = _mm_cvtss_f32(m4);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let mut i = [_mm256_setzero_si256(); 4];
+            for k in 0..4 {
+                i[k] = _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v[k], id)));
+            }
+            let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let s128 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s64 = _mm_add_epi32(_mm_unpackhi_epi64(s128, s128), s128);
+            let sum =
+                _mm_cvtsi128_si32(_mm_add_epi32(s64, _mm_shuffle_epi32::<0b10_11_00_01>(s64)));
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(i[0], i[1]),
+                _mm256_packs_epi32(i[2], i[3]),
+            );
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(out as *mut __m256i, p);
+            (d, sum)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn to_f16(x: f32) -> [u8; 2] {
+            let h = _mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_set_ss(x));
+            (_mm_cvtsi128_si32(h) as u16).to_le_bytes()
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
+            let nb = (src.len() / 32).min(dst.len() / Q8_0);
+            for i in 0..nb {
+                let out = dst.as_mut_ptr().add(i * Q8_0);
+                let (d, _) = q8_block(src.as_ptr().add(i * 32), out.add(2));
+                out.cast::<[u8; 2]>().write_unaligned(to_f16(d));
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
+            let nb = (src.len() / 32).min(dst.len() / Q8_1);
+            for i in 0..nb {
+                let out = dst.as_mut_ptr().add(i * Q8_1);
+                let (d, sum) = q8_block(src.as_ptr().add(i * 32), out.add(4));
+                out.cast::<[u8; 2]>().write_unaligned(to_f16(d));
+                out.add(2)
+                    .cast::<[u8; 2]>()
+                    .write_unaligned(to_f16(d * sum as f32));
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn quantize_f16(src: &[f32], dst: &mut [u8]) {
+            let n = src.len().min(dst.len() / 2);
+            let mut i = 0;
+            while i + 8 <= n {
+                let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_loadu_ps(
+                    src.as_ptr().add(i),
+                ));
+                _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, h);
+                i += 8;
+            }
+            for k in i..n {
+                dst.as_mut_ptr()
+                    .add(2 * k)
+                    .cast::<[u8; 2]>()
+                    .write_unaligned(to_f16(src[k]));
+            }
+        }
+
+        // -------------------------------------------------------------------------------------
+        // K-quants against Q8_K.
+
+        /// Scales (bytes 0..8) and mins (8..16) of a Q4_K/Q5_K block, as ggml's `utmp` words.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
+            const KMASK1: u32 = 0x3f3f_3f3f;
+            const KMASK2: u32 = 0x0f0f_0f0f;
+            const KMASK3: u32 = 0x0303_0303;
+            let u0 = (p as *const u32).read_unaligned();
+            let u1 = (p.add(4) as *const u32).read_unaligned();
+            let u2 = (p.add(8) as *const u32).read_unaligned();
+            let u3 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+            let uaux = u1 & KMASK1;
+            let u1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+            let u2 = uaux;
+            let u0 = u0 & KMASK1;
+            _mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32)
+        }
+
+        /// `get_scale_shuffle_k4(i)`: broadcast i16 element `i` of a 128-bit half.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_shuffle(i: i8) -> __m256i {
+            _mm256_set1_epi16(i16::from_le_bytes([2 * i as u8, 2 * i as u8 + 1]))
+        }
+
+        /// The `acc_m` lanes of a Q4_K/Q5_K block: mins times the pairwise bsums.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_min_prod(mins_scales: __m256i, yb: *const u8) -> __m128i {
+            let q8sums = load256(yb.add(260));
+            let q8s = _mm_hadd_epi16(
+                _mm256_castsi256_si128(q8sums),
+                _mm256_extracti128_si256::<1>(q8sums),
+            );
+            _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_scales), q8s)
+        }
+
+        /// Integer lanes of the 256 quants of a Q4_K (or, with `hbits`, Q5_K) block.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_sumi(
+            scales: __m256i,
+            q4: *const u8,
+            q8: *const u8,
+            hbits: Option<__m256i>,
+        ) -> __m256i {
+            let m4 = _mm256_set1_epi8(0xF);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 64 {
+                let scale_l = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8));
+                let scale_h = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8 + 1));
+                let q4bits = load256(q4.add(32 * j));
+                let mut ql = _mm256_and_si256(q4bits, m4);
+                let mut qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
+                if let Some(hb) = hbits {
+                    // Bit 2j (2j+1) of each qh byte is the fifth bit of sub-block 2j (2j+1).
+                    let one = _mm256_set1_epi8(1);
+                    let lo = _mm256_and_si256(
+                        _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32)),
+                        one,
+                    );
+                    let hi = _mm256_and_si256(
+                        _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * j as i32 + 1)),
+                        one,
+                    );
+                    ql = _mm256_or_si256(ql, _mm256_slli_epi16::<4>(lo));
+                    qh = _mm256_or_si256(qh, _mm256_slli_epi16::<4>(hi));
+                }
+                let pl = _mm256_maddubs_epi16(ql, load256(q8.add(64 * j)));
+                let ph = _mm256_maddubs_epi16(qh, load256(q8.add(64 * j + 32)));
+                sumi = madd_acc(sumi, scale_l, pl);
+                sumi = madd_acc(sumi, scale_h, ph);
+            }
+            sumi
+        }
+
+        dot_k4!($feat, q4_k_q8_k, q4_k_q8_k_x4, Q4K, false);
+        dot_k4!($feat, q5_k_q8_k, q5_k_q8_k_x4, Q5K, true);
+
+        /// `get_scale_shuffle(i)`: bytes 2i (first 8) and 2i+1 (last 8).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_shuffle(i: usize) -> __m128i {
+            let (a, b) = (
+                (2 * i) as i64 * 0x0101010101010101,
+                (2 * i + 1) as i64 * 0x0101010101010101,
+            );
+            _mm_set_epi64x(b, a)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            let nb = blocks(n, QK_K, w, Q6K, act, Q8K);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * Q6K), y.add(i * Q8K));
+                let d = (yb as *const f32).read_unaligned() * f16_at(xb.add(208));
+                let (mut q4, mut qh, mut q8) = (xb, xb.add(128), yb.add(4));
+                let scales = _mm_loadu_si128(xb.add(192) as *const __m128i);
+                let scales16 = _mm256_cvtepi8_epi16(scales);
+                let q8sclsub =
+                    _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(yb.add(260)), scales16));
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..QK_K / 128 {
+                    let b1 = load256(q4);
+                    let b2 = load256(q4.add(32));
+                    let bh = load256(qh);
+                    q4 = q4.add(64);
+                    qh = qh.add(32);
+                    let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(bh, m3));
+                    let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(12)));
+                    let h2 = _mm256_and_si256(bh, _mm256_set1_epi8(48));
+                    let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(-64)));
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(b1, m15), h0),
+                        _mm256_or_si256(_mm256_and_si256(b2, m15), h1),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m15), h2),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m15), h3),
+                    ];
+                    for (k, qk) in q.iter().enumerate() {
+                        let p16 = _mm256_maddubs_epi16(*qk, load256(q8));
+                        q8 = q8.add(32);
+                        let sc =
+                            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, q6_shuffle(4 * j + k)));
+                        sumi = madd_acc(sumi, sc, p16);
+                    }
+                }
+                sumi = _mm256_sub_epi32(sumi, q8sclsub);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum8(acc)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_q8_k_x4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+            w.map(|w| q6_k_q8_k(n, w, act))
+        }
+
+        wrap! {
+            dot_q4_0 => q4_0_q8_0;
+            dot_q4_1 => q4_1_q8_1;
+            dot_q5_0 => q5_0_q8_0;
+            dot_q5_1 => q5_1_q8_1;
+            dot_q8_0 => q8_0_q8_0;
+            dot_q4_k => q4_k_q8_k;
+            dot_q5_k => q5_k_q8_k;
+            dot_q6_k => q6_k_q8_k;
+        }
+        wrap4! {
+            dot4_q4_0 => q4_0_q8_0_x4;
+            dot4_q4_1 => q4_1_q8_1_x4;
+            dot4_q5_0 => q5_0_q8_0_x4;
+            dot4_q5_1 => q5_1_q8_1_x4;
+            dot4_q8_0 => q8_0_q8_0_x4;
+            dot4_q4_k => q4_k_q8_k_x4;
+            dot4_q5_k => q5_k_q8_k_x4;
+            dot4_q6_k => q6_k_q8_k_x4;
+        }
+        wrapq! {
+            from_q8_0 => quantize_q8_0;
+            from_q8_1 => quantize_q8_1;
+            from_f16 => quantize_f16;
+        }
+
+        /// This tier's quant kernels, by weight type (activation quantizers by their own type).
+        pub(in crate::simd) fn quant_kernels(
+            dtype: DType,
+        ) -> (
+            Option<VecDotFn>,
+            Option<VecDotX4Fn>,
+            Option<crate::FromFloatFn>,
+        ) {
+            match dtype {
+                DType::Q4_0 => (Some(dot_q4_0), Some(dot4_q4_0), None),
+                DType::Q4_1 => (Some(dot_q4_1), Some(dot4_q4_1), None),
+                DType::Q5_0 => (Some(dot_q5_0), Some(dot4_q5_0), None),
+                DType::Q5_1 => (Some(dot_q5_1), Some(dot4_q5_1), None),
+                DType::Q8_0 => (Some(dot_q8_0), Some(dot4_q8_0), Some(from_q8_0)),
+                DType::Q8_1 => (None, None, Some(from_q8_1)),
+                DType::Q4_K => (Some(dot_q4_k), Some(dot4_q4_k), None),
+                DType::Q5_K => (Some(dot_q5_k), Some(dot4_q5_k), None),
+                DType::Q6_K => (Some(dot_q6_k), Some(dot4_q6_k), None),
+                DType::F16 => (None, None, Some(from_f16)),
+                _ => (None, None, None),
+            }
+        }
+    };
+}
+
+mod avx2 {
+    shared_kernels!("avx2,fma,f16c");
+
+    /// Unsigned bytes times signed bytes, 4-sums per i32 lane (`maddubs` then `madd` by ones).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_us(ax: __m256i, sy: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+    }
+
+    /// `acc + madd(a, b)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+}
+
+mod avx512 {
+    shared_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni");
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn dot_us(ax: __m256i, sy: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, a, b)
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// F16 dots: `ggml_vec_dot_f16` with GGML_SIMD. Four accumulators over runs of 4 vectors, folded
+// pairwise, reduced, then the tail summed in f64 from f32 products.
+
+/// ggml's AVX2 build: 8-lane accumulators, `hadd_ps` reduction.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_dot_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let n = n.min(w.len() / 2).min(act.len() / 2);
+    let np = n - n % 32;
+    let (x, y) = (w.as_ptr(), act.as_ptr());
+    let mut sum = [_mm256_setzero_ps(); 4];
+    for i in (0..np).step_by(32) {
+        for (j, s) in sum.iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(ld8(x, i + 8 * j), ld8(y, i + 8 * j), *s);
+        }
+    }
+    let s0 = _mm256_add_ps(_mm256_add_ps(sum[0], sum[2]), _mm256_add_ps(sum[1], sum[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps::<1>(s0));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sumf = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t1, t1)));
+    for k in np..n {
+        sumf += f64::from(f16_scalar(x, k) * f16_scalar(y, k));
+    }
+    sumf as f32
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ld8(p: *const u8, k: usize) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k) as *const __m128i))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_scalar(p: *const u8, k: usize) -> f32 {
+    let h = (p.add(2 * k) as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
+/// gcc's `_mm512_reduce_add_ps`: 16 -> 8 -> 4 lanes by halves, then lanes two apart, then the
+/// pair (Rust's own `_mm512_reduce_add_ps` does not promise an order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn reduce_add_512(v: __m512) -> f32 {
+    let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(v), _mm512_castps512_ps256(v));
+    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+    let t8 = _mm_add_ps(t6, _mm_shuffle_ps::<0b01_00_11_10>(t6, t6));
+    _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn ld16(p: *const u8, k: usize) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * k) as *const __m256i))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_fold_512(sum: &[__m512; 4], x: *const u8, y: *const u8, np: usize, n: usize) -> f32 {
+    let s0 = _mm512_add_ps(_mm512_add_ps(sum[0], sum[2]), _mm512_add_ps(sum[1], sum[3]));
+    let mut sumf = f64::from(reduce_add_512(s0));
+    for k in np..n {
+        sumf += f64::from(f16_scalar(x, k) * f16_scalar(y, k));
+    }
+    sumf as f32
+}
+
+/// ggml's AVX-512 build: 16-lane accumulators over runs of 64.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_dot_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let n = n.min(w.len() / 2).min(act.len() / 2);
+    let np = n - n % 64;
+    let (x, y) = (w.as_ptr(), act.as_ptr());
+    let mut sum = [_mm512_setzero_ps(); 4];
+    for i in (0..np).step_by(64) {
+        for (j, s) in sum.iter_mut().enumerate() {
+            *s = _mm512_fmadd_ps(ld16(x, i + 16 * j), ld16(y, i + 16 * j), *s);
+        }
+    }
+    f16_fold_512(&sum, x, y, np, n)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_dot_avx512_x4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+    let n = w
+        .iter()
+        .fold(n.min(act.len() / 2), |m, r| m.min(r.len() / 2));
+    let np = n - n % 64;
+    let x = w.map(|r| r.as_ptr());
+    let y = act.as_ptr();
+    let mut sum = [[_mm512_setzero_ps(); 4]; 4];
+    for i in (0..np).step_by(64) {
+        for j in 0..4 {
+            let ay = ld16(y, i + 16 * j);
+            for r in 0..4 {
+                sum[r][j] = _mm512_fmadd_ps(ld16(x[r], i + 16 * j), ay, sum[r][j]);
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = f16_fold_512(&sum[r], x[r], y, np, n);
+    }
+    out
+}
+
+fn dot_f16_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    // SAFETY: only reachable through the AVX2/AVX-512 tables (features detected); bounded loads.
+    unsafe { f16_dot_avx2(n, w, act) }
+}
+
+fn dot_f16_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    // SAFETY: only reachable through the AVX-512 table (features detected); bounded loads.
+    unsafe { f16_dot_avx512(n, w, act) }
+}
+
+fn dot4_f16_avx512(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+    // SAFETY: as `dot_f16_avx512`.
+    unsafe { f16_dot_avx512_x4(n, w, act) }
+}
+
+fn dot4_f16_avx2(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
+    w.map(|w| dot_f16_avx2(n, w, act))
+}
+
+pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
+    for e in table.iter_mut() {
+        let (dot, dot4, from) = match tier {
+            Tier::Avx512 => avx512::quant_kernels(e.dtype),
+            _ => avx2::quant_kernels(e.dtype),
+        };
+        if let Some(d) = dot {
+            e.vec_dot = Some(d);
+        }
+        if let Some(d) = dot4 {
+            e.vec_dot_x4 = Some(d);
+        }
+        if let Some(f) = from {
+            e.from_float = Some(f);
+        }
+        if e.dtype == DType::F16 {
+            let (d, d4): (VecDotFn, VecDotX4Fn) = match tier {
+                Tier::Avx512 => (dot_f16_avx512, dot4_f16_avx512),
+                _ => (dot_f16_avx2, dot4_f16_avx2),
+            };
+            e.vec_dot = Some(d);
+            e.vec_dot_x4 = Some(d4);
+        }
+    }
+}

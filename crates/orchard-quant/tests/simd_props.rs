@@ -1,0 +1,144 @@
+//! Property tests of every SIMD kernel tier this CPU can run against its scalar twin: activation
+//! quantizers must write identical bytes and dots (single-row and four-row) must return
+//! identical bits, on random blocks at random lengths and misaligned addresses. Against ggml's
+//! generic reference kernels, whose summation order differs, the dots must agree within a
+//! tolerance relative to the sum of absolute products.
+
+mod common;
+#[path = "common/simd_data.rs"]
+mod simd_data;
+
+use common::Rng;
+use orchard_core::DType;
+use orchard_quant::{traits_for, vec_dot_f16_scalar_avx2, Tier, VecDotFn};
+use proptest::prelude::*;
+use simd_data::{activations, random_blocks, DOT_TYPES};
+
+fn simd_tiers() -> Vec<Tier> {
+    [Tier::Avx2, Tier::Avx512, Tier::Neon]
+        .into_iter()
+        .filter(|t| t.is_available())
+        .collect()
+}
+
+/// The scalar kernel a tier's dot must equal bit for bit: the scalar table's, except for the
+/// F16 dot of the AVX2 tier, which mirrors ggml's AVX2 build. NEON only has to be close.
+fn twin(tier: Tier, dtype: DType) -> Option<VecDotFn> {
+    match (tier, dtype) {
+        (Tier::Neon, _) => None,
+        (Tier::Avx2, DType::F16) => Some(vec_dot_f16_scalar_avx2),
+        _ => traits_for(Tier::Scalar, dtype).unwrap().vec_dot,
+    }
+}
+
+/// `bytes` copied one byte past a fresh allocation's start, so kernels see unaligned rows.
+fn misaligned(bytes: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; bytes.len() + 1];
+    v[1..].copy_from_slice(bytes);
+    v
+}
+
+fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    (traits_for(Tier::Reference, dtype)
+        .unwrap()
+        .to_float
+        .unwrap())(bytes, &mut y);
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn dots_equal_their_scalar_twins(seed in any::<u64>(), n_blocks in 0usize..20, which in 0usize..11) {
+        let (w, act) = DOT_TYPES[which];
+        let mut rng = Rng::new(seed);
+        let n = if w == DType::F16 { n_blocks * 29 + (seed % 7) as usize } else { n_blocks * w.block_size() };
+        let rows: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(w, n, &mut rng))).collect();
+        let raw_act = misaligned(&random_blocks(act, n, &mut rng));
+        for tier in simd_tiers() {
+            let t = traits_for(tier, w).unwrap();
+            let (dot, dot4) = (t.vec_dot.unwrap(), t.vec_dot_x4.unwrap());
+            let four = dot4(n, std::array::from_fn(|r| &rows[r][1..]), &raw_act[1..]);
+            for (r, row) in rows.iter().enumerate() {
+                let ours = dot(n, &row[1..], &raw_act[1..]);
+                prop_assert_eq!(four[r].to_bits(), ours.to_bits(), "{:?} {} x4 row {}", tier, w, r);
+                if let Some(twin) = twin(tier, w) {
+                    let theirs = twin(n, &row[1..], &raw_act[1..]);
+                    prop_assert_eq!(ours.to_bits(), theirs.to_bits(), "{:?} {} n={}: {} vs {}", tier, w, n, ours, theirs);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantizers_equal_their_scalar_twins(seed in any::<u64>(), n_blocks in 0usize..12, specials in any::<bool>()) {
+        let mut rng = Rng::new(seed);
+        let mut x = activations(n_blocks * 256, &mut rng);
+        if specials && !x.is_empty() {
+            for v in [f32::NAN, f32::INFINITY, -f32::INFINITY, -0.0, f32::MAX, 1e-40] {
+                let at = rng.below(x.len() as u64) as usize;
+                x[at] = v;
+            }
+        }
+        for tier in simd_tiers() {
+            for act in [DType::Q8_0, DType::Q8_1, DType::Q8_K, DType::F16] {
+                let len = x.len() / act.block_size() * act.block_bytes();
+                let mut ours = vec![0u8; len];
+                let mut theirs = vec![0u8; len];
+                (traits_for(tier, act).unwrap().from_float.unwrap())(&x, &mut ours);
+                (traits_for(Tier::Scalar, act).unwrap().from_float.unwrap())(&x, &mut theirs);
+                prop_assert!(ours == theirs, "{:?} {} quantized differently", tier, act);
+            }
+        }
+    }
+
+    #[test]
+    fn dots_agree_with_the_reference_kernels(seed in any::<u64>(), n_blocks in 1usize..17, which in 0usize..11) {
+        let (w, act) = DOT_TYPES[which];
+        let mut rng = Rng::new(seed);
+        let n = n_blocks * 256;
+        let wq = random_blocks(w, n, &mut rng);
+        let a = activations(n, &mut rng);
+        let mut aq = vec![0u8; n / act.block_size() * act.block_bytes()];
+        (traits_for(Tier::Scalar, act).unwrap().from_float.unwrap())(&a, &mut aq);
+        let reference = (traits_for(Tier::Reference, w).unwrap().vec_dot.unwrap())(n, &wq, &aq);
+        // The rounding of any summation order is bounded by n ulps of the sum of |products|;
+        // Q8_1's `s` terms carry the weight minimum, so count them too.
+        let (dw, da) = (dequantize(w, &wq, n), dequantize(act, &aq, n));
+        let mut scale: f64 = dw.iter().zip(&da).map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs()).sum();
+        if act == DType::Q8_1 {
+            for (xb, yb) in wq.chunks(w.block_bytes()).zip(aq.chunks(36)) {
+                let h = |b: &[u8], at: usize| f64::from(half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
+                scale += (h(xb, 2) * h(yb, 2)).abs();
+            }
+        }
+        for tier in simd_tiers() {
+            let ours = (traits_for(tier, w).unwrap().vec_dot.unwrap())(n, &wq, &aq);
+            let err = (f64::from(ours) - f64::from(reference)).abs();
+            prop_assert!(err <= 1e-7 * n as f64 * scale + 1e-30,
+                "{:?} {} n={}: {} vs reference {} (scale {})", tier, w, n, ours, reference, scale);
+        }
+    }
+}
+
+#[test]
+fn best_tier_is_available_and_forced_scalar_is_honoured() {
+    assert!(Tier::best().is_available());
+    assert!(Tier::Scalar.is_available() && Tier::Reference.is_available());
+    // Tables of tiers this CPU cannot run are never built.
+    for tier in Tier::ALL {
+        assert_eq!(
+            traits_for(tier, DType::Q4_0).is_some(),
+            tier.is_available(),
+            "{tier:?}"
+        );
+    }
+    let expected = match std::env::var("ORCHARD_FORCE_SCALAR").ok().as_deref() {
+        Some("ref") | Some("reference") => Tier::Reference,
+        None | Some("") | Some("0") | Some("false") => Tier::best(),
+        Some(_) => Tier::Scalar,
+    };
+    assert_eq!(orchard_quant::active_tier(), expected);
+}
