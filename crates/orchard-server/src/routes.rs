@@ -1,0 +1,561 @@
+//! The route table, the auth and CORS layers, body reading, and the endpoints that do not
+//! generate text (health, models, props, slots, metrics, tokenize, detokenize, embeddings).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use orchard_core::TokenId;
+use orchard_engine::{Event, Pooling, RequestKind};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, Principal};
+use crate::error::ApiError;
+use crate::generate::{self, render_chat};
+use crate::params::{self, opt_bool, Api, Obj};
+use crate::state::AppState;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/health", get(health))
+        .route("/v1/health", get(health))
+        .route("/models", get(models))
+        .route("/v1/models", get(models))
+        .route("/props", get(props))
+        .route("/slots", get(slots))
+        .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/apply-template", post(apply_template))
+        .route("/embedding", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/completion", post(completion_llama))
+        .route("/completions", post(completion_llama))
+        .route("/v1/completions", post(completion_oai))
+        .route("/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), auth_layer))
+        .layer(middleware::from_fn(cors_layer))
+        .with_state(state)
+}
+
+/// Paths answered without an API key, as in llama-server.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/v1/health" | "/")
+}
+
+fn presented_key(h: &HeaderMap) -> Option<String> {
+    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let key = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v)
+            .trim();
+        if !key.is_empty() {
+            return Some(key.to_string());
+        }
+    }
+    h.get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if req.method() == Method::OPTIONS || is_public(&path) || !st.hooks.auth.enabled() {
+        req.extensions_mut().insert(Principal::anonymous());
+        return next.run(req).await;
+    }
+    let key = presented_key(req.headers());
+    match st.hooks.auth.authenticate(key.as_deref(), &path) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(AuthError::Unauthorized) => {
+            st.metrics.record_rejected("unknown", "unauthorized");
+            ApiError::unauthorized().into_response()
+        }
+        Err(AuthError::Forbidden(m)) => {
+            let mut e = ApiError::invalid(m);
+            e.status = StatusCode::FORBIDDEN;
+            e.kind = "permission_error";
+            e.into_response()
+        }
+        Err(AuthError::RateLimited {
+            retry_after_secs,
+            message,
+        }) => {
+            let mut e = ApiError::invalid(message).with_code("rate_limit_exceeded");
+            e.status = StatusCode::TOO_MANY_REQUESTS;
+            e.kind = "rate_limit_error";
+            e.retry_after = retry_after_secs;
+            e.into_response()
+        }
+    }
+}
+
+/// llama-server's permissive CORS: the request's origin is echoed back, credentials allowed.
+async fn cors_layer(req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut res = if req.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(o) = origin {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+    }
+    res
+}
+
+/// Reads the body as a JSON object: 413 past the size limit, 400 for anything not JSON.
+pub async fn read_object(st: &AppState, body: Body) -> Result<Obj, ApiError> {
+    let limit = st.settings.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(format!("the request body is not valid JSON: {e}"))
+            .with_code("invalid_json")
+    })?;
+    match v {
+        Value::Object(o) => Ok(o),
+        other => Err(ApiError::invalid(format!(
+            "the request body must be a JSON object, got {}",
+            params::type_name(&other)
+        ))
+        .with_code("invalid_type")),
+    }
+}
+
+async fn fallback(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path())).with_code("not_found")
+}
+
+async fn index(State(st): St) -> Response {
+    if !st.settings.webui {
+        return ApiError::not_found("the web UI is disabled").into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><html><head><title>Orchard</title></head><body><h1>Orchard</h1>\
+         <p>OpenAI-compatible API at <code>/v1</code>.</p></body></html>",
+    )
+        .into_response()
+}
+
+async fn health(State(st): St) -> Response {
+    if let Some(e) = st
+        .load_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        return ApiError::server(format!("model failed to load: {e}")).into_response();
+    }
+    if st.loaded().is_none() {
+        return ApiError::loading().into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+fn loaded(st: &AppState) -> Result<Arc<crate::state::Loaded>, ApiError> {
+    st.loaded().cloned().ok_or_else(ApiError::loading)
+}
+
+async fn models(State(st): St) -> Result<Json<Value>, ApiError> {
+    let l = loaded(&st)?;
+    let created = st.started_unix;
+    let aliases = &st.settings.aliases;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": l.public_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "orchard",
+            "aliases": aliases,
+            "tags": [],
+            "meta": {
+                "vocab_type": 2,
+                "n_vocab": l.info.n_vocab,
+                "n_ctx_train": l.info.n_ctx_train,
+                "n_embd": l.info.n_embd,
+                "n_params": l.info.n_params,
+                "size": l.info.size_bytes,
+            },
+        }],
+        "models": [{"name": l.public_name, "model": l.public_name, "type": "model"}],
+    })))
+}
+
+fn default_params(st: &AppState) -> Value {
+    let s = &st.settings;
+    json!({
+        "n_predict": s.n_predict,
+        "seed": s.seed.unwrap_or(orchard_sampler::DEFAULT_SEED),
+        "temperature": s.temp,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "repeat_penalty": s.repeat_penalty,
+        "cache_prompt": s.cache_prompt,
+    })
+}
+
+async fn props(State(st): St) -> Result<Json<Value>, ApiError> {
+    let l = loaded(&st)?;
+    Ok(Json(json!({
+        "default_generation_settings": {
+            "id": 0,
+            "n_ctx": l.n_ctx_seq,
+            "params": default_params(&st),
+        },
+        "total_slots": l.info.n_parallel,
+        "model_alias": l.public_name,
+        "model_path": l.model_path.display().to_string(),
+        "chat_template": l.template.source().unwrap_or(l.template.name()),
+        "bos_token": l.bos_text,
+        "eos_token": l.eos_text,
+        "build_info": generate::FINGERPRINT,
+        "modalities": {"vision": false, "audio": false},
+        "n_ctx_total": l.info.n_ctx,
+        "kv_unified": st.kv_unified,
+        "is_sleeping": false,
+    })))
+}
+
+async fn slots(State(st): St) -> Result<Json<Value>, ApiError> {
+    if !st.settings.slots {
+        return Err(ApiError::not_supported(
+            "This server does not support slots endpoint. Start it with `--slots`",
+        ));
+    }
+    let l = loaded(&st)?;
+    let stats = l.engine.stats();
+    let out: Vec<Value> = stats
+        .slots
+        .iter()
+        .map(|s| {
+            let n_decoded = if s.is_processing { s.n_decoded } else { 0 };
+            json!({
+                "id": s.id,
+                "id_task": s.request_id.map_or(-1, |r| r as i64),
+                "n_ctx": l.n_ctx_seq,
+                "is_processing": s.is_processing,
+                "n_ctx_used": s.n_ctx_used,
+                "n_prompt_tokens": s.n_prompt,
+                "next_token": [{
+                    "has_next_token": s.is_processing,
+                    "n_remain": -1,
+                    "n_decoded": n_decoded,
+                }],
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+async fn metrics(State(st): St) -> Result<Response, ApiError> {
+    if !st.settings.metrics {
+        return Err(ApiError::not_supported(
+            "This server does not support metrics endpoint. Start it with `--metrics`",
+        ));
+    }
+    let l = loaded(&st)?;
+    let stats = l.engine.stats();
+    let text = st.metrics.render(&l.public_name, Some(&stats));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            ),
+            (
+                header::HeaderName::from_static("process-start-time-unix"),
+                HeaderValue::from_str(&st.started_unix.to_string())
+                    .unwrap_or(HeaderValue::from_static("0")),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+async fn tokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    let content = match params::get(&o, "content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => {
+            return Err(ApiError::param(
+                "content",
+                format!("`content` must be a string, got {}", params::type_name(v)),
+            )
+            .with_code("invalid_type"))
+        }
+        None => {
+            return Err(
+                ApiError::param("content", "`content` is required").with_code("missing_field")
+            )
+        }
+    };
+    let add_special = opt_bool(&o, "add_special")?.unwrap_or(false);
+    let parse_special = opt_bool(&o, "parse_special")?.unwrap_or(true);
+    let with_pieces = opt_bool(&o, "with_pieces")?.unwrap_or(false);
+    let toks = l.tokenizer.encode(&content, add_special, parse_special);
+    let tokens: Vec<Value> = if with_pieces {
+        toks.iter()
+            .map(|&id| {
+                let b = l.tokenizer.token_to_piece(id, true);
+                let piece = match String::from_utf8(b.clone()) {
+                    Ok(s) => json!(s),
+                    Err(_) => json!(b),
+                };
+                json!({"id": id, "piece": piece})
+            })
+            .collect()
+    } else {
+        toks.iter().map(|&t| json!(t)).collect()
+    };
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+async fn detokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    let ids: Vec<TokenId> = match params::get(&o, "tokens") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .filter(|&t| (t as usize) < l.tokenizer.n_vocab())
+                    .map(|t| t as TokenId)
+                    .ok_or_else(|| ApiError::param("tokens", "`tokens` must be valid token ids"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(ApiError::param(
+                "tokens",
+                format!("`tokens` must be an array, got {}", params::type_name(v)),
+            )
+            .with_code("invalid_type"))
+        }
+    };
+    Ok(Json(json!({ "content": l.tokenizer.decode(&ids, false) })))
+}
+
+async fn apply_template(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    Ok(Json(json!({ "prompt": render_chat(&l, &o)? })))
+}
+
+async fn embeddings(
+    State(st): St,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    let input = params::get(&o, "input")
+        .or_else(|| params::get(&o, "content"))
+        .ok_or_else(|| {
+            ApiError::param("input", "`input` is required").with_code("missing_field")
+        })?;
+    if let Some(Value::String(m)) = params::get(&o, "model") {
+        if l.strict_names && !l.accepted_names.iter().any(|n| n == m) {
+            return Err(ApiError::model_not_found(m));
+        }
+    }
+    match params::get(&o, "encoding_format") {
+        None => {}
+        Some(Value::String(f)) if f == "float" => {}
+        Some(_) => {
+            return Err(ApiError::param(
+                "encoding_format",
+                "only `float` encoding is supported",
+            ))
+        }
+    }
+    let tok = &l.tokenizer;
+    let inputs: Vec<Vec<TokenId>> = match input {
+        Value::String(s) => vec![tok.encode(s, true, true)],
+        Value::Array(a) if a.iter().all(Value::is_number) && !a.is_empty() => {
+            vec![a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|t| t as TokenId))
+                .collect()]
+        }
+        Value::Array(a) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(tok.encode(s, true, true)),
+                Value::Array(ids) => Ok(ids
+                    .iter()
+                    .filter_map(|t| t.as_u64().map(|t| t as TokenId))
+                    .collect()),
+                other => Err(ApiError::param(
+                    "input",
+                    format!(
+                        "`input` items must be strings, got {}",
+                        params::type_name(other)
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(ApiError::param(
+                "input",
+                format!(
+                    "`input` must be a string or an array, got {}",
+                    params::type_name(other)
+                ),
+            )
+            .with_code("invalid_type"))
+        }
+    };
+    if inputs.is_empty() || inputs.len() > 256 {
+        return Err(ApiError::param("input", "`input` must hold 1 to 256 items"));
+    }
+    for p in &inputs {
+        if p.is_empty() {
+            return Err(ApiError::param("input", "an input is empty").with_code("empty_prompt"));
+        }
+        if p.len() > l.n_ctx_seq {
+            return Err(ApiError::context_exceeded(p.len(), l.n_ctx_seq));
+        }
+        if p.iter().any(|&t| t as usize >= tok.n_vocab()) {
+            return Err(ApiError::param("input", "token id out of the vocabulary"));
+        }
+    }
+    let pooling = if st.settings.pooling_last {
+        Pooling::Last
+    } else {
+        Pooling::Mean
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Event)>();
+    let mut ids = Vec::new();
+    for (i, p) in inputs.iter().enumerate() {
+        let txc = tx.clone();
+        let rid = st.next_id();
+        let req = orchard_engine::Request {
+            id: rid,
+            prompt: p.clone(),
+            kind: RequestKind::Embed {
+                pooling,
+                normalize: true,
+            },
+            sink: Box::new(move |ev| txc.send((i, ev)).is_ok()),
+        };
+        if let Err(e) = l.engine.submit(req) {
+            for id in ids {
+                l.engine.cancel(id);
+            }
+            st.metrics.record_rejected(&principal.key_id, "rejected");
+            return Err(e.into());
+        }
+        ids.push(rid);
+    }
+    drop(tx);
+    let mut vecs: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
+    let mut prompt_tokens = 0;
+    let mut left = inputs.len();
+    while left > 0 {
+        let Some((i, ev)) = rx.recv().await else {
+            return Err(ApiError::server("the engine stopped"));
+        };
+        match ev {
+            Event::Embedding(v) => vecs[i] = Some(v),
+            Event::Done { usage, .. } => {
+                prompt_tokens += usage.prompt_tokens;
+                left -= 1;
+            }
+            Event::Error { message } => return Err(ApiError::server(message)),
+            _ => {}
+        }
+    }
+    st.metrics.record(&crate::metrics::Finished {
+        key_id: principal.key_id.clone(),
+        status: "ok",
+        prompt_tokens,
+        ..Default::default()
+    });
+    let data: Vec<Value> = vecs
+        .into_iter()
+        .enumerate()
+        .map(
+            |(i, v)| json!({"object": "embedding", "index": i, "embedding": v.unwrap_or_default()}),
+        )
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": l.public_name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })))
+}
+
+async fn gen(st: Arc<AppState>, principal: Principal, api: Api, body: Body) -> Response {
+    let o = match read_object(&st, body).await {
+        Ok(o) => o,
+        Err(e) => {
+            st.metrics.record_rejected(&principal.key_id, "rejected");
+            return e.into_response();
+        }
+    };
+    match generate::run(st.clone(), principal.clone(), api, o).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_client_error() {
+                st.metrics.record_rejected(&principal.key_id, "rejected");
+            }
+            tracing::debug!(error = %e, "request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn completion_llama(
+    State(st): St,
+    Extension(p): Extension<Principal>,
+    body: Body,
+) -> Response {
+    gen(st, p, Api::Llama, body).await
+}
+
+async fn completion_oai(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
+    gen(st, p, Api::OaiCompletion, body).await
+}
+
+async fn chat(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
+    gen(st, p, Api::Chat, body).await
+}
