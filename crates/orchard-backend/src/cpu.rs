@@ -89,6 +89,37 @@ impl CpuBackend {
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
 
+/// `out = silu(gate) * up` as ggml's AVX-512 `ggml_vec_swiglu_f32`: 16-lane blocks through
+/// `ggml_v_silu`, the tail through the plain formula.
+fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
+        unsafe { swiglu_fma(out, gate, up) };
+        return;
+    }
+    swiglu_body(out, gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn swiglu_fma(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    swiglu_body(out, gate, up)
+}
+
+#[inline(always)]
+fn swiglu_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    // Rows are independent; the 16-lane split restarts at each row as in ggml.
+    let n = out.len().min(gate.len()).min(up.len());
+    let split = n - n % 16;
+    for i in 0..split {
+        out[i] = crate::ops::silu_ggml(gate[i]) * up[i];
+    }
+    for i in split..n {
+        out[i] = silu(gate[i]) * up[i];
+    }
+}
+
 /// ggml's `GGML_FA_TILE_Q`: the batch size from which its CPU flash attention is tiled.
 const FA_TILE_Q: usize = 64;
 
@@ -117,51 +148,145 @@ fn score(s: f32, p: &AttnParams) -> f32 {
     }
 }
 
-/// Attention of one query head in f32 (ggml's tiled path): softmax over all scores, then the
-/// weighted sum of V.
-fn attend_f32(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
-    let mut scores = Vec::with_capacity(cells.len());
-    let mut max = f32::NEG_INFINITY;
-    for &c in cells {
-        let s = score(
-            q.iter()
-                .zip(h.k(c))
-                .map(|(a, b)| a * b.to_f32())
-                .sum::<f32>(),
-            p,
-        );
-        max = max.max(s);
-        scores.push(s);
+/// Attention of one query head as ggml's tiled CPU flash attention computes it (batches of at
+/// least `FA_TILE_Q` queries): f32 Q, KV in tiles of `FA_TILE_KV` cells with a running max per
+/// tile, scores and V sums as sequential FMA chains, the tile's exp sum folded in f64.
+fn attend_f32(
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    cells: &[u32],
+    h: &HeadKv<'_>,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
+        unsafe { attend_f32_fma(q, lo, hi, cells, h, p, out) };
+        return;
     }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    attend_f32_body(q, lo, hi, cells, h, p, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn attend_f32_fma(
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    cells: &[u32],
+    h: &HeadKv<'_>,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    attend_f32_body(q, lo, hi, cells, h, p, out)
+}
+
+/// ggml's `GGML_FA_TILE_KV`.
+const FA_TILE_KV: usize = 64;
+
+#[inline(always)]
+fn attend_f32_body(
+    q: &[f32],
+    lo: usize,
+    hi: usize,
+    cells: &[u32],
+    h: &HeadKv<'_>,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
     out.iter_mut().for_each(|v| *v = 0.0);
-    for (&c, &w) in cells.iter().zip(&scores) {
-        for (o, x) in out.iter_mut().zip(h.v(c)) {
-            *o += w * x.to_f32();
+    let mut kq = [0.0f32; FA_TILE_KV];
+    let (scale, softcap) = match p.softcap {
+        Some(cap) => (p.scale / cap, Some(cap)),
+        None => (p.scale, None),
+    };
+    for t0 in (lo / FA_TILE_KV * FA_TILE_KV..=hi).step_by(FA_TILE_KV) {
+        let mut tile_max = f32::NEG_INFINITY;
+        for (tk, v) in kq.iter_mut().enumerate() {
+            let pos = t0 + tk;
+            if pos < lo || pos > hi {
+                *v = f32::NEG_INFINITY;
+                continue;
+            }
+            let k = h.k(cells[pos]);
+            let mut acc = 0.0f32;
+            for (kv, qv) in k.iter().zip(q) {
+                acc = kv.to_f32().mul_add(*qv, acc);
+            }
+            let mut x = acc * scale;
+            if let Some(cap) = softcap {
+                x = x.tanh() * cap;
+            }
+            *v = x;
+            tile_max = tile_max.max(x);
+        }
+        if tile_max == f32::NEG_INFINITY {
+            continue;
+        }
+        let m_new = m.max(tile_max);
+        if m_new > m {
+            let ms = (m - m_new).exp();
+            out.iter_mut().for_each(|v| *v *= ms);
+            s *= ms;
+        }
+        m = m_new;
+        let mut sum = 0.0f64;
+        for chunk in kq.chunks_exact_mut(16) {
+            for v in chunk.iter_mut() {
+                *v = crate::ops::expf_ggml(*v - m);
+            }
+            sum += crate::ops::reduce_add_16(chunk) as f64;
+        }
+        s = (s as f64 + sum) as f32;
+        for (tk, &w) in kq.iter().enumerate() {
+            let pos = t0 + tk;
+            if pos < lo || pos > hi {
+                continue; // w == 0: ggml's fma(0, v, acc) leaves acc unchanged
+            }
+            for (o, x) in out.iter_mut().zip(h.v(cells[pos])) {
+                *o = x.to_f32().mul_add(w, *o);
+            }
         }
     }
-    let inv = 1.0 / sum;
+    let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
     out.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Attention of one query head as ggml's per-query flash attention computes it: Q rounded to
-/// f16, an online softmax, and V accumulated in f16.
+/// f16, an online softmax, V accumulated in f16, multiply-adds fused where ggml's build fuses them.
 fn attend_f16_acc(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
+        unsafe { attend_f16_acc_fma(q, cells, h, p, out) };
+        return;
+    }
+    attend_f16_acc_body(q, cells, h, p, out)
+}
+
+/// `attend_f16_acc_body` compiled with FMA so that `mul_add` is one instruction, not a libm call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn attend_f16_acc_fma(
+    q: &[f32],
+    cells: &[u32],
+    h: &HeadKv<'_>,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    attend_f16_acc_body(q, cells, h, p, out)
+}
+
+#[inline(always)]
+fn attend_f16_acc_body(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
     let q16: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
     let mut acc = vec![f16::ZERO; h.dv];
     let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
     for &c in cells {
-        let s = score(
-            q16.iter()
-                .zip(h.k(c))
-                .map(|(a, b)| a * b.to_f32())
-                .sum::<f32>(),
-            p,
-        );
+        let s = score(crate::ops::dot_f16_ggml(h.k(c), &q16), p);
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
             ms = (max - s).exp();
@@ -172,11 +297,11 @@ fn attend_f16_acc(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out:
             vs = (s - max).exp();
         }
         for (a, v) in acc.iter_mut().zip(h.v(c)) {
-            *a = f16::from_f32(a.to_f32() + v.to_f32() * vs);
+            *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32()));
         }
-        sum = sum * ms + vs;
+        sum = sum.mul_add(ms, vs);
     }
-    let inv = 1.0 / sum;
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     out.iter_mut()
         .zip(&acc)
         .for_each(|(o, a)| *o = a.to_f32() * inv);
@@ -458,11 +583,12 @@ impl Backend for CpuBackend {
         let g = &self.bufs[gate.0 as usize].data;
         let u = &self.bufs[up.0 as usize].data;
         match kind {
-            GluKind::SwiGlu => o
-                .iter_mut()
-                .zip(g)
-                .zip(u)
-                .for_each(|((o, &g), &u)| *o = silu(g) * u),
+            GluKind::SwiGlu => {
+                let w = self.bufs[gate.0 as usize].width;
+                for ((o, g), u) in o.chunks_mut(w).zip(g.chunks(w)).zip(u.chunks(w)) {
+                    swiglu(o, g, u);
+                }
+            }
             GluKind::GeGlu => o
                 .iter_mut()
                 .zip(g)
@@ -550,7 +676,7 @@ impl Backend for CpuBackend {
                     dv: p.head_dim_v,
                 };
                 if f32_path {
-                    attend_f32(q_row, &cells[lo..=hi], &head, p, oh);
+                    attend_f32(q_row, lo, hi, cells, &head, p, oh);
                 } else {
                     attend_f16_acc(q_row, &cells[lo..=hi], &head, p, oh);
                 }

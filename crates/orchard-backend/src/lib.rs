@@ -237,6 +237,8 @@ pub trait Backend: Send {
 pub fn init_threads(n_threads: usize) {
     if n_threads > 0 {
         // An error only means the pool was already built; the first size wins.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n_threads).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .build_global();
     }
 }

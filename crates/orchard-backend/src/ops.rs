@@ -22,7 +22,8 @@ pub fn gelu_tanh_f16_rounded(x: f32) -> f32 {
         return x;
     }
     let xh = f16::from_f32(x).to_f32();
-    let g = 0.5 * xh * (1.0 + (SQRT_2_OVER_PI * xh * (1.0 + GELU_COEF_A * xh * xh)).tanh());
+    // `1 + A*x*x` fused as GCC contracts ggml_gelu_f32 (verified bit-exact against llama.cpp).
+    let g = 0.5 * xh * (1.0 + (SQRT_2_OVER_PI * xh * (GELU_COEF_A * xh).mul_add(xh, 1.0)).tanh());
     f16::from_f32(g).to_f32()
 }
 
@@ -46,6 +47,14 @@ pub fn rope_cache(
     }
 }
 
+/// One rotation, with the multiply-adds fused the way GCC contracts ggml's
+/// `x0*cos - x1*sin` / `x0*sin + x1*cos` at -O3 on an FMA machine.
+#[inline]
+fn rotate(x0: f32, x1: f32, c: f32, s: f32) -> (f32, f32) {
+    // Verified bit-exact against llama.cpp's CPU build on its intermediate tensors.
+    (x0.mul_add(c, -(x1 * s)), x0.mul_add(s, x1 * c))
+}
+
 /// Applies a rope cache to one head in place.
 #[inline]
 pub(crate) fn rope_apply(head: &mut [f32], cache: &[f32], n_rot: usize, neox: bool) {
@@ -55,18 +64,86 @@ pub(crate) fn rope_apply(head: &mut [f32], cache: &[f32], n_rot: usize, neox: bo
             let (c, s) = (cache[2 * i], cache[2 * i + 1]);
             let x0 = head[i];
             let x1 = head[i + half];
-            head[i] = x0 * c - x1 * s;
-            head[i + half] = x0 * s + x1 * c;
+            (head[i], head[i + half]) = rotate(x0, x1, c, s);
         }
     } else {
         for i in (0..n_rot).step_by(2) {
             let (c, s) = (cache[i], cache[i + 1]);
             let x0 = head[i];
             let x1 = head[i + 1];
-            head[i] = x0 * c - x1 * s;
-            head[i + 1] = x0 * s + x1 * c;
+            (head[i], head[i + 1]) = rotate(x0, x1, c, s);
         }
     }
+}
+
+/// ggml's AVX-512 `ggml_v_expf` evaluated one lane at a time (same constants, same fused
+/// multiply-adds, `scalef` rounding): the exp that llama.cpp's softmax and SiLU use on x86.
+/// Call from FMA-enabled code so `mul_add` is one instruction.
+#[inline(always)]
+pub(crate) fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    ); // 0x1.7f7d1cp-20, 0x1.62e4p-1
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    // scalef(j, n) = j * 2^n with one rounding (exact in f64, then rounded once).
+    ((j as f64) * 2f64.powi(n as i32)) as f32
+}
+
+/// GCC's `_mm512_reduce_add_ps` tree over 16 lanes.
+#[inline(always)]
+pub(crate) fn reduce_add_16(v: &[f32]) -> f32 {
+    let t3: [f32; 8] = std::array::from_fn(|i| v[8 + i] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// ggml's AVX-512 `ggml_v_silu`: `x / (1 + expf(-x))` with `expf_ggml`.
+#[inline(always)]
+pub(crate) fn silu_ggml(x: f32) -> f32 {
+    x / (1.0 + expf_ggml(0.0 - x))
+}
+
+/// `k · y` for an f16 row `k` and f16-valued `y`, summed in the order of ggml's AVX-512
+/// `ggml_vec_dot_f16`: four 16-lane FMA accumulators over 64-element steps, folded 0+2, 1+3,
+/// then GCC's `_mm512_reduce_add_ps` tree; the tail in f64. Call it from FMA-enabled code.
+#[inline(always)]
+pub(crate) fn dot_f16_ggml(k: &[half::f16], y: &[f32]) -> f32 {
+    let n = k.len().min(y.len());
+    let np = n & !63;
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let idx = i + 16 * j + l;
+                *v = k[idx].to_f32().mul_add(y[idx], *v);
+            }
+        }
+    }
+    let mut r = [0.0f32; 16];
+    for l in 0..16 {
+        r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t3: [f32; 8] = std::array::from_fn(|i| r[8 + i] + r[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for i in np..n {
+        sum += (k[i].to_f32() * y[i]) as f64;
+    }
+    sum as f32
 }
 
 /// `1 / sqrt(mean(x^2) + eps)` with the sum of squares accumulated in f64 as ggml does.

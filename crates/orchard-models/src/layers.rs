@@ -26,7 +26,27 @@ pub struct Step<'a> {
     pub x: BufId,
 }
 
+/// Where `Step::tap` writes intermediate tensors (`ORCHARD_DUMP_DIR`), read once.
+fn dump_dir() -> Option<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::var_os("ORCHARD_DUMP_DIR").map(Into::into))
+        .as_deref()
+}
+
 impl Step<'_> {
+    /// Debugging aid: with `ORCHARD_DUMP_DIR` set, writes `buf` as raw f32 to
+    /// `<dir>/<name>-<layer>.bin`, named like llama.cpp's graph tensors so the two engines'
+    /// intermediate values can be compared op by op. Costs one branch otherwise.
+    pub fn tap(&mut self, name: &str, il: usize, buf: BufId) {
+        let Some(dir) = dump_dir() else { return };
+        let mut host = Vec::new();
+        self.b.download(buf, &mut host);
+        let bytes: Vec<u8> = host.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if let Err(e) = std::fs::write(dir.join(format!("{name}-{il}.bin")), bytes) {
+            tracing::warn!("ORCHARD_DUMP_DIR: {e}");
+        }
+    }
+
     /// The backend's handle for a model tensor. Panics only on a context bug (a layer running on
     /// a backend its weights were not uploaded to).
     pub fn w(&self, t: TensorRef) -> WeightId {
@@ -175,6 +195,9 @@ pub(crate) fn attention(
     let q = s.linear(w.wq, w.bq, x, "q", p.n_head * p.head_dim_k);
     let k = s.linear(w.wk, w.bk, x, "k", p.n_head_kv * p.head_dim_k);
     let v = s.linear(w.wv, w.bv, x, "v", p.n_head_kv * p.head_dim_v);
+    s.tap("Qcur.MUL_MAT", il, q);
+    s.tap("Kcur.MUL_MAT", il, k);
+    s.tap("Vcur.MUL_MAT", il, v);
     if let (Some(qn), Some(kn)) = (w.q_norm, w.k_norm) {
         let (qn, kn) = (s.w(qn), s.w(kn));
         s.b.head_rms_norm(q, qn, p.head_dim_k, c.norm_eps);
@@ -183,13 +206,18 @@ pub(crate) fn attention(
     let ff = c.rope_factors.map(|f| s.w(f));
     s.b.rope(q, s.tokens, &c.rope, ff);
     s.b.rope(k, s.tokens, &c.rope, ff);
+    s.tap("Qcur.ROPE", il, q);
+    s.tap("Kcur.ROPE", il, k);
     if let Some(qs) = c.q_scale {
         s.b.scale(q, qs);
     }
     let out = s.buf("attn", p.n_head * p.head_dim_v);
     let attn = s.attn;
     s.b.attention(il, q, k, v, &attn, p, out)?;
-    Ok(s.linear(w.wo, None, out, "attn_out", n_embd))
+    s.tap("kqv_out.RESHAPE", il, out);
+    let o = s.linear(w.wo, None, out, "attn_out", n_embd);
+    s.tap("attn_out.MUL_MAT", il, o);
+    Ok(o)
 }
 
 /// Tensors of a gated feed-forward block.
@@ -214,6 +242,7 @@ impl FfnWeights {
 /// `down(act(gate(x)) * up(x))`, returns `[n_tokens, n_embd]`.
 pub(crate) fn ffn_glu(
     s: &mut Step<'_>,
+    il: usize,
     x: BufId,
     w: &FfnWeights,
     kind: GluKind,
@@ -222,7 +251,12 @@ pub(crate) fn ffn_glu(
 ) -> BufId {
     let g = s.linear(w.gate, None, x, "ffn_gate", n_ff);
     let u = s.linear(w.up, None, x, "ffn_up", n_ff);
+    s.tap("ffn_gate.MUL_MAT", il, g);
+    s.tap("ffn_up.MUL_MAT", il, u);
     let h = s.buf("ffn_act", n_ff);
     s.b.glu(g, u, kind, h);
-    s.linear(w.down, None, h, "ffn_out", n_embd)
+    s.tap("ffn_glu", il, h);
+    let o = s.linear(w.down, None, h, "ffn_out", n_embd);
+    s.tap("ffn_out.MUL_MAT", il, o);
+    o
 }

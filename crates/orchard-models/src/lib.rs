@@ -15,6 +15,7 @@ mod layers;
 mod llama;
 mod qwen2;
 mod qwen3;
+pub mod synth;
 
 pub use context::{Batch, Context, ContextOptions};
 pub use error::ModelError;

@@ -60,11 +60,15 @@ impl Architecture for Llama {
     fn layer(&self, s: &mut Step<'_>, il: usize) -> Result<(), ModelError> {
         let (l, hp) = (&self.layers[il], &self.hp);
         let cur = s.norm(s.x, l.attn_norm, hp.rms_eps, "attn_norm", hp.n_embd);
+        s.tap("attn_norm.MUL", il, cur);
         let a = attention(s, il, cur, &l.attn, &self.cfg, hp.n_embd)?;
         s.b.add(s.x, a);
+        s.tap("ffn_inp.ADD", il, s.x);
         let cur = s.norm(s.x, l.ffn_norm, hp.rms_eps, "ffn_norm", hp.n_embd);
-        let f = ffn_glu(s, cur, &l.ffn, GluKind::SwiGlu, hp.n_ff, hp.n_embd);
+        s.tap("ffn_norm.MUL", il, cur);
+        let f = ffn_glu(s, il, cur, &l.ffn, GluKind::SwiGlu, hp.n_ff, hp.n_embd);
         s.b.add(s.x, f);
+        s.tap("l_out.ADD", il, s.x);
         Ok(())
     }
 

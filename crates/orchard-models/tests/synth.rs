@@ -1,0 +1,204 @@
+//! The synthetic-model writer: files load as llama models, follow llama.cpp's Q4_K_M tensor mix,
+//! run, and can be written sparse for planning.
+
+use orchard_backend::TokenSlot;
+use orchard_core::DType;
+use orchard_models::synth::{write_synthetic_llama, SynthSpec};
+use orchard_models::{Batch, Context, ContextOptions, Model, ModelError};
+use std::sync::Arc;
+
+/// A fresh directory under the system temp dir (this crate has no tempfile dependency).
+struct TempDir(std::path::PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("orchard-synth-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spec(ftype: &str) -> SynthSpec {
+    SynthSpec {
+        n_layer: 8,
+        n_embd: 256,
+        n_ff: 512,
+        n_head: 4,
+        n_head_kv: 2,
+        n_vocab: 1000,
+        ftype: ftype.into(),
+        seed: 42,
+        sparse: false,
+    }
+}
+
+fn dtype_of(m: &Model, name: &str) -> DType {
+    m.tensors.iter().find(|t| t.name == name).unwrap().dtype
+}
+
+#[test]
+fn q4_k_m_mix_loads_and_runs() {
+    let dir = TempDir::new("mix");
+    let path = dir.path().join("synth.gguf");
+    let summary = write_synthetic_llama(&path, &spec("Q4_K_M")).unwrap();
+    let m = Arc::new(Model::load(&path).unwrap());
+    assert_eq!(m.hp.n_layer, 8);
+    assert_eq!(m.hp.n_vocab, 1000);
+    assert_eq!(m.hp.n_head_kv, 2);
+    // llama.cpp's use_more_bits for 8 layers: layers 0 and 7, and (i - 1) % 3 == 2 -> 3, 6.
+    for il in 0..8 {
+        let want = if [0, 3, 6, 7].contains(&il) {
+            DType::Q6_K
+        } else {
+            DType::Q4_K
+        };
+        assert_eq!(
+            dtype_of(&m, &format!("blk.{il}.attn_v.weight")),
+            want,
+            "layer {il}"
+        );
+        assert_eq!(
+            dtype_of(&m, &format!("blk.{il}.ffn_down.weight")),
+            want,
+            "layer {il}"
+        );
+        assert_eq!(
+            dtype_of(&m, &format!("blk.{il}.attn_q.weight")),
+            DType::Q4_K
+        );
+        assert_eq!(
+            dtype_of(&m, &format!("blk.{il}.attn_norm.weight")),
+            DType::F32
+        );
+    }
+    assert_eq!(dtype_of(&m, "output.weight"), DType::Q6_K);
+    assert_eq!(dtype_of(&m, "token_embd.weight"), DType::Q4_K);
+    assert_eq!(summary.tensor_bytes, m.weight_bytes());
+    let expected_params =
+        1000 * 256 * 2 + 256 + 8 * (2 * 256 + 2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 512);
+    assert_eq!(summary.n_params, expected_params as u64);
+
+    // The model runs and its logits are finite and not constant.
+    let mut ctx = Context::new(m.clone(), ContextOptions { n_ctx: 16 }).unwrap();
+    let ids = [5u32, 300, 999, 42];
+    let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
+    let cells: Vec<u32> = (0..16).collect();
+    let tables = [cells.as_slice()];
+    let mut out = Vec::new();
+    ctx.decode(
+        &Batch {
+            tokens: &ids,
+            slots: &slots,
+            cells: &tables,
+            logits: &[3],
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1000);
+    assert!(out.iter().all(|v| v.is_finite()));
+    let (lo, hi) = out
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(hi - lo > 1e-3, "logits are flat: {lo}..{hi}");
+}
+
+#[test]
+fn same_seed_same_file_other_seed_other_weights() {
+    let dir = TempDir::new("seed");
+    let (a, b, c) = (
+        dir.path().join("a.gguf"),
+        dir.path().join("b.gguf"),
+        dir.path().join("c.gguf"),
+    );
+    let s = SynthSpec {
+        n_layer: 2,
+        ftype: "Q8_0".into(),
+        ..spec("Q8_0")
+    };
+    write_synthetic_llama(&a, &s).unwrap();
+    write_synthetic_llama(&b, &s).unwrap();
+    write_synthetic_llama(
+        &c,
+        &SynthSpec {
+            seed: 7,
+            ..s.clone()
+        },
+    )
+    .unwrap();
+    let (ba, bb, bc) = (
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        std::fs::read(&c).unwrap(),
+    );
+    assert_eq!(ba, bb);
+    assert_eq!(ba.len(), bc.len());
+    assert_ne!(ba, bc);
+    let m = Model::load(&a).unwrap();
+    assert!(m
+        .tensors
+        .iter()
+        .filter(|t| t.n_rows() > 1)
+        .all(|t| t.dtype == DType::Q8_0));
+}
+
+#[test]
+fn sparse_files_describe_without_storing() {
+    let dir = TempDir::new("sparse");
+    let path = dir.path().join("big.gguf");
+    // An 8B-shaped file: 4.6 GB of tensor data, none of it written.
+    let s = SynthSpec {
+        sparse: true,
+        ..SynthSpec::llama_8b("Q4_K_M")
+    };
+    let summary = write_synthetic_llama(&path, &s).unwrap();
+    assert!(
+        summary.tensor_bytes > 4_000_000_000,
+        "{}",
+        summary.tensor_bytes
+    );
+    let m = Model::load(&path).unwrap();
+    assert_eq!(m.hp.n_layer, 32);
+    assert_eq!(m.hp.n_ff, 14336);
+    assert_eq!(m.weight_bytes(), summary.tensor_bytes);
+    assert!(summary
+        .types
+        .iter()
+        .any(|&(t, n)| t == DType::Q6_K && n > 0));
+}
+
+#[test]
+fn bad_specs_are_errors() {
+    let dir = TempDir::new("bad");
+    let path = dir.path().join("x.gguf");
+    for bad in [
+        SynthSpec {
+            ftype: "Q9_Z".into(),
+            ..spec("Q4_0")
+        },
+        SynthSpec {
+            n_head_kv: 3,
+            ..spec("Q4_0")
+        },
+        SynthSpec {
+            n_vocab: 100,
+            ..spec("Q4_0")
+        },
+        SynthSpec {
+            n_layer: 0,
+            ..spec("Q4_0")
+        },
+    ] {
+        assert!(matches!(
+            write_synthetic_llama(&path, &bad),
+            Err(ModelError::BadHParam { .. })
+        ));
+    }
+}
