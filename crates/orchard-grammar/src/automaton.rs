@@ -393,23 +393,15 @@ impl JsonValidator {
         self.stacks.iter().all(|s| s.frames.is_empty())
     }
 
+    /// Only a root value whose end is implicit (a number, a literal like `12`) can still be
+    /// open when the text ends; any open container means the text is incomplete.
     fn can_end(&self, s: &Stack) -> bool {
-        for (i, f) in s.frames.iter().enumerate().rev() {
-            let done = match f {
-                Frame::Num { st, .. } => st.accepting(),
-                Frame::Lit { node, pos, alive } => self.lit_complete(*node, *pos, alive),
-                _ => false,
-            };
-            if !done {
-                return false;
-            }
-            if i == 0 {
-                return true;
-            }
-            // A completed inner value leaves its container open, so the text cannot end.
-            return false;
+        match s.frames.as_slice() {
+            [] => true,
+            [Frame::Num { st, .. }] => st.accepting(),
+            [Frame::Lit { node, pos, alive }] => self.lit_complete(*node, *pos, alive),
+            _ => false,
         }
-        true
     }
 
     fn lit_options(&self, node: NodeId) -> &[String] {
@@ -460,10 +452,8 @@ impl JsonValidator {
         let ws = is_ws(c);
         let in_string = matches!(s.frames.last(), Some(Frame::Str { .. }))
             || matches!(s.frames.last(), Some(Frame::Obj { st: ObjSt::Key, .. }));
-        if ws && !in_string {
-            if s.ws_run >= MAX_WS_RUN {
-                return Outcome::Reject;
-            }
+        if ws && !in_string && s.ws_run >= MAX_WS_RUN {
+            return Outcome::Reject;
         }
         let out = self.step_inner(s, c);
         if let Outcome::Ok = out {

@@ -95,8 +95,7 @@ impl JsonConstraint {
                 tail.select_nth_unstable_by(end - start - 1, by_logit);
             }
             candidates[start..end].sort_unstable_by(by_logit);
-            for i in start..end {
-                let c = candidates[i];
+            for &c in &candidates[start..end] {
                 if c.logit == f32::NEG_INFINITY {
                     continue;
                 }

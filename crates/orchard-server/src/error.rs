@@ -11,10 +11,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
-    pub param: Option<String>,
+    pub param: Option<Box<str>>,
     pub code: Option<&'static str>,
     /// Extra fields inside `error` (llama-server's `n_prompt_tokens`/`n_ctx`).
-    pub extra: Map<String, Value>,
+    pub extra: Option<Box<Map<String, Value>>>,
     pub retry_after: Option<u64>,
 }
 
@@ -26,7 +26,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
-            extra: Map::new(),
+            extra: None,
             retry_after: None,
         }
     }
@@ -38,7 +38,7 @@ impl ApiError {
     /// A bad value for one request field.
     pub fn param(param: &str, message: impl Into<String>) -> ApiError {
         let mut e = ApiError::invalid(message);
-        e.param = Some(param.to_string());
+        e.param = Some(param.into());
         e.code = Some("invalid_value");
         e
     }
@@ -113,8 +113,10 @@ impl ApiError {
             ),
         )
         .with_code("context_length_exceeded");
-        e.extra.insert("n_prompt_tokens".into(), json!(n_prompt));
-        e.extra.insert("n_ctx".into(), json!(n_ctx));
+        let mut extra = Map::new();
+        extra.insert("n_prompt_tokens".into(), json!(n_prompt));
+        extra.insert("n_ctx".into(), json!(n_ctx));
+        e.extra = Some(Box::new(extra));
         e
     }
 
@@ -125,7 +127,7 @@ impl ApiError {
         err.insert("type".into(), json!(self.kind));
         err.insert("param".into(), json!(self.param));
         err.insert("code".into(), json!(self.code));
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter().flat_map(|m| m.iter()) {
             err.insert(k.clone(), v.clone());
         }
         json!({ "error": Value::Object(err) })

@@ -44,6 +44,9 @@ impl Histogram {
     }
 }
 
+/// A named, documented series read out of each key's counters.
+type Series<T> = (&'static str, &'static str, fn(&PerKey) -> T);
+
 #[derive(Clone, Debug, Default)]
 struct PerKey {
     prompt_tokens: u64,
@@ -261,7 +264,7 @@ impl Metrics {
         g.bucket_predicted_secs = 0.0;
 
         let m = esc(model);
-        let series: [(&str, &str, fn(&PerKey) -> u64); 3] = [
+        let series: [Series<u64>; 3] = [
             (
                 "orchard_prompt_tokens_total",
                 "Prompt tokens computed (cache hits excluded)",
@@ -326,6 +329,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{model=\"{m}\"}} {v}");
         }
+        #[allow(clippy::type_complexity)]
         let hists: [(&str, &str, fn(&PerKey) -> &Histogram); 3] = [
             (
                 "orchard_time_to_first_token_seconds",

@@ -232,7 +232,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
         if let Some(v) = opt_i64(o, f)? {
             if v == -1 {
                 asked = Some(-1);
-            } else if v < 1 || v > 1 << 24 {
+            } else if !(1..=1 << 24).contains(&v) {
                 return Err(ApiError::param(
                     f,
                     format!("`{f}` must be at least 1 (or -1 for no limit), got {v}"),
