@@ -5,7 +5,7 @@
 use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache, silu};
 use crate::*;
 use half::f16;
-use orchard_quant::{traits, TypeTraits};
+use orchard_quant::{traits, TypeTraits, VecDotFn};
 use rayon::prelude::*;
 
 struct Buf {
@@ -471,7 +471,23 @@ impl Backend for CpuBackend {
         let vdt_from = traits(vdt)
             .and_then(|v| v.from_float)
             .expect("activation type quantizes");
-        let dot = t.vec_dot.expect("matmul on a type without a dot kernel");
+        let plain = t.vec_dot.expect("matmul on a type without a dot kernel");
+        // Rows of the batch that ggml's repacked GEMM handles (groups of four) and the rest (GEMV).
+        let (dot_gemm, dot_gemv): (VecDotFn, VecDotFn) =
+            if crate::ggml_order::uses_repack_order(t.dtype, rows) {
+                (
+                    crate::ggml_order::vec_dot_q4_k_q8_k_gemm_order,
+                    crate::ggml_order::vec_dot_q4_k_q8_k_gemv_order,
+                )
+            } else if crate::ggml_order::uses_tiled_order(t.dtype, rows, n_tokens) {
+                (
+                    crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order,
+                    crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order,
+                )
+            } else {
+                (plain, plain)
+            };
+        let n_gemm = n_tokens - n_tokens % 4;
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
@@ -491,7 +507,7 @@ impl Backend for CpuBackend {
                     let r0 = ci * MATMUL_ROWS_PER_TASK;
                     for (i, v) in chunk.iter_mut().enumerate() {
                         let r = r0 + i;
-                        *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
+                        *v = dot_gemv(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
                     }
                 });
         } else {
@@ -507,6 +523,7 @@ impl Backend for CpuBackend {
                         let r = r0 + i;
                         let wr = &wbytes[r * w_row..(r + 1) * w_row];
                         for (tk, v) in row_out.iter_mut().enumerate() {
+                            let dot = if tk < n_gemm { dot_gemm } else { dot_gemv };
                             *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
                         }
                     }
@@ -593,7 +610,14 @@ impl Backend for CpuBackend {
                 .iter_mut()
                 .zip(g)
                 .zip(u)
-                .for_each(|((o, &g), &u)| *o = gelu_tanh_f16_rounded(g) * u),
+                // ggml writes a plain +0 below -10 rather than 0 * up (which may be -0).
+                .for_each(|((o, &g), &u)| {
+                    *o = if g <= -10.0 {
+                        0.0
+                    } else {
+                        gelu_tanh_f16_rounded(g) * u
+                    }
+                }),
         }
         self.bufs[out.0 as usize].data = o;
     }

@@ -8,6 +8,7 @@
 //! moving the residual stream across with one `download`/`upload` at the boundary.
 
 mod cpu;
+mod ggml_order;
 mod ops;
 
 pub use cpu::CpuBackend;

@@ -1,0 +1,696 @@
+//! Element-wise and reduction kernels of the CPU backend, computing exactly what ggml-cpu's x86
+//! code computes (`vec.h`/`vec.cpp`/`simd-gemm.h`): `ggml_v_expf`/`ggml_v_silu` for SiLU, SwiGLU
+//! and softmax, the f16 V accumulation of flash attention (`ggml_vec_mad_f16`,
+//! `ggml_vec_scale_f16`), and the f32 helpers of its tiled path. Logits of small models move by
+//! 0.1 on ulp-level differences, so "close" is not enough here.
+//!
+//! ggml's AVX-512 and AVX2 builds use different `expf` polynomials and reduction orders; each
+//! path here reproduces one of them, chosen from `orchard_quant::active_tier()` so that the whole
+//! backend follows one build. The scalar path reproduces the AVX-512 build (the one llama.cpp
+//! uses on the machines we validate against), on any CPU, and is what `ORCHARD_FORCE_SCALAR=1`
+//! selects. Tails past the last full vector use libm's `expf` (`f32::exp`), as ggml's do.
+//!
+//! f16 values are converted with `half`, which matches F16C except for the payload bits of NaNs.
+
+use half::f16;
+use std::sync::OnceLock;
+
+/// Which of ggml's builds the kernels reproduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VecPath {
+    /// The AVX-512 build (AVX-512 F/DQ kernels here).
+    Avx512,
+    /// The AVX2+FMA build.
+    Avx2,
+    /// Portable code computing the AVX-512 build's results.
+    Scalar,
+}
+
+/// The path in use: the one matching `orchard_quant::active_tier()`.
+pub fn vec_path() -> VecPath {
+    static PATH: OnceLock<VecPath> = OnceLock::new();
+    *PATH.get_or_init(|| match orchard_quant::active_tier() {
+        orchard_quant::Tier::Avx512 => VecPath::Avx512,
+        orchard_quant::Tier::Avx2 => VecPath::Avx2,
+        _ => VecPath::Scalar,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar definitions (the AVX-512 build's arithmetic, one lane at a time)
+
+const R: f32 = 12582912.0; // 0x1.8p23
+const LOG2E: u32 = 0x3fb8_aa3b; // 0x1.715476p+0
+const LN2_HI: u32 = 0x3f31_7200; // 0x1.62e4p-1
+const LN2_LO: u32 = 0x35bf_be8e; // 0x1.7f7d1cp-20
+const C5: u32 = 0x3c07_2010; // 0x1.0e4020p-7
+const C4: u32 = 0x3d2b_9f17; // 0x1.573e2ep-5
+const C3: u32 = 0x3e2a_af33; // 0x1.555e66p-3
+const C2: u32 = 0x3eff_fedb; // 0x1.fffdb6p-2
+const C1: u32 = 0x3f7f_fff6; // 0x1.ffffecp-1
+
+#[inline]
+fn c(bits: u32) -> f32 {
+    f32::from_bits(bits)
+}
+
+/// ggml's AVX-512 `ggml_v_expf` on one lane.
+#[inline]
+pub fn expf_avx512(x: f32) -> f32 {
+    let z = x.mul_add(c(LOG2E), R);
+    let n = z - R;
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    let u = b * b;
+    let j = c(C5)
+        .mul_add(b, c(C4))
+        .mul_add(u, c(C3).mul_add(b, c(C2)))
+        .mul_add(u, c(C1).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // vscalefps: j * 2^n, rounded once (n is an integer of magnitude <= 192 here).
+    (f64::from(j) * 2f64.powi(n as i32)) as f32
+}
+
+/// ggml's AVX2 `ggml_v_expf` on one lane.
+#[inline]
+pub fn expf_avx2(x: f32) -> f32 {
+    let z = x.mul_add(c(LOG2E), R);
+    let n = z - R;
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = c(C5)
+        .mul_add(b, c(C4))
+        .mul_add(u, c(C3).mul_add(b, c(C2)))
+        .mul_add(u, c(C1) * b);
+    if n.abs() <= 126.0 {
+        return k.mul_add(j, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+#[inline]
+fn silu_with(x: f32, expf: fn(f32) -> f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
+
+/// ggml's scalar `ggml_silu_f32` (the tails of the vector loops): libm's `expf`.
+#[inline]
+pub fn silu_libm(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `_mm512_reduce_add_ps` as gcc expands it.
+#[inline]
+fn reduce16(v: &[f32]) -> f32 {
+    let t3: [f32; 8] = std::array::from_fn(|k| v[8 + k] + v[k]);
+    let t6: [f32; 4] = std::array::from_fn(|k| t3[4 + k] + t3[k]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// `hsum_float_8`'s order (ggml's AVX2 softmax reduction).
+#[inline]
+fn reduce8(v: &[f32]) -> f32 {
+    let r: [f32; 4] = std::array::from_fn(|k| v[4 + k] + v[k]);
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// Vector width of the given path's silu/softmax loops and its lane functions.
+fn lanes(path: VecPath) -> (usize, fn(f32) -> f32, fn(&[f32]) -> f32) {
+    match path {
+        VecPath::Avx2 => (8, expf_avx2, reduce8),
+        _ => (16, expf_avx512, reduce16),
+    }
+}
+
+fn silu_scalar(path: VecPath, y: &mut [f32], x: &[f32]) {
+    let (w, expf, _) = lanes(path);
+    let n = y.len().min(x.len());
+    let nv = n - n % w;
+    for (o, &v) in y[..nv].iter_mut().zip(&x[..nv]) {
+        *o = silu_with(v, expf);
+    }
+    for (o, &v) in y[nv..n].iter_mut().zip(&x[nv..n]) {
+        *o = silu_libm(v);
+    }
+}
+
+fn swiglu_scalar(path: VecPath, y: &mut [f32], x: &[f32], g: &[f32]) {
+    let (w, expf, _) = lanes(path);
+    let n = y.len().min(x.len()).min(g.len());
+    let nv = n - n % w;
+    for i in 0..nv {
+        y[i] = silu_with(x[i], expf) * g[i];
+    }
+    for i in nv..n {
+        y[i] = silu_libm(x[i]) * g[i];
+    }
+}
+
+fn soft_max_scalar(path: VecPath, y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    let (w, expf, reduce) = lanes(path);
+    let n = y.len().min(x.len());
+    let nv = n - n % w;
+    let mut sum = 0f64;
+    for (yc, xc) in y[..nv].chunks_exact_mut(w).zip(x[..nv].chunks_exact(w)) {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = expf(v - max);
+        }
+        sum += f64::from(reduce(yc));
+    }
+    for (o, &v) in y[nv..n].iter_mut().zip(&x[nv..n]) {
+        let e = (v - max).exp();
+        sum += f64::from(e);
+        *o = e;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public kernels
+
+/// Whether this CPU can run `path`'s SIMD code (the scalar path always can).
+fn runnable(path: VecPath) -> bool {
+    match path {
+        VecPath::Avx512 => orchard_quant::Tier::Avx512.is_available(),
+        VecPath::Avx2 => orchard_quant::Tier::Avx2.is_available(),
+        VecPath::Scalar => true,
+    }
+}
+
+/// `ggml_vec_silu_f32`: `y = x / (1 + exp(-x))` over `min(y.len(), x.len())` elements.
+pub fn silu_f32(y: &mut [f32], x: &[f32]) {
+    silu_f32_with(vec_path(), y, x)
+}
+
+/// [`silu_f32`] as a given build computes it (scalar code where this CPU lacks the SIMD).
+pub fn silu_f32_with(path: VecPath, y: &mut [f32], x: &[f32]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx512 if runnable(path) => {
+            // SAFETY: runnable() confirmed AVX-512 F/DQ (part of orchard_quant's AVX-512 tier).
+            unsafe { x86::silu_avx512(y, x) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx2 if runnable(path) => {
+            // SAFETY: runnable() confirmed AVX2 and FMA.
+            unsafe { x86::silu_avx2(y, x) }
+        }
+        p => silu_scalar(p, y, x),
+    }
+}
+
+/// `ggml_vec_swiglu_f32`: `y = silu(x) * g`.
+pub fn swiglu_f32(y: &mut [f32], x: &[f32], g: &[f32]) {
+    swiglu_f32_with(vec_path(), y, x, g)
+}
+
+/// [`swiglu_f32`] as a given build computes it.
+pub fn swiglu_f32_with(path: VecPath, y: &mut [f32], x: &[f32], g: &[f32]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx512 if runnable(path) => {
+            // SAFETY: as in `silu_f32_with`.
+            unsafe { x86::swiglu_avx512(y, x, g) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx2 if runnable(path) => {
+            // SAFETY: as in `silu_f32_with`.
+            unsafe { x86::swiglu_avx2(y, x, g) }
+        }
+        p => swiglu_scalar(p, y, x, g),
+    }
+}
+
+/// `ggml_vec_soft_max_f32`: `y = exp(x - max)`, returning the sum of `y` accumulated in f64
+/// (one f32 partial sum per vector, as ggml adds them). Divide by the sum yourself.
+pub fn soft_max_f32(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    soft_max_f32_with(vec_path(), y, x, max)
+}
+
+/// [`soft_max_f32`] as a given build computes it.
+pub fn soft_max_f32_with(path: VecPath, y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx512 if runnable(path) => {
+            // SAFETY: as in `silu_f32_with`.
+            unsafe { x86::soft_max_avx512(y, x, max) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        VecPath::Avx2 if runnable(path) => {
+            // SAFETY: as in `silu_f32_with`.
+            unsafe { x86::soft_max_avx2(y, x, max) }
+        }
+        p => soft_max_scalar(p, y, x, max),
+    }
+}
+
+/// `ggml_vec_max_f32`: the running `max > x ? max : x` from -inf (NaNs are skipped unless last).
+pub fn max_f32(x: &[f32]) -> f32 {
+    x.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if m > v { m } else { v })
+}
+
+/// `ggml_vec_scale_f32`: `y *= v`.
+pub fn scale_f32(y: &mut [f32], v: f32) {
+    y.iter_mut().for_each(|a| *a *= v);
+}
+
+/// `ggml_vec_mad_f32`: `y += x * v`, fused (ggml's vector FMA, and gcc contracts its tail).
+pub fn mad_f32(y: &mut [f32], x: &[f32], v: f32) {
+    y.iter_mut().zip(x).for_each(|(a, &b)| *a = b.mul_add(v, *a));
+}
+
+/// `ggml_vec_scale_f16`: `y = f16(f32(y) * v)`.
+pub fn scale_f16(y: &mut [f16], v: f32) {
+    match vec_path() {
+        #[cfg(target_arch = "x86_64")]
+        p @ (VecPath::Avx512 | VecPath::Avx2) if runnable(p) => {
+            // SAFETY: both SIMD paths include F16C and AVX2 (checked by runnable()).
+            unsafe { x86::scale_f16_f16c(y, v) }
+        }
+        _ => y
+            .iter_mut()
+            .for_each(|a| *a = f16::from_f32(a.to_f32() * v)),
+    }
+}
+
+/// `ggml_vec_mad_f16`: `y = f16(fma(f32(x), v, f32(y)))` (fused in the vector loop, and in the
+/// tail after gcc's contraction).
+pub fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
+    match vec_path() {
+        #[cfg(target_arch = "x86_64")]
+        p @ (VecPath::Avx512 | VecPath::Avx2) if runnable(p) => {
+            // SAFETY: both SIMD paths include F16C, FMA and AVX2 (checked by runnable()).
+            unsafe { x86::mad_f16_f16c(y, x, v) }
+        }
+        _ => y
+            .iter_mut()
+            .zip(x)
+            .for_each(|(a, b)| *a = f16::from_f32(b.to_f32().mul_add(v, a.to_f32()))),
+    }
+}
+
+/// `simd_gemm` of `simd-gemm.h`: `C[m x n] += A[m x k] * B[k x n]`, row-major, each element an
+/// FMA chain over `k` in order (which is what every tile shape of ggml's kernel computes).
+/// Panics if a slice is shorter than its shape.
+pub fn simd_gemm(c_out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    assert!(c_out.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "simd_gemm shapes");
+    for i in 0..m {
+        let crow = &mut c_out[i * n..(i + 1) * n];
+        for kk in 0..k {
+            let av = a[i * k + kk];
+            for (cv, &bv) in crow.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
+                *cv = av.mul_add(bv, *cv);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86 kernels
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    macro_rules! ps512 {
+        ($b:expr) => {
+            _mm512_set1_ps(f32::from_bits($b))
+        };
+    }
+
+    /// `ggml_v_expf`, AVX-512.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn v_expf512(x: __m512) -> __m512 {
+        let r = _mm512_set1_ps(R);
+        let z = _mm512_fmadd_ps(x, ps512!(LOG2E), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(n, ps512!(LN2_LO), _mm512_fnmadd_ps(n, ps512!(LN2_HI), x));
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(ps512!(C5), b, ps512!(C4)),
+                u,
+                _mm512_fmadd_ps(ps512!(C3), b, ps512!(C2)),
+            ),
+            u,
+            _mm512_fmadd_ps(ps512!(C1), b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if d == 0 {
+            return res;
+        }
+        let zero = _mm512_setzero_ps();
+        let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero);
+        let alt = _mm512_mask_blend_ps(le, _mm512_set1_ps(f32::INFINITY), zero);
+        _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn v_silu512(x: __m512) -> __m512 {
+        let e = v_expf512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    macro_rules! ps256 {
+        ($b:expr) => {
+            _mm256_set1_ps(f32::from_bits($b))
+        };
+    }
+
+    /// `ggml_v_expf`, AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn v_expf256(x: __m256) -> __m256 {
+        let r = _mm256_set1_ps(R);
+        let z = _mm256_fmadd_ps(x, ps256!(LOG2E), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, ps256!(LN2_LO), _mm256_fnmadd_ps(n, ps256!(LN2_HI), x));
+        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let cm = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0)));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(ps256!(C5), b, ps256!(C4)),
+                u,
+                _mm256_fmadd_ps(ps256!(C3), b, ps256!(C2)),
+            ),
+            u,
+            _mm256_mul_ps(ps256!(C1), b),
+        );
+        if _mm256_movemask_ps(_mm256_castsi256_ps(cm)) == 0 {
+            return _mm256_fmadd_ps(j, k, k);
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let dm = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(192.0)));
+        let c = _mm256_castsi256_ps(cm);
+        let d = _mm256_castsi256_ps(dm);
+        _mm256_or_ps(
+            _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+            _mm256_andnot_ps(
+                d,
+                _mm256_or_ps(
+                    _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                    _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+                ),
+            ),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn v_silu256(x: __m256) -> __m256 {
+        let e = v_expf256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn silu_avx512(y: &mut [f32], x: &[f32]) {
+        let n = y.len().min(x.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), v_silu512(_mm512_loadu_ps(x.as_ptr().add(i))));
+            i += 16;
+        }
+        for k in i..n {
+            y[k] = silu_libm(x[k]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_avx2(y: &mut [f32], x: &[f32]) {
+        let n = y.len().min(x.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), v_silu256(_mm256_loadu_ps(x.as_ptr().add(i))));
+            i += 8;
+        }
+        for k in i..n {
+            y[k] = silu_libm(x[k]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn swiglu_avx512(y: &mut [f32], x: &[f32], g: &[f32]) {
+        let n = y.len().min(x.len()).min(g.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let s = v_silu512(_mm512_loadu_ps(x.as_ptr().add(i)));
+            let v = _mm512_mul_ps(s, _mm512_loadu_ps(g.as_ptr().add(i)));
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), v);
+            i += 16;
+        }
+        for k in i..n {
+            y[k] = silu_libm(x[k]) * g[k];
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn swiglu_avx2(y: &mut [f32], x: &[f32], g: &[f32]) {
+        let n = y.len().min(x.len()).min(g.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let s = v_silu256(_mm256_loadu_ps(x.as_ptr().add(i)));
+            let v = _mm256_mul_ps(s, _mm256_loadu_ps(g.as_ptr().add(i)));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        for k in i..n {
+            y[k] = silu_libm(x[k]) * g[k];
+        }
+    }
+
+    /// gcc's `_mm512_reduce_add_ps` order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn reduce512(v: __m512) -> f32 {
+        let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(v), _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let t8 = _mm_add_ps(t6, _mm_shuffle_ps::<0b01_00_11_10>(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)))
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn soft_max_avx512(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+        let n = y.len().min(x.len());
+        let mut i = 0;
+        let mut sum = 0f64;
+        let m = _mm512_set1_ps(max);
+        while i + 16 <= n {
+            let v = v_expf512(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), m));
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), v);
+            sum += f64::from(reduce512(v));
+            i += 16;
+        }
+        for k in i..n {
+            let e = (x[k] - max).exp();
+            sum += f64::from(e);
+            y[k] = e;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn soft_max_avx2(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+        let n = y.len().min(x.len());
+        let mut i = 0;
+        let mut sum = 0f64;
+        let m = _mm256_set1_ps(max);
+        while i + 8 <= n {
+            let v = v_expf256(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), v);
+            let mut r = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+            r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+            r = _mm_add_ss(r, _mm_movehdup_ps(r));
+            sum += f64::from(_mm_cvtss_f32(r));
+            i += 8;
+        }
+        for k in i..n {
+            let e = (x[k] - max).exp();
+            sum += f64::from(e);
+            y[k] = e;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scale_f16_f16c(y: &mut [f16], v: f32) {
+        let n = y.len();
+        let p = y.as_mut_ptr() as *mut u8;
+        let vv = _mm256_set1_ps(v);
+        let mut i = 0;
+        while i + 8 <= n {
+            let a = _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(a, vv));
+            _mm_storeu_si128(p.add(2 * i) as *mut __m128i, r);
+            i += 8;
+        }
+        for a in &mut y[i..] {
+            *a = f16::from_f32(a.to_f32() * v);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn mad_f16_f16c(y: &mut [f16], x: &[f16], v: f32) {
+        let n = y.len().min(x.len());
+        let py = y.as_mut_ptr() as *mut u8;
+        let px = x.as_ptr() as *const u8;
+        let vv = _mm256_set1_ps(v);
+        let mut i = 0;
+        while i + 8 <= n {
+            let a = _mm256_cvtph_ps(_mm_loadu_si128(py.add(2 * i) as *const __m128i));
+            let b = _mm256_cvtph_ps(_mm_loadu_si128(px.add(2 * i) as *const __m128i));
+            let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_fmadd_ps(b, vv, a));
+            _mm_storeu_si128(py.add(2 * i) as *mut __m128i, r);
+            i += 8;
+        }
+        for k in i..n {
+            y[k] = f16::from_f32(x[k].to_f32().mul_add(v, y[k].to_f32()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic test inputs spanning expf's whole range, including its overflow and
+    /// underflow cut-offs.
+    fn inputs(n: usize) -> Vec<f32> {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                match i % 7 {
+                    0 => (u - 0.5) * 400.0,
+                    1 => (u - 0.5) * 20.0,
+                    2 => -88.0 - u * 20.0,
+                    3 => 80.0 + u * 10.0,
+                    _ => (u - 0.5) * 4.0,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scalar_expf_is_close_to_libm() {
+        for x in inputs(20000) {
+            let (a, b) = (expf_avx512(x), x.exp());
+            if b.is_finite() && b > 1e-37 {
+                assert!(((a - b) / b).abs() < 4e-7, "expf_avx512({x}) = {a}, libm {b}");
+            }
+            let c = expf_avx2(x);
+            if b.is_finite() && b > 1e-37 && x < 88.0 {
+                assert!(((c - b) / b).abs() < 4e-7, "expf_avx2({x}) = {c}, libm {b}");
+            }
+        }
+        assert_eq!(expf_avx512(-200.0), 0.0);
+        assert_eq!(expf_avx512(200.0), f32::INFINITY);
+        assert_eq!(expf_avx2(-200.0), 0.0);
+        assert_eq!(expf_avx2(200.0), f32::INFINITY);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_paths_equal_their_scalar_definitions() {
+        let x = inputs(1000 + 13);
+        let g: Vec<f32> = inputs(1013).iter().map(|v| v * 0.25).collect();
+        let max = max_f32(&x);
+        if orchard_quant::Tier::Avx512.is_available() {
+            for n in [0, 5, 16, 31, 1013] {
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                // SAFETY: AVX-512 F/DQ checked just above.
+                unsafe { x86::silu_avx512(&mut a, &x[..n]) };
+                silu_scalar(VecPath::Avx512, &mut b, &x[..n]);
+                assert_eq!(bits(&a), bits(&b), "silu n={n}");
+                // SAFETY: as above.
+                unsafe { x86::swiglu_avx512(&mut a, &x[..n], &g[..n]) };
+                swiglu_scalar(VecPath::Avx512, &mut b, &x[..n], &g[..n]);
+                assert_eq!(bits(&a), bits(&b), "swiglu n={n}");
+                // SAFETY: as above.
+                let sa = unsafe { x86::soft_max_avx512(&mut a, &x[..n], max) };
+                let sb = soft_max_scalar(VecPath::Avx512, &mut b, &x[..n], max);
+                assert_eq!((bits(&a), sa.to_bits()), (bits(&b), sb.to_bits()), "softmax n={n}");
+            }
+        }
+        if orchard_quant::Tier::Avx2.is_available() {
+            for n in [0, 5, 8, 31, 1013] {
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                // SAFETY: AVX2 and FMA checked just above.
+                unsafe { x86::silu_avx2(&mut a, &x[..n]) };
+                silu_scalar(VecPath::Avx2, &mut b, &x[..n]);
+                assert_eq!(bits(&a), bits(&b), "silu avx2 n={n}");
+                // SAFETY: as above.
+                let sa = unsafe { x86::soft_max_avx2(&mut a, &x[..n], max) };
+                let sb = soft_max_scalar(VecPath::Avx2, &mut b, &x[..n], max);
+                assert_eq!((bits(&a), sa.to_bits()), (bits(&b), sb.to_bits()), "softmax avx2 n={n}");
+                let h: Vec<f16> = x[..n].iter().map(|&v| f16::from_f32(v * 0.01)).collect();
+                let (mut ya, mut yb) = (h.clone(), h.clone());
+                // SAFETY: as above (F16C is part of the AVX2 tier).
+                unsafe { x86::mad_f16_f16c(&mut ya, &h, 0.7) };
+                for (o, i) in yb.iter_mut().zip(&h) {
+                    *o = f16::from_f32(i.to_f32().mul_add(0.7, o.to_f32()));
+                }
+                assert_eq!(ya, yb, "mad_f16 n={n}");
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn softmax_sums_to_the_returned_total() {
+        let x = inputs(300);
+        let max = max_f32(&x);
+        let mut y = vec![0f32; x.len()];
+        let sum = soft_max_f32(&mut y, &x, max);
+        let direct: f64 = y.iter().map(|&v| f64::from(v)).sum();
+        assert!((sum - direct).abs() <= 1e-6 * sum, "{sum} vs {direct}");
+        assert!(y.iter().all(|&v| (0.0..=1.0).contains(&v)));
+        assert!(y.contains(&1.0), "exp(max - max) is exactly 1");
+    }
+
+    #[test]
+    fn gemm_is_an_fma_chain_per_element() {
+        let (m, k, n) = (3, 5, 19);
+        let a: Vec<f32> = inputs(m * k);
+        let b: Vec<f32> = inputs(k * n).iter().map(|v| v * 0.1).collect();
+        let mut c_out = vec![0.5f32; m * n];
+        simd_gemm(&mut c_out, &a, &b, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.5f32;
+                for kk in 0..k {
+                    acc = a[i * k + kk].mul_add(b[kk * n + j], acc);
+                }
+                assert_eq!(c_out[i * n + j].to_bits(), acc.to_bits());
+            }
+        }
+    }
+}
