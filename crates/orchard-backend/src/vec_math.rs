@@ -124,8 +124,10 @@ fn reduce8(v: &[f32]) -> f32 {
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
-/// Vector width of the given path's silu/softmax loops and its lane functions.
-fn lanes(path: VecPath) -> (usize, fn(f32) -> f32, fn(&[f32]) -> f32) {
+/// Vector width of a path's silu/softmax loops, its `expf` and its horizontal sum.
+type Lanes = (usize, fn(f32) -> f32, fn(&[f32]) -> f32);
+
+fn lanes(path: VecPath) -> Lanes {
     match path {
         VecPath::Avx2 => (8, expf_avx2, reduce8),
         _ => (16, expf_avx512, reduce16),
@@ -267,7 +269,9 @@ pub fn scale_f32(y: &mut [f32], v: f32) {
 
 /// `ggml_vec_mad_f32`: `y += x * v`, fused (ggml's vector FMA, and gcc contracts its tail).
 pub fn mad_f32(y: &mut [f32], x: &[f32], v: f32) {
-    y.iter_mut().zip(x).for_each(|(a, &b)| *a = b.mul_add(v, *a));
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(a, &b)| *a = b.mul_add(v, *a));
 }
 
 /// `ggml_vec_scale_f16`: `y = f16(f32(y) * v)`.
@@ -304,7 +308,10 @@ pub fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
 /// FMA chain over `k` in order (which is what every tile shape of ggml's kernel computes).
 /// Panics if a slice is shorter than its shape.
 pub fn simd_gemm(c_out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    assert!(c_out.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "simd_gemm shapes");
+    assert!(
+        c_out.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "simd_gemm shapes"
+    );
     for i in 0..m {
         let crow = &mut c_out[i * n..(i + 1) * n];
         for kk in 0..k {
@@ -381,7 +388,10 @@ mod x86 {
         let n = _mm256_sub_ps(z, r);
         let b = _mm256_fnmadd_ps(n, ps256!(LN2_LO), _mm256_fnmadd_ps(n, ps256!(LN2_HI), x));
         let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
-        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(
+            e,
+            _mm256_castps_si256(_mm256_set1_ps(1.0)),
+        ));
         let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
         let cm = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(absn, _mm256_set1_ps(126.0)));
         let u = _mm256_mul_ps(b, b);
@@ -430,7 +440,10 @@ mod x86 {
         let n = y.len().min(x.len());
         let mut i = 0;
         while i + 16 <= n {
-            _mm512_storeu_ps(y.as_mut_ptr().add(i), v_silu512(_mm512_loadu_ps(x.as_ptr().add(i))));
+            _mm512_storeu_ps(
+                y.as_mut_ptr().add(i),
+                v_silu512(_mm512_loadu_ps(x.as_ptr().add(i))),
+            );
             i += 16;
         }
         for k in i..n {
@@ -443,7 +456,10 @@ mod x86 {
         let n = y.len().min(x.len());
         let mut i = 0;
         while i + 8 <= n {
-            _mm256_storeu_ps(y.as_mut_ptr().add(i), v_silu256(_mm256_loadu_ps(x.as_ptr().add(i))));
+            _mm256_storeu_ps(
+                y.as_mut_ptr().add(i),
+                v_silu256(_mm256_loadu_ps(x.as_ptr().add(i))),
+            );
             i += 8;
         }
         for k in i..n {
@@ -601,7 +617,10 @@ mod tests {
         for x in inputs(20000) {
             let (a, b) = (expf_avx512(x), x.exp());
             if b.is_finite() && b > 1e-37 {
-                assert!(((a - b) / b).abs() < 4e-7, "expf_avx512({x}) = {a}, libm {b}");
+                assert!(
+                    ((a - b) / b).abs() < 4e-7,
+                    "expf_avx512({x}) = {a}, libm {b}"
+                );
             }
             let c = expf_avx2(x);
             if b.is_finite() && b > 1e-37 && x < 88.0 {
@@ -634,7 +653,11 @@ mod tests {
                 // SAFETY: as above.
                 let sa = unsafe { x86::soft_max_avx512(&mut a, &x[..n], max) };
                 let sb = soft_max_scalar(VecPath::Avx512, &mut b, &x[..n], max);
-                assert_eq!((bits(&a), sa.to_bits()), (bits(&b), sb.to_bits()), "softmax n={n}");
+                assert_eq!(
+                    (bits(&a), sa.to_bits()),
+                    (bits(&b), sb.to_bits()),
+                    "softmax n={n}"
+                );
             }
         }
         if orchard_quant::Tier::Avx2.is_available() {
@@ -647,7 +670,11 @@ mod tests {
                 // SAFETY: as above.
                 let sa = unsafe { x86::soft_max_avx2(&mut a, &x[..n], max) };
                 let sb = soft_max_scalar(VecPath::Avx2, &mut b, &x[..n], max);
-                assert_eq!((bits(&a), sa.to_bits()), (bits(&b), sb.to_bits()), "softmax avx2 n={n}");
+                assert_eq!(
+                    (bits(&a), sa.to_bits()),
+                    (bits(&b), sb.to_bits()),
+                    "softmax avx2 n={n}"
+                );
                 let h: Vec<f16> = x[..n].iter().map(|&v| f16::from_f32(v * 0.01)).collect();
                 let (mut ya, mut yb) = (h.clone(), h.clone());
                 // SAFETY: as above (F16C is part of the AVX2 tier).

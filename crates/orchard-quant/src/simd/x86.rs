@@ -51,7 +51,8 @@ macro_rules! dot_sym {
             let mut acc = _mm256_setzero_ps();
             for i in 0..nb {
                 let (xb, yb) = (x.add(i * $wb), y.add(i * Q8_0));
-                let d = _mm256_set1_ps(f16_at(xb) * f16_at(yb));
+                let s = halves(u64::from(rd16(xb)) | u64::from(rd16(yb)) << 16);
+                let d = _mm256_broadcastss_ps(_mm_mul_ss(s, _mm_movehdup_ps(s)));
                 let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), load256(yb.add(2))));
                 acc = _mm256_fmadd_ps(d, q, acc);
             }
@@ -66,11 +67,11 @@ macro_rules! dot_sym {
             let mut acc = [_mm256_setzero_ps(); 4];
             for i in 0..nb {
                 let yb = y.add(i * Q8_0);
-                let dy = f16_at(yb);
+                let dy = _mm_cvtss_f32(halves(u64::from(rd16(yb))));
                 let qy = load256(yb.add(2));
                 for r in 0..4 {
                     let xb = x[r].add(i * $wb);
-                    let d = _mm256_set1_ps(f16_at(xb) * dy);
+                    let d = _mm256_set1_ps(_mm_cvtss_f32(halves(u64::from(rd16(xb)))) * dy);
                     let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), qy));
                     acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
                 }
@@ -113,6 +114,9 @@ macro_rules! dot_min {
             let deint = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             for i in 0..nb {
                 let yb = y.add(i * Q8_1);
+                for r in 0..4 {
+                    prefetch(x[r].add(i * $wb));
+                }
                 let dys = f16_pairs(yb, yb);
                 let (dy, sy) = (_mm_broadcastss_ps(dys), _mm_movehdup_ps(dys));
                 let sy = _mm_shuffle_ps::<0>(sy, sy);
@@ -302,16 +306,40 @@ macro_rules! shared_kernels {
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn f16_pairs(a: *const u8, b: *const u8) -> __m128 {
-            let a = (a as *const i32).read_unaligned();
-            let b = (b as *const i32).read_unaligned();
-            _mm_cvtph_ps(_mm_set_epi32(0, 0, b, a))
+            let a = (a as *const u32).read_unaligned();
+            let b = (b as *const u32).read_unaligned();
+            halves(u64::from(a) | u64::from(b) << 32)
+        }
+
+        /// Four f16 packed in a u64, widened. Going through a general register keeps the
+        /// conversion off the accumulator's dependency chain (a vector insert would merge into
+        /// whatever register the compiler picks, possibly the accumulator).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn halves(bits: u64) -> __m128 {
+            _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+        }
+
+        /// How far ahead of the current weight block to prefetch. Weights stream from memory
+        /// once per token; the hardware prefetcher alone leaves bandwidth unused.
+        const PREFETCH: usize = 1024;
+
+        #[inline]
+        fn prefetch(p: *const u8) {
+            // SAFETY: a prefetch is only a hint; it never faults, whatever the address, and
+            // wrapping_add keeps the pointer arithmetic itself defined.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8) }
+        }
+
+        #[inline]
+        unsafe fn rd16(p: *const u8) -> u16 {
+            (p as *const u16).read_unaligned()
         }
 
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn f16_at(p: *const u8) -> f32 {
-            let h = (p as *const u16).read_unaligned();
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+            _mm_cvtss_f32(halves(u64::from(rd16(p))))
         }
 
         #[inline]
