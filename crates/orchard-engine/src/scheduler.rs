@@ -501,8 +501,9 @@ impl Scheduler {
     }
 
     /// Gives free slots to waiting requests in order (preempted ones first, as they are put at
-    /// the front). A request is admitted only when the pool can hold its prompt (free pages plus
-    /// what the prefix cache could give back), unless nothing else is running.
+    /// the front). A request is admitted only when the pool can hold its prompt plus a page per
+    /// running sequence (free pages plus what the prefix cache could give back), unless nothing
+    /// else is running.
     fn admit(&mut self) {
         while let Some(free) = self.slots.iter().position(Option::is_none) {
             let Some(w) = self.waiting.pop_front() else {
@@ -527,9 +528,13 @@ impl Scheduler {
             } else {
                 Vec::new()
             };
-            let need = tokens.len().div_ceil(PAGE) - reused.len();
+            // Beside the prompt, one page of headroom per running sequence: admitting into a
+            // pool that the running sequences are about to fill would only get the newcomer
+            // (the youngest) preempted again at once.
+            let busy = self.busy();
+            let need = tokens.len().div_ceil(PAGE) - reused.len() + busy;
             let have = self.pool.n_free() + self.cache.n_evictable(&self.pool);
-            if need > have && self.busy() > 0 {
+            if need > have && busy > 0 {
                 for p in reused {
                     self.pool.release(p);
                 }
