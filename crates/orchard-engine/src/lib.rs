@@ -478,7 +478,9 @@ impl EngineHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(t) = t {
+        // Called from a sink (on the engine thread itself) there is nothing to wait for: the
+        // loop ends after the current step.
+        if let Some(t) = t.filter(|t| t.thread().id() != std::thread::current().id()) {
             if t.join().is_err() {
                 tracing::error!("the engine thread panicked");
             }
