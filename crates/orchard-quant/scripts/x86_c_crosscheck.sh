@@ -26,9 +26,14 @@ build() { # name, arch flags...
     g++ -O3 -std=gnu++17 "$@" "${DEFS[@]}" "${INC[@]}" -c "$G/src/ggml-cpu/vec.cpp" -o "$OUT/$name/vec.o"
     gcc -O3 -std=gnu11 "$@" "${DEFS[@]}" "${INC[@]}" -c "$HERE/x86_c_ref.c" -o "$OUT/$name/harness.o"
     g++ "$OUT/$name"/*.o -lm -o "$OUT/$name/x86_c_ref"
+    # The repacked (8-row interleaved) Q4_K kernels llama.cpp uses on x86.
+    g++ -O3 -std=gnu++17 "$@" "${DEFS[@]}" "${INC[@]}" -c "$G/src/ggml-cpu/arch/x86/repack.cpp" -o "$OUT/$name/repack.o.x"
+    g++ -O3 -std=gnu++17 "$@" "${DEFS[@]}" "${INC[@]}" -c "$HERE/x86_repack_c_ref.cpp" -o "$OUT/$name/repack_harness.o.x"
+    g++ "$OUT/$name"/*.o.x "$OUT/$name"/{ggml-quants,cpu-quants,x86-quants}.o -lm -o "$OUT/$name/x86_repack_c_ref"
 }
 build native -march=native
 build avx2 -march=x86-64-v3
 cd "$HERE/.."
 X86_C_HARNESS="$OUT/native/x86_c_ref" X86_C_HARNESS_AVX2="$OUT/avx2/x86_c_ref" \
+    X86_REPACK_HARNESS="$OUT/native/x86_repack_c_ref" X86_REPACK_HARNESS_AVX2="$OUT/avx2/x86_repack_c_ref" \
     cargo test --release -p orchard-quant --test x86_c_crosscheck -- --ignored --nocapture

@@ -386,6 +386,58 @@ pub fn vec_dot_q5_k_q8_k_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
     hsum_float_8(&acc) + summs
 }
 
+/// Q4_K as ggml-cpu computes it after repacking weights into 8-row interleaved blocks, which
+/// llama.cpp does on x86 with AVX2 for every Q4_K matrix whose row count is a multiple of 8.
+/// Single activation rows (and the last `n % 4` rows of a batch) go through
+/// `ggml_gemv_q4_K_8x8_q8_K`: per block, the whole integer dot and the whole min correction as
+/// two i32, each scaled into its own f32 FMA chain, the chains subtracted at the end.
+pub fn vec_dot_q4_k_q8_k_interleaved_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    q4k_interleaved(n, w, act, false)
+}
+
+/// The other half of [`vec_dot_q4_k_q8_k_interleaved_scalar`]: batch rows in groups of four go
+/// through `ggml_gemm_q4_K_8x8_q8_K`, which feeds its FMA chains once per pair of sub-blocks
+/// rather than once per block. (Its 4x8-interleaved activation quantizer can flip the sign of a
+/// block's scale and quants where ±amax tie; the products, and so the results, are the same.)
+pub fn vec_dot_q4_k_q8_k_interleaved_gemm_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    q4k_interleaved(n, w, act, true)
+}
+
+fn q4k_interleaved(n: usize, w: &[u8], act: &[u8], per_pair: bool) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in k_pairs::<{ BlockQ4K::SIZE }>(n, w, act) {
+        let x = BlockQ4K::from_bytes(x);
+        let sm = k4_scales_mins(&x.scales);
+        let q = q4k_levels(&x.qs);
+        let (d, dmin) = (x.d.to_f32() * y.d, x.dmin.to_f32() * y.d);
+        // Per sub-block pair p: the scaled integer dot and the min correction.
+        let pairs: [(i32, i32); 4] = std::array::from_fn(|p| {
+            let mut isum = 0i32;
+            for sb in [2 * p, 2 * p + 1] {
+                let dot: i32 = (32 * sb..32 * sb + 32)
+                    .map(|j| i32::from(q[j]) * i32::from(y.qs[j]))
+                    .sum();
+                isum = isum.wrapping_add(i32::from(sm[sb]) * dot);
+            }
+            let pair = |g: usize| i32::from(y.bsums[2 * g].wrapping_add(y.bsums[2 * g + 1]));
+            let imin = i32::from(sm[8 + 2 * p]) * pair(2 * p) + i32::from(sm[9 + 2 * p]) * pair(2 * p + 1);
+            (isum, imin)
+        });
+        if per_pair {
+            for (isum, imin) in pairs {
+                acc = (isum as f32).mul_add(d, acc);
+                acc_min = (imin as f32).mul_add(dmin, acc_min);
+            }
+        } else {
+            let isum = pairs.iter().fold(0i32, |a, p| a.wrapping_add(p.0));
+            let imin = pairs.iter().fold(0i32, |a, p| a.wrapping_add(p.1));
+            acc = (isum as f32).mul_add(d, acc);
+            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
 /// Unsigned 6-bit levels (0..63, the -32 not applied) of a Q6_K block in element order.
 #[inline]
 fn q6k_levels(x: &BlockQ6K) -> [u8; QK_K] {

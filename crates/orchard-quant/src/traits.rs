@@ -42,8 +42,20 @@ pub struct TypeTraits {
     pub vec_dot: Option<VecDotFn>,
     /// Four weight rows against one activation row; each result is bit-identical to `vec_dot`
     /// of that row. Faster than four `vec_dot` calls (independent accumulator chains, shared
-    /// activation loads).
+    /// activation loads) while the rows are cache-resident; reading four rows side by side from
+    /// memory is slower than one after another on some machines.
     pub vec_dot_x4: Option<VecDotX4Fn>,
+    /// What llama.cpp's CPU backend computes for this type on x86 (AVX2 and up) after it has
+    /// repacked the weight into 8-row interleaved blocks, which it does for every Q4_K matrix
+    /// whose row count is a multiple of 8 (`ggml_repack_get_optimal_repack_type`); `None` where
+    /// it does not repack the type. Its sums are ordered differently from `vec_dot`'s, and
+    /// differently again for batch rows that go through its gemm: in a matmul over `m`
+    /// activation rows, rows `i < m - m % 4` must use `vec_dot_interleaved_gemm` and the others
+    /// (including every single-token decode) `vec_dot_interleaved`. Our weights keep their
+    /// layout; only the order of the sums is reproduced.
+    pub vec_dot_interleaved: Option<VecDotFn>,
+    /// See `vec_dot_interleaved`.
+    pub vec_dot_interleaved_gemm: Option<VecDotFn>,
 }
 
 /// A family of kernels, from the portable reference to the widest SIMD this build supports.
@@ -139,6 +151,8 @@ macro_rules! entry {
             from_float_ref: $from_ref,
             vec_dot: $dot,
             vec_dot_x4: $dot4,
+            vec_dot_interleaved: None,
+            vec_dot_interleaved_gemm: None,
         }
     };
 }
@@ -352,6 +366,10 @@ fn scalar_table() -> Vec<TypeTraits> {
         e.from_float = from;
         e.vec_dot = dot;
         e.vec_dot_x4 = dot4;
+        if e.dtype == DType::Q4_K {
+            e.vec_dot_interleaved = Some(vec_dot_q4_k_q8_k_interleaved_scalar);
+            e.vec_dot_interleaved_gemm = Some(vec_dot_q4_k_q8_k_interleaved_gemm_scalar);
+        }
     }
     t
 }

@@ -169,3 +169,64 @@ fn every_tier_matches_ggml_cpu_x86_bit_for_bit() {
     run_harness("X86_C_HARNESS", &[Tier::Scalar, Tier::Avx512]);
     run_harness("X86_C_HARNESS_AVX2", &[Tier::Avx2]);
 }
+
+/// One run of the repacked-Q4_K harness: every tier's `vec_dot_interleaved` must equal ggml's
+/// gemv (one activation row) and gemm (four rows, quantized 4x8-interleaved) bit for bit.
+fn check_repacked(harness: &str, tiers: &[Tier], n: usize, rows: usize, seed: u64) -> usize {
+    let mut rng = Rng::new(seed);
+    let dir = common::ScratchDir::new("x86-repack");
+    let w = random_blocks(DType::Q4_K, n * rows, &mut rng);
+    std::fs::write(dir.join("w_q4_k.bin"), &w).unwrap();
+    let a = activations(4 * n, &mut rng);
+    common::write_f32(&dir.join("a4.f32"), &a);
+    let out = Command::new(harness)
+        .args([dir.path().to_str().unwrap(), &n.to_string(), &rows.to_string()])
+        .output()
+        .expect("run repack harness");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q8 = std::fs::read(dir.join("c_q8k4.bin")).unwrap();
+    let (gemv, gemm) = (read_bits(&dir.join("c_gemv.bin")), read_bits(&dir.join("c_gemm.bin")));
+    let (rb, ab) = (row_bytes(DType::Q4_K, n), row_bytes(DType::Q8_K, n));
+    let mut compared = 0;
+    for &tier in tiers {
+        let t = traits_for(tier, DType::Q4_K).unwrap();
+        let (gemv_dot, gemm_dot) = (t.vec_dot_interleaved.unwrap(), t.vec_dot_interleaved_gemm.unwrap());
+        for r in 0..4 {
+            let mut ours_q8 = vec![0u8; ab];
+            (traits_for(tier, DType::Q8_K).unwrap().from_float.unwrap())(&a[r * n..(r + 1) * n], &mut ours_q8);
+            assert!(ours_q8 == q8[r * ab..(r + 1) * ab], "{tier:?} Q8_K activations row {r}");
+            for row in 0..rows {
+                let wr = &w[row * rb..(row + 1) * rb];
+                for (what, dot, theirs) in [("gemv", gemv_dot, &gemv), ("gemm", gemm_dot, &gemm)] {
+                    let ours = dot(n, wr, &ours_q8);
+                    let c = theirs[r * rows + row];
+                    assert_eq!(
+                        ours.to_bits(),
+                        c,
+                        "{tier:?} interleaved Q4_K vs {what} n={n} act {r} row {row}: ours {ours:e} C {:e}",
+                        f32::from_bits(c)
+                    );
+                }
+                compared += 2;
+            }
+        }
+    }
+    compared
+}
+
+#[test]
+#[ignore = "needs a llama.cpp tree and g++ on x86-64: run scripts/x86_c_crosscheck.sh"]
+fn interleaved_q4_k_matches_ggml_repacked_kernels() {
+    for (var, tiers) in [
+        ("X86_REPACK_HARNESS", &[Tier::Scalar, Tier::Avx512][..]),
+        ("X86_REPACK_HARNESS_AVX2", &[Tier::Avx2][..]),
+    ] {
+        let harness = std::env::var(var).unwrap_or_else(|_| panic!("{var} must name a built x86_repack_c_ref"));
+        let tiers: Vec<Tier> = tiers.iter().copied().filter(|t| t.is_available()).collect();
+        let mut total = 0;
+        for (i, (n, rows)) in [(4096, 16), (256, 8), (2048, 24)].into_iter().enumerate() {
+            total += check_repacked(&harness, &tiers, n, rows, 0xAB0 + i as u64);
+        }
+        eprintln!("{var}: tiers {tiers:?}: {total} interleaved Q4_K dots bit-identical to ggml's repacked gemv/gemm");
+    }
+}
