@@ -10,7 +10,35 @@ use orchard_backend::{
 use orchard_core::DType;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Process-wide counters of all GPU backends, for benchmarks: where a step's time goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    pub dispatches: u64,
+    pub submissions: u64,
+    /// Nanoseconds spent encoding and submitting command buffers.
+    pub encode_ns: u64,
+    /// Nanoseconds spent waiting for the device.
+    pub wait_ns: u64,
+}
+
+static DISPATCHES: AtomicU64 = AtomicU64::new(0);
+static SUBMISSIONS: AtomicU64 = AtomicU64::new(0);
+static ENCODE_NS: AtomicU64 = AtomicU64::new(0);
+static WAIT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The counters accumulated so far by every `GpuBackend` of this process.
+pub fn stats() -> GpuStats {
+    GpuStats {
+        dispatches: DISPATCHES.load(Ordering::Relaxed),
+        submissions: SUBMISSIONS.load(Ordering::Relaxed),
+        encode_ns: ENCODE_NS.load(Ordering::Relaxed),
+        wait_ns: WAIT_NS.load(Ordering::Relaxed),
+    }
+}
 
 /// Bytes of one op's parameter block.
 const PARAM_BYTES: usize = 64;
@@ -21,8 +49,10 @@ const AUX_WORDS: usize = 1 << 20;
 /// Token counts up to which a matmul runs as matrix-vector products (weights re-read per token
 /// from cache) rather than the tiled kernel, whose 64-token tiles would be mostly empty.
 const MATVEC_MAX_TOKENS: usize = 8;
-/// Threads of a matrix-vector workgroup (one output row).
+/// Threads of a matrix-vector workgroup.
 const MATVEC_WG: u32 = 64;
+/// Output rows per matrix-vector workgroup (`NR` in the shader).
+const MATVEC_ROWS: usize = 4;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -40,6 +70,9 @@ struct Res {
 enum Kernel {
     MatVec(DType),
     MatMul(DType),
+    /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
+    MatVecRagged(DType),
+    MatMulRagged(DType),
     Norm,
     NormInplace,
     Elementwise,
@@ -53,7 +86,12 @@ impl Kernel {
     /// Storage bindings after the params block: `true` for read-write.
     fn bindings(self) -> &'static [bool] {
         match self {
-            Kernel::MatVec(_) | Kernel::MatMul(_) | Kernel::Norm | Kernel::Glu => {
+            Kernel::MatVec(_)
+            | Kernel::MatMul(_)
+            | Kernel::MatVecRagged(_)
+            | Kernel::MatMulRagged(_)
+            | Kernel::Norm
+            | Kernel::Glu => {
                 &[false, false, true]
             }
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
@@ -288,6 +326,8 @@ impl GpuBackend {
             let (body, wg, fmt) = match k {
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
+                Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
+                Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm => (shaders::NORM, 256, None),
                 Kernel::NormInplace => (shaders::NORM_INPLACE, 256, None),
                 Kernel::Elementwise => (shaders::ELEMENTWISE, 256, None),
@@ -459,6 +499,14 @@ impl GpuBackend {
         if self.cmds.is_empty() && readback.is_none() {
             return;
         }
+        let t0 = Instant::now();
+        let n_dispatch = self
+            .cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+            .count();
+        DISPATCHES.fetch_add(n_dispatch as u64, Ordering::Relaxed);
+        SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
         if !self.params.is_empty() {
             self.queue
                 .write_buffer(&self.params_res.buf, 0, &self.params);
@@ -524,13 +572,17 @@ impl GpuBackend {
         }
         self.queue.submit([enc.finish()]);
         self.submissions += 1;
+        ENCODE_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.params.clear();
         self.aux.clear();
         self.rope_memo.clear();
     }
 
     fn wait(&self) {
-        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+        let t0 = Instant::now();
+        let r = self.device.poll(wgpu::PollType::wait_indefinitely());
+        WAIT_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Err(e) = r {
             tracing::error!("GPU wait failed: {e}");
             if let Ok(mut v) = self.errors.lock() {
                 v.push(e.to_string());
@@ -841,15 +893,26 @@ impl Backend for GpuBackend {
             p[..4].copy_from_slice(&[crow as u32, bpr as u32, cols as u32, rows as u32]);
             p[8] = n as u32;
             p[9] = bpr as u32 * cpb;
+            let dt = fmt.dtype;
             if n <= MATVEC_MAX_TOKENS {
-                let (mut groups, gx) = self.grid(crow, 1);
+                let (k, per_group) = if ragged != 0 {
+                    (Kernel::MatVecRagged(dt), 1)
+                } else {
+                    (Kernel::MatVec(dt), MATVEC_ROWS)
+                };
+                let (mut groups, gx) = self.grid(crow.div_ceil(per_group), 1);
                 groups[2] = n as u32;
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, ragged, gx]);
-                self.dispatch(Kernel::MatVec(fmt.dtype), &[&res, &xr, &or], p, groups);
+                self.dispatch(k, &[&res, &xr, &or], p, groups);
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
-                let groups = [crow.div_ceil(64) as u32, n.div_ceil(64) as u32, 1];
-                self.dispatch(Kernel::MatMul(fmt.dtype), &[&res, &xr, &or], p, groups);
+                let (k, tile) = if ragged != 0 {
+                    (Kernel::MatMulRagged(dt), 64)
+                } else {
+                    (Kernel::MatMul(dt), 128)
+                };
+                let groups = [crow.div_ceil(tile) as u32, n.div_ceil(tile) as u32, 1];
+                self.dispatch(k, &[&res, &xr, &or], p, groups);
             }
         }
     }

@@ -156,14 +156,18 @@ fn i8x4(w: u32) -> vec4<f32> {
 fn byte_at(base: u32, i: u32) -> u32 {
     return (W[base + (i >> 2u)] >> (8u * (i & 3u))) & 0xFFu;
 }
-// ggml's get_scale_min_k4 over the 12 scale bytes starting at word `base`.
+// ggml's get_scale_min_k4 over the 12 scale bytes in the three words from `base`: bytes
+// 0..3 hold the low 6 bits of scales 0..3 (top 2 bits: high bits of scales 4..7), bytes 4..7
+// the same for the mins, bytes 8..11 the low nibbles of scale and min 4..7.
 fn scale_min_k4(base: u32, j: u32) -> vec2<f32> {
+    let sh = 8u * (j & 3u);
+    let s0 = (W[base] >> sh) & 0xFFu;
+    let s1 = (W[base + 1u] >> sh) & 0xFFu;
     if (j < 4u) {
-        return vec2<f32>(f32(byte_at(base, j) & 63u), f32(byte_at(base, j + 4u) & 63u));
+        return vec2<f32>(f32(s0 & 63u), f32(s1 & 63u));
     }
-    let sc = (byte_at(base, j + 4u) & 0xFu) | ((byte_at(base, j - 4u) >> 6u) << 4u);
-    let m = (byte_at(base, j + 4u) >> 4u) | ((byte_at(base, j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
+    let s2 = (W[base + 2u] >> sh) & 0xFFu;
+    return vec2<f32>(f32((s2 & 0xFu) | ((s0 >> 6u) << 4u)), f32((s2 >> 4u) | ((s1 >> 6u) << 4u)));
 }
 "#;
 

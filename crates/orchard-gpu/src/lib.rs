@@ -13,7 +13,7 @@ mod backend;
 mod formats;
 mod shaders;
 
-pub use backend::GpuBackend;
+pub use backend::{stats, GpuBackend, GpuStats};
 
 use orchard_backend::BackendError;
 

@@ -14,7 +14,7 @@ struct Params { a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, f: vec4<f32> }
 /// threads striding over the row's 16-element chunks, then a shared-memory tree reduction.
 /// a = (rows, blocks per row, x row stride (= cols), out row stride)
 /// b = (out column offset, scale word offset, cols when rows are padded else 0, grid x)
-pub(crate) const MATVEC: &str = r#"
+pub(crate) const MATVEC_RAGGED: &str = r#"
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> X: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
@@ -67,7 +67,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// dequantized once into shared memory and the activation tile copied beside it.
 /// a = (rows, blocks per row, x row stride (= cols), out row stride)
 /// b = (out column offset, scale word offset, _, _), c = (n_tokens, chunks per row, _, _)
-pub(crate) const MATMUL: &str = r#"
+pub(crate) const MATMUL_RAGGED: &str = r#"
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> X: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
@@ -132,6 +132,147 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_id) l: ve
                 let row = m0 + l.x * 4u + i;
                 if (row < rows) {
                     O[tok * P.a.w + P.b.x + row] = acc[j][i];
+                }
+            }
+        }
+    }
+}
+"#;
+
+/// Matrix-vector product for decode, for rows of whole 16-element chunks: a workgroup computes
+/// NR rows of one token; each thread walks the chunks of the row with stride WG, loads the
+/// activation chunk once (four vec4) and dots it with the NR weight chunks, so activation
+/// traffic is amortised over NR rows; a shared-memory tree reduces the NR partial sums.
+/// a = (rows, blocks per row, x row stride (= cols), out row stride)
+/// b = (out column offset, scale word offset, _, grid x)
+pub(crate) const MATVEC: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const NR: u32 = 4u;
+var<workgroup> red: array<f32, NR * WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = (g.y * P.b.w + g.x) * NR;
+    let tok = g.z;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let nch = nblk * CPB;
+    let xb = tok * (P.a.z / 4u);
+    var acc: array<f32, NR>;
+    for (var c = lid; c < nch; c += WG) {
+        let xo = xb + 4u * c;
+        let x0 = X[xo];
+        let x1 = X[xo + 1u];
+        let x2 = X[xo + 2u];
+        let x3 = X[xo + 3u];
+        let blk = c / CPB;
+        let sub = c % CPB;
+        for (var r = 0u; r < NR; r++) {
+            let row = row0 + r;
+            if (row < rows) {
+                let w = deq(row * nblk + blk, sub);
+                acc[r] += dot(w[0], x0) + dot(w[1], x1) + dot(w[2], x2) + dot(w[3], x3);
+            }
+        }
+    }
+    for (var r = 0u; r < NR; r++) { red[r * WG + lid] = acc[r]; }
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (lid < st) {
+            for (var r = 0u; r < NR; r++) { red[r * WG + lid] += red[r * WG + lid + st]; }
+        }
+        workgroupBarrier();
+    }
+    if (lid < NR && row0 + lid < rows) {
+        O[tok * P.a.w + P.b.x + row0 + lid] = red[lid * WG];
+    }
+}
+"#;
+
+/// Tiled matrix-matrix product for prompt processing, for rows of whole 16-element chunks:
+/// a 256-thread workgroup computes a 128 x 128 tile (weight rows x tokens), each thread 8 x 8
+/// outputs from two row quads and two token quads; per K step of 32 every thread dequantizes
+/// one 16-element chunk of the weight tile into shared memory and copies four vec4 of
+/// activations beside it.
+/// a = (rows, blocks per row, x row stride (= cols), out row stride)
+/// b = (out column offset, scale word offset, _, _), c = (n_tokens, chunks per row, _, _)
+pub(crate) const MATMUL: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const TM: u32 = 128u;
+const TN: u32 = 128u;
+const BK: u32 = 32u;
+var<workgroup> As: array<vec4<f32>, 1024>; // [BK][TM / 4]
+var<workgroup> Bs: array<vec4<f32>, 1024>; // [BK][TN / 4]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m0 = g.x * TM;
+    let n0 = g.y * TN;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let cols4 = P.a.z / 4u;
+    let ntok = P.c.x;
+    let nch = P.c.y;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    var acc: array<vec4<f32>, 16>;
+    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
+        {
+            let r = lid >> 1u;
+            let sc = lid & 1u;
+            let ch = (k0 >> 4u) + sc;
+            let row = m0 + r;
+            var w: array<vec4<f32>, 4>;
+            if (row < rows && ch < nch) {
+                w = deq(row * nblk + ch / CPB, ch % CPB);
+            }
+            for (var k = 0u; k < 4u; k++) {
+                for (var j = 0u; j < 4u; j++) {
+                    let kk = sc * 16u + 4u * k + j;
+                    As[kk * (TM / 4u) + (r >> 2u)][r & 3u] = w[k][j];
+                }
+            }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let i = lid + 256u * q;
+            let t = i >> 3u;
+            let kq = i & 7u;
+            let tok = n0 + t;
+            let e4 = (k0 >> 2u) + kq;
+            var v = vec4<f32>(0.0);
+            if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
+            for (var c = 0u; c < 4u; c++) {
+                Bs[(4u * kq + c) * (TN / 4u) + (t >> 2u)][t & 3u] = v[c];
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = As[kk * 32u + tx];
+            let a1 = As[kk * 32u + 16u + tx];
+            let b0 = Bs[kk * 32u + ty];
+            let b1 = Bs[kk * 32u + 16u + ty];
+            acc[0] += a0 * b0.x; acc[1] += a0 * b0.y; acc[2] += a0 * b0.z; acc[3] += a0 * b0.w;
+            acc[4] += a0 * b1.x; acc[5] += a0 * b1.y; acc[6] += a0 * b1.z; acc[7] += a0 * b1.w;
+            acc[8] += a1 * b0.x; acc[9] += a1 * b0.y; acc[10] += a1 * b0.z; acc[11] += a1 * b0.w;
+            acc[12] += a1 * b1.x; acc[13] += a1 * b1.y; acc[14] += a1 * b1.z; acc[15] += a1 * b1.w;
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 8u; j++) {
+        // token quad ty (j < 4) or 16 + ty (j >= 4)
+        let tok = n0 + 4u * (ty + 16u * (j >> 2u)) + (j & 3u);
+        if (tok < ntok) {
+            for (var h = 0u; h < 2u; h++) {
+                let v = acc[8u * h + j];
+                let rbase = m0 + 4u * (tx + 16u * h);
+                for (var i = 0u; i < 4u; i++) {
+                    if (rbase + i < rows) {
+                        O[tok * P.a.w + P.b.x + rbase + i] = v[i];
+                    }
                 }
             }
         }

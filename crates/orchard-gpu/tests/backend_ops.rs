@@ -173,15 +173,19 @@ fn matmul_splits_weights_larger_than_a_binding() {
     let (cols, rows) = (256, 1000);
     let wv = rng.vec(cols * rows, 1.0);
     let w = weight("big", DType::Q6_K, cols, rows, &wv);
-    let xv = rng.vec(2 * cols, 1.0);
-    let (got, want) = both(&mut g, |b| {
-        let wid = b.add_weight(&w).unwrap();
-        let x = buf(b, 2, cols, &xv);
-        let o = b.alloc(2, rows);
-        b.matmul(wid, x, o);
-        read(b, o)
-    });
-    assert!(nmse(&got, &want) < 5e-4);
+    // 2 tokens (matrix-vector) and 131 (two 128-token tiles of the tiled kernel)
+    for n in [2, 131] {
+        let xv = rng.vec(n * cols, 1.0);
+        let (got, want) = both(&mut g, |b| {
+            let wid = b.add_weight(&w).unwrap();
+            let x = buf(b, n, cols, &xv);
+            let o = b.alloc(n, rows);
+            b.matmul(wid, x, o);
+            read(b, o)
+        });
+        assert!(nmse(&got, &want) < 5e-4);
+        assert!(nmse(&got, &dequantized_product(&w, &xv, n)) < 1e-9);
+    }
 }
 
 #[test]

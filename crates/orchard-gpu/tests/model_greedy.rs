@@ -1,5 +1,6 @@
 //! Whole-model parity: greedy generation with layers offloaded to the GPU (all of them with the
-//! output head, `-ngl 999`, and a partial `-ngl`) must produce the same tokens as the CPU.
+//! output head, `-ngl 999`, and a partial `-ngl`) must produce the same tokens as the CPU
+//! wherever the CPU's choice is not a near-tie.
 //! Models come from `ORCHARD_MODELS` (default `<workspace>/models`); a missing model fails.
 
 use orchard_backend::TokenSlot;
@@ -31,13 +32,14 @@ fn argmax(v: &[f32]) -> u32 {
         .0 as u32
 }
 
-/// Feeds `prompt` as one batch, then generates `n` tokens one at a time; returns the generated
-/// tokens and the logits of the first step.
-fn greedy(ctx: &mut Context, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+/// Feeds `prompt` as one batch, then one token at a time: the model's own greedy choice, or,
+/// when `forced` is given, those tokens (teacher forcing, so that both backends see the same
+/// sequence). Returns the chosen tokens and each step's logits.
+fn greedy(ctx: &mut Context, prompt: &[u32], n: usize, forced: Option<&[u32]>) -> (Vec<u32>, Vec<Vec<f32>>) {
     let cells: Vec<u32> = (0..ctx.n_cells() as u32).collect();
     let tables = [cells.as_slice()];
     let mut out = Vec::new();
-    let mut first = Vec::new();
+    let mut logits = Vec::new();
     let mut generated = Vec::new();
     let mut tokens = prompt.to_vec();
     let mut pos = 0u32;
@@ -59,51 +61,83 @@ fn greedy(ctx: &mut Context, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
             &mut out,
         )
         .unwrap();
-        if step == 0 {
-            first = out.clone();
-        }
+        logits.push(out.clone());
         pos += tokens.len() as u32;
         let next = argmax(&out);
         generated.push(next);
-        tokens = vec![next];
+        tokens = vec![forced.map_or(next, |f| f[step])];
     }
-    (generated, first)
+    (generated, logits)
 }
 
-fn check(model_file: &str, prompt: &[u32], partial_ngl: usize) {
+/// Top-1 minus top-2 logit.
+fn margin(v: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in v {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
+}
+
+/// The GPU must pick the CPU's greedy token at every step where the CPU's choice is not a
+/// near-tie (top-2 margin above `MARGIN`), and its logits must stay within the noise of the
+/// CPU's 8-bit activation quantization. `free_run` also demands the free-running greedy
+/// sequences be identical (true where no near-tie occurs on the way).
+const MARGIN: f32 = 0.25;
+const N_GEN: usize = 16;
+
+fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
     let model = load(model_file);
     let opts = ContextOptions { n_ctx: 128 };
     let mut cpu = Context::new(model.clone(), opts.clone()).unwrap();
-    let (want, want_logits) = greedy(&mut cpu, prompt, 16);
+    let (want, want_logits) = greedy(&mut cpu, prompt, N_GEN, None);
     for ngl in [999, partial_ngl] {
         let gpu = GpuBackend::new(None).expect("a GPU adapter");
         let mut ctx =
             Context::with_offload(model.clone(), opts.clone(), Some((Box::new(gpu), ngl))).unwrap();
         assert_eq!(ctx.backend_names().len(), 2);
-        let (got, got_logits) = greedy(&mut ctx, prompt, 16);
-        let max_diff = got_logits
-            .iter()
-            .zip(&want_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        let mean_diff = got_logits
-            .iter()
-            .zip(&want_logits)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f32>()
-            / want_logits.len() as f32;
-        let top = argmax(&want_logits) as usize;
+        let (got, got_logits) = greedy(&mut ctx, prompt, N_GEN, Some(&want));
+        let mut max_diff = 0.0f32;
+        let mut sum_diff = 0.0f64;
+        let mut n_diff = 0usize;
+        let mut same = 0;
+        for (step, (g, c)) in got_logits.iter().zip(&want_logits).enumerate() {
+            for (a, b) in g.iter().zip(c) {
+                max_diff = max_diff.max((a - b).abs());
+                sum_diff += (a - b).abs() as f64;
+                n_diff += 1;
+            }
+            same += usize::from(got[step] == want[step]);
+            let m = margin(c);
+            assert!(
+                got[step] == want[step] || m <= MARGIN,
+                "{model_file} ngl={ngl} step {step}: GPU picked {} over the CPU's {} (CPU margin {m})",
+                got[step],
+                want[step]
+            );
+        }
+        let mean_diff = sum_diff / n_diff as f64;
         eprintln!(
-            "{model_file} ngl={ngl}: step-0 logits max diff {max_diff:.4} mean {mean_diff:.4}, top {top}: cpu {} gpu {}; {got:?}",
-            want_logits[top], got_logits[top]
+            "{model_file} ngl={ngl}: {same}/{N_GEN} greedy tokens equal; logits max diff {max_diff:.3}, mean {mean_diff:.4}"
         );
-        assert_eq!(got, want, "{model_file} ngl={ngl}: greedy tokens differ");
         // The CPU quantizes activations to 8 bits before every matmul (as ggml does) and the
         // GPU does not, so logits differ by that noise accumulated over the layers (measured:
-        // mean 0.1, max 0.6-0.7 on logits of magnitude ~30); a misread weight or a broken
+        // mean ~0.1, max ~0.7 on logits of magnitude ~30); a misread weight or a broken
         // kernel gives differences of whole units.
         assert!(mean_diff < 0.25, "{model_file} ngl={ngl}: mean logit diff {mean_diff}");
         assert!(max_diff < 1.5, "{model_file} ngl={ngl}: max logit diff {max_diff}");
+        if free_run {
+            let gpu = GpuBackend::new(None).expect("a GPU adapter");
+            let mut ctx = Context::with_offload(model.clone(), opts.clone(), Some((Box::new(gpu), ngl)))
+                .unwrap();
+            let (free, _) = greedy(&mut ctx, prompt, N_GEN, None);
+            assert_eq!(free, want, "{model_file} ngl={ngl}: free-running greedy tokens differ");
+        }
     }
 }
 
@@ -111,11 +145,13 @@ fn check(model_file: &str, prompt: &[u32], partial_ngl: usize) {
 fn smollm2_greedy_matches_cpu() {
     // "The capital of France is" style prompt taken from the parity corpus.
     let prompt = [2089, 23362, 288, 11494, 436, 3318, 15195, 37099, 43, 284, 2221, 198];
-    check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10);
+    check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, true);
 }
 
 #[test]
 fn gemma3_greedy_matches_cpu() {
     let prompt = [2, 2267, 25417, 531, 12441, 691, 4949, 24347, 75194, 236793, 532, 3016];
-    check("gemma-3-270m-q4_k_m.gguf", &prompt, 10);
+    // Step 13 of this prompt is a near-tie on the CPU (two tokens within the activation
+    // quantization noise), so only the teacher-forced comparison applies.
+    check("gemma-3-270m-q4_k_m.gguf", &prompt, 10, false);
 }

@@ -28,9 +28,28 @@ pub struct SynthSpec {
     pub seed: u64,
     /// Write tensor descriptions but no data (holes): for planning, not for running.
     pub sparse: bool,
+    /// No `output.weight`: the head reuses `token_embd` (SmolLM2, Gemma), which then gets the
+    /// output's type as llama-quantize does for tied embeddings.
+    pub tie_embeddings: bool,
 }
 
 impl SynthSpec {
+    /// SmolLM2-135M's shape (30 layers of 576, 9 heads / 3 KV heads, 49152 tokens).
+    pub fn smollm2_135m(ftype: &str) -> SynthSpec {
+        SynthSpec {
+            n_layer: 30,
+            n_embd: 576,
+            n_ff: 1536,
+            n_head: 9,
+            n_head_kv: 3,
+            n_vocab: 49152,
+            ftype: ftype.into(),
+            seed: 1,
+            sparse: false,
+            tie_embeddings: true,
+        }
+    }
+
     /// Llama 3 8B's shape with a 49152-token vocabulary (the benchmark shape of the GPU notes).
     pub fn llama_8b(ftype: &str) -> SynthSpec {
         SynthSpec {
@@ -43,6 +62,7 @@ impl SynthSpec {
             ftype: ftype.into(),
             seed: 1,
             sparse: false,
+            tie_embeddings: false,
         }
     }
 }
@@ -274,7 +294,7 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
     );
     md(&mut w, "llama.vocab_size", u(spec.n_vocab));
     md(&mut w, "tokenizer.ggml.model", Value::String("gpt2".into()));
-    md(&mut w, "tokenizer.ggml.pre", Value::String("gpt2".into()));
+    md(&mut w, "tokenizer.ggml.pre", Value::String("gpt-2".into()));
     md(
         &mut w,
         "tokenizer.ggml.tokens",
@@ -342,7 +362,12 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
         }
         Ok(())
     };
-    add(&mut w, "token_embd.weight".into(), mx.embd, e, v)?;
+    let embd_type = if spec.tie_embeddings {
+        mx.output
+    } else {
+        mx.embd
+    };
+    add(&mut w, "token_embd.weight".into(), embd_type, e, v)?;
     for il in 0..spec.n_layer {
         let more = mx.more_bits.filter(|_| use_more_bits(il, spec.n_layer));
         let attn_v = if mx.q4ks && il < 4 {
@@ -362,7 +387,9 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
         add(&mut w, b("ffn_down.weight"), more.unwrap_or(mx.base), f, e)?;
     }
     add(&mut w, "output_norm.weight".into(), DType::F32, e, 1)?;
-    add(&mut w, "output.weight".into(), mx.output, e, v)?;
+    if !spec.tie_embeddings {
+        add(&mut w, "output.weight".into(), mx.output, e, v)?;
+    }
     w.write_to_path(path)?;
     summary.types = counts.into_values().collect();
     Ok(summary)

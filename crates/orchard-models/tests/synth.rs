@@ -36,6 +36,7 @@ fn spec(ftype: &str) -> SynthSpec {
         ftype: ftype.into(),
         seed: 42,
         sparse: false,
+        tie_embeddings: false,
     }
 }
 
@@ -172,6 +173,24 @@ fn sparse_files_describe_without_storing() {
         .types
         .iter()
         .any(|&(t, n)| t == DType::Q6_K && n > 0));
+}
+
+#[test]
+fn tied_embeddings_take_the_output_type() {
+    let dir = TempDir::new("tied");
+    let path = dir.path().join("tied.gguf");
+    write_synthetic_llama(
+        &path,
+        &SynthSpec {
+            tie_embeddings: true,
+            ..spec("Q4_K_M")
+        },
+    )
+    .unwrap();
+    let m = Model::load(&path).unwrap();
+    assert!(m.tensors.iter().all(|t| t.name != "output.weight"));
+    assert_eq!(m.output, m.tok_embd);
+    assert_eq!(dtype_of(&m, "token_embd.weight"), DType::Q6_K);
 }
 
 #[test]

@@ -1,0 +1,273 @@
+//! `llama-bench`-like measurement of a model on the GPU backend (pp512 / tg128 through
+//! `Context` with `-ngl`), plus per-kernel micro-benchmarks (matrix-vector bandwidth per weight
+//! format, tiled matmul throughput, buffer-copy bandwidth) that say what limits each kernel.
+//!
+//! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
+//!        [--write-only] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
+
+use orchard_backend::{Backend, HostWeight, TokenSlot};
+use orchard_core::DType;
+use orchard_gpu::GpuBackend;
+use orchard_models::synth::{write_synthetic_llama, SynthSpec};
+use orchard_models::{Batch, Context, ContextOptions, Model};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Args {
+    models: Vec<String>,
+    synth: Vec<(String, String)>,
+    kernels: bool,
+    write_only: bool,
+    p: usize,
+    n: usize,
+    r: usize,
+    ngl: usize,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        models: Vec::new(),
+        synth: Vec::new(),
+        kernels: false,
+        write_only: false,
+        p: 512,
+        n: 128,
+        r: 3,
+        ngl: 999,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(s) = it.next() {
+        let mut num = || it.next().and_then(|v| v.parse().ok()).expect("a number");
+        match s.as_str() {
+            "-p" => a.p = num(),
+            "-n" => a.n = num(),
+            "-r" => a.r = num(),
+            "-ngl" => a.ngl = num(),
+            "--kernels" => a.kernels = true,
+            "--write-only" => a.write_only = true,
+            "--synth" => {
+                let v = it.next().expect("SHAPE=PATH");
+                let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
+                a.synth.push((shape.to_string(), path.to_string()));
+            }
+            _ => a.models.push(s),
+        }
+    }
+    a
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+fn bench_model(path: &str, a: &Args) {
+    let t = Instant::now();
+    let model = Arc::new(Model::load(path).expect("model loads"));
+    let gpu = GpuBackend::new(None).expect("a GPU");
+    let dev = gpu.adapter().clone();
+    let n_ctx = a.p.max(a.n) + 16;
+    let mut ctx = Context::with_offload(
+        model.clone(),
+        ContextOptions { n_ctx },
+        Some((Box::new(gpu), a.ngl)),
+    )
+    .expect("context");
+    let load_s = t.elapsed().as_secs_f64();
+    let cells: Vec<u32> = (0..n_ctx as u32).collect();
+    let tables = [cells.as_slice()];
+    let n_vocab = model.hp.n_vocab as u32;
+    let mut out = Vec::new();
+    let mut run = |tokens: &[u32], pos0: u32, out: &mut Vec<f32>| {
+        let slots: Vec<TokenSlot> = (0..tokens.len() as u32)
+            .map(|i| TokenSlot {
+                seq: 0,
+                pos: pos0 + i,
+            })
+            .collect();
+        ctx.decode(
+            &Batch {
+                tokens,
+                slots: &slots,
+                cells: &tables,
+                logits: &[tokens.len() as u32 - 1],
+            },
+            out,
+        )
+        .expect("decode");
+    };
+    let prompt: Vec<u32> = (0..a.p as u32).map(|i| (i * 7919 + 13) % n_vocab).collect();
+    // warm-up: pipelines compile on first use
+    run(&prompt, 0, &mut out);
+    run(&[1], 0, &mut out);
+    let mut pp = Vec::new();
+    for _ in 0..a.r {
+        let t = Instant::now();
+        run(&prompt, 0, &mut out);
+        pp.push(a.p as f64 / t.elapsed().as_secs_f64());
+    }
+    let mut tg = Vec::new();
+    let s0 = orchard_gpu::stats();
+    for _ in 0..a.r {
+        let t = Instant::now();
+        let mut tok = 1u32;
+        for i in 0..a.n {
+            run(&[tok], i as u32, &mut out);
+            tok = out
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u32;
+        }
+        tg.push(a.n as f64 / t.elapsed().as_secs_f64());
+    }
+    let s1 = orchard_gpu::stats();
+    let toks = (a.r * a.n) as f64;
+    eprintln!(
+        "  tg per token: {:.0} dispatches, {:.2} submissions, encode+submit {:.3} ms, device wait {:.3} ms, wall {:.3} ms",
+        (s1.dispatches - s0.dispatches) as f64 / toks,
+        (s1.submissions - s0.submissions) as f64 / toks,
+        (s1.encode_ns - s0.encode_ns) as f64 / toks / 1e6,
+        (s1.wait_ns - s0.wait_ns) as f64 / toks / 1e6,
+        1e3 / (tg.iter().sum::<f64>() / tg.len() as f64)
+    );
+    let (ppm, pps) = mean_sd(&pp);
+    let (tgm, tgs) = mean_sd(&tg);
+    let gib = model.weight_bytes() as f64 / (1u64 << 30) as f64;
+    // Weights streamed per generated token: everything but the embedding table (a row gather).
+    let streamed = (model.weight_bytes() - model.tensor(model.tok_embd).range.len() as u64
+        + if model.output == model.tok_embd {
+            model.tensor(model.tok_embd).range.len() as u64
+        } else {
+            0
+        }) as f64;
+    println!(
+        "| {} | {:.2} GiB | {} | ngl {} | pp{} {:.1} ± {:.1} | tg{} {:.1} ± {:.1} | decode {:.0} GB/s | load {:.1} s |",
+        std::path::Path::new(path)
+            .file_name()
+            .map_or(path.into(), |f| f.to_string_lossy()),
+        gib,
+        dev.name,
+        a.ngl,
+        a.p,
+        ppm,
+        pps,
+        a.n,
+        tgm,
+        tgs,
+        streamed * tgm / 1e9,
+        load_s
+    );
+}
+
+fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
+    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; row_bytes * rows];
+    let mut s = 1u32;
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        for v in row.iter_mut() {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            *v = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        }
+        orchard_quant::quantize_row(dtype, &row, &mut bytes[r * row_bytes..][..row_bytes])
+            .unwrap();
+    }
+    let len = bytes.len();
+    HostWeight {
+        name: format!("{dtype}"),
+        dtype,
+        dims: vec![cols as u64, rows as u64],
+        source: Arc::new(bytes),
+        range: 0..len,
+    }
+}
+
+/// Times `reps` repetitions of `f` recorded into one submission.
+fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend)) -> f64 {
+    f(g);
+    g.sync();
+    let t = Instant::now();
+    for _ in 0..reps {
+        f(g);
+    }
+    g.sync();
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn bench_kernels() {
+    let mut g = GpuBackend::new(None).expect("a GPU");
+    println!("device: {:?}", g.adapter());
+    // buffer copy bandwidth (read + write), the ceiling for a bandwidth-bound kernel
+    let n = 64 << 20; // 256 MiB of f32
+    let src = g.alloc(1, n);
+    let dst = g.alloc(1, n);
+    let rows: Vec<u32> = vec![0];
+    let s = time_ops(&mut g, 20, |g| g.copy_rows(src, &rows, dst));
+    println!(
+        "copy 256 MiB: {:.3} ms, {:.0} GB/s (read + write)",
+        s * 1e3,
+        2.0 * (n * 4) as f64 / s / 1e9
+    );
+    let (cols, rows_w) = (4096, 14336);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::F16,
+    ] {
+        let w = quantized(dtype, cols, rows_w);
+        let bytes = w.range.len() as f64;
+        let wid = g.add_weight(&w).unwrap();
+        let x = g.alloc(1, cols);
+        g.upload(x, &vec![0.5; cols]);
+        let o = g.alloc(1, rows_w);
+        let s1 = time_ops(&mut g, 50, |g| g.matmul(wid, x, o));
+        let xb = g.alloc(512, cols);
+        g.upload(xb, &vec![0.25; 512 * cols]);
+        let ob = g.alloc(512, rows_w);
+        let s512 = time_ops(&mut g, 3, |g| g.matmul(wid, xb, ob));
+        println!(
+            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s | matmul n=512 {:.2} ms {:.2} TFLOP/s",
+            s1 * 1e3,
+            bytes / s1 / 1e9,
+            s512 * 1e3,
+            2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12
+        );
+    }
+}
+
+fn main() {
+    let a = parse();
+    if a.kernels {
+        bench_kernels();
+    }
+    let mut models = a.models.clone();
+    for (shape, p) in &a.synth {
+        let spec = match shape.as_str() {
+            "8b" => SynthSpec::llama_8b("Q4_K_M"),
+            "smollm2" => SynthSpec::smollm2_135m("Q4_K_M"),
+            other => panic!("unknown shape {other}"),
+        };
+        let t = Instant::now();
+        let s = write_synthetic_llama(std::path::Path::new(p), &spec).expect("synthetic model");
+        eprintln!(
+            "wrote {p}: {:.2} B params, {:.2} GiB in {:.1} s",
+            s.n_params as f64 / 1e9,
+            s.tensor_bytes as f64 / (1u64 << 30) as f64,
+            t.elapsed().as_secs_f64()
+        );
+        models.push(p.clone());
+    }
+    if a.write_only {
+        return;
+    }
+    for m in &models {
+        bench_model(m, &a);
+    }
+}
