@@ -70,6 +70,9 @@ pub struct ServerArgs {
     /// Model name(s) reported by /v1/models and accepted in requests (comma-separated).
     #[arg(short = 'a', long = "alias", env = "LLAMA_ARG_ALIAS")]
     pub alias: Option<String>,
+    /// Tags reported by /v1/models (comma-separated).
+    #[arg(long = "tags", env = "LLAMA_ARG_TAGS")]
+    pub tags: Option<String>,
     /// Read/write timeout in seconds; `-to`.
     #[arg(long = "timeout", env = "LLAMA_ARG_TIMEOUT")]
     pub timeout: Option<u64>,
@@ -192,7 +195,6 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("--swa-full", false),
     ("--no-mmap", false),
     ("--mlock", false),
-    ("--tags", true),
     ("--threads-http", true),
     ("--prio", true),
     ("--log-disable", false),
@@ -357,6 +359,7 @@ pub struct Settings {
     pub api_keys: Vec<String>,
     pub metrics: bool,
     pub aliases: Vec<String>,
+    pub tags: Vec<String>,
     pub timeout_secs: u64,
     pub jinja: bool,
     pub chat_template: Option<String>,
@@ -514,6 +517,16 @@ impl ServerArgs {
             api_keys,
             metrics: self.metrics || file.metrics.unwrap_or(false),
             aliases,
+            tags: self
+                .tags
+                .as_deref()
+                .map(|t| {
+                    t.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             timeout_secs: self.timeout.or(file.timeout).unwrap_or(600),
             jinja: bool_pair(self.jinja, self.no_jinja)
                 .or(file.jinja)

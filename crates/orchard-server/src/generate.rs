@@ -193,6 +193,8 @@ pub struct Choice {
     pub usage: orchard_engine::Usage,
     pub timings: orchard_engine::Timings,
     pub error: Option<String>,
+    /// When the request got its slot (for synthesized prompt progress).
+    pub started_at: Option<Instant>,
 }
 
 impl Choice {
@@ -212,6 +214,7 @@ impl Choice {
                 self.n_prompt = *n_prompt;
                 self.n_cached = *n_cached;
                 self.slot = Some(*slot);
+                self.started_at = Some(Instant::now());
             }
             Event::Token { id, text, logprobs } => {
                 self.text.push_str(text);
@@ -377,6 +380,8 @@ pub struct Job {
     pub prompt_text: Vec<String>,
     pub verbose: bool,
     pub choices: Vec<Choice>,
+    /// `-b`: how many prompt tokens one engine step takes in, for progress reports.
+    pub n_batch: usize,
 }
 
 fn sampler_keep(s: &orchard_sampler::SamplerConfig) -> usize {
@@ -760,6 +765,65 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// `return_progress`: llama-server reports prompt processing batch by batch. The engine reports
+/// only the start and the first token, so the batches (`-b` tokens each, as the engine takes a
+/// lone prompt) are reported when the first token arrives, with the prompt time spread over them.
+fn progress_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
+    if !job.gen.return_progress {
+        return;
+    }
+    let c = &job.choices[i];
+    let total = c.n_prompt;
+    let cache = c.n_cached;
+    let chunk = |processed: usize, prompt_ms: f64| {
+        let prompt_n = processed - cache;
+        let mut v = json!({
+            "prompt_progress": {"total": total, "cache": cache, "processed": processed, "time_ms": prompt_ms},
+        });
+        if job.gen.timings_per_token {
+            v["timings"] = json!({
+                "cache_n": cache, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+                "prompt_per_token_ms": if prompt_n > 0 { prompt_ms / prompt_n as f64 } else { 0.0 },
+                "prompt_per_second": if prompt_ms > 0.0 { 1e3 * prompt_n as f64 / prompt_ms } else { 0.0 },
+                "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_token_ms": 0.0, "predicted_per_second": 0.0,
+            });
+        }
+        match job.api {
+            Api::Llama => {
+                v["index"] = json!(i);
+                v["content"] = json!("");
+                v["tokens"] = json!([]);
+                v["stop"] = json!(false);
+                v["tokens_evaluated"] = json!(processed);
+            }
+            _ => {
+                v["id"] = json!(job.id);
+                v["object"] = json!("chat.completion.chunk");
+                v["created"] = json!(job.created);
+                v["model"] = json!(job.loaded.public_name);
+                v["choices"] = json!([]);
+            }
+        }
+        sse(&v)
+    };
+    match ev {
+        Event::Started { .. } => out.push(chunk(cache, 0.0)),
+        Event::Token { .. } if c.tokens.len() == 1 => {
+            let elapsed = c
+                .started_at
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+            let todo = total.saturating_sub(cache);
+            let step = job.n_batch.max(1);
+            let mut done = 0;
+            while done < todo {
+                done = (done + step).min(todo);
+                out.push(chunk(cache + done, elapsed * done as f64 / todo as f64));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The chunks one event turns into for the job's API.
 fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
     let tok = &job.loaded.tokenizer;
@@ -904,12 +968,14 @@ pub async fn respond_sse(job: Job, rx: mpsc::UnboundedReceiver<(usize, Event)>) 
                     Ok(Some((i, ev))) => {
                         if let Some(c) = st.job.choices.get_mut(i) {
                             c.apply(&ev);
+                            progress_chunks(&st.job, i, &ev, &mut out);
                             stream_chunks(&st.job, i, &ev, &mut out);
                         }
                         // Send what is ready without waiting for more.
                         while let Ok((i, ev)) = st.rx.try_recv() {
                             if let Some(c) = st.job.choices.get_mut(i) {
                                 c.apply(&ev);
+                                progress_chunks(&st.job, i, &ev, &mut out);
                                 stream_chunks(&st.job, i, &ev, &mut out);
                             }
                         }
@@ -1100,6 +1166,7 @@ pub async fn run(
         verbose,
         gen,
         choices: Vec::new(),
+        n_batch: s.batch_size,
     };
     let rx = submit(&state, &principal, &mut job, prompts)?;
     Ok(if job.gen.stream {
@@ -1107,6 +1174,16 @@ pub async fn run(
     } else {
         respond_json(job, rx).await
     })
+}
+
+/// The chat prompt's tokens: special tokens in the rendered text are parsed, and BOS is added by
+/// the tokenizer's rule only, never twice when the template wrote it already.
+pub fn chat_prompt(l: &Loaded, o: &Obj) -> Result<Vec<TokenId>, ApiError> {
+    let text = render_chat(l, o)?;
+    let stripped = text
+        .strip_prefix(l.bos_text.as_str())
+        .filter(|_| !l.bos_text.is_empty());
+    Ok(l.tokenizer.encode(stripped.unwrap_or(&text), true, true))
 }
 
 /// Checks and renders `messages` with the chat template.

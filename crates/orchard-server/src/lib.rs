@@ -139,11 +139,29 @@ impl Server {
             let app = app.clone();
             let mut rx = stop_tx.subscribe();
             tasks.push(tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.recv().await;
-                    })
-                    .await
+                loop {
+                    let (sock, _) = tokio::select! {
+                        r = l.accept() => match r {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                        _ = rx.recv() => break,
+                    };
+                    let _ = sock.set_nodelay(true);
+                    let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                    tokio::spawn(async move {
+                        let mut b = hyper::server::conn::http1::Builder::new();
+                        // llama-server's clients look headers up case-sensitively.
+                        b.title_case_headers(true);
+                        let _ = b
+                            .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                            .await;
+                    });
+                }
             }));
         }
         shutdown.await;

@@ -120,7 +120,7 @@ pub struct Defaults {
 #[derive(Debug)]
 pub struct GenRequest {
     pub sampler: SamplerConfig,
-    /// What the request asked for (`None`: unlimited), already capped by the server's `-n`.
+    /// What the request asked for, else the server's `-n` (`None`: until the context is full).
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
@@ -135,6 +135,7 @@ pub struct GenRequest {
     pub post_sampling_probs: bool,
     pub return_tokens: bool,
     pub timings_per_token: bool,
+    pub return_progress: bool,
     pub verbose: bool,
     pub response_fields: Vec<String>,
     /// Raw (string-keyed) logit biases, resolved against the tokenizer by the caller.
@@ -243,10 +244,12 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
             break;
         }
     }
-    let server_cap = (d.n_predict > 0).then_some(d.n_predict as usize);
+    // As in llama-server, `-n` is only the default: a request's own budget replaces it.
+    let server_default = (d.n_predict > 0).then_some(d.n_predict as usize);
     let max_tokens = match asked {
-        Some(v) if v > 0 => Some(server_cap.map_or(v as usize, |c| c.min(v as usize))),
-        _ => server_cap,
+        Some(v) if v > 0 => Some(v as usize),
+        Some(_) => None,
+        None => server_default,
     };
 
     let stop = match get(o, "stop") {
@@ -428,6 +431,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
         post_sampling_probs: opt_bool(o, "post_sampling_probs")?.unwrap_or(false),
         return_tokens: opt_bool(o, "return_tokens")?.unwrap_or(false),
         timings_per_token: opt_bool(o, "timings_per_token")?.unwrap_or(false),
+        return_progress: opt_bool(o, "return_progress")?.unwrap_or(false),
         verbose: opt_bool(o, "verbose")?.unwrap_or(false),
         response_fields,
         logit_bias_text,
@@ -462,8 +466,13 @@ pub fn parse_response_format(o: &Obj) -> Result<Option<Schema>, ApiError> {
     };
     match opt_str(rf, "type")? {
         None | Some("text") => Ok(None),
+        // Like llama.cpp's JSON grammar, plain `json_object` means a top-level object.
         Some("json_object") => match get(rf, "schema") {
-            None => Ok(Some(Schema::Any)),
+            None => Ok(Some(Schema::Object {
+                properties: Vec::new(),
+                required: Vec::new(),
+                additional: Some(Box::new(Schema::Any)),
+            })),
             Some(s) => Ok(Some(schema_from_json(s, "response_format.schema", 0)?)),
         },
         Some("json_schema") => {
@@ -711,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn token_budget_is_capped_by_the_server_default() {
+    fn token_budget_defaults_to_the_server_setting() {
         let mut dd = d();
         dd.n_predict = 64;
         let r = parse_gen(

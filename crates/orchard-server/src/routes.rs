@@ -44,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completion_oai))
         .route("/chat/completions", post(chat))
         .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions/input_tokens", post(input_tokens))
+        .route("/v1/chat/completions/input_tokens", post(input_tokens))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), auth_layer))
         .layer(middleware::from_fn(cors_layer))
@@ -202,7 +204,7 @@ async fn models(State(st): St) -> Result<Json<Value>, ApiError> {
             "created": created,
             "owned_by": "orchard",
             "aliases": aliases,
-            "tags": [],
+            "tags": st.settings.tags,
             "meta": {
                 "vocab_type": 2,
                 "n_vocab": l.info.n_vocab,
@@ -371,6 +373,13 @@ async fn detokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> 
         }
     };
     Ok(Json(json!({ "content": l.tokenizer.decode(&ids, false) })))
+}
+
+async fn input_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    let toks = generate::chat_prompt(&l, &o)?;
+    Ok(Json(json!({ "input_tokens": toks.len() })))
 }
 
 async fn apply_template(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
