@@ -12,6 +12,10 @@
 //! - RLIMIT_AS bounds address space, which is at least the resident set, so the limit itself is
 //!   compared with the plan (a plan above it certainly fails; one below it usually works).
 
+// The /proc and cgroup parsers are Linux-only at run time but compiled (and unit-tested)
+// everywhere.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
 use std::path::{Path, PathBuf};
 
 /// One bound on the memory this process can use.
@@ -128,7 +132,6 @@ fn system_sources() -> Vec<MemorySource> {
     Vec::new()
 }
 
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn read(path: impl AsRef<Path>) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
