@@ -420,7 +420,8 @@ fn q4k_interleaved(n: usize, w: &[u8], act: &[u8], per_pair: bool) -> f32 {
                 isum = isum.wrapping_add(i32::from(sm[sb]) * dot);
             }
             let pair = |g: usize| i32::from(y.bsums[2 * g].wrapping_add(y.bsums[2 * g + 1]));
-            let imin = i32::from(sm[8 + 2 * p]) * pair(2 * p) + i32::from(sm[9 + 2 * p]) * pair(2 * p + 1);
+            let imin =
+                i32::from(sm[8 + 2 * p]) * pair(2 * p) + i32::from(sm[9 + 2 * p]) * pair(2 * p + 1);
             (isum, imin)
         });
         if per_pair {

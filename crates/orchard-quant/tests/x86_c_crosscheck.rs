@@ -180,21 +180,41 @@ fn check_repacked(harness: &str, tiers: &[Tier], n: usize, rows: usize, seed: u6
     let a = activations(4 * n, &mut rng);
     common::write_f32(&dir.join("a4.f32"), &a);
     let out = Command::new(harness)
-        .args([dir.path().to_str().unwrap(), &n.to_string(), &rows.to_string()])
+        .args([
+            dir.path().to_str().unwrap(),
+            &n.to_string(),
+            &rows.to_string(),
+        ])
         .output()
         .expect("run repack harness");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let q8 = std::fs::read(dir.join("c_q8k4.bin")).unwrap();
-    let (gemv, gemm) = (read_bits(&dir.join("c_gemv.bin")), read_bits(&dir.join("c_gemm.bin")));
+    let (gemv, gemm) = (
+        read_bits(&dir.join("c_gemv.bin")),
+        read_bits(&dir.join("c_gemm.bin")),
+    );
     let (rb, ab) = (row_bytes(DType::Q4_K, n), row_bytes(DType::Q8_K, n));
     let mut compared = 0;
     for &tier in tiers {
         let t = traits_for(tier, DType::Q4_K).unwrap();
-        let (gemv_dot, gemm_dot) = (t.vec_dot_interleaved.unwrap(), t.vec_dot_interleaved_gemm.unwrap());
+        let (gemv_dot, gemm_dot) = (
+            t.vec_dot_interleaved.unwrap(),
+            t.vec_dot_interleaved_gemm.unwrap(),
+        );
         for r in 0..4 {
             let mut ours_q8 = vec![0u8; ab];
-            (traits_for(tier, DType::Q8_K).unwrap().from_float.unwrap())(&a[r * n..(r + 1) * n], &mut ours_q8);
-            assert!(ours_q8 == q8[r * ab..(r + 1) * ab], "{tier:?} Q8_K activations row {r}");
+            (traits_for(tier, DType::Q8_K).unwrap().from_float.unwrap())(
+                &a[r * n..(r + 1) * n],
+                &mut ours_q8,
+            );
+            assert!(
+                ours_q8 == q8[r * ab..(r + 1) * ab],
+                "{tier:?} Q8_K activations row {r}"
+            );
             for row in 0..rows {
                 let wr = &w[row * rb..(row + 1) * rb];
                 for (what, dot, theirs) in [("gemv", gemv_dot, &gemv), ("gemm", gemm_dot, &gemm)] {
@@ -221,7 +241,8 @@ fn interleaved_q4_k_matches_ggml_repacked_kernels() {
         ("X86_REPACK_HARNESS", &[Tier::Scalar, Tier::Avx512][..]),
         ("X86_REPACK_HARNESS_AVX2", &[Tier::Avx2][..]),
     ] {
-        let harness = std::env::var(var).unwrap_or_else(|_| panic!("{var} must name a built x86_repack_c_ref"));
+        let harness = std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} must name a built x86_repack_c_ref"));
         let tiers: Vec<Tier> = tiers.iter().copied().filter(|t| t.is_available()).collect();
         let mut total = 0;
         for (i, (n, rows)) in [(4096, 16), (256, 8), (2048, 24)].into_iter().enumerate() {

@@ -544,6 +544,70 @@ macro_rules! shared_kernels {
         dot_k4!($feat, q4_k_q8_k, q4_k_q8_k_x4, Q4K, false);
         dot_k4!($feat, q5_k_q8_k, q5_k_q8_k_x4, Q5K, true);
 
+        /// Sum of the eight i32 lanes (exact, wrapping like the vector adds).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum_i32(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+        }
+
+        /// Q4_K in the order of llama.cpp's repacked kernels (see `lanes.rs`): per block, or per
+        /// sub-block pair with `per_pair` (its gemm), one FMA into each of two scalar chains.
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_interleaved(n: usize, w: &[u8], act: &[u8], per_pair: bool) -> f32 {
+            let nb = blocks(n, QK_K, w, Q4K, act, Q8K);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let m4 = _mm256_set1_epi8(0xF);
+            let (mut acc, mut acc_min) = (0f32, 0f32);
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
+                let yd = (yb as *const f32).read_unaligned();
+                let dd = f16_pairs(xb, xb);
+                let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
+                let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+                let mut mins = [0i32; 4];
+                _mm_storeu_si128(mins.as_mut_ptr() as *mut __m128i, k4_min_prod(ms, yb));
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                let mut pairs = [0i32; 4];
+                for (j, p) in pairs.iter_mut().enumerate() {
+                    let scale_l = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8));
+                    let scale_h = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8 + 1));
+                    let q4bits = load256(xb.add(16 + 32 * j));
+                    let ql = _mm256_and_si256(q4bits, m4);
+                    let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
+                    let pl = _mm256_maddubs_epi16(ql, load256(yb.add(4 + 64 * j)));
+                    let ph = _mm256_maddubs_epi16(qh, load256(yb.add(4 + 64 * j + 32)));
+                    let s = madd_acc(madd_acc(_mm256_setzero_si256(), scale_l, pl), scale_h, ph);
+                    *p = hsum_i32(s);
+                }
+                if per_pair {
+                    for j in 0..4 {
+                        acc = (pairs[j] as f32).mul_add(d, acc);
+                        acc_min = (mins[j] as f32).mul_add(dmin, acc_min);
+                    }
+                } else {
+                    let isum = pairs.iter().fold(0i32, |a, v| a.wrapping_add(*v));
+                    let imin = mins.iter().fold(0i32, |a, v| a.wrapping_add(*v));
+                    acc = (isum as f32).mul_add(d, acc);
+                    acc_min = (imin as f32).mul_add(dmin, acc_min);
+                }
+            }
+            acc - acc_min
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_q8_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            q4_k_interleaved(n, w, act, false)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_q8_k_gemm(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            q4_k_interleaved(n, w, act, true)
+        }
+
         /// `get_scale_shuffle(i)`: bytes 2i (first 8) and 2i+1 (last 8).
         #[inline]
         #[target_feature(enable = $feat)]
@@ -615,6 +679,8 @@ macro_rules! shared_kernels {
             dot_q4_k => q4_k_q8_k;
             dot_q5_k => q5_k_q8_k;
             dot_q6_k => q6_k_q8_k;
+            dot_q4_k_gemv => q4_k_q8_k_gemv;
+            dot_q4_k_gemm => q4_k_q8_k_gemm;
         }
         wrap4! {
             dot4_q4_0 => q4_0_q8_0_x4;
@@ -818,6 +884,14 @@ fn dot4_f16_avx2(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
 
 pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
     for e in table.iter_mut() {
+        if e.dtype == DType::Q4_K {
+            let (gemv, gemm): (VecDotFn, VecDotFn) = match tier {
+                Tier::Avx512 => (avx512::dot_q4_k_gemv, avx512::dot_q4_k_gemm),
+                _ => (avx2::dot_q4_k_gemv, avx2::dot_q4_k_gemm),
+            };
+            e.vec_dot_interleaved = Some(gemv);
+            e.vec_dot_interleaved_gemm = Some(gemm);
+        }
         let (dot, dot4, from) = match tier {
             Tier::Avx512 => avx512::quant_kernels(e.dtype),
             _ => avx2::quant_kernels(e.dtype),
