@@ -70,6 +70,9 @@ pub struct ServerArgs {
     /// Model name(s) reported by /v1/models and accepted in requests (comma-separated).
     #[arg(short = 'a', long = "alias", env = "LLAMA_ARG_ALIAS")]
     pub alias: Option<String>,
+    /// Thinking in chat templates that support it: on, off or auto (the template's default).
+    #[arg(long = "reasoning", env = "LLAMA_ARG_REASONING")]
+    pub reasoning: Option<String>,
     /// Tags reported by /v1/models (comma-separated).
     #[arg(long = "tags", env = "LLAMA_ARG_TAGS")]
     pub tags: Option<String>,
@@ -176,7 +179,6 @@ const SHORT_ALIASES: &[(&str, &str)] = &[
 /// The peer test suite passes several of them; failing to start over them helps nobody.
 const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("--reasoning-format", true),
-    ("--reasoning", true),
     ("--reasoning-budget", true),
     ("--slot-save-path", true),
     ("--cache-ram", true),
@@ -360,6 +362,9 @@ pub struct Settings {
     pub metrics: bool,
     pub aliases: Vec<String>,
     pub tags: Vec<String>,
+    /// `--reasoning off`: templates are told `enable_thinking = false` and the reply starts
+    /// after an empty thinking block.
+    pub reasoning_off: bool,
     pub timeout_secs: u64,
     pub jinja: bool,
     pub chat_template: Option<String>,
@@ -527,6 +532,16 @@ impl ServerArgs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            reasoning_off: match self.reasoning.as_deref() {
+                None | Some("auto") | Some("on") => false,
+                Some("off") => true,
+                Some(other) => {
+                    return Err(SettingsError::Invalid {
+                        flag: "--reasoning",
+                        message: format!("`{other}` (on, off or auto)"),
+                    })
+                }
+            },
             timeout_secs: self.timeout.or(file.timeout).unwrap_or(600),
             jinja: bool_pair(self.jinja, self.no_jinja)
                 .or(file.jinja)

@@ -531,10 +531,29 @@ fn generation_settings(job: &Job) -> Value {
         "stream": job.gen.stream,
         "cache_prompt": job.gen.cache_prompt,
         "post_sampling_probs": job.gen.post_sampling_probs,
+        "logit_bias": logit_bias_json(job),
         "adaptive_target": -1.0,
         "adaptive_decay": 0.0,
         "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
     })
+}
+
+/// The biases in force, llama-server style: `ignore_eos` bans every end-of-generation token
+/// (a `null` bias is -inf).
+fn logit_bias_json(job: &Job) -> Value {
+    let mut out: Vec<Value> = job
+        .gen
+        .sampler
+        .logit_bias
+        .iter()
+        .map(|(t, b)| json!({"token": t, "bias": if b.is_finite() { json!(b) } else { Value::Null }}))
+        .collect();
+    if job.gen.ignore_eos {
+        for t in job.loaded.tokenizer.eog_ids() {
+            out.push(json!({"token": t, "bias": null}));
+        }
+    }
+    Value::Array(out)
 }
 
 fn has_new_line(c: &Choice) -> bool {
@@ -1206,6 +1225,9 @@ pub fn render_chat(l: &Loaded, o: &Obj) -> Result<String, ApiError> {
     if let Some(t) = get(o, "tools") {
         extra.insert("tools".into(), t.clone());
     }
+    if l.reasoning_off && !extra.contains_key("enable_thinking") {
+        extra.insert("enable_thinking".into(), Value::Bool(false));
+    }
     if last_is_assistant && (cont || add_gen.is_none()) {
         // Prefill: the reply continues the final assistant message.
         let (head, last) = msgs.split_at(msgs.len() - 1);
@@ -1216,9 +1238,31 @@ pub fn render_chat(l: &Loaded, o: &Obj) -> Result<String, ApiError> {
         text.push_str(&last[0].content);
         return Ok(text);
     }
-    l.template
-        .render_with(&msgs, add_gen.unwrap_or(true), &extra)
-        .map_err(|e| ApiError::invalid(e.to_string()).with_code("template_error"))
+    let add_gen = add_gen.unwrap_or(true);
+    let mut text = l
+        .template
+        .render_with(&msgs, add_gen, &extra)
+        .map_err(|e| ApiError::invalid(e.to_string()).with_code("template_error"))?;
+    if l.reasoning_off && add_gen && extra.get("enable_thinking") == Some(&Value::Bool(false)) {
+        close_thinking(l.template.source().unwrap_or(""), &mut text);
+    }
+    Ok(text)
+}
+
+/// With thinking off, templates that do not handle `enable_thinking` themselves get an empty
+/// thinking block after the generation prompt, as llama.cpp's chat formats add one.
+fn close_thinking(source: &str, text: &mut String) {
+    if source.contains("<|START_THINKING|>") {
+        if !text.ends_with("<|END_THINKING|>") {
+            text.push_str("<|START_THINKING|><|END_THINKING|>");
+        }
+    } else if source.contains("<think>") && !text.trim_end().ends_with("</think>") {
+        if text.ends_with("<think>\n") {
+            text.push_str("</think>");
+        } else {
+            text.push_str("<think>\n</think>");
+        }
+    }
 }
 
 /// OpenAI messages into template messages, refusing malformed ones with a 400.

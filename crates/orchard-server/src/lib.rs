@@ -294,6 +294,7 @@ fn load(st: &AppState) -> anyhow::Result<Loaded> {
         public_name,
         n_ctx_seq,
         strict_names: s.strict_model,
+        reasoning_off: s.reasoning_off,
     })
 }
 

@@ -405,16 +405,18 @@ async fn embeddings(
             return Err(ApiError::model_not_found(m));
         }
     }
-    match params::get(&o, "encoding_format") {
-        None => {}
-        Some(Value::String(f)) if f == "float" => {}
+    // The official Python client asks for base64 (little-endian f32) by default.
+    let base64 = match params::get(&o, "encoding_format") {
+        None => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
         Some(_) => {
             return Err(ApiError::param(
                 "encoding_format",
-                "only `float` encoding is supported",
+                "`encoding_format` must be `float` or `base64`",
             ))
         }
-    }
+    };
     let tok = &l.tokenizer;
     let inputs: Vec<Vec<TokenId>> = match input {
         Value::String(s) => vec![tok.encode(s, true, true)],
@@ -521,9 +523,16 @@ async fn embeddings(
     let data: Vec<Value> = vecs
         .into_iter()
         .enumerate()
-        .map(
-            |(i, v)| json!({"object": "embedding", "index": i, "embedding": v.unwrap_or_default()}),
-        )
+        .map(|(i, v)| {
+            let v = v.unwrap_or_default();
+            let emb = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64_encode(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": emb})
+        })
         .collect();
     Ok(Json(json!({
         "object": "list",
@@ -567,4 +576,43 @@ async fn completion_oai(State(st): St, Extension(p): Extension<Principal>, body:
 
 async fn chat(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
     gen(st, p, Api::Chat, body).await
+}
+
+/// Standard base64 with padding (RFC 4648), for `encoding_format: base64`.
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64_encode(raw.as_bytes()), enc);
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct Loaded {
     pub eos_text: String,
     /// `--strict-model`: unknown `model` names get 404.
     pub strict_names: bool,
+    /// `--reasoning off`.
+    pub reasoning_off: bool,
 }
 
 /// Shared by all handlers.
