@@ -234,6 +234,12 @@ fn bench(c: &mut Criterion<CpuTime>) {
                     std::array::from_fn(|i| &four[i * row_bytes..(i + 1) * row_bytes]);
                 b.iter(|| dot4(N, black_box(rows), black_box(&act)))
             });
+            let acts: Vec<Vec<u8>> = (0..4).map(|_| activations(dtype)).collect();
+            let dot4a = t.vec_dot_4act.unwrap();
+            g.bench_function(BenchmarkId::new("l1_4act", format!("{tier:?}")), |b| {
+                let a: [&[u8]; 4] = std::array::from_fn(|i| acts[i].as_slice());
+                b.iter(|| dot4a(N, black_box(&one), black_box(a)))
+            });
             g.throughput(Throughput::Bytes((rows * row_bytes) as u64));
             g.bench_function(BenchmarkId::new("stream", format!("{tier:?}")), |b| {
                 b.iter(|| {

@@ -22,7 +22,8 @@ pub use kquants::*;
 pub use lanes::*;
 pub use legacy::*;
 pub use traits::{
-    active_tier, traits, traits_for, FromFloatFn, Tier, ToFloatFn, TypeTraits, VecDotFn, VecDotX4Fn,
+    active_tier, traits, traits_for, FromFloatFn, Tier, ToFloatFn, TypeTraits, VecDot4ActFn,
+    VecDotFn, VecDotX4Fn,
 };
 
 use orchard_core::DType;

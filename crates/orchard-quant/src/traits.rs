@@ -21,6 +21,8 @@ pub type FromFloatFn = fn(&[f32], &mut [u8]);
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// `vec_dot_x4(n, [four weight rows], act_row)`: four dots sharing one activation row.
 pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
+/// `vec_dot_4act(n, weight_row, [four activation rows])`: four dots sharing one weight row.
+pub type VecDot4ActFn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 
 /// Row kernels of one type. Lengths are checked by the callers (see `crate::dequantize_row`);
 /// the kernels themselves process whole blocks only and never read past their slices (a short
@@ -45,6 +47,9 @@ pub struct TypeTraits {
     /// activation loads) while the rows are cache-resident; reading four rows side by side from
     /// memory is slower than one after another on some machines.
     pub vec_dot_x4: Option<VecDotX4Fn>,
+    /// One weight row against four activation rows (prompt processing: the weight row is
+    /// unpacked once for four tokens); each result bit-identical to `vec_dot` of that pair.
+    pub vec_dot_4act: Option<VecDot4ActFn>,
     /// What llama.cpp's CPU backend computes for this type on x86 (AVX2 and up) after it has
     /// repacked the weight into 8-row interleaved blocks, which it does for every Q4_K matrix
     /// whose row count is a multiple of 8 (`ggml_repack_get_optimal_repack_type`); `None` where
@@ -151,6 +156,7 @@ macro_rules! entry {
             from_float_ref: $from_ref,
             vec_dot: $dot,
             vec_dot_x4: $dot4,
+            vec_dot_4act: None,
             vec_dot_interleaved: None,
             vec_dot_interleaved_gemm: None,
         }
@@ -167,9 +173,19 @@ macro_rules! x4_of {
     }};
 }
 
+/// Four single-row dots sharing a weight row, for tiers without a dedicated kernel.
+macro_rules! x4a_of {
+    ($dot:path) => {{
+        fn x4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            act.map(|a| $dot(n, w, a))
+        }
+        x4a as VecDot4ActFn
+    }};
+}
+
 /// The reference table: ggml's generic kernels throughout.
 fn reference_table() -> Vec<TypeTraits> {
-    vec![
+    let mut t = vec![
         entry!(
             F32,
             F32,
@@ -305,7 +321,26 @@ fn reference_table() -> Vec<TypeTraits> {
             None,
             None
         ),
-    ]
+    ];
+    for e in t.iter_mut() {
+        e.vec_dot_4act = match e.dtype {
+            DType::F32 => Some(x4a_of!(vec_dot_f32_ref)),
+            DType::F16 => Some(x4a_of!(vec_dot_f16_ref)),
+            DType::BF16 => Some(x4a_of!(vec_dot_bf16_ref)),
+            DType::Q4_0 => Some(x4a_of!(vec_dot_q4_0_q8_0_ref)),
+            DType::Q4_1 => Some(x4a_of!(vec_dot_q4_1_q8_1_ref)),
+            DType::Q5_0 => Some(x4a_of!(vec_dot_q5_0_q8_0_ref)),
+            DType::Q5_1 => Some(x4a_of!(vec_dot_q5_1_q8_1_ref)),
+            DType::Q8_0 => Some(x4a_of!(vec_dot_q8_0_q8_0_ref)),
+            DType::Q2_K => Some(x4a_of!(vec_dot_q2_k_q8_k_ref)),
+            DType::Q3_K => Some(x4a_of!(vec_dot_q3_k_q8_k_ref)),
+            DType::Q4_K => Some(x4a_of!(vec_dot_q4_k_q8_k_ref)),
+            DType::Q5_K => Some(x4a_of!(vec_dot_q5_k_q8_k_ref)),
+            DType::Q6_K => Some(x4a_of!(vec_dot_q6_k_q8_k_ref)),
+            _ => None,
+        };
+    }
+    t
 }
 
 /// The portable scalar table: ggml-cpu's x86 arithmetic where it differs from the reference
@@ -366,6 +401,18 @@ fn scalar_table() -> Vec<TypeTraits> {
         e.from_float = from;
         e.vec_dot = dot;
         e.vec_dot_x4 = dot4;
+        e.vec_dot_4act = match e.dtype {
+            DType::F16 => Some(x4a_of!(vec_dot_f16_scalar)),
+            DType::Q4_0 => Some(x4a_of!(vec_dot_q4_0_q8_0_scalar)),
+            DType::Q4_1 => Some(x4a_of!(vec_dot_q4_1_q8_1_scalar)),
+            DType::Q5_0 => Some(x4a_of!(vec_dot_q5_0_q8_0_scalar)),
+            DType::Q5_1 => Some(x4a_of!(vec_dot_q5_1_q8_1_scalar)),
+            DType::Q8_0 => Some(x4a_of!(vec_dot_q8_0_q8_0_scalar)),
+            DType::Q4_K => Some(x4a_of!(vec_dot_q4_k_q8_k_scalar)),
+            DType::Q5_K => Some(x4a_of!(vec_dot_q5_k_q8_k_scalar)),
+            DType::Q6_K => Some(x4a_of!(vec_dot_q6_k_q8_k_scalar)),
+            _ => e.vec_dot_4act,
+        };
         if e.dtype == DType::Q4_K {
             e.vec_dot_interleaved = Some(vec_dot_q4_k_q8_k_interleaved_scalar);
             e.vec_dot_interleaved_gemm = Some(vec_dot_q4_k_q8_k_interleaved_gemm_scalar);

@@ -57,6 +57,16 @@ proptest! {
         let n = if w == DType::F16 { n_blocks * 29 + (seed % 7) as usize } else { n_blocks * w.block_size() };
         let rows: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(w, n, &mut rng))).collect();
         let raw_act = misaligned(&random_blocks(act, n, &mut rng));
+        let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(act, n, &mut rng))).collect();
+        for tier in Tier::ALL.into_iter().filter(|t| t.is_available()) {
+            // Multi-row kernels of every tier, the scalar ones included, equal the single dot.
+            let t = traits_for(tier, w).unwrap();
+            let (dot, dot4a) = (t.vec_dot.unwrap(), t.vec_dot_4act.unwrap());
+            let four = dot4a(n, &rows[0][1..], std::array::from_fn(|r| &acts[r][1..]));
+            for (r, a) in acts.iter().enumerate() {
+                prop_assert_eq!(four[r].to_bits(), dot(n, &rows[0][1..], &a[1..]).to_bits(), "{:?} {} 4act {}", tier, w, r);
+            }
+        }
         for tier in simd_tiers() {
             let t = traits_for(tier, w).unwrap();
             let (dot, dot4) = (t.vec_dot.unwrap(), t.vec_dot_x4.unwrap());

@@ -357,6 +357,15 @@ wrap! {
     dot_q6_k => q6_k_dot;
 }
 
+macro_rules! x4a {
+    ($dot:ident) => {{
+        fn f(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            act.map(|a| $dot(n, w, a))
+        }
+        f as crate::traits::VecDot4ActFn
+    }};
+}
+
 macro_rules! x4 {
     ($dot:ident) => {{
         fn f(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
@@ -383,5 +392,16 @@ pub(super) fn install(table: &mut [TypeTraits]) {
             e.vec_dot = Some(d);
             e.vec_dot_x4 = Some(d4);
         }
+        e.vec_dot_4act = match e.dtype {
+            DType::Q4_0 => Some(x4a!(dot_q4_0)),
+            DType::Q4_1 => Some(x4a!(dot_q4_1)),
+            DType::Q5_0 => Some(x4a!(dot_q5_0)),
+            DType::Q5_1 => Some(x4a!(dot_q5_1)),
+            DType::Q8_0 => Some(x4a!(dot_q8_0)),
+            DType::Q4_K => Some(x4a!(dot_q4_k)),
+            DType::Q5_K => Some(x4a!(dot_q5_k)),
+            DType::Q6_K => Some(x4a!(dot_q6_k)),
+            _ => e.vec_dot_4act,
+        };
     }
 }

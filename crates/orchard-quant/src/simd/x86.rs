@@ -11,7 +11,7 @@
 // Index loops over rows and accumulators mirror ggml's C and keep the lanes obvious.
 #![allow(clippy::needless_range_loop)]
 
-use crate::traits::{Tier, TypeTraits, VecDotFn, VecDotX4Fn};
+use crate::traits::{Tier, TypeTraits, VecDot4ActFn, VecDotFn, VecDotX4Fn};
 use orchard_core::DType;
 use std::arch::x86_64::*;
 
@@ -43,7 +43,31 @@ macro_rules! unpack {
 
 /// Dots of the symmetric formats (`d_x * d_y` per block, signed levels).
 macro_rules! dot_sym {
-    ($feat:literal, $name:ident, $name4:ident, $fmt:tt, $wb:expr) => {
+    ($feat:literal, $name:ident, $name4:ident, $name4a:ident, $fmt:tt, $wb:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            let nb = act
+                .iter()
+                .fold((n / 32).min(w.len() / $wb), |m, a| m.min(a.len() / Q8_0));
+            let x = w.as_ptr();
+            let y = act.map(|a| a.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for i in 0..nb {
+                let xb = x.add(i * $wb);
+                let dx = _mm_cvtss_f32(halves(u64::from(rd16(xb))));
+                let qx = unpack!($fmt, xb);
+                let ax = _mm256_sign_epi8(qx, qx);
+                for r in 0..4 {
+                    let yb = y[r].add(i * Q8_0);
+                    let d = _mm256_set1_ps(dx * _mm_cvtss_f32(halves(u64::from(rd16(yb)))));
+                    let sy = _mm256_sign_epi8(load256(yb.add(2)), qx);
+                    let q = _mm256_cvtepi32_ps(dot_us(ax, sy));
+                    acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+                }
+            }
+            [hsum8(acc[0]), hsum8(acc[1]), hsum8(acc[2]), hsum8(acc[3])]
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn $name(n: usize, w: &[u8], act: &[u8]) -> f32 {
             let nb = blocks(n, 32, w, $wb, act, Q8_0);
@@ -83,7 +107,36 @@ macro_rules! dot_sym {
 
 /// Dots of the formats with a minimum (`m * s` summed beside the lanes).
 macro_rules! dot_min {
-    ($feat:literal, $name:ident, $name4:ident, $fmt:tt, $wb:expr) => {
+    ($feat:literal, $name:ident, $name4:ident, $name4a:ident, $fmt:tt, $wb:expr) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            let nb = act
+                .iter()
+                .fold((n / 32).min(w.len() / $wb), |m, a| m.min(a.len() / Q8_1));
+            let x = w.as_ptr();
+            let y = act.map(|a| a.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0f32; 4];
+            for i in 0..nb {
+                let xb = x.add(i * $wb);
+                let qx = unpack!($fmt, xb);
+                for r in 0..4 {
+                    let yb = y[r].add(i * Q8_1);
+                    let s = f16_pairs(xb, yb);
+                    let (dx, mx, dy, sy) = (lane(s, 0), lane(s, 1), lane(s, 2), lane(s, 3));
+                    summs[r] = mx.mul_add(sy, summs[r]);
+                    let q = _mm256_cvtepi32_ps(dot_us(qx, load256(yb.add(4))));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[r]);
+                }
+            }
+            [
+                hsum8(acc[0]) + summs[0],
+                hsum8(acc[1]) + summs[1],
+                hsum8(acc[2]) + summs[2],
+                hsum8(acc[3]) + summs[3],
+            ]
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn $name(n: usize, w: &[u8], act: &[u8]) -> f32 {
             let nb = blocks(n, 32, w, $wb, act, Q8_1);
@@ -213,6 +266,21 @@ macro_rules! wrap4 {
         pub(in crate::simd) fn $dot(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
             // SAFETY: as for the single-row wrappers.
             unsafe { $inner(n, w, act) }
+        }
+    )*};
+}
+macro_rules! wrap4a {
+    ($($dot:ident => $inner:ident;)*) => {$(
+        pub(in crate::simd) fn $dot(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            // SAFETY: as for the single-row wrappers.
+            unsafe { $inner(n, w, act) }
+        }
+    )*};
+}
+macro_rules! map4a {
+    ($($name:ident => $dot:ident;)*) => {$(
+        fn $name(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            act.map(|a| $dot(n, w, a))
         }
     )*};
 }
@@ -362,12 +430,12 @@ macro_rules! shared_kernels {
         // -------------------------------------------------------------------------------------
         // Legacy formats against Q8_0 / Q8_1.
 
-        dot_sym!($feat, q4_0_q8_0, q4_0_q8_0_x4, q4_0, Q4_0);
-        dot_sym!($feat, q5_0_q8_0, q5_0_q8_0_x4, q5_0, Q5_0);
-        dot_sym!($feat, q8_0_q8_0, q8_0_q8_0_x4, q8_0, Q8_0);
+        dot_sym!($feat, q4_0_q8_0, q4_0_q8_0_x4, q4_0_q8_0_4a, q4_0, Q4_0);
+        dot_sym!($feat, q5_0_q8_0, q5_0_q8_0_x4, q5_0_q8_0_4a, q5_0, Q5_0);
+        dot_sym!($feat, q8_0_q8_0, q8_0_q8_0_x4, q8_0_q8_0_4a, q8_0, Q8_0);
 
-        dot_min!($feat, q4_1_q8_1, q4_1_q8_1_x4, q4_1, Q4_1);
-        dot_min!($feat, q5_1_q8_1, q5_1_q8_1_x4, q5_1, Q5_1);
+        dot_min!($feat, q4_1_q8_1, q4_1_q8_1_x4, q4_1_q8_1_4a, q4_1, Q4_1);
+        dot_min!($feat, q5_1_q8_1, q5_1_q8_1_x4, q5_1_q8_1_4a, q5_1, Q5_1);
 
         // -------------------------------------------------------------------------------------
         // Activation quantizers (ggml-cpu's x86 `quantize_row_q8_0` / `_q8_1`).
@@ -692,10 +760,38 @@ macro_rules! shared_kernels {
             dot4_q5_k => q5_k_q8_k_x4;
             dot4_q6_k => q6_k_q8_k_x4;
         }
+        // K-quant blocks carry enough work that four plain calls lose little.
+        map4a! {
+            dot4a_q4_k => dot_q4_k;
+            dot4a_q5_k => dot_q5_k;
+            dot4a_q6_k => dot_q6_k;
+        }
+        wrap4a! {
+            dot4a_q4_0 => q4_0_q8_0_4a;
+            dot4a_q4_1 => q4_1_q8_1_4a;
+            dot4a_q5_0 => q5_0_q8_0_4a;
+            dot4a_q5_1 => q5_1_q8_1_4a;
+            dot4a_q8_0 => q8_0_q8_0_4a;
+        }
         wrapq! {
             from_q8_0 => quantize_q8_0;
             from_q8_1 => quantize_q8_1;
             from_f16 => quantize_f16;
+        }
+
+        /// This tier's one-weight-row, four-activation-row kernels.
+        pub(in crate::simd) fn kernels_4act(dtype: DType) -> Option<crate::traits::VecDot4ActFn> {
+            match dtype {
+                DType::Q4_0 => Some(dot4a_q4_0),
+                DType::Q4_1 => Some(dot4a_q4_1),
+                DType::Q5_0 => Some(dot4a_q5_0),
+                DType::Q5_1 => Some(dot4a_q5_1),
+                DType::Q8_0 => Some(dot4a_q8_0),
+                DType::Q4_K => Some(dot4a_q4_k),
+                DType::Q5_K => Some(dot4a_q5_k),
+                DType::Q6_K => Some(dot4a_q6_k),
+                _ => None,
+            }
         }
 
         /// This tier's quant kernels, by weight type (activation quantizers by their own type).
@@ -882,6 +978,15 @@ fn dot4_f16_avx2(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
     w.map(|w| dot_f16_avx2(n, w, act))
 }
 
+fn dot4a_f16_avx2(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+    act.map(|a| dot_f16_avx2(n, w, a))
+}
+
+fn dot4a_f16_avx512(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+    // The F16 dot is symmetric in its operands, so the four-row kernel serves.
+    dot4_f16_avx512(n, act, w)
+}
+
 pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
     for e in table.iter_mut() {
         if e.dtype == DType::Q4_K {
@@ -905,13 +1010,21 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
         if let Some(f) = from {
             e.from_float = Some(f);
         }
+        let k4a = match tier {
+            Tier::Avx512 => avx512::kernels_4act(e.dtype),
+            _ => avx2::kernels_4act(e.dtype),
+        };
+        if let Some(k) = k4a {
+            e.vec_dot_4act = Some(k);
+        }
         if e.dtype == DType::F16 {
-            let (d, d4): (VecDotFn, VecDotX4Fn) = match tier {
-                Tier::Avx512 => (dot_f16_avx512, dot4_f16_avx512),
-                _ => (dot_f16_avx2, dot4_f16_avx2),
+            let (d, d4, d4a): (VecDotFn, VecDotX4Fn, VecDot4ActFn) = match tier {
+                Tier::Avx512 => (dot_f16_avx512, dot4_f16_avx512, dot4a_f16_avx512),
+                _ => (dot_f16_avx2, dot4_f16_avx2, dot4a_f16_avx2),
             };
             e.vec_dot = Some(d);
             e.vec_dot_x4 = Some(d4);
+            e.vec_dot_4act = Some(d4a);
         }
     }
 }
