@@ -463,7 +463,31 @@ pub fn vec_dot_q6_k_q8_k_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in k_pairs::<{ BlockQ6K::SIZE }>(n, w, act) {
         let x = BlockQ6K::from_bytes(x);
-        let q = q6k_levels(&x);
+        fma_lanes(&mut acc, y.d * x.d.to_f32(), &q6k_lanes(&x, &y));
+    }
+    hsum_float_8(&acc)
+}
+
+/// Q6_K as llama.cpp's x86 build computes it in its tiled K-quant matmul (`ggml-cpu/tiled/`),
+/// which it uses for Q6_K weights against batches of at least 8 activation rows: per block the
+/// exact integer dot (offset and scales applied) times the weight's `d`, then one FMA with the
+/// activation's `d` (gcc contracts the kernel's add of the product).
+pub fn vec_dot_q6_k_q8_k_tiled_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in k_pairs::<{ BlockQ6K::SIZE }>(n, w, act) {
+        let x = BlockQ6K::from_bytes(x);
+        let s1 = q6k_lanes(&x, &y)
+            .iter()
+            .fold(0i32, |a, &v| a.wrapping_add(v));
+        acc = (s1 as f32 * x.d.to_f32()).mul_add(y.d, acc);
+    }
+    acc
+}
+
+/// The eight integer lanes of one Q6_K block as ggml's AVX2 kernel forms them.
+fn q6k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
+    {
+        let q = q6k_levels(x);
         // Lane i: elements 4i..4i+4 of each 32-run, each 16 with its own scale, minus 32 times
         // the scaled activation sums of sub-blocks 2i and 2i+1 (ggml's `q8sclsub`).
         let mut lanes = [0i32; 8];
@@ -481,9 +505,8 @@ pub fn vec_dot_q6_k_q8_k_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
                 + i32::from(y.bsums[2 * i + 1]) * i32::from(x.scales[2 * i + 1]);
             *l = l.wrapping_sub(m.wrapping_shl(5));
         }
-        fma_lanes(&mut acc, y.d * x.d.to_f32(), &lanes);
+        lanes
     }
-    hsum_float_8(&acc)
 }
 
 // ---------------------------------------------------------------------------------------------

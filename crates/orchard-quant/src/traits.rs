@@ -61,6 +61,10 @@ pub struct TypeTraits {
     pub vec_dot_interleaved: Option<VecDotFn>,
     /// See `vec_dot_interleaved`.
     pub vec_dot_interleaved_gemm: Option<VecDotFn>,
+    /// What llama.cpp's x86 build computes for this (not repacked) type in its tiled K-quant
+    /// matmul (`ggml-cpu/tiled/`), which it runs for batches of at least 8 activation rows:
+    /// Q6_K only (see `vec_dot_q6_k_q8_k_tiled_scalar`).
+    pub vec_dot_tiled: Option<VecDotFn>,
 }
 
 /// A family of kernels, from the portable reference to the widest SIMD this build supports.
@@ -159,6 +163,7 @@ macro_rules! entry {
             vec_dot_4act: None,
             vec_dot_interleaved: None,
             vec_dot_interleaved_gemm: None,
+            vec_dot_tiled: None,
         }
     };
 }
@@ -416,6 +421,9 @@ fn scalar_table() -> Vec<TypeTraits> {
         if e.dtype == DType::Q4_K {
             e.vec_dot_interleaved = Some(vec_dot_q4_k_q8_k_interleaved_scalar);
             e.vec_dot_interleaved_gemm = Some(vec_dot_q4_k_q8_k_interleaved_gemm_scalar);
+        }
+        if e.dtype == DType::Q6_K {
+            e.vec_dot_tiled = Some(vec_dot_q6_k_q8_k_tiled_scalar);
         }
     }
     t

@@ -47,6 +47,38 @@ fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Vec<f32> {
     y
 }
 
+/// The tiled Q6_K order written out plainly: per 16-quant sub-block the raw dot less 32 times the
+/// activation's sum, scaled; the block total times the weight's d, then an FMA with the
+/// activation's d.
+fn q6_k_tiled_definition(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.chunks_exact(210).zip(act.chunks_exact(292)).take(n / 256) {
+        let mut q = [0i32; 256];
+        for half in 0..2 {
+            let (ql, qh) = (&x[half * 64..], &x[128 + half * 32..]);
+            for l in 0..32 {
+                let b = half * 128 + l;
+                q[b] = ((ql[l] & 15) | ((qh[l] & 3) << 4)) as i32;
+                q[b + 32] = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) as i32;
+                q[b + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32;
+                q[b + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32;
+            }
+        }
+        let mut s1 = 0i32;
+        for s in 0..16 {
+            let raw: i32 = (0..16)
+                .map(|i| q[16 * s + i] * i32::from(y[4 + 16 * s + i] as i8))
+                .sum();
+            let bsum = i32::from(i16::from_le_bytes([y[260 + 2 * s], y[261 + 2 * s]]));
+            s1 = s1.wrapping_add(i32::from(x[192 + s] as i8) * (raw - 32 * bsum));
+        }
+        let dx = half::f16::from_le_bytes([x[208], x[209]]).to_f32();
+        let dy = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        acc = (s1 as f32 * dx).mul_add(dy, acc);
+    }
+    acc
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -98,6 +130,14 @@ proptest! {
                 let (ours, theirs) = (ours.unwrap()(n, &w[1..], &a[1..]), theirs.unwrap()(n, &w[1..], &a[1..]));
                 prop_assert_eq!(ours.to_bits(), theirs.to_bits(), "{:?} n={}", tier, n);
             }
+        }
+        // Q6_K's tiled order: SIMD against scalar, and the scalar against its definition.
+        let w6 = misaligned(&random_blocks(DType::Q6_K, n, &mut rng));
+        let tiled = traits_for(Tier::Scalar, DType::Q6_K).unwrap().vec_dot_tiled.unwrap()(n, &w6[1..], &a[1..]);
+        prop_assert_eq!(tiled.to_bits(), q6_k_tiled_definition(n, &w6[1..], &a[1..]).to_bits());
+        for tier in simd_tiers() {
+            let ours = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled.unwrap()(n, &w6[1..], &a[1..]);
+            prop_assert_eq!(ours.to_bits(), tiled.to_bits(), "{:?} tiled Q6_K n={}", tier, n);
         }
     }
 

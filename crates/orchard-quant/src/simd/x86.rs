@@ -691,46 +691,66 @@ macro_rules! shared_kernels {
         unsafe fn q6_k_q8_k(n: usize, w: &[u8], act: &[u8]) -> f32 {
             let nb = blocks(n, QK_K, w, Q6K, act, Q8K);
             let (x, y) = (w.as_ptr(), act.as_ptr());
-            let m3 = _mm256_set1_epi8(3);
-            let m15 = _mm256_set1_epi8(15);
             let mut acc = _mm256_setzero_ps();
             for i in 0..nb {
                 let (xb, yb) = (x.add(i * Q6K), y.add(i * Q8K));
                 let d = (yb as *const f32).read_unaligned() * f16_at(xb.add(208));
-                let (mut q4, mut qh, mut q8) = (xb, xb.add(128), yb.add(4));
-                let scales = _mm_loadu_si128(xb.add(192) as *const __m128i);
-                let scales16 = _mm256_cvtepi8_epi16(scales);
-                let q8sclsub =
-                    _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(yb.add(260)), scales16));
-                let mut sumi = _mm256_setzero_si256();
-                for j in 0..QK_K / 128 {
-                    let b1 = load256(q4);
-                    let b2 = load256(q4.add(32));
-                    let bh = load256(qh);
-                    q4 = q4.add(64);
-                    qh = qh.add(32);
-                    let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(bh, m3));
-                    let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(12)));
-                    let h2 = _mm256_and_si256(bh, _mm256_set1_epi8(48));
-                    let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(-64)));
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(b1, m15), h0),
-                        _mm256_or_si256(_mm256_and_si256(b2, m15), h1),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m15), h2),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m15), h3),
-                    ];
-                    for (k, qk) in q.iter().enumerate() {
-                        let p16 = _mm256_maddubs_epi16(*qk, load256(q8));
-                        q8 = q8.add(32);
-                        let sc =
-                            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, q6_shuffle(4 * j + k)));
-                        sumi = madd_acc(sumi, sc, p16);
-                    }
-                }
-                sumi = _mm256_sub_epi32(sumi, q8sclsub);
+                let sumi = q6_k_sumi(xb, yb);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
             }
             hsum8(acc)
+        }
+
+        /// Q6_K in the order of llama.cpp's tiled matmul (see `lanes.rs`).
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_q8_k_tiled(n: usize, w: &[u8], act: &[u8]) -> f32 {
+            let nb = blocks(n, QK_K, w, Q6K, act, Q8K);
+            let (x, y) = (w.as_ptr(), act.as_ptr());
+            let mut acc = 0f32;
+            for i in 0..nb {
+                let (xb, yb) = (x.add(i * Q6K), y.add(i * Q8K));
+                let r = hsum_i32(q6_k_sumi(xb, yb)) as f32 * f16_at(xb.add(208));
+                acc = r.mul_add((yb as *const f32).read_unaligned(), acc);
+            }
+            acc
+        }
+
+        /// The eight i32 lanes of one Q6_K block, ggml's `q8sclsub` already taken off.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_sumi(xb: *const u8, yb: *const u8) -> __m256i {
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let (mut q4, mut qh, mut q8) = (xb, xb.add(128), yb.add(4));
+            let scales = _mm_loadu_si128(xb.add(192) as *const __m128i);
+            let scales16 = _mm256_cvtepi8_epi16(scales);
+            let q8sclsub =
+                _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(yb.add(260)), scales16));
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 128 {
+                let b1 = load256(q4);
+                let b2 = load256(q4.add(32));
+                let bh = load256(qh);
+                q4 = q4.add(64);
+                qh = qh.add(32);
+                let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(bh, m3));
+                let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(12)));
+                let h2 = _mm256_and_si256(bh, _mm256_set1_epi8(48));
+                let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(-64)));
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(b1, m15), h0),
+                    _mm256_or_si256(_mm256_and_si256(b2, m15), h1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m15), h2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m15), h3),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let p16 = _mm256_maddubs_epi16(*qk, load256(q8));
+                    q8 = q8.add(32);
+                    let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, q6_shuffle(4 * j + k)));
+                    sumi = madd_acc(sumi, sc, p16);
+                }
+            }
+            _mm256_sub_epi32(sumi, q8sclsub)
         }
 
         #[target_feature(enable = $feat)]
@@ -749,6 +769,7 @@ macro_rules! shared_kernels {
             dot_q6_k => q6_k_q8_k;
             dot_q4_k_gemv => q4_k_q8_k_gemv;
             dot_q4_k_gemm => q4_k_q8_k_gemm;
+            dot_q6_k_tiled => q6_k_q8_k_tiled;
         }
         wrap4! {
             dot4_q4_0 => q4_0_q8_0_x4;
@@ -996,6 +1017,12 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
             };
             e.vec_dot_interleaved = Some(gemv);
             e.vec_dot_interleaved_gemm = Some(gemm);
+        }
+        if e.dtype == DType::Q6_K {
+            e.vec_dot_tiled = Some(match tier {
+                Tier::Avx512 => avx512::dot_q6_k_tiled,
+                _ => avx2::dot_q6_k_tiled,
+            });
         }
         let (dot, dot4, from) = match tier {
             Tier::Avx512 => avx512::quant_kernels(e.dtype),
