@@ -1,4 +1,5 @@
-//! Constrained decoding for `response_format`: JSON and a JSON-schema subset, checked token by token.
+//! Constrained decoding for `response_format` and `grammar`: JSON, a JSON-schema subset and
+//! llama.cpp's GBNF grammars, checked token by token.
 //!
 //! A [`Schema`] (built by the caller from whatever JSON library it uses, so this crate needs none) is
 //! compiled into a small arena of nodes. [`JsonValidator`] is an incremental character-level automaton
@@ -16,9 +17,11 @@
 
 mod automaton;
 mod constraint;
+mod gbnf;
 
 pub use automaton::JsonValidator;
-pub use constraint::JsonConstraint;
+pub use constraint::{CharMatcher, GrammarConstraint, JsonConstraint, TextConstraint};
+pub use gbnf::{GbnfMatcher, Grammar};
 
 /// A JSON schema, reduced to what constrained generation uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +66,8 @@ pub enum GrammarError {
     TooLarge { max: usize },
     #[error("schema cannot match any value: {reason}")]
     Unsatisfiable { reason: String },
+    #[error("invalid grammar: {message}")]
+    Syntax { message: String },
 }
 
 /// How deep schemas may nest (also bounds the generated JSON's nesting for `Any`).

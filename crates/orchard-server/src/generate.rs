@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use orchard_core::TokenId;
 use orchard_engine::{Event, FinishReason, GenParams, Request, RequestKind, TokenConstraint};
-use orchard_grammar::JsonConstraint;
+use orchard_grammar::{CharMatcher, GrammarConstraint, JsonConstraint, TextConstraint};
 use orchard_sampler::Candidate;
 use orchard_template::ChatMessage;
 use orchard_tokenizer::Tokenizer;
@@ -37,10 +37,12 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Adapts the grammar crate's JSON constraint to the engine's hook.
-struct JsonHook(JsonConstraint);
+/// Adapts the grammar crate's constraints to the engine's hook. The engine stops once nothing
+/// more may be generated; until then an end-of-generation token is allowed whenever the text
+/// is complete.
+struct Hook<M>(TextConstraint<M>);
 
-impl TokenConstraint for JsonHook {
+impl<M: CharMatcher + Send> TokenConstraint for Hook<M> {
     fn allowed(&mut self, tok: &Tokenizer, candidates: &mut Vec<Candidate>) {
         self.0.allowed(tok, candidates)
     }
@@ -48,7 +50,7 @@ impl TokenConstraint for JsonHook {
         self.0.accept(tok, id)
     }
     fn is_complete(&self) -> bool {
-        self.0.validator().is_finished()
+        self.0.is_finished()
     }
 }
 
@@ -439,7 +441,18 @@ pub fn submit(
                 s.seed = s.seed.wrapping_add(k as u64);
             }
             let constraint: Option<Box<dyn TokenConstraint>> = match &job.gen.schema {
-                None => None,
+                None => match &job.gen.grammar {
+                    None => None,
+                    Some(g) => {
+                        let c = GrammarConstraint::from_gbnf(g)
+                            .map_err(|e| {
+                                ApiError::param("grammar", e.to_string())
+                                    .with_code("invalid_grammar")
+                            })?
+                            .with_keep(sampler_keep(&s));
+                        Some(Box::new(Hook(c)))
+                    }
+                },
                 Some(schema) => {
                     let c = JsonConstraint::new(schema)
                         .map_err(|e| {
@@ -447,7 +460,7 @@ pub fn submit(
                                 .with_code("invalid_schema")
                         })?
                         .with_keep(sampler_keep(&s));
-                    Some(Box::new(JsonHook(c)))
+                    Some(Box::new(Hook(c)))
                 }
             };
             // Without a unified KV pool a sequence gets llama-server's n_ctx / n_parallel share.

@@ -131,6 +131,8 @@ pub struct GenRequest {
     pub n_probs: usize,
     pub logprobs: bool,
     pub schema: Option<Schema>,
+    /// GBNF text (already checked to parse).
+    pub grammar: Option<String>,
     pub cache_prompt: bool,
     pub post_sampling_probs: bool,
     pub return_tokens: bool,
@@ -410,11 +412,23 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
             .collect::<Result<_, _>>()?,
         Some(v) => return Err(wrong_type("response_fields", "an array of strings", v)),
     };
-    if get(o, "grammar").is_some() {
-        return Err(ApiError::invalid(
-            "GBNF grammars are not supported; use response_format with a JSON schema",
-        )
-        .with_code("unsupported_parameter"));
+    let grammar = match get(o, "grammar") {
+        None => None,
+        Some(Value::String(g)) if g.trim().is_empty() => None,
+        Some(Value::String(g)) => {
+            // Checked here so that a bad grammar is a 400 before anything is queued.
+            orchard_grammar::Grammar::parse(g).map_err(|e| {
+                ApiError::param("grammar", e.to_string()).with_code("invalid_grammar")
+            })?;
+            Some(g.clone())
+        }
+        Some(v) => return Err(wrong_type("grammar", "a string", v)),
+    };
+    if grammar.is_some() && schema.is_some() {
+        return Err(ApiError::param(
+            "grammar",
+            "`grammar` and a JSON `response_format` cannot be combined",
+        ));
     }
     Ok(GenRequest {
         sampler: s,
@@ -427,6 +441,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
         n_probs,
         logprobs,
         schema,
+        grammar,
         cache_prompt: opt_bool(o, "cache_prompt")?.unwrap_or(d.cache_prompt),
         post_sampling_probs: opt_bool(o, "post_sampling_probs")?.unwrap_or(false),
         return_tokens: opt_bool(o, "return_tokens")?.unwrap_or(false),

@@ -360,9 +360,9 @@ fn bad_input_battery_each_followed_by_a_good_request() {
             "invalid_request_error",
         ),
         (
-            "gbnf grammar",
+            "invalid gbnf grammar",
             chat,
-            Some(json!({"messages": m("a"), "grammar": "root ::= \"a\""})),
+            Some(json!({"messages": m("a"), "grammar": "root ::= (oops"})),
             b"",
             true,
             400,
