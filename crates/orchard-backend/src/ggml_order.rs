@@ -83,7 +83,7 @@ fn dot_q6_k_tiled_body(n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 /// Whether llama.cpp's x86 build would run this weight through a repacked kernel.
 pub(crate) fn uses_repack_order(dtype: DType, rows: usize) -> bool {
-    cfg!(target_arch = "x86_64") && dtype == DType::Q4_K && rows % 8 == 0
+    cfg!(target_arch = "x86_64") && dtype == DType::Q4_K && rows.is_multiple_of(8)
 }
 
 /// Q4_K weight row · Q8_K activation row in the float order of ggml's repacked GEMV (one FMA

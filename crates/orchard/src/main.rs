@@ -29,6 +29,41 @@ enum Command {
     Run(cmd::run::Args),
     /// Perplexity of a text file, computed as llama-perplexity does.
     Perplexity(cmd::perplexity::Args),
+    /// Prompt and generation speed in llama-bench's layout (md or json).
+    Bench(cmd::bench::Args),
+    /// Memory plan of a model + context: fits or not, and why (`--fit` finds the largest context).
+    Plan(orchard_plan::PlanArgs),
+    /// Serve the OpenAI-compatible API (llama-server's flags; see `orchard serve --help`).
+    Serve,
+    /// Requantize a GGUF to another type or mix (Q8_0, Q4_K_M, F16, ...).
+    Quantize(cmd::quantize::Args),
+}
+
+/// `orchard serve ...`: llama-server's command line (its multi-letter short flags included) goes
+/// to the server crate's own parser, so `orchard serve` and `orchard-server` accept the same flags.
+fn serve(args: &[String]) -> i32 {
+    let argv = std::iter::once("orchard serve".to_string()).chain(args.iter().cloned());
+    let args = match orchard_server::ServerArgs::parse_llama_style(argv) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(orchard_server::serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -38,14 +73,32 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .try_init()
+        .ok();
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("serve") {
+        std::process::exit(serve(&argv[2..]));
+    }
+    // llama.cpp spells some flags with one dash and several letters (-ngl, -np, -ub, -ctk).
+    let cli = Cli::parse_from(orchard_plan::normalize_llama_flags(argv));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCHARD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::main(a),
         Command::Tokenize(a) => cmd::tokenize::main(a),
         Command::Logits(a) => cmd::logits::main(a),
         Command::Run(a) => cmd::run::main(a),
         Command::Perplexity(a) => cmd::perplexity::main(a),
+        Command::Bench(a) => cmd::bench::main(a),
+        Command::Quantize(a) => cmd::quantize::main(a),
+        Command::Plan(a) => orchard_plan::cli_main(a),
+        Command::Serve => unreachable!("handled before clap"),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -65,6 +65,22 @@ impl Session {
         all_logits: bool,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let from = if all_logits {
+            0
+        } else {
+            tokens.len().saturating_sub(1)
+        };
+        self.feed_logits_from(tokens, n_batch, from, out)
+    }
+
+    /// Decodes `tokens` and writes logits for the tokens at index `from` onwards into `out`.
+    pub fn feed_logits_from(
+        &mut self,
+        tokens: &[u32],
+        n_batch: usize,
+        from: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         anyhow::ensure!(
             self.n_past + tokens.len() <= self.n_ctx(),
             "context full: {} cached + {} new tokens exceed -c {}",
@@ -76,19 +92,15 @@ impl Session {
         let mut part = Vec::new();
         let n_batch = n_batch.max(1);
         for (ci, chunk) in tokens.chunks(n_batch).enumerate() {
-            let last_chunk = (ci + 1) * n_batch >= tokens.len();
+            let start = ci * n_batch;
             self.slots.clear();
             self.slots.extend((0..chunk.len()).map(|i| TokenSlot {
                 seq: 0,
                 pos: (self.n_past + i) as u32,
             }));
-            let want: Vec<u32> = if all_logits {
-                (0..chunk.len() as u32).collect()
-            } else if last_chunk {
-                vec![chunk.len() as u32 - 1]
-            } else {
-                Vec::new()
-            };
+            let want: Vec<u32> = (0..chunk.len() as u32)
+                .filter(|&i| start + i as usize >= from)
+                .collect();
             let tables = [self.cells.as_slice()];
             self.ctx.decode(
                 &Batch {

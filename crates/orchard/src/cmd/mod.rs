@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod inspect;
 pub mod logits;
 pub mod perplexity;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;

@@ -63,9 +63,10 @@ pub fn main(a: Args) -> Result<()> {
                 .context("the vocabulary adds BOS but has no BOS token")?;
         }
         s.clear();
-        s.feed(&chunk, a.batch_size, true, &mut logits)?;
+        // Only the scored half needs logits (the output head is the costliest matmul).
+        s.feed_logits_from(&chunk, a.batch_size, first, &mut logits)?;
         for j in first..n_ctx - 1 {
-            let row = &logits[j * n_vocab..(j + 1) * n_vocab];
+            let row = &logits[(j - first) * n_vocab..(j - first + 1) * n_vocab];
             let v = -log_softmax(row, tokens[start + j + 1] as usize);
             nll += v;
             nll2 += v * v;

@@ -58,12 +58,24 @@ pub struct Args {
     /// System message for --chat.
     #[arg(long)]
     system: Option<String>,
+    /// Skip the memory check that refuses a model + context that will not fit.
+    #[arg(long)]
+    no_fit_check: bool,
     /// Print one JSON object (prompt_ids, completion_ids, text, timings) instead of streaming.
     #[arg(long)]
     json: bool,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if !a.no_fit_check {
+        let req = orchard_plan::PlanRequest {
+            n_ctx: a.ctx_size,
+            n_batch: a.batch_size,
+            ..Default::default()
+        };
+        orchard_plan::check_or_refuse(&a.model, &req)
+            .map_err(|e| anyhow::anyhow!("{e} (--no-fit-check to run anyway)"))?;
+    }
     let t_load = Instant::now();
     let (model, tok, mut s) = session::load(&a.model, a.ctx_size, a.threads)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
