@@ -17,4 +17,6 @@ if command -v apt-get >/dev/null; then
 fi
 # The numpy dequantizers of the `gguf` package are the independent reference of the quant tests.
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install -q gguf numpy
+# Lets pip fetch llama-cpp-python's sdist (llama.cpp's source, for its server test suite).
+python3 -c 'import scikit_build_core' 2>/dev/null || python3 -m pip install -q scikit-build-core
 bash "$ROOT/scripts/fetch-models.sh"

@@ -148,14 +148,14 @@ fn score(s: f32, p: &AttnParams) -> f32 {
     }
 }
 
-/// Attention of one query head as ggml's tiled CPU flash attention computes it (batches of at
-/// least `FA_TILE_Q` queries): f32 Q, KV in tiles of `FA_TILE_KV` cells with a running max per
-/// tile, scores and V sums as sequential FMA chains, the tile's exp sum folded in f64.
-fn attend_f32(
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    cells: &[u32],
+/// Attention of a block of queries of one head as ggml's tiled CPU flash attention computes it
+/// (batches of at least `FA_TILE_Q` queries): f32 Q, KV in tiles of `FA_TILE_KV` cells with a
+/// running max per tile, scores and V sums as sequential FMA chains, the tile's exp sum folded
+/// in f64. The loops run across tile columns so that they vectorize without changing any
+/// element's order of operations.
+fn attend_block_f32(
+    queries: &[(&[f32], TokenSlot)],
+    cells: &[&[u32]],
     h: &HeadKv<'_>,
     p: &AttnParams,
     out: &mut [f32],
@@ -163,96 +163,137 @@ fn attend_f32(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
-        unsafe { attend_f32_fma(q, lo, hi, cells, h, p, out) };
+        unsafe { attend_block_f32_fma(queries, cells, h, p, out) };
         return;
     }
-    attend_f32_body(q, lo, hi, cells, h, p, out)
+    attend_block_f32_body(queries, cells, h, p, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn attend_f32_fma(
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    cells: &[u32],
+unsafe fn attend_block_f32_fma(
+    queries: &[(&[f32], TokenSlot)],
+    cells: &[&[u32]],
     h: &HeadKv<'_>,
     p: &AttnParams,
     out: &mut [f32],
 ) {
-    attend_f32_body(q, lo, hi, cells, h, p, out)
+    attend_block_f32_body(queries, cells, h, p, out)
 }
 
 /// ggml's `GGML_FA_TILE_KV`.
 const FA_TILE_KV: usize = 64;
 
 #[inline(always)]
-fn attend_f32_body(
-    q: &[f32],
-    lo: usize,
-    hi: usize,
-    cells: &[u32],
+fn attend_block_f32_body(
+    queries: &[(&[f32], TokenSlot)],
+    cells: &[&[u32]],
     h: &HeadKv<'_>,
     p: &AttnParams,
     out: &mut [f32],
 ) {
-    let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f32);
-    out.iter_mut().for_each(|v| *v = 0.0);
-    let mut kq = [0.0f32; FA_TILE_KV];
+    const T: usize = FA_TILE_KV;
+    let (dk, dv) = (h.dk, h.dv);
     let (scale, softcap) = match p.softcap {
         Some(cap) => (p.scale / cap, Some(cap)),
         None => (p.scale, None),
     };
-    for t0 in (lo / FA_TILE_KV * FA_TILE_KV..=hi).step_by(FA_TILE_KV) {
-        let mut tile_max = f32::NEG_INFINITY;
-        for (tk, v) in kq.iter_mut().enumerate() {
-            let pos = t0 + tk;
-            if pos < lo || pos > hi {
-                *v = f32::NEG_INFINITY;
+    let span = |tok: &TokenSlot| {
+        let hi = tok.pos as usize;
+        (p.window.map_or(0, |w| (hi + 1).saturating_sub(w)), hi)
+    };
+    let n_tiles = queries
+        .iter()
+        .map(|(_, t)| t.pos as usize / T + 1)
+        .max()
+        .unwrap_or(0);
+    let mut m = vec![f32::NEG_INFINITY; queries.len()];
+    let mut s = vec![0.0f32; queries.len()];
+    out.iter_mut().for_each(|v| *v = 0.0);
+    let mut k_t = vec![0.0f32; dk * T]; // [dk][T]: transposed so the score loop runs across cells
+    let mut v_t = vec![0.0f32; T * dv]; // [T][dv]
+    let mut kq = [0.0f32; T];
+    for tile in 0..n_tiles {
+        let t0 = tile * T;
+        let mut loaded: Option<u32> = None;
+        for (qi, (q, tok)) in queries.iter().enumerate() {
+            let (lo, hi) = span(tok);
+            if t0 > hi || t0 + T <= lo {
                 continue;
             }
-            let k = h.k(cells[pos]);
-            let mut acc = 0.0f32;
-            for (kv, qv) in k.iter().zip(q) {
-                acc = kv.to_f32().mul_add(*qv, acc);
+            let seq_cells = cells[tok.seq as usize];
+            if loaded != Some(tok.seq) {
+                // Cells past what this sequence holds are masked for every query of it.
+                for tk in 0..T {
+                    match seq_cells.get(t0 + tk) {
+                        Some(&c) if t0 + tk <= hi.max(t0) + T => {
+                            for (d, kv) in h.k(c).iter().enumerate() {
+                                k_t[d * T + tk] = kv.to_f32();
+                            }
+                            for (dst, vv) in v_t[tk * dv..(tk + 1) * dv].iter_mut().zip(h.v(c)) {
+                                *dst = vv.to_f32();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                loaded = Some(tok.seq);
             }
-            let mut x = acc * scale;
-            if let Some(cap) = softcap {
-                x = x.tanh() * cap;
+            kq.iter_mut().for_each(|v| *v = 0.0);
+            for (d, &qd) in q.iter().enumerate().take(dk) {
+                let col = &k_t[d * T..(d + 1) * T];
+                for (acc, &kv) in kq.iter_mut().zip(col) {
+                    *acc = kv.mul_add(qd, *acc);
+                }
             }
-            *v = x;
-            tile_max = tile_max.max(x);
-        }
-        if tile_max == f32::NEG_INFINITY {
-            continue;
-        }
-        let m_new = m.max(tile_max);
-        if m_new > m {
-            let ms = (m - m_new).exp();
-            out.iter_mut().for_each(|v| *v *= ms);
-            s *= ms;
-        }
-        m = m_new;
-        let mut sum = 0.0f64;
-        for chunk in kq.chunks_exact_mut(16) {
-            for v in chunk.iter_mut() {
-                *v = crate::ops::expf_ggml(*v - m);
+            let mut tile_max = f32::NEG_INFINITY;
+            for (tk, v) in kq.iter_mut().enumerate() {
+                let pos = t0 + tk;
+                if pos < lo || pos > hi {
+                    *v = f32::NEG_INFINITY;
+                    continue;
+                }
+                let mut x = *v * scale;
+                if let Some(cap) = softcap {
+                    x = x.tanh() * cap;
+                }
+                *v = x;
+                tile_max = tile_max.max(x);
             }
-            sum += crate::ops::reduce_add_16(chunk) as f64;
-        }
-        s = (s as f64 + sum) as f32;
-        for (tk, &w) in kq.iter().enumerate() {
-            let pos = t0 + tk;
-            if pos < lo || pos > hi {
-                continue; // w == 0: ggml's fma(0, v, acc) leaves acc unchanged
+            if tile_max == f32::NEG_INFINITY {
+                continue;
             }
-            for (o, x) in out.iter_mut().zip(h.v(cells[pos])) {
-                *o = x.to_f32().mul_add(w, *o);
+            let o = &mut out[qi * dv..(qi + 1) * dv];
+            let m_new = m[qi].max(tile_max);
+            if m_new > m[qi] {
+                let ms = (m[qi] - m_new).exp();
+                o.iter_mut().for_each(|v| *v *= ms);
+                s[qi] *= ms;
+            }
+            m[qi] = m_new;
+            let mut sum = 0.0f64;
+            for chunk in kq.chunks_exact_mut(16) {
+                for v in chunk.iter_mut() {
+                    *v = crate::ops::expf_ggml(*v - m_new);
+                }
+                sum += crate::ops::reduce_add_16(chunk) as f64;
+            }
+            s[qi] = (s[qi] as f64 + sum) as f32;
+            for (tk, &w) in kq.iter().enumerate() {
+                let pos = t0 + tk;
+                if pos < lo || pos > hi {
+                    continue; // w == 0: ggml's fma(0, v, acc) leaves acc unchanged
+                }
+                for (acc, &x) in o.iter_mut().zip(&v_t[tk * dv..(tk + 1) * dv]) {
+                    *acc = x.mul_add(w, *acc);
+                }
             }
         }
     }
-    let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-    out.iter_mut().for_each(|v| *v *= inv);
+    for (qi, o) in out.chunks_exact_mut(dv).enumerate() {
+        let inv = if s[qi] == 0.0 { 0.0 } else { 1.0 / s[qi] };
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 /// Attention of one query head as ggml's per-query flash attention computes it: Q rounded to
@@ -683,28 +724,59 @@ impl Backend for CpuBackend {
         // FA_TILE_Q queries and a per-query path with Q rounded to f16 and an f16 V accumulator
         // below that; we follow the same split so that logits agree at every batch size.
         let f32_path = n_tokens >= FA_TILE_Q;
-        o.par_chunks_mut(p.head_dim_v)
-            .enumerate()
-            .for_each(|(i, oh)| {
+        let (dv, row_w) = (p.head_dim_v, p.n_head * p.head_dim_v);
+        if f32_path {
+            // One task per (head, block of FA_TILE_Q queries), as ggml tiles it: each KV tile is
+            // converted to f32 once per block instead of once per query.
+            let units: Vec<(usize, usize)> = (0..p.n_head)
+                .flat_map(|h| (0..n_tokens).step_by(FA_TILE_Q).map(move |t0| (h, t0)))
+                .collect();
+            let blocks: Vec<Vec<f32>> = units
+                .par_iter()
+                .map(|&(h, t0)| {
+                    let t1 = (t0 + FA_TILE_Q).min(n_tokens);
+                    let head = HeadKv {
+                        kv,
+                        kvh: h / group,
+                        dk: p.head_dim_k,
+                        dv,
+                    };
+                    let queries: Vec<(&[f32], TokenSlot)> = (t0..t1)
+                        .map(|t| {
+                            (
+                                &qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k],
+                                batch.tokens[t],
+                            )
+                        })
+                        .collect();
+                    let mut local = vec![0.0f32; (t1 - t0) * dv];
+                    attend_block_f32(&queries, batch.cells, &head, p, &mut local);
+                    local
+                })
+                .collect();
+            for (&(h, t0), local) in units.iter().zip(&blocks) {
+                for (i, row) in local.chunks_exact(dv).enumerate() {
+                    let t = t0 + i;
+                    o[t * row_w + h * dv..t * row_w + (h + 1) * dv].copy_from_slice(row);
+                }
+            }
+        } else {
+            o.par_chunks_mut(dv).enumerate().for_each(|(i, oh)| {
                 let (t, h) = (i / p.n_head, i % p.n_head);
                 let tok = batch.tokens[t];
                 let cells = batch.cells[tok.seq as usize];
                 let hi = tok.pos as usize;
                 let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
-                let kvh = h / group;
                 let q_row = &qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k];
                 let head = HeadKv {
                     kv,
-                    kvh,
+                    kvh: h / group,
                     dk: p.head_dim_k,
-                    dv: p.head_dim_v,
+                    dv,
                 };
-                if f32_path {
-                    attend_f32(q_row, lo, hi, cells, &head, p, oh);
-                } else {
-                    attend_f16_acc(q_row, &cells[lo..=hi], &head, p, oh);
-                }
+                attend_f16_acc(q_row, &cells[lo..=hi], &head, p, oh);
             });
+        }
         let ob = &mut self.bufs[out.0 as usize];
         ob.data = o;
         ob.n_tokens = n_tokens;
