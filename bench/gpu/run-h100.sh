@@ -23,14 +23,16 @@ fi
 export WGPU_BACKEND=vulkan
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/card.txt"
 
-# llama.cpp CUDA build, low priority, in parallel with our runs (about 4 minutes on 16 cores).
-(
+# llama.cpp CUDA build, low priority, in parallel with our runs (about 4 minutes on 16 cores);
+# SKIP_LLAMA=1 leaves it out (a rerun of our side only).
+[ "${SKIP_LLAMA:-0}" = 1 ] || (
     cmake -S "$REPO/.llama" -B /tmp/lcb -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
         nice -n 19 cmake --build /tmp/lcb -j 14 --target llama-bench
 ) >"$OUT/llama-build.log" 2>&1 &
-BUILD=$!
+BUILD=${!:-}
+[ "${SKIP_LLAMA:-0}" = 1 ] && BUILD=
 
 # The card's device-to-device copy bandwidth (bytes read + written), through PyTorch.
 python3 - <<'EOF' 2>&1 | tee "$OUT/copy.txt"
@@ -47,10 +49,12 @@ EOF
 
 timeout 330 ./.bin/gpu_bench --kernels --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
     --synth 8b=/tmp/llama8b-synth-q4km.gguf -r 3 2>&1 | tee "$OUT/orchard.txt"
+# the same without rounding activations as the CPU does (f32 activations into the matmuls)
+timeout 120 ./.bin/gpu_bench --f32-act -r 3 /tmp/smollm2-synth-q4km.gguf \
+    /tmp/llama8b-synth-q4km.gguf 2>&1 | tee -a "$OUT/orchard.txt"
 
-wait $BUILD
-tail -3 "$OUT/llama-build.log"
-if [ -x /tmp/lcb/bin/llama-bench ]; then
+[ -n "$BUILD" ] && wait $BUILD && tail -3 "$OUT/llama-build.log"
+if [ -n "$BUILD" ] && [ -x /tmp/lcb/bin/llama-bench ]; then
     timeout 150 /tmp/lcb/bin/llama-bench -m /tmp/smollm2-synth-q4km.gguf \
         -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3 2>&1 | tee "$OUT/llama-cuda.txt"
 fi

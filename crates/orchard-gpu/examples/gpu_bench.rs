@@ -3,7 +3,7 @@
 //! format, tiled matmul throughput, buffer-copy bandwidth) that say what limits each kernel.
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
-//!        [--write-only] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
+//!        [--write-only] [--f32-act] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
 
 use orchard_backend::{Backend, HostWeight, TokenSlot};
 use orchard_core::DType;
@@ -18,6 +18,7 @@ struct Args {
     synth: Vec<(String, String)>,
     kernels: bool,
     write_only: bool,
+    f32_act: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -30,6 +31,7 @@ fn parse() -> Args {
         synth: Vec::new(),
         kernels: false,
         write_only: false,
+        f32_act: false,
         p: 512,
         n: 128,
         r: 3,
@@ -45,6 +47,7 @@ fn parse() -> Args {
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
             "--write-only" => a.write_only = true,
+            "--f32-act" => a.f32_act = true,
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
                 let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
@@ -65,7 +68,8 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn bench_model(path: &str, a: &Args) {
     let t = Instant::now();
     let model = Arc::new(Model::load(path).expect("model loads"));
-    let gpu = GpuBackend::new(None).expect("a GPU");
+    let mut gpu = GpuBackend::new(None).expect("a GPU");
+    gpu.set_exact_activations(!a.f32_act);
     let dev = gpu.adapter().clone();
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
@@ -143,10 +147,11 @@ fn bench_model(path: &str, a: &Args) {
             0
         }) as f64;
     println!(
-        "| {} | {:.2} GiB | {} | ngl {} | pp{} {:.1} ± {:.1} | tg{} {:.1} ± {:.1} | decode {:.0} GB/s | load {:.1} s |",
+        "| {}{} | {:.2} GiB | {} | ngl {} | pp{} {:.1} ± {:.1} | tg{} {:.1} ± {:.1} | decode {:.0} GB/s | load {:.1} s |",
         std::path::Path::new(path)
             .file_name()
             .map_or(path.into(), |f| f.to_string_lossy()),
+        if a.f32_act { " (f32 act)" } else { "" },
         gib,
         dev.name,
         a.ngl,
@@ -171,8 +176,7 @@ fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
             s = s.wrapping_mul(1664525).wrapping_add(1013904223);
             *v = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
         }
-        orchard_quant::quantize_row(dtype, &row, &mut bytes[r * row_bytes..][..row_bytes])
-            .unwrap();
+        orchard_quant::quantize_row(dtype, &row, &mut bytes[r * row_bytes..][..row_bytes]).unwrap();
     }
     let len = bytes.len();
     HostWeight {
@@ -249,11 +253,13 @@ fn main() {
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {
-        let spec = match shape.as_str() {
+        let mut spec = match shape.as_str() {
             "8b" => SynthSpec::llama_8b("Q4_K_M"),
             "smollm2" => SynthSpec::smollm2_135m("Q4_K_M"),
             other => panic!("unknown shape {other}"),
         };
+        // Values do not change speed; 1024 distinct rows per tensor keep writing fast.
+        spec.row_pool = Some(1024);
         let t = Instant::now();
         let s = write_synthetic_llama(std::path::Path::new(p), &spec).expect("synthetic model");
         eprintln!(

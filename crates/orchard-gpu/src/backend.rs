@@ -53,6 +53,10 @@ const MATVEC_MAX_TOKENS: usize = 8;
 const MATVEC_WG: u32 = 64;
 /// Output rows per matrix-vector workgroup (`NR` in the shader).
 const MATVEC_ROWS: usize = 4;
+/// Below this many rows the one-row-per-workgroup matrix-vector kernel is used.
+const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
+/// Below this many 128x128 tiles the 64x64-tile matmul is used.
+const MATMUL_MIN_BIG_TILES: usize = 256;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -80,6 +84,7 @@ enum Kernel {
     Rope,
     KvStore,
     Attention,
+    ActQuant,
 }
 
 impl Kernel {
@@ -91,11 +96,10 @@ impl Kernel {
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
             | Kernel::Norm
-            | Kernel::Glu => {
-                &[false, false, true]
-            }
+            | Kernel::Glu => &[false, false, true],
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
+            Kernel::ActQuant => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
         }
     }
@@ -185,6 +189,19 @@ pub struct GpuBackend {
     staging: Option<(wgpu::Buffer, u64)>,
     errors: Arc<Mutex<Vec<String>>>,
     submissions: u64,
+    /// Writes recorded per device buffer (by `Res::id`), to know when a quantized copy of an
+    /// activation is stale.
+    versions: HashMap<u64, u64>,
+    /// Activations rounded as the CPU quantizes them, per (buffer, activation format).
+    act_q: HashMap<(u32, u32), ActQ>,
+    exact_activations: bool,
+}
+
+/// A buffer's activations after the round trip through the CPU's activation format.
+struct ActQ {
+    src: (u64, u64),
+    res: Res,
+    cap: usize,
 }
 
 impl GpuBackend {
@@ -269,6 +286,9 @@ impl GpuBackend {
             staging: None,
             errors,
             submissions: 0,
+            versions: HashMap::new(),
+            act_q: HashMap::new(),
+            exact_activations: true,
         };
         me.sync();
         Ok(me)
@@ -287,6 +307,14 @@ impl GpuBackend {
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default()
+    }
+
+    /// Whether matmuls first round activations through the format the CPU backend quantizes
+    /// them to (Q8_0/Q8_1 per 32, Q8_K per 256, f16) — on by default, so that results agree
+    /// with the CPU to f32 rounding. Off, matmuls read f32 activations (a little faster, and
+    /// as accurate, but they then differ from the CPU by that quantization noise).
+    pub fn set_exact_activations(&mut self, on: bool) {
+        self.exact_activations = on;
     }
 
     /// Command submissions made so far (one per step when nothing overflows the arenas).
@@ -335,6 +363,7 @@ impl GpuBackend {
                 Kernel::Rope => (shaders::ROPE, 256, None),
                 Kernel::KvStore => (shaders::KV_STORE, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
+                Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = shaders::source(body, wg, fmt.as_ref());
             let module = self
@@ -397,8 +426,8 @@ impl GpuBackend {
     /// submission, flushing first when they would not fit, so that what an op pushes afterwards
     /// is never split from the op across two submissions.
     fn reserve(&mut self, n_ops: usize, aux_words: usize) {
-        let params_full = self.params.len() + n_ops * self.param_stride
-            > self.param_stride * PARAM_SLOTS;
+        let params_full =
+            self.params.len() + n_ops * self.param_stride > self.param_stride * PARAM_SLOTS;
         let aux_full = self.aux.len() + aux_words > self.aux_cap;
         if params_full || aux_full {
             self.flush(None);
@@ -472,12 +501,71 @@ impl GpuBackend {
         }
         let bind = self.binds[&(k, key)].clone();
         self.pipeline(k);
+        for (r, &rw) in res.iter().zip(k.bindings()) {
+            if rw {
+                *self.versions.entry(r.id).or_insert(0) += 1;
+            }
+        }
         self.cmds.push(Cmd::Dispatch {
             kernel: k,
             bind,
             offset,
             groups,
         });
+    }
+
+    fn push_copy(&mut self, src: wgpu::Buffer, src_off: u64, dst: &Res, dst_off: u64, size: u64) {
+        *self.versions.entry(dst.id).or_insert(0) += 1;
+        self.cmds.push(Cmd::Copy {
+            src,
+            src_off,
+            dst: dst.buf.clone(),
+            dst_off,
+            size,
+        });
+    }
+
+    /// `x` as a matmul with weights of `dtype` should read it: the buffer itself, or a copy
+    /// rounded through the CPU backend's activation format for that weight type.
+    fn matmul_input(&mut self, x: BufId, dtype: DType) -> Res {
+        let xr = self.res(x);
+        let vdt = orchard_quant::traits(dtype).map(|t| t.vec_dot_type);
+        let (mode, block) = match vdt {
+            Some(DType::Q8_0 | DType::Q8_1) => (0u32, 32usize),
+            Some(DType::Q8_K) => (1, 256),
+            Some(DType::F16) => (2, 1),
+            _ => return xr,
+        };
+        if !self.exact_activations {
+            return xr;
+        }
+        let n = self.buf(x).n_tokens * self.buf(x).width;
+        if !n.is_multiple_of(block) {
+            return xr;
+        }
+        let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
+        if let Some(q) = self.act_q.get(&(x.0, mode)) {
+            if q.src == src && q.cap >= n {
+                return q.res.clone();
+            }
+        }
+        let (res, cap) = match self.act_q.remove(&(x.0, mode)) {
+            Some(q) if q.cap >= n => (q.res, q.cap),
+            _ => (self.storage("act_q", (n * 4) as u64), n),
+        };
+        let (groups, gx) = self.grid(n, 256);
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[n as u32, block as u32, mode, gx]);
+        self.dispatch(Kernel::ActQuant, &[&xr, &res], p, groups);
+        self.act_q.insert(
+            (x.0, mode),
+            ActQ {
+                src,
+                res: res.clone(),
+                cap,
+            },
+        );
+        res
     }
 
     /// A 1-D launch of `n` work items in workgroups of `wg`, folded into 2-D when it exceeds the
@@ -679,7 +767,7 @@ impl Backend for GpuBackend {
             let raw_row = w.dtype.row_bytes(cols as u64).expect("checked") as usize;
             let bpr = fmt.padded_cols(cols) / fmt.block;
             // Bytes of one repacked row, scales rounded up, to size the chunks.
-            let gpu_row = bpr * (fmt.body_words() * 4 + 4);
+            let gpu_row = bpr * fmt.body_words() * 4 + fmt.scale_words(bpr) * 4 + 4;
             let max_bind = self
                 .limits
                 .max_storage_buffer_binding_size
@@ -713,7 +801,7 @@ impl Backend for GpuBackend {
         k_width: usize,
         v_width: usize,
     ) -> Result<(), BackendError> {
-        if k_width % 2 != 0 || v_width % 2 != 0 {
+        if !k_width.is_multiple_of(2) || !v_width.is_multiple_of(2) {
             return Err(device_error(format!(
                 "layer {layer}: odd KV widths {k_width}/{v_width} are not supported on the GPU"
             )));
@@ -779,13 +867,8 @@ impl Backend for GpuBackend {
         self.reserve(0, data.len());
         let off = self.push_aux(bytemuck::cast_slice(data));
         let dst = self.res(buf);
-        self.cmds.push(Cmd::Copy {
-            src: self.aux_res.buf.clone(),
-            src_off: off as u64 * 4,
-            dst: dst.buf,
-            dst_off: 0,
-            size: data.len() as u64 * 4,
-        });
+        let aux = self.aux_res.buf.clone();
+        self.push_copy(aux, off as u64 * 4, &dst, 0, data.len() as u64 * 4);
     }
 
     fn download(&mut self, buf: BufId, out: &mut Vec<f32>) {
@@ -833,16 +916,16 @@ impl Backend for GpuBackend {
         self.set_rows(dst, rows.len());
         let w = self.buf(src).width;
         assert_eq!(w, self.buf(dst).width, "copy_rows width mismatch");
-        let (s, d) = (self.res(src).buf, self.res(dst).buf);
+        let (s, d) = (self.res(src).buf, self.res(dst));
         let row_bytes = (w * 4) as u64;
         for (i, &r) in rows.iter().enumerate() {
-            self.cmds.push(Cmd::Copy {
-                src: s.clone(),
-                src_off: r as u64 * row_bytes,
-                dst: d.clone(),
-                dst_off: i as u64 * row_bytes,
-                size: row_bytes,
-            });
+            self.push_copy(
+                s.clone(),
+                r as u64 * row_bytes,
+                &d,
+                i as u64 * row_bytes,
+                row_bytes,
+            );
         }
     }
 
@@ -886,7 +969,8 @@ impl Backend for GpuBackend {
             .map(|c| (c.res.clone(), c.row0, c.rows, c.scale_off))
             .collect();
         self.set_rows(out, n);
-        let (xr, or) = (self.res(x), self.res(out));
+        let xr = self.matmul_input(x, fmt.dtype);
+        let or = self.res(out);
         let cpb = (fmt.block / 16) as u32;
         for (res, row0, crow, scale_off) in chunks {
             let mut p = [0u32; 16];
@@ -895,7 +979,8 @@ impl Backend for GpuBackend {
             p[9] = bpr as u32 * cpb;
             let dt = fmt.dtype;
             if n <= MATVEC_MAX_TOKENS {
-                let (k, per_group) = if ragged != 0 {
+                // Few rows: one row per workgroup keeps more workgroups in flight.
+                let (k, per_group) = if ragged != 0 || crow < MATVEC_MIN_BLOCKED_ROWS {
                     (Kernel::MatVecRagged(dt), 1)
                 } else {
                     (Kernel::MatVec(dt), MATVEC_ROWS)
@@ -906,7 +991,9 @@ impl Backend for GpuBackend {
                 self.dispatch(k, &[&res, &xr, &or], p, groups);
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
-                let (k, tile) = if ragged != 0 {
+                // Small products: 64x64 tiles fill the device where 128x128 would not.
+                let big_tiles = crow.div_ceil(128) * n.div_ceil(128);
+                let (k, tile) = if ragged != 0 || big_tiles < MATMUL_MIN_BIG_TILES {
                     (Kernel::MatMulRagged(dt), 64)
                 } else {
                     (Kernel::MatMul(dt), 128)
@@ -1032,14 +1119,19 @@ impl Backend for GpuBackend {
             .get(layer)
             .and_then(|l| l.as_ref())
             .ok_or(BackendError::NoKvCache { layer })?;
-        if p.head_dim_k > MAX_HEAD_DIM || p.head_dim_v > MAX_HEAD_DIM || p.head_dim_k % 2 != 0 {
+        if p.head_dim_k > MAX_HEAD_DIM || p.head_dim_v > MAX_HEAD_DIM || !p.head_dim_k.is_multiple_of(2) {
             return Err(device_error(format!(
                 "head dims {}/{} are not supported by the GPU attention kernel",
                 p.head_dim_k, p.head_dim_v
             )));
         }
-        let (kres, vres, kw, vw, n_cells) =
-            (kv.k.clone(), kv.v.clone(), kv.k_width, kv.v_width, kv.n_cells);
+        let (kres, vres, kw, vw, n_cells) = (
+            kv.k.clone(),
+            kv.v.clone(),
+            kv.k_width,
+            kv.v_width,
+            kv.n_cells,
+        );
         // Validate every cell before recording anything, as the CPU backend does.
         let mut tok_cells = Vec::with_capacity(n);
         let mut seq_len: HashMap<u32, usize> = HashMap::new();
@@ -1104,7 +1196,8 @@ impl Backend for GpuBackend {
             (vw / 2) as u32,
             (p.n_head * p.head_dim_v) as u32,
             ranges_off,
-            0,
+            // the CPU's per-query f16 path below ggml's flash-attention tile of 64 queries
+            u32::from(n < 64),
             0,
             0,
         ]);

@@ -20,6 +20,10 @@ pub(crate) enum Scale {
     Half(usize),
     /// A 32-bit word (two f16: Q4_1's d and m) at this byte offset.
     Word(usize),
+    /// K-quant super-block header (d, dmin and twelve bytes of packed 6-bit scales and mins
+    /// at the start of the block), stored unpacked as five words: (d, dmin), scales 0..7 and
+    /// mins 0..7 one byte each, so that a chunk reads its scale without branches.
+    KHeader,
 }
 
 /// How one weight type is laid out on the GPU.
@@ -48,6 +52,7 @@ impl Format {
             Scale::None => 0,
             Scale::Half(_) => n_blocks.div_ceil(2),
             Scale::Word(_) => n_blocks,
+            Scale::KHeader => 5 * n_blocks,
         }
     }
 
@@ -94,6 +99,27 @@ impl Format {
                             out[scale_off + b] =
                                 u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
                         }
+                        Scale::KHeader => {
+                            let h = &mut out[scale_off + 5 * b..scale_off + 5 * b + 5];
+                            h[0] = u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                            let q = &blk[4..16];
+                            let mut sc = [0u8; 8];
+                            let mut mn = [0u8; 8];
+                            for j in 0..8 {
+                                (sc[j], mn[j]) = if j < 4 {
+                                    (q[j] & 63, q[j + 4] & 63)
+                                } else {
+                                    (
+                                        (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                                        (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                                    )
+                                };
+                            }
+                            h[1] = u32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
+                            h[2] = u32::from_le_bytes([sc[4], sc[5], sc[6], sc[7]]);
+                            h[3] = u32::from_le_bytes([mn[0], mn[1], mn[2], mn[3]]);
+                            h[4] = u32::from_le_bytes([mn[4], mn[5], mn[6], mn[7]]);
+                        }
                     }
                 }
             }
@@ -119,8 +145,8 @@ pub(crate) fn format(dtype: DType) -> Option<Format> {
         DType::Q4_1 => f(32, 20, (4, 20), Scale::Word(0), Q4_1),
         DType::Q5_0 => f(32, 22, (2, 22), Scale::Half(0), Q5_0),
         DType::Q8_0 => f(32, 34, (2, 34), Scale::Half(0), Q8_0),
-        DType::Q4_K => f(256, 144, (0, 144), Scale::None, Q4_K),
-        DType::Q5_K => f(256, 176, (0, 176), Scale::None, Q5_K),
+        DType::Q4_K => f(256, 144, (16, 144), Scale::KHeader, Q4_K),
+        DType::Q5_K => f(256, 176, (16, 176), Scale::KHeader, Q5_K),
         DType::Q6_K => f(256, 210, (0, 208), Scale::Half(208), Q6_K),
         _ => return None,
     })
@@ -153,21 +179,17 @@ fn i8x4(w: u32) -> vec4<f32> {
     return vec4<f32>(f32(bitcast<i32>(w << 24u) >> 24u), f32(bitcast<i32>(w << 16u) >> 24u),
                      f32(bitcast<i32>(w << 8u) >> 24u), f32(bitcast<i32>(w) >> 24u));
 }
+// K-quant header (Scale::KHeader) at P.b.y + 5 b: scale and min of 32-element group `is`.
+fn k_scale_min(b: u32, is: u32) -> vec2<f32> {
+    let h = P.b.y + 5u * b;
+    let dm = unpack2x16float(W[h]);
+    let sh = 8u * (is & 3u);
+    let sc = f32((W[h + 1u + (is >> 2u)] >> sh) & 0xFFu);
+    let m = f32((W[h + 3u + (is >> 2u)] >> sh) & 0xFFu);
+    return vec2<f32>(dm.x * sc, dm.y * m);
+}
 fn byte_at(base: u32, i: u32) -> u32 {
     return (W[base + (i >> 2u)] >> (8u * (i & 3u))) & 0xFFu;
-}
-// ggml's get_scale_min_k4 over the 12 scale bytes in the three words from `base`: bytes
-// 0..3 hold the low 6 bits of scales 0..3 (top 2 bits: high bits of scales 4..7), bytes 4..7
-// the same for the mins, bytes 8..11 the low nibbles of scale and min 4..7.
-fn scale_min_k4(base: u32, j: u32) -> vec2<f32> {
-    let sh = 8u * (j & 3u);
-    let s0 = (W[base] >> sh) & 0xFFu;
-    let s1 = (W[base + 1u] >> sh) & 0xFFu;
-    if (j < 4u) {
-        return vec2<f32>(f32(s0 & 63u), f32(s1 & 63u));
-    }
-    let s2 = (W[base + 2u] >> sh) & 0xFFu;
-    return vec2<f32>(f32((s2 & 0xFu) | ((s0 >> 6u) << 4u)), f32((s2 >> 4u) | ((s1 >> 6u) << 4u)));
 }
 "#;
 
@@ -253,47 +275,38 @@ fn deq(b: u32, s: u32) -> array<vec4<f32>, 4> {
 }
 "#;
 
-// Q4_K: word 0 = (d, dmin), words 1..3 = 12 packed 6-bit scales/mins, words 4..35 = nibbles.
-// Group j (64 elements) uses bytes 32j..32j+32: low nibbles are elements 64j..64j+32 (scale
-// 2j), high nibbles 64j+32..64j+64 (scale 2j+1).
+// Q4_K body: 32 words of nibbles. Group j (64 elements) uses bytes 32j..32j+32: low nibbles
+// are elements 64j..64j+32 (scale 2j), high nibbles 64j+32..64j+64 (scale 2j+1).
 const Q4_K: &str = r#"
 const CPB: u32 = 16u;
 fn deq(b: u32, s: u32) -> array<vec4<f32>, 4> {
-    let o = b * 36u;
-    let dm = unpack2x16float(W[o]);
     let j = s >> 2u;
     let hi = (s >> 1u) & 1u;
-    let part = s & 1u;
-    let sm = scale_min_k4(o + 1u, 2u * j + hi);
-    let d = dm.x * sm.x;
-    let m = dm.y * sm.y;
-    let q = o + 4u + 8u * j + 4u * part;
+    let sm = k_scale_min(b, 2u * j + hi);
+    let q = b * 32u + 8u * j + 4u * (s & 1u);
     var r: array<vec4<f32>, 4>;
     for (var k = 0u; k < 4u; k++) {
-        r[k] = nib4(W[q + k], 4u * hi) * d - m;
+        r[k] = nib4(W[q + k], 4u * hi) * sm.x - sm.y;
     }
     return r;
 }
 "#;
 
-// Q5_K: as Q4_K with 32 bytes of high bits (words 4..11) before the nibbles (words 12..43);
-// bit 2j+hi of byte l is the fifth bit of element l of the 32-element half.
+// Q5_K body: 8 words of high bits, then 32 words of nibbles as Q4_K; bit 2j+hi of byte l of
+// the high bits is the fifth bit of element l of group j's half `hi`.
 const Q5_K: &str = r#"
 const CPB: u32 = 16u;
 fn deq(b: u32, s: u32) -> array<vec4<f32>, 4> {
-    let o = b * 44u;
-    let dm = unpack2x16float(W[o]);
     let j = s >> 2u;
     let hi = (s >> 1u) & 1u;
     let part = s & 1u;
-    let sm = scale_min_k4(o + 1u, 2u * j + hi);
-    let d = dm.x * sm.x;
-    let m = dm.y * sm.y;
-    let q = o + 12u + 8u * j + 4u * part;
-    let h = o + 4u + 4u * part;
+    let sm = k_scale_min(b, 2u * j + hi);
+    let o = b * 40u;
+    let q = o + 8u + 8u * j + 4u * part;
+    let h = o + 4u * part;
     var r: array<vec4<f32>, 4>;
     for (var k = 0u; k < 4u; k++) {
-        r[k] = (nib4(W[q + k], 4u * hi) + bit4(W[h + k], 2u * j + hi) * 16.0) * d - m;
+        r[k] = (nib4(W[q + k], 4u * hi) + bit4(W[h + k], 2u * j + hi) * 16.0) * sm.x - sm.y;
     }
     return r;
 }

@@ -10,7 +10,8 @@ struct Params { a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, f: vec4<f32> }
 @group(0) @binding(0) var<uniform> P: Params;
 "#;
 
-/// Matrix-vector product for decode: one workgroup per output row (and per token in `z`), its
+/// Matrix-vector product for decode (and for float rows that are not whole 16-element chunks,
+/// or matrices of few rows): one workgroup per output row (and per token in `z`), its
 /// threads striding over the row's 16-element chunks, then a shared-memory tree reduction.
 /// a = (rows, blocks per row, x row stride (= cols), out row stride)
 /// b = (out column offset, scale word offset, cols when rows are padded else 0, grid x)
@@ -62,7 +63,8 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
-/// Tiled matrix-matrix product for prompt processing: a 16x16 workgroup computes a TM x TN
+/// Tiled matrix-matrix product for prompt processing (and for small products and ragged float
+/// rows): a 16x16 workgroup computes a TM x TN
 /// tile (weight rows x tokens), each thread 4x4 outputs; per K step of 32 the weight tile is
 /// dequantized once into shared memory and the activation tile copied beside it.
 /// a = (rows, blocks per row, x row stride (= cols), out row stride)
@@ -453,6 +455,7 @@ var<workgroup> ps: array<f32, WG>;
 var<workgroup> cl: array<u32, WG>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> range: vec2<u32>;
+fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
 
 fn reduce_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -484,7 +487,13 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let dk = P.a.z;
     let dv = P.a.w;
     let kvh = h / P.a.y;
-    for (var i = lid; i < dk; i += WG) { qs[i] = Q[t * P.b.x + h * dk + i]; }
+    // Below 64 queries the CPU (as ggml) rounds Q to f16 and keeps an f16 V accumulator
+    // updated cell by cell; we follow it so that logits agree (P.c.y = 1).
+    let f16_mode = P.c.y != 0u;
+    for (var i = lid; i < dk; i += WG) {
+        let qv = Q[t * P.b.x + h * dk + i];
+        if (f16_mode) { qs[i] = round_f16(qv); } else { qs[i] = qv; }
+    }
     if (lid == 0u) { range = vec2<u32>(A[P.c.x + 2u * t], A[P.c.x + 2u * t + 1u]); }
     let rg = workgroupUniformLoad(&range);
     let off = rg.x;
@@ -512,6 +521,36 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
             }
         }
         cl[lid] = cell;
+        let n_in = min(WG, cnt - t0);
+        if (f16_mode) {
+            ps[lid] = s;
+            workgroupBarrier();
+            for (var jj = 0u; jj < n_in; jj++) {
+                let sj = ps[jj];
+                var ms = 1.0;
+                var vs = 1.0;
+                if (sj > m) {
+                    ms = exp(m - sj);
+                    m = sj;
+                } else {
+                    vs = exp(sj - m);
+                }
+                let hi0 = cl[jj] * P.b.z * 2u + kvh * dv;
+                for (var q = 0u; q < DPT; q++) {
+                    let dim = lid + q * WG;
+                    if (dim < dv) {
+                        var a = acc[q];
+                        if (ms != 1.0) { a = round_f16(a * ms); }
+                        let hi = hi0 + dim;
+                        let vv = unpack2x16float(V[hi >> 1u])[hi & 1u];
+                        acc[q] = round_f16(fma(vv, vs, a));
+                    }
+                }
+                lsum = fma(lsum, ms, vs);
+            }
+            workgroupBarrier();
+            continue;
+        }
         let mx = reduce_max(lid, s);
         let mn = max(m, mx);
         var p = 0.0;
@@ -520,7 +559,6 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let corr = exp(m - mn);
         let tsum = reduce_sum(lid, p);
         lsum = lsum * corr + tsum;
-        let n_in = min(WG, cnt - t0);
         for (var q = 0u; q < DPT; q++) {
             let dim = lid + q * WG;
             if (dim < dv) {
@@ -537,9 +575,60 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         m = mn;
         workgroupBarrier();
     }
+    var inv = 0.0;
+    if (lsum != 0.0) { inv = 1.0 / lsum; }
     for (var q = 0u; q < DPT; q++) {
         let dim = lid + q * WG;
-        if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] / lsum; }
+        if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] * inv; }
+    }
+}
+"#;
+
+/// Rounds activations through the format the CPU backend quantizes them to before a matmul, so
+/// that GPU and CPU products agree to f32 rounding. A workgroup takes 256 consecutive values
+/// (whole blocks), one per thread; each block's extreme is found by a segmented tree.
+/// mode 0: Q8_0/Q8_1 (32 values, d = amax/127 stored as f16, levels rounded half to even);
+/// mode 1: Q8_K (256 values, scale -127/max of the first signed extreme, d = 1/scale in f32);
+/// mode 2: f16 (block of 1). a = (n values, block size, mode, grid x).
+pub(crate) const ACT_QUANT: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> ai: array<u32, 256>;
+fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    let live = i < P.a.x;
+    var v = 0.0;
+    if (live) { v = X[i]; }
+    let bs = P.a.y;
+    if (P.a.z == 2u) {
+        if (live) { O[i] = round_f16(v); }
+        return;
+    }
+    am[lid] = abs(v);
+    ai[lid] = lid;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (st < bs && (lid % bs) < st) {
+            let o = lid + st;
+            if (am[o] > am[lid]) { am[lid] = am[o]; ai[lid] = ai[o]; }
+        }
+        workgroupBarrier();
+    }
+    let lead = lid - lid % bs;
+    let amax = am[lead];
+    if (!live) { return; }
+    if (P.a.z == 0u) {
+        var id = 0.0;
+        if (amax != 0.0) { id = 127.0 / amax; }
+        O[i] = clamp(round(v * id), -128.0, 127.0) * round_f16(amax / 127.0);
+    } else if (amax == 0.0) {
+        O[i] = 0.0;
+    } else {
+        let iscale = -127.0 / X[i - lid + ai[lead]];
+        O[i] = min(round(iscale * v), 127.0) * (1.0 / iscale);
     }
 }
 "#;

@@ -78,6 +78,9 @@ fn read(b: &mut dyn Backend, id: BufId) -> Vec<f32> {
     out
 }
 
+/// One op under test: runs on a backend and returns the output to compare.
+type OpFn<'a> = dyn Fn(&mut dyn Backend) -> Vec<f32> + 'a;
+
 /// Runs `f` on a fresh CPU backend and on `g`, returning (gpu, cpu) outputs.
 fn both(g: &mut GpuBackend, f: impl Fn(&mut dyn Backend) -> Vec<f32>) -> (Vec<f32>, Vec<f32>) {
     let mut cpu = CpuBackend::new();
@@ -145,18 +148,39 @@ fn matmul_every_format_and_shape() {
                     read(b, o)
                 });
                 let e = nmse(&got, &want);
-                // Against the dequantized weights times unquantized activations the GPU
-                // should agree to f32 rounding: this catches a misread block that the CPU's
-                // own activation-quantization noise could hide.
-                let exact = dequantized_product(&w, &xv, n);
-                let e_exact = nmse(&got, &exact);
+                // With activations rounded as the CPU quantizes them, only f32 summation
+                // order separates the two.
+                // Q4_1's dot adds the activation block sum as the CPU stored it (rounded to
+                // f16), which the rounded activations reproduce only to ~1e-6.
+                let tol = if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 };
+                assert!(
+                    e < tol,
+                    "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE {e}"
+                );
+                // Raw kernels (f32 activations) against the dequantized weights in f64: this
+                // checks the weight decoding on its own; against the CPU they differ by the
+                // 8-bit activation noise, which the bar (5e-4) bounds.
+                g.set_exact_activations(false);
+                let (raw, _) = both(&mut g, |b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, n, cols, &xv);
+                    let o = b.alloc(n, rows);
+                    b.matmul(wid, x, o);
+                    read(b, o)
+                });
+                g.set_exact_activations(true);
+                let e_raw = nmse(&raw, &want);
+                let e_exact = nmse(&raw, &dequantized_product(&w, &xv, n));
                 report.push(format!(
-                    "{dtype} {cols}x{rows} n={n}: vs cpu {e:.2e}, vs f64 {e_exact:.2e}"
+                    "{dtype} {cols}x{rows} n={n}: exact-act vs cpu {e:.2e}; f32-act vs cpu {e_raw:.2e}, vs f64 {e_exact:.2e}"
                 ));
-                assert!(e < 5e-4, "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE {e}");
+                assert!(
+                    e_raw < 5e-4,
+                    "f32-act matmul {dtype} {cols}x{rows} n={n}: {e_raw}"
+                );
                 assert!(
                     e_exact < 1e-9,
-                    "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE vs f64 {e_exact}"
+                    "f32-act matmul {dtype} cols={cols} rows={rows} n={n}: NMSE vs f64 {e_exact}"
                 );
             }
         }
@@ -183,8 +207,7 @@ fn matmul_splits_weights_larger_than_a_binding() {
             b.matmul(wid, x, o);
             read(b, o)
         });
-        assert!(nmse(&got, &want) < 5e-4);
-        assert!(nmse(&got, &dequantized_product(&w, &xv, n)) < 1e-9);
+        assert!(nmse(&got, &want) < 1e-9);
     }
 }
 
@@ -217,7 +240,7 @@ fn norms_and_elementwise_ops() {
         let yv = rng.vec(n * width, 1.0);
         let wv = rng.vec(width, 1.0);
         let w = weight("norm", DType::F32, width, 1, &wv);
-        let checks: Vec<(&str, Box<dyn Fn(&mut dyn Backend) -> Vec<f32>>)> = vec![
+        let checks: Vec<(&str, Box<OpFn>)> = vec![
             (
                 "rms_norm",
                 Box::new(|b| {
@@ -354,7 +377,10 @@ fn head_norm_and_rope() {
             read(b, x)
         });
         let e = nmse(&got, &want);
-        assert!(e < 1e-10, "head norm + rope hd={hd} n_rot={n_rot}: NMSE {e}");
+        assert!(
+            e < 1e-10,
+            "head norm + rope hd={hd} n_rot={n_rot}: NMSE {e}"
+        );
     }
 }
 
@@ -374,7 +400,9 @@ fn run_attention(b: &mut dyn Backend, case: &AttnCase, seed: u64) -> Vec<f32> {
         let j = ((r.f32() * 0.5 + 0.5) * i as f32) as usize % (i + 1);
         perm.swap(i, j);
     }
-    let tables: Vec<Vec<u32>> = (0..2).map(|s| perm[s * 128..(s + 1) * 128].to_vec()).collect();
+    let tables: Vec<Vec<u32>> = (0..2)
+        .map(|s| perm[s * 128..(s + 1) * 128].to_vec())
+        .collect();
     let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
     let (kw, vw) = (p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
     b.alloc_kv(3, n_cells, kw, vw).unwrap();
@@ -386,7 +414,12 @@ fn run_attention(b: &mut dyn Backend, case: &AttnCase, seed: u64) -> Vec<f32> {
             .flat_map(|(s, r)| r.clone().map(move |pos| TokenSlot { seq: *s, pos }))
             .collect();
         let n = tokens.len();
-        let q = buf(b, n, p.n_head * p.head_dim_k, &rng.vec(n * p.n_head * p.head_dim_k, 1.0));
+        let q = buf(
+            b,
+            n,
+            p.n_head * p.head_dim_k,
+            &rng.vec(n * p.n_head * p.head_dim_k, 1.0),
+        );
         let k = buf(b, n, kw, &rng.vec(n * kw, 1.0));
         let v = buf(b, n, vw, &rng.vec(n * vw, 1.0));
         let o = b.alloc(n, p.n_head * p.head_dim_v);
@@ -412,7 +445,7 @@ fn attention_decode_and_prefill() {
         window: None,
         softcap: None,
     };
-    let cases = vec![
+    let cases = [
         // prefill of two sequences in one batch (causal), then decode steps
         AttnCase {
             p: base,
@@ -448,8 +481,9 @@ fn attention_decode_and_prefill() {
     for (i, case) in cases.iter().enumerate() {
         let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
         let e = nmse(&got, &want);
-        // The CPU rounds Q and the V accumulator to f16 below 64 tokens, as ggml does.
-        assert!(e < 1e-5, "attention case {i}: NMSE {e}");
+        // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
+        eprintln!("attention case {i}: NMSE {e:.2e}");
+        assert!(e < 5e-9, "attention case {i}: NMSE {e}");
     }
 }
 
@@ -491,7 +525,10 @@ fn attention_errors_match_the_cpu() {
     };
     assert!(matches!(
         g.attention(0, q, q, q, &batch, &p, o),
-        Err(BackendError::CellOutOfRange { cell: 9, n_cells: 4 })
+        Err(BackendError::CellOutOfRange {
+            cell: 9,
+            n_cells: 4
+        })
     ));
     assert_eq!(g.kv_bytes(), 4 * 32 * 2);
 }
@@ -501,19 +538,30 @@ fn one_submission_per_step() {
     let mut g = gpu();
     let mut rng = Rng(1);
     let w = weight("w", DType::Q8_0, 64, 64, &rng.vec(64 * 64, 1.0));
-    let wid = g.add_weight(&w).unwrap();
-    let x = buf(&mut g, 1, 64, &rng.vec(64, 1.0));
-    let o = g.alloc(1, 64);
+    let xv = rng.vec(64, 1.0);
+    // 60 ops chained through one buffer (each reads what the previous wrote), then a download.
+    let run = |b: &mut dyn Backend| {
+        let wid = b.add_weight(&w).unwrap();
+        let x = buf(b, 1, 64, &xv);
+        let o = b.alloc(1, 64);
+        b.sync();
+        for _ in 0..20 {
+            b.matmul(wid, x, o);
+            b.add(x, o);
+            b.scale(x, 0.2);
+        }
+        read(b, x)
+    };
     let before = g.submissions();
-    for _ in 0..20 {
-        g.matmul(wid, x, o);
-        g.add(x, o);
-        g.scale(x, 0.5);
-    }
-    let mut out = Vec::new();
-    g.download(x, &mut out);
-    assert_eq!(g.submissions() - before, 1, "60 ops and a download in one submission");
-    assert!(out.iter().all(|v| v.is_finite()));
+    let got = run(&mut g);
+    assert_eq!(
+        g.submissions() - before,
+        2,
+        "setup, then 60 ops and a download in one"
+    );
+    let want = run(&mut CpuBackend::new());
+    let e = nmse(&got, &want);
+    assert!(e < 1e-9, "chained ops: NMSE {e}");
 }
 
 #[test]

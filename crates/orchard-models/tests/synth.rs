@@ -37,6 +37,7 @@ fn spec(ftype: &str) -> SynthSpec {
         seed: 42,
         sparse: false,
         tie_embeddings: false,
+        row_pool: None,
     }
 }
 
@@ -173,6 +174,23 @@ fn sparse_files_describe_without_storing() {
         .types
         .iter()
         .any(|&(t, n)| t == DType::Q6_K && n > 0));
+}
+
+#[test]
+fn row_pool_repeats_rows() {
+    let dir = TempDir::new("pool");
+    let path = dir.path().join("pool.gguf");
+    let s = SynthSpec {
+        row_pool: Some(8),
+        ..spec("Q8_0")
+    };
+    write_synthetic_llama(&path, &s).unwrap();
+    let m = Model::load(&path).unwrap();
+    let t = m.tensors.iter().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    let row = t.dtype.row_bytes(t.row_len() as u64).unwrap() as usize;
+    let b = t.bytes();
+    assert_eq!(&b[..row], &b[8 * row..9 * row]);
+    assert_ne!(&b[..row], &b[row..2 * row]);
 }
 
 #[test]
