@@ -31,6 +31,10 @@ pub struct SynthSpec {
     /// No `output.weight`: the head reuses `token_embd` (SmolLM2, Gemma), which then gets the
     /// output's type as llama-quantize does for tied embeddings.
     pub tie_embeddings: bool,
+    /// Quantize at most this many distinct random rows per tensor and repeat them: for speed
+    /// benchmarks of large shapes, where the values do not matter but quantizing billions of
+    /// them with the reference quantizers takes minutes. `None`: every row is drawn.
+    pub row_pool: Option<usize>,
 }
 
 impl SynthSpec {
@@ -47,6 +51,7 @@ impl SynthSpec {
             seed: 1,
             sparse: false,
             tie_embeddings: true,
+            row_pool: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl SynthSpec {
             seed: 1,
             sparse: false,
             tie_embeddings: false,
+            row_pool: None,
         }
     }
 }
@@ -125,7 +131,7 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 
 /// llama.cpp's fallback when a row is not a whole number of 256-element K-quant blocks.
 fn fit(dtype: DType, row_len: usize) -> DType {
-    if row_len % dtype.block_size() == 0 {
+    if row_len.is_multiple_of(dtype.block_size()) {
         return dtype;
     }
     let fallback = match dtype {
@@ -134,7 +140,7 @@ fn fit(dtype: DType, row_len: usize) -> DType {
         DType::Q6_K => DType::Q8_0,
         other => other,
     };
-    if row_len % fallback.block_size() == 0 {
+    if row_len.is_multiple_of(fallback.block_size()) {
         fallback
     } else {
         DType::F16
@@ -209,9 +215,26 @@ impl Rng {
     }
 }
 
-/// Quantizes `rows` random rows of `cols` values in `[-scale, scale]`, split over threads.
-fn random_tensor(dtype: DType, cols: usize, rows: usize, scale: f32, seed: u64) -> Vec<u8> {
+/// Quantizes `rows` random rows of `cols` values in `[-scale, scale]`, split over threads;
+/// with a `pool`, only that many distinct rows are drawn and then repeated.
+fn random_tensor(
+    dtype: DType,
+    cols: usize,
+    rows: usize,
+    scale: f32,
+    seed: u64,
+    pool: Option<usize>,
+) -> Vec<u8> {
     let row_bytes = dtype.row_bytes(cols as u64).expect("fitted type") as usize;
+    if let Some(p) = pool.filter(|&p| p > 0 && p < rows) {
+        let distinct = random_tensor(dtype, cols, p, scale, seed, None);
+        let mut data = Vec::with_capacity(row_bytes * rows);
+        while data.len() < row_bytes * rows {
+            let take = (row_bytes * rows - data.len()).min(distinct.len());
+            data.extend_from_slice(&distinct[..take]);
+        }
+        return data;
+    }
     let mut data = vec![0u8; row_bytes * rows];
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -247,14 +270,17 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
     if spec.n_layer == 0 || spec.n_embd == 0 || spec.n_ff == 0 || spec.n_head == 0 {
         return Err(bad("shape", "layers, widths and heads must be non-zero"));
     }
-    if spec.n_head_kv == 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % spec.n_head != 0 {
+    if spec.n_head_kv == 0
+        || !spec.n_head.is_multiple_of(spec.n_head_kv)
+        || !spec.n_embd.is_multiple_of(spec.n_head)
+    {
         return Err(bad(
             "n_head_kv",
             "head_count_kv must divide head_count, which must divide n_embd",
         ));
     }
     let head_dim = spec.n_embd / spec.n_head;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(bad("n_head", "the head size must be even for RoPE"));
     }
     if spec.n_vocab < 258 {
@@ -357,7 +383,7 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
                 name,
                 dims,
                 dtype,
-                random_tensor(dtype, cols, rows, scale, seed),
+                random_tensor(dtype, cols, rows, scale, seed, spec.row_pool),
             )?;
         }
         Ok(())

@@ -186,7 +186,11 @@ fn row_pool_repeats_rows() {
     };
     write_synthetic_llama(&path, &s).unwrap();
     let m = Model::load(&path).unwrap();
-    let t = m.tensors.iter().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    let t = m
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.ffn_up.weight")
+        .unwrap();
     let row = t.dtype.row_bytes(t.row_len() as u64).unwrap() as usize;
     let b = t.bytes();
     assert_eq!(&b[..row], &b[8 * row..9 * row]);
