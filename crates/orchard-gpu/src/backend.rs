@@ -1119,7 +1119,10 @@ impl Backend for GpuBackend {
             .get(layer)
             .and_then(|l| l.as_ref())
             .ok_or(BackendError::NoKvCache { layer })?;
-        if p.head_dim_k > MAX_HEAD_DIM || p.head_dim_v > MAX_HEAD_DIM || !p.head_dim_k.is_multiple_of(2) {
+        if p.head_dim_k > MAX_HEAD_DIM
+            || p.head_dim_v > MAX_HEAD_DIM
+            || !p.head_dim_k.is_multiple_of(2)
+        {
             return Err(device_error(format!(
                 "head dims {}/{} are not supported by the GPU attention kernel",
                 p.head_dim_k, p.head_dim_v
