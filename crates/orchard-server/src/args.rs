@@ -73,6 +73,10 @@ pub struct ServerArgs {
     /// Thinking in chat templates that support it: on, off or auto (the template's default).
     #[arg(long = "reasoning", env = "LLAMA_ARG_REASONING")]
     pub reasoning: Option<String>,
+    /// Enable GET /cors-proxy?url=http://... for the web UI's tool servers (forwards only the
+    /// `x-llama-server-proxy-header-*` headers; off by default).
+    #[arg(long = "ui-mcp-proxy", env = "LLAMA_ARG_UI_MCP_PROXY")]
+    pub ui_mcp_proxy: bool,
     /// Tags reported by /v1/models (comma-separated).
     #[arg(long = "tags", env = "LLAMA_ARG_TAGS")]
     pub tags: Option<String>,
@@ -209,7 +213,6 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("--no-mmproj", false),
     ("--backend_sampling", false),
     ("--backend-sampling", false),
-    ("--ui-mcp-proxy", false),
     ("--no-models-autoload", false),
     ("--grp-attn-n", true),
     ("--grp-attn-w", true),
@@ -362,6 +365,7 @@ pub struct Settings {
     pub metrics: bool,
     pub aliases: Vec<String>,
     pub tags: Vec<String>,
+    pub cors_proxy: bool,
     /// `--reasoning off`: templates are told `enable_thinking = false` and the reply starts
     /// after an empty thinking block.
     pub reasoning_off: bool,
@@ -532,6 +536,7 @@ impl ServerArgs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            cors_proxy: self.ui_mcp_proxy,
             reasoning_off: match self.reasoning.as_deref() {
                 None | Some("auto") | Some("on") => false,
                 Some("off") => true,

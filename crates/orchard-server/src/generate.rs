@@ -1238,6 +1238,20 @@ pub fn render_chat(l: &Loaded, o: &Obj) -> Result<String, ApiError> {
     if let Some(t) = get(o, "tools") {
         extra.insert("tools".into(), t.clone());
     }
+    // llama.cpp gives templates today's date as `datetime` ("%b %d %Y"; firefunction uses it).
+    if !extra.contains_key("datetime") {
+        extra.insert("datetime".into(), Value::String(today_b_d_y()));
+    }
+    // ... and, for firefunction-style templates, the tools as a JSON string.
+    if !extra.contains_key("functions")
+        && l.template.source().is_some_and(|s| s.contains("functions"))
+    {
+        let f = match get(o, "tools") {
+            Some(t) => serde_json::to_string(t).unwrap_or_default(),
+            None => String::new(),
+        };
+        extra.insert("functions".into(), Value::String(f));
+    }
     if l.reasoning_off && !extra.contains_key("enable_thinking") {
         extra.insert("enable_thinking".into(), Value::Bool(false));
     }
@@ -1260,6 +1274,29 @@ pub fn render_chat(l: &Loaded, o: &Obj) -> Result<String, ApiError> {
         close_thinking(l.template.source().unwrap_or(""), &mut text);
     }
     Ok(text)
+}
+
+/// Today's UTC date as strftime's "%b %d %Y".
+fn today_b_d_y() -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d) = civil_from_days((unix_now() / 86_400) as i64);
+    format!("{} {:02} {}", MONTHS[(m - 1) as usize], d, y)
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// With thinking off, templates that do not handle `enable_thinking` themselves get an empty
@@ -1385,4 +1422,14 @@ pub fn parse_messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(20_453), (2025, 12, 31));
+    }
 }

@@ -751,7 +751,16 @@ mod tests {
             &dd,
         )
         .unwrap();
+        assert_eq!(r.max_tokens, Some(100));
+        let r = parse_gen(json!({}).as_object().unwrap(), Api::Llama, &dd).unwrap();
         assert_eq!(r.max_tokens, Some(64));
+        let r = parse_gen(
+            json!({"n_predict": -1}).as_object().unwrap(),
+            Api::Llama,
+            &dd,
+        )
+        .unwrap();
+        assert_eq!(r.max_tokens, None);
         let r = parse(
             json!({"max_completion_tokens": 5, "max_tokens": 9}),
             Api::Chat,

@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/props", get(props))
         .route("/slots", get(slots))
         .route("/metrics", get(metrics))
+        .route("/cors-proxy", get(cors_proxy))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/apply-template", post(apply_template))
@@ -309,6 +310,85 @@ async fn metrics(State(st): St) -> Result<Response, ApiError> {
         text,
     )
         .into_response())
+}
+
+/// llama-server's `/cors-proxy` (with `--ui-mcp-proxy`): fetches a plain-http URL for the web
+/// UI. Only the headers sent as `x-llama-server-proxy-header-NAME` are forwarded (as `NAME`), so
+/// the caller's own credentials and cookies never leave.
+async fn cors_proxy(
+    State(st): St,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !st.settings.cors_proxy {
+        let mut e = ApiError::invalid("the CORS proxy is disabled (start with --ui-mcp-proxy)");
+        e.status = StatusCode::FORBIDDEN;
+        e.kind = "permission_error";
+        return Err(e);
+    }
+    let url = q
+        .get("url")
+        .ok_or_else(|| ApiError::param("url", "`url` is required"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ApiError::param("url", "only http:// URLs can be proxied"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n");
+    for (k, v) in &headers {
+        if let Some(name) = k.as_str().strip_prefix("x-llama-server-proxy-header-") {
+            if let Ok(v) = v.to_str() {
+                if !name.is_empty() && !v.contains(['\r', '\n']) {
+                    req.push_str(&format!("{name}: {v}\r\n"));
+                }
+            }
+        }
+    }
+    req.push_str("\r\n");
+    let fetch = async {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await?;
+        sock.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        sock.take(16 << 20).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(std::time::Duration::from_secs(30), fetch)
+        .await
+        .map_err(|_| ApiError::server("the proxied server timed out"))?
+        .map_err(|e| ApiError::server(format!("proxy fetch failed: {e}")))?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| ApiError::server("malformed upstream response"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut res = (status, buf[split + 4..].to_vec()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&ctype) {
+        res.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(res)
 }
 
 async fn tokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
