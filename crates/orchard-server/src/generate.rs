@@ -674,6 +674,19 @@ fn final_body(job: &Job) -> Result<Value, ApiError> {
                 "timings": job.choices.first().map(|c| c.timings_json()).unwrap_or(Value::Null),
             })
         }
+        Api::Anthropic => {
+            let c = &job.choices[0];
+            json!({
+                "id": job.id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": c.text}],
+                "stop_reason": crate::anthropic::stop_reason(c),
+                "stop_sequence": c.stop_text,
+                "usage": crate::anthropic::usage(c),
+            })
+        }
         Api::Chat => {
             let choices: Vec<Value> = job
                 .choices
@@ -699,7 +712,7 @@ fn final_body(job: &Job) -> Result<Value, ApiError> {
             })
         }
     };
-    if job.verbose && job.api != Api::Llama {
+    if job.verbose && matches!(job.api, Api::Chat | Api::OaiCompletion) {
         body["__verbose"] = json!({
             "prompt": job.prompt_text.first().cloned().unwrap_or_default(),
             "content": job.choices.first().map(|c| c.text.clone()).unwrap_or_default(),
@@ -939,6 +952,38 @@ fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
                 "choices": [{"index": i, "delta": {}, "logprobs": null, "finish_reason": c.oai_finish()}],
             })));
         }
+        (Api::Anthropic, Event::Started { .. }) => {
+            let mut usage = crate::anthropic::usage(c);
+            usage["output_tokens"] = json!(0);
+            out.push(crate::anthropic::event("message_start", &json!({
+                "type": "message_start",
+                "message": {"id": job.id, "type": "message", "role": "assistant", "content": [],
+                            "model": model, "stop_reason": null, "stop_sequence": null, "usage": usage},
+            })));
+            out.push(crate::anthropic::event("content_block_start", &json!({
+                "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""},
+            })));
+        }
+        (Api::Anthropic, Event::Token { text, .. }) if !text.is_empty() => {
+            out.push(crate::anthropic::event("content_block_delta", &json!({
+                    "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text},
+                })));
+        }
+        (Api::Anthropic, Event::Done { .. }) => {
+            out.push(crate::anthropic::event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ));
+            out.push(crate::anthropic::event("message_delta", &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": crate::anthropic::stop_reason(c), "stop_sequence": c.stop_text},
+                "usage": {"output_tokens": c.usage.completion_tokens},
+            })));
+            out.push(crate::anthropic::event(
+                "message_stop",
+                &json!({"type": "message_stop"}),
+            ));
+        }
         (_, Event::Error { message }) => {
             let e = if message.contains("context") {
                 ApiError::server(format!("Context size has been exceeded: {message}"))
@@ -973,7 +1018,7 @@ pub async fn respond_sse(job: Job, rx: mpsc::UnboundedReceiver<(usize, Event)>) 
             loop {
                 if st.job.choices.iter().all(Choice::done) {
                     st.finished = true;
-                    if st.job.api != Api::Llama
+                    if matches!(st.job.api, Api::Chat | Api::OaiCompletion)
                         && st.job.gen.include_usage
                         && st.job.choices.iter().all(|c| c.error.is_none())
                     {
@@ -990,7 +1035,7 @@ pub async fn respond_sse(job: Job, rx: mpsc::UnboundedReceiver<(usize, Event)>) 
                             "timings": st.job.choices.first().map(|c| c.timings_json()).unwrap_or(Value::Null),
                         })));
                     }
-                    if st.job.api != Api::Llama {
+                    if matches!(st.job.api, Api::Chat | Api::OaiCompletion) {
                         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
                     }
                     let all: Vec<u8> = out.concat();
@@ -1148,6 +1193,11 @@ pub async fn run(
     o: Obj,
 ) -> Result<Response, ApiError> {
     let l = state.loaded().cloned().ok_or_else(ApiError::loading)?;
+    let o = if api == Api::Anthropic {
+        crate::anthropic::to_chat(&o)?
+    } else {
+        o
+    };
     check_model(&l, &o)?;
     let s = &state.settings;
     let defaults = params::Defaults {
@@ -1160,15 +1210,19 @@ pub async fn run(
         n_predict: s.n_predict,
         cache_prompt: s.cache_prompt,
     };
-    let gen = parse_gen(&o, api, &defaults)?;
+    let gen = parse_gen(
+        &o,
+        if api == Api::Anthropic {
+            Api::Chat
+        } else {
+            api
+        },
+        &defaults,
+    )?;
     let tok = l.tokenizer.clone();
     let (prompts, prompt_text): (Vec<Vec<TokenId>>, Vec<String>) = match api {
-        Api::Chat => {
-            let text = render_chat(&l, &o)?;
-            let stripped = text
-                .strip_prefix(l.bos_text.as_str())
-                .filter(|_| !l.bos_text.is_empty());
-            let toks = tok.encode(stripped.unwrap_or(&text), true, true);
+        Api::Chat | Api::Anthropic => {
+            let toks = chat_prompt(&l, &o, api == Api::Anthropic)?;
             let shown = tok.decode(&toks, false);
             (vec![toks], vec![shown])
         }
@@ -1188,11 +1242,19 @@ pub async fn run(
         api,
         endpoint: match api {
             Api::Chat => "chat",
+            Api::Anthropic => "messages",
             Api::OaiCompletion => "completions",
             Api::Llama => "completion",
         },
         loaded: l,
-        id: new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" }, &state),
+        id: new_id(
+            match api {
+                Api::Chat => "chatcmpl",
+                Api::Anthropic => "msg",
+                _ => "cmpl",
+            },
+            &state,
+        ),
         created: unix_now(),
         prompt_text,
         verbose,
@@ -1210,8 +1272,8 @@ pub async fn run(
 
 /// The chat prompt's tokens: special tokens in the rendered text are parsed, and BOS is added by
 /// the tokenizer's rule only, never twice when the template wrote it already.
-pub fn chat_prompt(l: &Loaded, o: &Obj) -> Result<Vec<TokenId>, ApiError> {
-    let text = render_chat(l, o)?;
+pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId>, ApiError> {
+    let text = render_chat(l, o, allow_empty)?;
     let stripped = text
         .strip_prefix(l.bos_text.as_str())
         .filter(|_| !l.bos_text.is_empty());
@@ -1219,8 +1281,8 @@ pub fn chat_prompt(l: &Loaded, o: &Obj) -> Result<Vec<TokenId>, ApiError> {
 }
 
 /// Checks and renders `messages` with the chat template.
-pub fn render_chat(l: &Loaded, o: &Obj) -> Result<String, ApiError> {
-    let msgs = parse_messages(o)?;
+pub fn render_chat(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<String, ApiError> {
+    let msgs = parse_messages(o, allow_empty)?;
     let add_gen = opt_bool(o, "add_generation_prompt")?;
     let cont = opt_bool(o, "continue_final_message")?.unwrap_or(false);
     if cont && add_gen == Some(true) {
@@ -1316,7 +1378,7 @@ fn close_thinking(source: &str, text: &mut String) {
 }
 
 /// OpenAI messages into template messages, refusing malformed ones with a 400.
-pub fn parse_messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
+pub fn parse_messages(o: &Obj, allow_empty: bool) -> Result<Vec<ChatMessage>, ApiError> {
     let Some(v) = o.get("messages") else {
         return Err(
             ApiError::param("messages", "`messages` is required").with_code("missing_field")
@@ -1329,7 +1391,7 @@ pub fn parse_messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
         )
         .with_code("invalid_type"));
     };
-    if a.is_empty() {
+    if a.is_empty() && !allow_empty {
         return Err(ApiError::param("messages", "`messages` must not be empty"));
     }
     let mut out = Vec::with_capacity(a.len());
@@ -1382,6 +1444,18 @@ pub fn parse_messages(o: &Obj) -> Result<Vec<ChatMessage>, ApiError> {
                                     ))
                                 }
                             }
+                        }
+                        Value::Object(po)
+                            if matches!(
+                                po.get("type").and_then(Value::as_str),
+                                Some("image_url" | "input_audio")
+                            ) =>
+                        {
+                            // llama-server's status and wording for a model without a projector.
+                            return Err(ApiError::server(
+                                "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+                            )
+                            .with_code("unsupported_content"));
                         }
                         Value::Object(po) => {
                             let t = po.get("type").and_then(Value::as_str).unwrap_or("?");

@@ -12,6 +12,7 @@
 //! limited to `n_ctx / n_parallel` tokens as in llama-server (prompt and generation); with it, a
 //! sequence may use the whole pool.
 
+mod anthropic;
 mod args;
 mod auth;
 mod error;

@@ -153,6 +153,8 @@ pub enum Api {
     OaiCompletion,
     /// llama-server's `/completion`
     Llama,
+    /// Anthropic's `/v1/messages` (translated to a chat body before parsing)
+    Anthropic,
 }
 
 pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError> {
@@ -226,7 +228,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
 
     // Token budget: the field names differ by API; -1 means "until the context is full".
     let fields: &[&str] = match api {
-        Api::Chat => &["max_completion_tokens", "max_tokens", "n_predict"],
+        Api::Chat | Api::Anthropic => &["max_completion_tokens", "max_tokens", "n_predict"],
         Api::OaiCompletion => &["max_tokens", "n_predict"],
         Api::Llama => &["n_predict", "max_tokens"],
     };
@@ -304,7 +306,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
 
     // Log-probabilities.
     let (logprobs, n_probs) = match api {
-        Api::Chat => {
+        Api::Chat | Api::Anthropic => {
             let on = opt_bool(o, "logprobs")?.unwrap_or(false);
             let top = opt_i64(o, "top_logprobs")?;
             if let Some(t) = top {

@@ -46,6 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions/input_tokens", post(input_tokens))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/chat/completions/input_tokens", post(input_tokens))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), auth_layer))
@@ -458,14 +460,22 @@ async fn detokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> 
 async fn input_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
     let l = loaded(&st)?;
-    let toks = generate::chat_prompt(&l, &o)?;
+    let toks = generate::chat_prompt(&l, &o, false)?;
+    Ok(Json(json!({ "input_tokens": toks.len() })))
+}
+
+async fn count_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let l = loaded(&st)?;
+    let chat = crate::anthropic::to_chat(&o)?;
+    let toks = generate::chat_prompt(&l, &chat, true)?;
     Ok(Json(json!({ "input_tokens": toks.len() })))
 }
 
 async fn apply_template(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
     let l = loaded(&st)?;
-    Ok(Json(json!({ "prompt": render_chat(&l, &o)? })))
+    Ok(Json(json!({ "prompt": render_chat(&l, &o, false)? })))
 }
 
 async fn embeddings(
@@ -652,6 +662,10 @@ async fn completion_llama(
 
 async fn completion_oai(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
     gen(st, p, Api::OaiCompletion, body).await
+}
+
+async fn messages(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
+    gen(st, p, Api::Anthropic, body).await
 }
 
 async fn chat(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
