@@ -366,6 +366,10 @@ pub struct Settings {
     pub aliases: Vec<String>,
     pub tags: Vec<String>,
     pub cors_proxy: bool,
+    /// Vertex AI prediction mode (`AIP_MODE=PREDICTION`): the predict route, if enabled.
+    pub gcp_predict_route: Option<String>,
+    /// `AIP_HEALTH_ROUTE`: an extra health route in prediction mode.
+    pub gcp_health_route: Option<String>,
     /// `--reasoning off`: templates are told `enable_thinking = false` and the reply starts
     /// after an empty thinking block.
     pub reasoning_off: bool,
@@ -503,6 +507,14 @@ impl ServerArgs {
             }
             Some(s) => Some(s as u64),
         };
+        let gcp = std::env::var("AIP_MODE").is_ok_and(|m| m == "PREDICTION");
+        let gcp_port = if gcp {
+            std::env::var("AIP_HTTP_PORT")
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+        } else {
+            None
+        };
         let pooling = self.pooling.clone().or(file.pooling);
         let pooling_last = match pooling.as_deref() {
             None | Some("mean") | Some("none") | Some("cls") => false,
@@ -522,7 +534,11 @@ impl ServerArgs {
             ubatch_size,
             n_predict: self.n_predict.or(file.n_predict).unwrap_or(-1),
             hosts,
-            port: self.port.or(file.port).unwrap_or(8080),
+            // Vertex AI tells the container which port to serve on.
+            port: match gcp_port {
+                Some(p) => p,
+                None => self.port.or(file.port).unwrap_or(8080),
+            },
             api_keys,
             metrics: self.metrics || file.metrics.unwrap_or(false),
             aliases,
@@ -537,6 +553,15 @@ impl ServerArgs {
                 })
                 .unwrap_or_default(),
             cors_proxy: self.ui_mcp_proxy,
+            gcp_predict_route: gcp
+                .then(|| std::env::var("AIP_PREDICT_ROUTE").unwrap_or_else(|_| "/predict".into())),
+            gcp_health_route: if gcp {
+                std::env::var("AIP_HEALTH_ROUTE")
+                    .ok()
+                    .filter(|r| r.starts_with('/'))
+            } else {
+                None
+            },
             reasoning_off: match self.reasoning.as_deref() {
                 None | Some("auto") | Some("on") => false,
                 Some("off") => true,

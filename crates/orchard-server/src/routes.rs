@@ -24,7 +24,14 @@ use crate::state::AppState;
 type St = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut r = Router::new();
+    if let Some(p) = &state.settings.gcp_predict_route {
+        r = r.route(p, post(gcp_predict));
+    }
+    if let Some(p) = &state.settings.gcp_health_route {
+        r = r.route(p, get(health));
+    }
+    let app = r
         .route("/", get(index))
         .route("/health", get(health))
         .route("/v1/health", get(health))
@@ -52,7 +59,121 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), auth_layer))
         .layer(middleware::from_fn(cors_layer))
-        .with_state(state)
+        .with_state(state.clone());
+    // Only prediction mode needs the router from inside a handler; storing it makes a cycle
+    // through the state, so the state then lives as long as the process.
+    if state.settings.gcp_predict_route.is_some() {
+        let _ = state.router.set(app.clone());
+    }
+    app
+}
+
+/// Vertex AI's `@requestFormat` for a route: `/v1/chat/completions` -> `chatCompletions`.
+fn gcp_format(path: &str) -> String {
+    let s = path.strip_prefix("/v1").unwrap_or(path);
+    let s = s.strip_prefix('/').unwrap_or(s);
+    let mut out = String::new();
+    let mut cap = false;
+    for c in s.chars() {
+        if matches!(c, '/' | '-' | '_') {
+            cap = true;
+        } else {
+            out.push(if cap { c.to_ascii_uppercase() } else { c });
+            cap = false;
+        }
+    }
+    out
+}
+
+/// The POST routes a Vertex AI instance may name, llama-server style (`/v1` routes win).
+const GCP_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/completion",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+];
+
+/// Vertex AI prediction: every instance is run through our own routes (never streamed) and the
+/// answers are returned in order as `predictions`.
+async fn gcp_predict(
+    State(st): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    use tower::ServiceExt;
+    let o = read_object(&st, body).await?;
+    let Some(Value::Array(instances)) = o.get("instances") else {
+        return Err(ApiError::invalid(
+            "request body must include an array field named instances",
+        ));
+    };
+    if instances.len() > 128 {
+        return Err(ApiError::invalid(
+            "instances array exceeds maximum size of 128",
+        ));
+    }
+    let app = st
+        .router
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::server("router not ready"))?;
+    let calls = instances.iter().map(|inst| {
+        let app = app.clone();
+        let headers = headers.clone();
+        async move {
+            let Some(Value::Object(inst)) = Some(inst) else {
+                return ApiError::invalid("each instance must be a JSON object").body();
+            };
+            let Some(Value::String(format)) = inst.get("@requestFormat") else {
+                return ApiError::invalid("each instance must include a string @requestFormat")
+                    .body();
+            };
+            let Some(path) = GCP_ROUTES
+                .iter()
+                .find(|p| gcp_format(p) == *format || *p == format)
+            else {
+                return ApiError::invalid(format!(
+                    "no handler registered for @requestFormat: {format}"
+                ))
+                .body();
+            };
+            let mut payload = inst.clone();
+            payload.remove("@requestFormat");
+            if payload.contains_key("stream") {
+                payload.insert("stream".into(), Value::Bool(false));
+            }
+            let mut req = axum::http::Request::builder()
+                .method(Method::POST)
+                .uri(*path);
+            for (k, v) in &headers {
+                if k == header::AUTHORIZATION || k.as_str() == "x-api-key" {
+                    req = req.header(k, v);
+                }
+            }
+            let req = match req.body(Body::from(
+                serde_json::to_vec(&Value::Object(payload)).unwrap_or_default(),
+            )) {
+                Ok(r) => r,
+                Err(e) => return ApiError::server(e.to_string()).body(),
+            };
+            match app.oneshot(req).await {
+                Ok(res) => match axum::body::to_bytes(res.into_body(), usize::MAX).await {
+                    Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&b).into_owned())
+                    }),
+                    Err(e) => ApiError::server(e.to_string()).body(),
+                },
+                Err(e) => ApiError::server(e.to_string()).body(),
+            }
+        }
+    });
+    let predictions = futures_util::future::join_all(calls).await;
+    Ok(Json(json!({ "predictions": predictions })))
 }
 
 /// Paths answered without an API key, as in llama-server.

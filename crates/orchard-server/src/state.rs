@@ -46,6 +46,8 @@ pub struct AppState {
     pub hooks: Hooks,
     next_id: AtomicU64,
     pub started_unix: u64,
+    /// The router itself, for /predict to dispatch instances through (set once built).
+    pub router: OnceLock<axum::Router>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            router: OnceLock::new(),
         }
     }
 
