@@ -39,7 +39,7 @@ pub(crate) fn tensor_n_bytes(name: &str, dims: &[u64], dtype: DType) -> Result<u
         .ok_or_else(overflow)?;
     let row_len = dims[0];
     let block_size = dtype.block_size() as u64;
-    if row_len % block_size != 0 {
+    if !row_len.is_multiple_of(block_size) {
         return Err(GgufError::NotWholeBlocks {
             name: name.to_string(),
             row_len,
