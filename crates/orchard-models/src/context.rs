@@ -88,14 +88,15 @@ impl Context {
             let mut weights = vec![None; model.tensors.len()];
             for (ti, w) in model.tensors.iter().enumerate() {
                 let r = crate::TensorRef(ti as u32);
+                let runs_layers = layer_slot.contains(&si);
                 let used_here = match model.tensor_layer(r) {
                     Some(il) => layer_slot.get(il) == Some(&si),
-                    // Global tensors: the output head where it runs; the CPU keeps token_embd
-                    // (embedding lookup is a row gather done on the host) and anything else.
-                    None => {
-                        si == 0
-                            || (si == output_slot && (r == model.output || r == model.output_norm))
-                    }
+                    // Global tensors: the CPU keeps them all (token_embd: the embedding lookup is
+                    // a row gather on the host); another backend gets the output head where it
+                    // runs it, and the small shared ones (rope_freqs) where it runs layers.
+                    None if si == 0 => true,
+                    None if r == model.output || r == model.output_norm => si == output_slot,
+                    None => runs_layers && r != model.tok_embd,
                 };
                 if used_here {
                     weights[ti] = Some(b.add_weight(w)?);
