@@ -33,6 +33,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Memory plan of a model + context: fits or not, and why (`--fit` finds the largest context).
     Plan(orchard_plan::PlanArgs),
+    /// List the GPU adapters `-ngl` / `--device` can use.
+    Devices,
     /// Serve the OpenAI-compatible API (llama-server's flags; see `orchard serve --help`).
     Serve,
     /// Requantize a GGUF to another type or mix (Q8_0, Q4_K_M, F16, ...).
@@ -99,6 +101,19 @@ fn main() {
         Command::Quantize(a) => cmd::quantize::main(a),
         Command::Plan(a) => orchard_plan::cli_main(a),
         Command::Serve => unreachable!("handled before clap"),
+        Command::Devices => {
+            let list = orchard_gpu::list_adapters();
+            if list.is_empty() {
+                println!("no GPU adapter found (Vulkan on Linux needs a driver, e.g. mesa-vulkan-drivers)");
+            }
+            for d in list {
+                println!(
+                    "{:>2}  {:<40} {:<8} {:<10} {}",
+                    d.index, d.name, d.backend, d.device_type, d.driver
+                );
+            }
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

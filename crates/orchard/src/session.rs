@@ -9,11 +9,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Loads the model and its tokenizer, with a context of `n_ctx` cells (0 = the model's training
-/// context, capped at 4096 as llama.cpp's tools default).
+/// context, capped at 4096 as llama.cpp's tools default), everything on the CPU.
 pub fn load(
     path: &Path,
     n_ctx: usize,
     n_threads: usize,
+) -> Result<(Arc<Model>, Arc<Tokenizer>, Session)> {
+    load_offloaded(path, n_ctx, n_threads, &Offload::default())
+}
+
+/// Where layers run: `-ngl N` (llama.cpp's meaning: the last N layers, and the output layer
+/// when N exceeds the layer count) on the GPU adapter `--device` (default: the first).
+#[derive(Debug, Clone, Default)]
+pub struct Offload {
+    pub n_gpu_layers: usize,
+    pub device: Option<usize>,
+}
+
+/// [`load`] with some or all layers on a GPU.
+pub fn load_offloaded(
+    path: &Path,
+    n_ctx: usize,
+    n_threads: usize,
+    offload: &Offload,
 ) -> Result<(Arc<Model>, Arc<Tokenizer>, Session)> {
     orchard_backend::init_threads(n_threads);
     let model = Arc::new(Model::load(path).with_context(|| format!("loading {}", path.display()))?);
@@ -23,7 +41,7 @@ pub fn load(
     } else {
         n_ctx
     };
-    let session = Session::new(model.clone(), n_ctx)?;
+    let session = Session::with_offload(model.clone(), n_ctx, offload)?;
     Ok((model, tok, session))
 }
 
@@ -37,7 +55,18 @@ pub struct Session {
 
 impl Session {
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
-        let ctx = Context::new(model, ContextOptions { n_ctx })?;
+        Session::with_offload(model, n_ctx, &Offload::default())
+    }
+
+    pub fn with_offload(model: Arc<Model>, n_ctx: usize, offload: &Offload) -> Result<Session> {
+        let gpu: Option<(Box<dyn orchard_backend::Backend>, usize)> = if offload.n_gpu_layers > 0 {
+            let g = orchard_gpu::GpuBackend::new(offload.device)
+                .context("opening the GPU (see `orchard devices`)")?;
+            Some((Box::new(g), offload.n_gpu_layers))
+        } else {
+            None
+        };
+        let ctx = Context::with_offload(model, ContextOptions { n_ctx }, gpu)?;
         let cells = (0..n_ctx as u32).collect();
         Ok(Session {
             ctx,

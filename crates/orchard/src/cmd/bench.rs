@@ -27,6 +27,12 @@ pub struct Args {
     /// Output: md (llama-bench's table) or json (llama-bench's schema).
     #[arg(short = 'o', long = "output", default_value = "md")]
     output: String,
+    /// Layers to offload to the GPU (999 = all).
+    #[arg(long = "n-gpu-layers", aliases = ["gpu-layers", "ngl"], default_value_t = 0)]
+    n_gpu_layers: usize,
+    /// GPU adapter index from `orchard devices`.
+    #[arg(long)]
+    device: Option<usize>,
     /// Batch size for prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
     batch_size: usize,
@@ -78,7 +84,11 @@ pub fn main(a: Args) -> Result<()> {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab)
             .collect();
         let n_ctx = a.n_prompt + a.n_gen + 1;
-        let mut s = Session::new(model.clone(), n_ctx)?;
+        let offload = crate::session::Offload {
+            n_gpu_layers: a.n_gpu_layers,
+            device: a.device,
+        };
+        let mut s = Session::with_offload(model.clone(), n_ctx, &offload)?;
         let mut logits = Vec::new();
         for (n_prompt, n_gen) in [(a.n_prompt, 0), (0, a.n_gen)] {
             if n_prompt + n_gen == 0 {
@@ -125,7 +135,7 @@ pub fn main(a: Args) -> Result<()> {
                     "build_commit": env!("CARGO_PKG_VERSION"), "model_filename": r.model.display().to_string(),
                     "model_type": r.model_type, "model_size": r.size_bytes, "model_n_params": r.n_params,
                     "n_batch": a.batch_size, "n_threads": threads, "n_prompt": r.n_prompt, "n_gen": r.n_gen,
-                    "backends": "CPU", "avg_ts": avg, "stddev_ts": sd, "samples_ts": r.samples_ts,
+                    "backends": if a.n_gpu_layers > 0 { "Vulkan/Metal (wgpu)" } else { "CPU" }, "n_gpu_layers": a.n_gpu_layers, "avg_ts": avg, "stddev_ts": sd, "samples_ts": r.samples_ts,
                     "avg_ns": (r.n_prompt + r.n_gen) as f64 / avg * 1e9, "load_ms": r.load_ms,
                     "peak_rss_bytes": peak_rss,
                 })

@@ -44,14 +44,12 @@ pub struct Args {
     frequency_penalty: f32,
     #[arg(short = 's', long, default_value_t = orchard_sampler::DEFAULT_SEED)]
     seed: u64,
-    /// Layers to offload to the GPU (accepted; this build runs every layer on the CPU).
-    #[arg(
-        long = "gpu-layers",
-        alias = "n-gpu-layers",
-        short_alias = 'g',
-        default_value_t = 0
-    )]
+    /// Layers to offload to the GPU (the last N; 999 = all, with the output layer).
+    #[arg(long = "n-gpu-layers", aliases = ["gpu-layers", "ngl"], default_value_t = 0)]
     n_gpu_layers: usize,
+    /// GPU adapter index from `orchard devices`.
+    #[arg(long)]
+    device: Option<usize>,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     chat: bool,
@@ -77,7 +75,11 @@ pub fn main(a: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e} (--no-fit-check to run anyway)"))?;
     }
     let t_load = Instant::now();
-    let (model, tok, mut s) = session::load(&a.model, a.ctx_size, a.threads)?;
+    let offload = session::Offload {
+        n_gpu_layers: a.n_gpu_layers,
+        device: a.device,
+    };
+    let (model, tok, mut s) = session::load_offloaded(&a.model, a.ctx_size, a.threads, &offload)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let prompt_text = if a.chat {
         render_chat(&model, &tok, a.system.as_deref(), &a.prompt)?
