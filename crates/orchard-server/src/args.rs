@@ -77,6 +77,13 @@ pub struct ServerArgs {
     /// `x-llama-server-proxy-header-*` headers; off by default).
     #[arg(long = "ui-mcp-proxy", env = "LLAMA_ARG_UI_MCP_PROXY")]
     pub ui_mcp_proxy: bool,
+    /// Unload the model after this many seconds without requests; the next request reloads it.
+    #[arg(
+        long = "sleep-idle-seconds",
+        env = "LLAMA_ARG_SLEEP_IDLE_SECONDS",
+        allow_hyphen_values = true
+    )]
+    pub sleep_idle_seconds: Option<i64>,
     /// Tags reported by /v1/models (comma-separated).
     #[arg(long = "tags", env = "LLAMA_ARG_TAGS")]
     pub tags: Option<String>,
@@ -187,7 +194,6 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("--slot-save-path", true),
     ("--cache-ram", true),
     ("-cram", true),
-    ("--sleep-idle-seconds", true),
     ("--no-cache-idle-slots", false),
     ("--cont-batching", false),
     ("--no-cont-batching", false),
@@ -366,6 +372,8 @@ pub struct Settings {
     pub aliases: Vec<String>,
     pub tags: Vec<String>,
     pub cors_proxy: bool,
+    /// `--sleep-idle-seconds` (0: never sleep).
+    pub sleep_idle_secs: u64,
     /// Vertex AI prediction mode (`AIP_MODE=PREDICTION`): the predict route, if enabled.
     pub gcp_predict_route: Option<String>,
     /// `AIP_HEALTH_ROUTE`: an extra health route in prediction mode.
@@ -553,6 +561,7 @@ impl ServerArgs {
                 })
                 .unwrap_or_default(),
             cors_proxy: self.ui_mcp_proxy,
+            sleep_idle_secs: self.sleep_idle_seconds.unwrap_or(0).max(0) as u64,
             gcp_predict_route: gcp
                 .then(|| std::env::var("AIP_PREDICT_ROUTE").unwrap_or_else(|_| "/predict".into())),
             gcp_health_route: if gcp {

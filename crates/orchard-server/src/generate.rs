@@ -141,10 +141,11 @@ impl Tracker {
             total_ms,
             inter_token_ms: std::mem::take(&mut self.gaps),
         });
+        self.state.touch();
         let model = self
             .state
-            .loaded()
-            .map(|l| l.public_name.clone())
+            .facts()
+            .map(|f| f.public_name.clone())
             .unwrap_or_default();
         self.state.hooks.usage.record(&UsageRecord {
             request_id: self.request_id,
@@ -1192,7 +1193,7 @@ pub async fn run(
     api: Api,
     o: Obj,
 ) -> Result<Response, ApiError> {
-    let l = state.loaded().cloned().ok_or_else(ApiError::loading)?;
+    let l = state.model().await?;
     let o = if api == Api::Anthropic {
         crate::anthropic::to_chat(&o)?
     } else {

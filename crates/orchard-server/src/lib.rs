@@ -94,7 +94,7 @@ impl Server {
                         secs = t0.elapsed().as_secs_f64(),
                         "model loaded"
                     );
-                    let _ = st.loaded.set(Arc::new(l));
+                    st.install(l);
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "model failed to load");
@@ -103,6 +103,17 @@ impl Server {
                 }
             }
         });
+        if state.settings.sleep_idle_secs > 0 {
+            let idle = std::time::Duration::from_secs(state.settings.sleep_idle_secs);
+            let st = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let s2 = st.clone();
+                    let _ = tokio::task::spawn_blocking(move || s2.maybe_sleep(idle)).await;
+                }
+            });
+        }
         Ok(Server { state, listeners })
     }
 
@@ -125,7 +136,7 @@ impl Server {
         {
             return Err(e);
         }
-        Ok(self.state.loaded().is_some())
+        Ok(self.state.current().is_some() || self.state.is_sleeping())
     }
 
     /// Serves until `shutdown` resolves, then stops the engine.
@@ -167,7 +178,7 @@ impl Server {
         }
         shutdown.await;
         tracing::info!("shutting down");
-        if let Some(l) = self.state.loaded() {
+        if let Some(l) = self.state.current() {
             // Ends running streams with a cancellation so graceful shutdown does not wait on them.
             let engine = l.engine.clone();
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
@@ -223,7 +234,7 @@ pub fn init_logging(verbose: bool) {
         .try_init();
 }
 
-fn load(st: &AppState) -> anyhow::Result<Loaded> {
+pub(crate) fn load(st: &AppState) -> anyhow::Result<Loaded> {
     let s = &st.settings;
     let model = Arc::new(
         orchard_models::Model::load(&s.model)

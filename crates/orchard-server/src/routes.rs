@@ -53,6 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions/input_tokens", post(input_tokens))
+        .route("/v1/responses/input_tokens", post(responses_input_tokens))
+        .route("/responses/input_tokens", post(responses_input_tokens))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/chat/completions/input_tokens", post(input_tokens))
@@ -306,18 +308,19 @@ async fn health(State(st): St) -> Response {
     {
         return ApiError::server(format!("model failed to load: {e}")).into_response();
     }
-    if st.loaded().is_none() {
+    if st.current().is_none() && !st.is_sleeping() {
         return ApiError::loading().into_response();
     }
     Json(json!({"status": "ok"})).into_response()
 }
 
-fn loaded(st: &AppState) -> Result<Arc<crate::state::Loaded>, ApiError> {
-    st.loaded().cloned().ok_or_else(ApiError::loading)
+/// The model's descriptive facts (available while it sleeps), 503 before the first load.
+fn facts(st: &AppState) -> Result<crate::state::Facts, ApiError> {
+    st.facts().cloned().ok_or_else(ApiError::loading)
 }
 
 async fn models(State(st): St) -> Result<Json<Value>, ApiError> {
-    let l = loaded(&st)?;
+    let l = facts(&st)?;
     let created = st.started_unix;
     let aliases = &st.settings.aliases;
     Ok(Json(json!({
@@ -357,7 +360,7 @@ fn default_params(st: &AppState) -> Value {
 }
 
 async fn props(State(st): St) -> Result<Json<Value>, ApiError> {
-    let l = loaded(&st)?;
+    let l = facts(&st)?;
     Ok(Json(json!({
         "default_generation_settings": {
             "id": 0,
@@ -367,14 +370,14 @@ async fn props(State(st): St) -> Result<Json<Value>, ApiError> {
         "total_slots": l.info.n_parallel,
         "model_alias": l.public_name,
         "model_path": l.model_path.display().to_string(),
-        "chat_template": l.template.source().unwrap_or(l.template.name()),
+        "chat_template": l.template,
         "bos_token": l.bos_text,
         "eos_token": l.eos_text,
         "build_info": generate::FINGERPRINT,
         "modalities": {"vision": false, "audio": false},
         "n_ctx_total": l.info.n_ctx,
         "kv_unified": st.kv_unified,
-        "is_sleeping": false,
+        "is_sleeping": st.is_sleeping(),
     })))
 }
 
@@ -384,8 +387,8 @@ async fn slots(State(st): St) -> Result<Json<Value>, ApiError> {
             "This server does not support slots endpoint. Start it with `--slots`",
         ));
     }
-    let l = loaded(&st)?;
-    let stats = l.engine.stats();
+    let l = facts(&st)?;
+    let stats = st.stats().ok_or_else(ApiError::loading)?;
     let out: Vec<Value> = stats
         .slots
         .iter()
@@ -415,9 +418,10 @@ async fn metrics(State(st): St) -> Result<Response, ApiError> {
             "This server does not support metrics endpoint. Start it with `--metrics`",
         ));
     }
-    let l = loaded(&st)?;
-    let stats = l.engine.stats();
-    let text = st.metrics.render(&l.public_name, Some(&stats));
+    // Scrapes never wake a sleeping model: they see the stats from when it went to sleep.
+    let l = facts(&st)?;
+    let stats = st.stats();
+    let text = st.metrics.render(&l.public_name, stats.as_ref());
     Ok((
         [
             (
@@ -516,7 +520,7 @@ async fn cors_proxy(
 
 async fn tokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     let content = match params::get(&o, "content") {
         Some(Value::String(s)) => s.clone(),
         Some(v) => {
@@ -555,7 +559,7 @@ async fn tokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
 
 async fn detokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     let ids: Vec<TokenId> = match params::get(&o, "tokens") {
         None => Vec::new(),
         Some(Value::Array(a)) => a
@@ -580,14 +584,60 @@ async fn detokenize(State(st): St, body: Body) -> Result<Json<Value>, ApiError> 
 
 async fn input_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     let toks = generate::chat_prompt(&l, &o, false)?;
+    Ok(Json(json!({ "input_tokens": toks.len() })))
+}
+
+/// Token count of an OpenAI Responses API `input` (a string or a list of messages).
+async fn responses_input_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let o = read_object(&st, body).await?;
+    let msgs = match params::get(&o, "input") {
+        Some(Value::String(s)) => json!([{"role": "user", "content": s}]),
+        Some(Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .map(|m| {
+                    let content = match &m["content"] {
+                        Value::Array(parts) => json!(parts
+                            .iter()
+                            .filter_map(|p| p["text"].as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n")),
+                        other => other.clone(),
+                    };
+                    json!({"role": m["role"].as_str().unwrap_or("user"), "content": content})
+                })
+                .collect(),
+        ),
+        Some(v) => {
+            return Err(ApiError::param(
+                "input",
+                format!(
+                    "`input` must be a string or an array, got {}",
+                    params::type_name(v)
+                ),
+            ))
+        }
+        None => {
+            return Err(ApiError::param("input", "`input` is required").with_code("missing_field"))
+        }
+    };
+    let mut chat = serde_json::Map::new();
+    chat.insert("messages".into(), msgs);
+    if let Some(i) = params::get(&o, "instructions") {
+        if let (Some(Value::Array(m)), Some(text)) = (chat.get_mut("messages"), i.as_str()) {
+            m.insert(0, json!({"role": "system", "content": text}));
+        }
+    }
+    let l = st.model().await?;
+    let toks = generate::chat_prompt(&l, &chat, false)?;
     Ok(Json(json!({ "input_tokens": toks.len() })))
 }
 
 async fn count_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     let chat = crate::anthropic::to_chat(&o)?;
     let toks = generate::chat_prompt(&l, &chat, true)?;
     Ok(Json(json!({ "input_tokens": toks.len() })))
@@ -595,7 +645,7 @@ async fn count_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError
 
 async fn apply_template(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     Ok(Json(json!({ "prompt": render_chat(&l, &o, false)? })))
 }
 
@@ -605,7 +655,7 @@ async fn embeddings(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let o = read_object(&st, body).await?;
-    let l = loaded(&st)?;
+    let l = st.model().await?;
     let input = params::get(&o, "input")
         .or_else(|| params::get(&o, "content"))
         .ok_or_else(|| {

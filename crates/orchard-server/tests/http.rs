@@ -848,3 +848,26 @@ fn slots_and_metrics_endpoints_can_be_turned_off() {
     assert_eq!(r.status, 501);
     assert_error_shape(&r.json(), "not_supported_error", "metrics off");
 }
+
+#[test]
+fn an_idle_server_unloads_and_wakes_on_the_next_request() {
+    let s = TestServer::start(&["-c", "512", "--sleep-idle-seconds", "1", "--metrics"]);
+    let sleeping = |s: &TestServer| s.get("/props").json()["is_sleeping"] == true;
+    let t0 = Instant::now();
+    while !sleeping(&s) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Read-only endpoints answer without waking the model.
+    assert_eq!(s.get("/health").status, 200);
+    assert_eq!(s.get("/v1/models").status, 200);
+    assert_eq!(s.get("/metrics").status, 200);
+    assert!(sleeping(&s));
+    let r = s.post("/completion", &json!({"prompt": "Hello", "n_predict": 2}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["timings"]["predicted_n"], 2);
+    assert!(!sleeping(&s));
+}
