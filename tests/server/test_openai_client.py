@@ -171,3 +171,35 @@ def test_context_overflow_is_a_400(client):
 def test_bad_max_tokens_is_a_400(client):
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+
+
+def test_responses_api(client):
+    r = client.responses.create(model=MODEL, input=[{"role": "user", "content": "Name a fruit."}],
+                                max_output_tokens=8, temperature=0)
+    assert r.id.startswith("resp_")
+    assert r.output[0].id.startswith("msg_")
+    assert len(r.output_text) > 0
+    assert r.usage.output_tokens <= 8
+
+
+def test_responses_api_stream(client):
+    text, final = "", None
+    for ev in client.responses.create(model=MODEL, input="Name a color.", max_output_tokens=8,
+                                      temperature=0, stream=True):
+        if ev.type == "response.output_text.delta":
+            text += ev.delta
+        if ev.type == "response.completed":
+            final = ev.response
+    assert final is not None and final.output_text == text and len(text) > 0
+
+
+def test_anthropic_messages_endpoint():
+    import urllib.request
+    req = urllib.request.Request(
+        BASE + "/v1/messages",
+        data=json.dumps({"model": MODEL, "max_tokens": 8,
+                         "messages": [{"role": "user", "content": "Say hello"}]}).encode(),
+        headers={"Content-Type": "application/json", "x-api-key": KEY})
+    body = json.load(urllib.request.urlopen(req, timeout=120))
+    assert body["type"] == "message" and body["content"][0]["type"] == "text"
+    assert body["usage"]["output_tokens"] > 0

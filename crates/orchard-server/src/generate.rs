@@ -385,6 +385,8 @@ pub struct Job {
     pub choices: Vec<Choice>,
     /// `-b`: how many prompt tokens one engine step takes in, for progress reports.
     pub n_batch: usize,
+    /// Responses API events are numbered.
+    pub seq: std::cell::Cell<u64>,
 }
 
 fn sampler_keep(s: &orchard_sampler::SamplerConfig) -> usize {
@@ -675,6 +677,7 @@ fn final_body(job: &Job) -> Result<Value, ApiError> {
                 "timings": job.choices.first().map(|c| c.timings_json()).unwrap_or(Value::Null),
             })
         }
+        Api::Responses => crate::responses::response(job, &job.choices[0], true),
         Api::Anthropic => {
             let c = &job.choices[0];
             json!({
@@ -842,6 +845,10 @@ fn progress_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
                 v["stop"] = json!(false);
                 v["tokens_evaluated"] = json!(processed);
             }
+            Api::Responses => {
+                v["type"] = json!("response.in_progress");
+                v["response"] = crate::responses::response(job, c, false);
+            }
             _ => {
                 v["id"] = json!(job.id);
                 v["object"] = json!("chat.completion.chunk");
@@ -952,6 +959,28 @@ fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
                 "system_fingerprint": FINGERPRINT,
                 "choices": [{"index": i, "delta": {}, "logprobs": null, "finish_reason": c.oai_finish()}],
             })));
+        }
+        (Api::Responses, Event::Started { .. }) => {
+            let mut seq = job.seq.get();
+            crate::responses::start_events(job, c, &mut seq, out);
+            job.seq.set(seq);
+        }
+        (Api::Responses, Event::Token { text, .. }) if !text.is_empty() => {
+            let mut seq = job.seq.get();
+            let mut v = json!({
+                "type": "response.output_text.delta", "item_id": crate::responses::msg_id(job),
+                "output_index": 0, "content_index": 0, "delta": text,
+            });
+            if job.gen.timings_per_token {
+                v["timings"] = c.timings_json();
+            }
+            out.push(crate::responses::event(&mut seq, v));
+            job.seq.set(seq);
+        }
+        (Api::Responses, Event::Done { .. }) => {
+            let mut seq = job.seq.get();
+            crate::responses::end_events(job, c, &mut seq, out);
+            job.seq.set(seq);
         }
         (Api::Anthropic, Event::Started { .. }) => {
             let mut usage = crate::anthropic::usage(c);
@@ -1183,7 +1212,13 @@ impl Loaded {
 }
 
 fn new_id(prefix: &str, state: &AppState) -> String {
-    format!("{prefix}-{:016x}{:08x}", unix_now(), state.next_id())
+    // OpenAI's ids: `chatcmpl-...`, `cmpl-...`; Anthropic's `msg_...`; Responses' `resp_...`.
+    let sep = if matches!(prefix, "msg" | "resp") {
+        '_'
+    } else {
+        '-'
+    };
+    format!("{prefix}{sep}{:016x}{:08x}", unix_now(), state.next_id())
 }
 
 /// Shared tail of all three endpoints.
@@ -1194,10 +1229,10 @@ pub async fn run(
     o: Obj,
 ) -> Result<Response, ApiError> {
     let l = state.model().await?;
-    let o = if api == Api::Anthropic {
-        crate::anthropic::to_chat(&o)?
-    } else {
-        o
+    let o = match api {
+        Api::Anthropic => crate::anthropic::to_chat(&o)?,
+        Api::Responses => crate::responses::to_chat(&o)?,
+        _ => o,
     };
     check_model(&l, &o)?;
     let s = &state.settings;
@@ -1213,7 +1248,7 @@ pub async fn run(
     };
     let gen = parse_gen(
         &o,
-        if api == Api::Anthropic {
+        if matches!(api, Api::Anthropic | Api::Responses) {
             Api::Chat
         } else {
             api
@@ -1222,7 +1257,7 @@ pub async fn run(
     )?;
     let tok = l.tokenizer.clone();
     let (prompts, prompt_text): (Vec<Vec<TokenId>>, Vec<String>) = match api {
-        Api::Chat | Api::Anthropic => {
+        Api::Chat | Api::Anthropic | Api::Responses => {
             let toks = chat_prompt(&l, &o, api == Api::Anthropic)?;
             let shown = tok.decode(&toks, false);
             (vec![toks], vec![shown])
@@ -1244,6 +1279,7 @@ pub async fn run(
         endpoint: match api {
             Api::Chat => "chat",
             Api::Anthropic => "messages",
+            Api::Responses => "responses",
             Api::OaiCompletion => "completions",
             Api::Llama => "completion",
         },
@@ -1252,6 +1288,7 @@ pub async fn run(
             match api {
                 Api::Chat => "chatcmpl",
                 Api::Anthropic => "msg",
+                Api::Responses => "resp",
                 _ => "cmpl",
             },
             &state,
@@ -1262,6 +1299,7 @@ pub async fn run(
         gen,
         choices: Vec::new(),
         n_batch: s.batch_size,
+        seq: std::cell::Cell::new(0),
     };
     let rx = submit(&state, &principal, &mut job, prompts)?;
     Ok(if job.gen.stream {

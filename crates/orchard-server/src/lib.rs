@@ -19,6 +19,7 @@ mod error;
 mod generate;
 mod metrics;
 mod params;
+mod responses;
 mod routes;
 mod state;
 

@@ -155,6 +155,8 @@ pub enum Api {
     Llama,
     /// Anthropic's `/v1/messages` (translated to a chat body before parsing)
     Anthropic,
+    /// OpenAI's `/v1/responses` (translated to a chat body before parsing)
+    Responses,
 }
 
 pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError> {
@@ -228,7 +230,9 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
 
     // Token budget: the field names differ by API; -1 means "until the context is full".
     let fields: &[&str] = match api {
-        Api::Chat | Api::Anthropic => &["max_completion_tokens", "max_tokens", "n_predict"],
+        Api::Chat | Api::Anthropic | Api::Responses => {
+            &["max_completion_tokens", "max_tokens", "n_predict"]
+        }
         Api::OaiCompletion => &["max_tokens", "n_predict"],
         Api::Llama => &["n_predict", "max_tokens"],
     };
@@ -306,7 +310,7 @@ pub fn parse_gen(o: &Obj, api: Api, d: &Defaults) -> Result<GenRequest, ApiError
 
     // Log-probabilities.
     let (logprobs, n_probs) = match api {
-        Api::Chat | Api::Anthropic => {
+        Api::Chat | Api::Anthropic | Api::Responses => {
             let on = opt_bool(o, "logprobs")?.unwrap_or(false);
             let top = opt_i64(o, "top_logprobs")?;
             if let Some(t) = top {

@@ -55,6 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chat/completions/input_tokens", post(input_tokens))
         .route("/v1/responses/input_tokens", post(responses_input_tokens))
         .route("/responses/input_tokens", post(responses_input_tokens))
+        .route("/v1/responses", post(responses))
+        .route("/responses", post(responses))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/chat/completions/input_tokens", post(input_tokens))
@@ -833,6 +835,10 @@ async fn completion_llama(
 
 async fn completion_oai(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
     gen(st, p, Api::OaiCompletion, body).await
+}
+
+async fn responses(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
+    gen(st, p, Api::Responses, body).await
 }
 
 async fn messages(State(st): St, Extension(p): Extension<Principal>, body: Body) -> Response {
