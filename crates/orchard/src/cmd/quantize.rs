@@ -65,22 +65,20 @@ fn choose(ftype: &str, name: &str, dims: &[u64], n_layer: usize) -> Option<DType
         other => DType::from_name(other)?,
     };
     let mut t = base;
-    if mixed
-        || matches!(
-            base,
-            DType::Q4_0
-                | DType::Q4_1
-                | DType::Q5_0
-                | DType::Q5_1
-                | DType::Q2_K
-                | DType::Q3_K
-                | DType::Q4_K
-                | DType::Q5_K
-        )
-    {
-        if name == "output.weight" {
-            t = DType::Q6_K;
-        }
+    // Small quant types get a Q6_K output layer, as llama-quantize gives them.
+    let low_bits = matches!(
+        base,
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q2_K
+            | DType::Q3_K
+            | DType::Q4_K
+            | DType::Q5_K
+    );
+    if (mixed || low_bits) && name == "output.weight" {
+        t = DType::Q6_K;
     }
     if let (true, Some(il)) = (ftype != "Q4_K_S" && mixed, il) {
         if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
@@ -91,7 +89,7 @@ fn choose(ftype: &str, name: &str, dims: &[u64], n_layer: usize) -> Option<DType
     }
     // Rows that are not whole K-quant blocks fall back as llama-quantize does.
     let row = dims[0] as usize;
-    if row % t.block_size() != 0 {
+    if !row.is_multiple_of(t.block_size()) {
         t = match t {
             DType::Q2_K | DType::Q3_K | DType::Q4_K => DType::Q5_0,
             DType::Q5_K => DType::Q5_1,
@@ -99,7 +97,7 @@ fn choose(ftype: &str, name: &str, dims: &[u64], n_layer: usize) -> Option<DType
             _ => DType::F16,
         };
     }
-    if row % t.block_size() != 0 {
+    if !row.is_multiple_of(t.block_size()) {
         t = DType::F16;
     }
     Some(t)
