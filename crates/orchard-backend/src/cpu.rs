@@ -514,17 +514,21 @@ impl Backend for CpuBackend {
             .expect("activation type quantizes");
         let plain = t.vec_dot.expect("matmul on a type without a dot kernel");
         // Rows of the batch that ggml's repacked GEMM handles (groups of four) and the rest (GEMV).
+        // orchard-quant's SIMD kernels for these orders when it has them (bit-identical to the
+        // scalar ones in ggml_order.rs, which remain the fallback).
         let (dot_gemm, dot_gemv): (VecDotFn, VecDotFn) =
             if crate::ggml_order::uses_repack_order(t.dtype, rows) {
                 (
-                    crate::ggml_order::vec_dot_q4_k_q8_k_gemm_order,
-                    crate::ggml_order::vec_dot_q4_k_q8_k_gemv_order,
+                    t.vec_dot_interleaved_gemm
+                        .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemm_order),
+                    t.vec_dot_interleaved
+                        .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemv_order),
                 )
             } else if crate::ggml_order::uses_tiled_order(t.dtype, rows, n_tokens) {
-                (
-                    crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order,
-                    crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order,
-                )
+                let tiled = t
+                    .vec_dot_tiled
+                    .unwrap_or(crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order);
+                (tiled, tiled)
             } else {
                 (plain, plain)
             };
