@@ -181,6 +181,85 @@ pub(crate) struct AttnConfig {
     pub q_scale: Option<f32>,
 }
 
+impl AttnConfig {
+    /// Full attention scaled by 1/sqrt(head_dim), RoPE from the hyper-parameters: the llama
+    /// family's configuration (`neox` picks the rotation order).
+    pub fn standard(
+        hp: &crate::HParams,
+        neox: bool,
+        rope_factors: Option<TensorRef>,
+    ) -> AttnConfig {
+        AttnConfig {
+            params: AttnParams {
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim_k: hp.head_dim_k,
+                head_dim_v: hp.head_dim_v,
+                scale: 1.0 / (hp.head_dim_k as f32).sqrt(),
+                window: None,
+                softcap: None,
+            },
+            rope: RopeParams {
+                n_rot: hp.n_rot,
+                head_dim: hp.head_dim_k,
+                freq_base: hp.rope_freq_base,
+                freq_scale: hp.rope_freq_scale,
+                neox,
+            },
+            rope_factors,
+            norm_eps: hp.rms_eps,
+            q_scale: None,
+        }
+    }
+}
+
+/// The llama family's pre-norm block: `x += attn(norm(x)); x += ffn_swiglu(norm(x))`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PreNormBlock {
+    pub attn_norm: TensorRef, // [n_embd]
+    pub attn: AttnWeights,
+    pub ffn_norm: TensorRef, // [n_embd]
+    pub ffn: FfnWeights,     // gate/up [n_embd, n_ff], down [n_ff, n_embd]
+}
+
+impl PreNormBlock {
+    /// Loads layer `il`; `biases` reads optional Q/K/V biases, `qk_norm` the per-head Q/K norms.
+    pub fn load(
+        ld: &mut crate::Loader<'_>,
+        il: usize,
+        biases: bool,
+        qk_norm: bool,
+    ) -> Result<PreNormBlock, ModelError> {
+        let e = ld.hp.n_embd as u64;
+        Ok(PreNormBlock {
+            attn_norm: ld.layer(il, "attn_norm.weight", &[e])?,
+            attn: AttnWeights::load(ld, il, biases, qk_norm)?,
+            ffn_norm: ld.layer(il, "ffn_norm.weight", &[e])?,
+            ffn: FfnWeights::load(ld, il)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        s: &mut Step<'_>,
+        il: usize,
+        cfg: &AttnConfig,
+        hp: &crate::HParams,
+    ) -> Result<(), ModelError> {
+        let cur = s.norm(s.x, self.attn_norm, hp.rms_eps, "attn_norm", hp.n_embd);
+        s.tap("attn_norm.MUL", il, cur);
+        let a = attention(s, il, cur, &self.attn, cfg, hp.n_embd)?;
+        s.b.add(s.x, a);
+        s.tap("ffn_inp.ADD", il, s.x);
+        let cur = s.norm(s.x, self.ffn_norm, hp.rms_eps, "ffn_norm", hp.n_embd);
+        s.tap("ffn_norm.MUL", il, cur);
+        let f = ffn_glu(s, il, cur, &self.ffn, GluKind::SwiGlu, hp.n_ff, hp.n_embd);
+        s.b.add(s.x, f);
+        s.tap("l_out.ADD", il, s.x);
+        Ok(())
+    }
+}
+
 /// Q/K/V projections, Q/K norms, RoPE, attention over the cache and the output projection.
 /// Returns the `[n_tokens, n_embd]` output (not yet added to the residual).
 pub(crate) fn attention(
