@@ -4,9 +4,9 @@
 
 use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache, silu};
 use crate::*;
+use crate::{f16_simd, pool};
 use half::f16;
 use orchard_quant::{traits, TypeTraits, VecDotFn};
-use rayon::prelude::*;
 
 struct Buf {
     data: Vec<f32>,
@@ -122,6 +122,9 @@ fn swiglu_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
 
 /// ggml's `GGML_FA_TILE_Q`: the batch size from which its CPU flash attention is tiled.
 const FA_TILE_Q: usize = 64;
+
+/// Head sizes whose per-query attention state fits on the stack.
+const MAX_HEAD_DIM: usize = 256;
 
 /// One KV head's view of a layer's cache.
 struct HeadKv<'a> {
@@ -323,28 +326,35 @@ unsafe fn attend_f16_acc_fma(
 
 #[inline(always)]
 fn attend_f16_acc_body(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams, out: &mut [f32]) {
-    let q16: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
-    let mut acc = vec![f16::ZERO; h.dv];
+    // Head sizes up to MAX_HEAD_DIM live on the stack: no allocation per (token, head).
+    let mut q_buf = [0.0f32; MAX_HEAD_DIM];
+    let mut acc_buf = [f16::ZERO; MAX_HEAD_DIM];
+    let (mut q_heap, mut acc_heap);
+    let (q16, acc): (&mut [f32], &mut [f16]) = if q.len() <= MAX_HEAD_DIM && h.dv <= MAX_HEAD_DIM {
+        (&mut q_buf[..q.len()], &mut acc_buf[..h.dv])
+    } else {
+        q_heap = vec![0.0f32; q.len()];
+        acc_heap = vec![f16::ZERO; h.dv];
+        (&mut q_heap[..], &mut acc_heap[..])
+    };
+    f16_simd::round_through_f16(q16, q);
     let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
     for &c in cells {
-        let s = score(crate::ops::dot_f16_ggml(h.k(c), &q16), p);
+        let s = score(f16_simd::dot_f16_ggml(h.k(c), q16), p);
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
             ms = (max - s).exp();
             max = s;
-            acc.iter_mut()
-                .for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+            f16_simd::scale_f16(acc, ms);
         } else {
             vs = (s - max).exp();
         }
-        for (a, v) in acc.iter_mut().zip(h.v(c)) {
-            *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32()));
-        }
+        f16_simd::mad_f16(acc, h.v(c), vs);
         sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     out.iter_mut()
-        .zip(&acc)
+        .zip(acc.iter())
         .for_each(|(o, a)| *o = a.to_f32() * inv);
 }
 
@@ -537,42 +547,38 @@ impl Backend for CpuBackend {
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
         let xb = &self.bufs[x.0 as usize].data;
-        act.par_chunks_mut(act_row)
-            .zip(xb.par_chunks(cols))
-            .for_each(|(a, xr)| vdt_from(xr, a));
+        pool::par_chunks_mut(&mut act, act_row, |t, a| {
+            vdt_from(&xb[t * cols..(t + 1) * cols], a)
+        });
 
         self.set_rows(out, n_tokens);
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
         let wbytes = self.weights[w.0 as usize].host.bytes();
         let w_row = t.dtype.row_bytes(cols as u64).expect("validated") as usize;
         if n_tokens == 1 {
-            o.par_chunks_mut(MATMUL_ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(ci, chunk)| {
-                    let r0 = ci * MATMUL_ROWS_PER_TASK;
-                    for (i, v) in chunk.iter_mut().enumerate() {
-                        let r = r0 + i;
-                        *v = dot_gemv(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
-                    }
-                });
+            pool::par_chunks_mut(&mut o, MATMUL_ROWS_PER_TASK, |ci, chunk| {
+                let r0 = ci * MATMUL_ROWS_PER_TASK;
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *v = dot_gemv(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
+                }
+            });
         } else {
             // Each task owns a block of weight rows and dots it with every token, so a weight row
             // is read from memory once per step; the result is transposed back afterwards.
             let mut tr = std::mem::take(&mut self.out_scratch);
             tr.resize(rows * n_tokens, 0.0);
-            tr.par_chunks_mut(MATMUL_ROWS_PER_TASK * n_tokens)
-                .enumerate()
-                .for_each(|(ci, chunk)| {
-                    let r0 = ci * MATMUL_ROWS_PER_TASK;
-                    for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                        let r = r0 + i;
-                        let wr = &wbytes[r * w_row..(r + 1) * w_row];
-                        for (tk, v) in row_out.iter_mut().enumerate() {
-                            let dot = if tk < n_gemm { dot_gemm } else { dot_gemv };
-                            *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
-                        }
+            pool::par_chunks_mut(&mut tr, MATMUL_ROWS_PER_TASK * n_tokens, |ci, chunk| {
+                let r0 = ci * MATMUL_ROWS_PER_TASK;
+                for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
+                    let r = r0 + i;
+                    let wr = &wbytes[r * w_row..(r + 1) * w_row];
+                    for (tk, v) in row_out.iter_mut().enumerate() {
+                        let dot = if tk < n_gemm { dot_gemm } else { dot_gemv };
+                        *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
                     }
-                });
+                }
+            });
             for r in 0..rows {
                 for tk in 0..n_tokens {
                     o[tk * rows + r] = tr[r * n_tokens + tk];
@@ -626,16 +632,14 @@ impl Backend for CpuBackend {
         let ff = freq_factors.map(|w| self.vector(w).to_vec());
         let b = &mut self.bufs[x.0 as usize];
         let width = b.width;
-        b.data
-            .par_chunks_mut(width)
-            .zip(tokens.par_iter())
-            .for_each(|(row, tok)| {
-                let mut cache = vec![0.0f32; p.n_rot];
-                rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
-                for head in row.chunks_exact_mut(p.head_dim) {
-                    rope_apply(head, &cache, p.n_rot, p.neox);
-                }
-            });
+        pool::par_chunks_mut(&mut b.data, width, |t, row| {
+            let tok = &tokens[t];
+            let mut cache = vec![0.0f32; p.n_rot];
+            rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
+            for head in row.chunks_exact_mut(p.head_dim) {
+                rope_apply(head, &cache, p.n_rot, p.neox);
+            }
+        });
     }
 
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
@@ -704,18 +708,8 @@ impl Backend for CpuBackend {
                 });
             }
             let c = cell as usize;
-            for (d, s) in kv.k[c * kw..(c + 1) * kw]
-                .iter_mut()
-                .zip(&kb[t * kw..(t + 1) * kw])
-            {
-                *d = f16::from_f32(*s);
-            }
-            for (d, s) in kv.v[c * vw..(c + 1) * vw]
-                .iter_mut()
-                .zip(&vb[t * vw..(t + 1) * vw])
-            {
-                *d = f16::from_f32(*s);
-            }
+            f16_simd::f32_to_f16(&mut kv.k[c * kw..(c + 1) * kw], &kb[t * kw..(t + 1) * kw]);
+            f16_simd::f32_to_f16(&mut kv.v[c * vw..(c + 1) * vw], &vb[t * vw..(t + 1) * vw]);
         }
         // 2. attend: one task per (token, head)
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
@@ -735,29 +729,29 @@ impl Backend for CpuBackend {
             let units: Vec<(usize, usize)> = (0..p.n_head)
                 .flat_map(|h| (0..n_tokens).step_by(FA_TILE_Q).map(move |t0| (h, t0)))
                 .collect();
-            let blocks: Vec<Vec<f32>> = units
-                .par_iter()
-                .map(|&(h, t0)| {
-                    let t1 = (t0 + FA_TILE_Q).min(n_tokens);
-                    let head = HeadKv {
-                        kv,
-                        kvh: h / group,
-                        dk: p.head_dim_k,
-                        dv,
-                    };
-                    let queries: Vec<(&[f32], TokenSlot)> = (t0..t1)
-                        .map(|t| {
-                            (
-                                &qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k],
-                                batch.tokens[t],
-                            )
-                        })
-                        .collect();
-                    let mut local = vec![0.0f32; (t1 - t0) * dv];
-                    attend_block_f32(&queries, batch.cells, &head, p, &mut local);
-                    local
-                })
+            let mut blocks: Vec<Vec<f32>> = units
+                .iter()
+                .map(|&(_, t0)| vec![0.0f32; ((t0 + FA_TILE_Q).min(n_tokens) - t0) * dv])
                 .collect();
+            pool::par_chunks_mut(&mut blocks, 1, |u, local| {
+                let (h, t0) = units[u];
+                let t1 = (t0 + FA_TILE_Q).min(n_tokens);
+                let head = HeadKv {
+                    kv,
+                    kvh: h / group,
+                    dk: p.head_dim_k,
+                    dv,
+                };
+                let queries: Vec<(&[f32], TokenSlot)> = (t0..t1)
+                    .map(|t| {
+                        (
+                            &qb[t * qw + h * p.head_dim_k..t * qw + (h + 1) * p.head_dim_k],
+                            batch.tokens[t],
+                        )
+                    })
+                    .collect();
+                attend_block_f32(&queries, batch.cells, &head, p, &mut local[0]);
+            });
             for (&(h, t0), local) in units.iter().zip(&blocks) {
                 for (i, row) in local.chunks_exact(dv).enumerate() {
                     let t = t0 + i;
@@ -765,7 +759,7 @@ impl Backend for CpuBackend {
                 }
             }
         } else {
-            o.par_chunks_mut(dv).enumerate().for_each(|(i, oh)| {
+            pool::par_chunks_mut(&mut o, dv, |i, oh| {
                 let (t, h) = (i / p.n_head, i % p.n_head);
                 let tok = batch.tokens[t];
                 let cells = batch.cells[tok.seq as usize];

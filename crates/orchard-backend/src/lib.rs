@@ -8,8 +8,10 @@
 //! moving the residual stream across with one `download`/`upload` at the boundary.
 
 mod cpu;
+mod f16_simd;
 mod ggml_order;
 mod ops;
+mod pool;
 
 pub use cpu::CpuBackend;
 pub use ops::{gelu_tanh_f16_rounded, rope_cache, silu};
@@ -237,9 +239,6 @@ pub trait Backend: Send {
 /// later calls are ignored (the pool is global). `0` keeps the default (all cores).
 pub fn init_threads(n_threads: usize) {
     if n_threads > 0 {
-        // An error only means the pool was already built; the first size wins.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads)
-            .build_global();
+        pool::init(n_threads);
     }
 }
