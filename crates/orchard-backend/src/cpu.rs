@@ -2,9 +2,9 @@
 //! quantized to each weight type's `vec_dot_type` before a matmul (as ggml does, which is what
 //! makes our logits agree with llama.cpp's), and the KV cache is f16.
 
-use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache, silu};
+use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache};
 use crate::*;
-use crate::{f16_simd, pool};
+use crate::{pool, vec_math};
 use half::f16;
 use orchard_quant::{traits, TypeTraits, VecDotFn};
 
@@ -91,33 +91,10 @@ const MATMUL_ROWS_PER_TASK: usize = 16;
 
 /// `out = silu(gate) * up` as ggml's AVX-512 `ggml_vec_swiglu_f32`: 16-lane blocks through
 /// `ggml_v_silu`, the tail through the plain formula.
+/// `silu(gate) * up` per row as ggml's `ggml_vec_swiglu_f32` computes it (rows are
+/// independent; its vector/tail split restarts at each row).
 fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
-        unsafe { swiglu_fma(out, gate, up) };
-        return;
-    }
-    swiglu_body(out, gate, up)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn swiglu_fma(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    swiglu_body(out, gate, up)
-}
-
-#[inline(always)]
-fn swiglu_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    // Rows are independent; the 16-lane split restarts at each row as in ggml.
-    let n = out.len().min(gate.len()).min(up.len());
-    let split = n - n % 16;
-    for i in 0..split {
-        out[i] = crate::ops::silu_ggml(gate[i]) * up[i];
-    }
-    for i in split..n {
-        out[i] = silu(gate[i]) * up[i];
-    }
+    vec_math::swiglu_f32(out, gate, up)
 }
 
 /// ggml's `GGML_FA_TILE_Q`: the batch size from which its CPU flash attention is tiled.
@@ -216,6 +193,8 @@ fn attend_block_f32_body(
     let mut k_t = vec![0.0f32; dk * T]; // [dk][T]: transposed so the score loop runs across cells
     let mut v_t = vec![0.0f32; T * dv]; // [T][dv]
     let mut kq = [0.0f32; T];
+    let mut w = [0.0f32; T];
+    let mut k_row = vec![0.0f32; dk];
     for tile in 0..n_tiles {
         let t0 = tile * T;
         let mut loaded: Option<u32> = None;
@@ -230,12 +209,11 @@ fn attend_block_f32_body(
                 for tk in 0..T {
                     match seq_cells.get(t0 + tk) {
                         Some(&c) if t0 + tk <= hi.max(t0) + T => {
-                            for (d, kv) in h.k(c).iter().enumerate() {
-                                k_t[d * T + tk] = kv.to_f32();
+                            vec_math::f16_to_f32(&mut k_row[..dk], h.k(c));
+                            for (d, &kv) in k_row[..dk].iter().enumerate() {
+                                k_t[d * T + tk] = kv;
                             }
-                            for (dst, vv) in v_t[tk * dv..(tk + 1) * dv].iter_mut().zip(h.v(c)) {
-                                *dst = vv.to_f32();
-                            }
+                            vec_math::f16_to_f32(&mut v_t[tk * dv..(tk + 1) * dv], h.v(c));
                         }
                         _ => {}
                     }
@@ -274,15 +252,10 @@ fn attend_block_f32_body(
                 s[qi] *= ms;
             }
             m[qi] = m_new;
-            let mut sum = 0.0f64;
-            for chunk in kq.chunks_exact_mut(16) {
-                for v in chunk.iter_mut() {
-                    *v = crate::ops::expf_ggml(*v - m_new);
-                }
-                sum += crate::ops::reduce_add_16(chunk) as f64;
-            }
+            // ggml_vec_soft_max_f32: exp per lane, one f32 partial sum per vector, in f64.
+            let sum = vec_math::soft_max_f32(&mut w, &kq, m_new);
             s[qi] = (s[qi] as f64 + sum) as f32;
-            for (tk, &w) in kq.iter().enumerate() {
+            for (tk, &w) in w.iter().enumerate() {
                 let pos = t0 + tk;
                 if pos < lo || pos > hi {
                     continue; // w == 0: ggml's fma(0, v, acc) leaves acc unchanged
@@ -337,19 +310,19 @@ fn attend_f16_acc_body(q: &[f32], cells: &[u32], h: &HeadKv<'_>, p: &AttnParams,
         acc_heap = vec![f16::ZERO; h.dv];
         (&mut q_heap[..], &mut acc_heap[..])
     };
-    f16_simd::round_through_f16(q16, q);
+    vec_math::round_through_f16(q16, q);
     let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
     for &c in cells {
-        let s = score(f16_simd::dot_f16_ggml(h.k(c), q16), p);
+        let s = score(vec_math::dot_f16(h.k(c), q16), p);
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
             ms = (max - s).exp();
             max = s;
-            f16_simd::scale_f16(acc, ms);
+            vec_math::scale_f16(acc, ms);
         } else {
             vs = (s - max).exp();
         }
-        f16_simd::mad_f16(acc, h.v(c), vs);
+        vec_math::mad_f16(acc, h.v(c), vs);
         sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -708,8 +681,8 @@ impl Backend for CpuBackend {
                 });
             }
             let c = cell as usize;
-            f16_simd::f32_to_f16(&mut kv.k[c * kw..(c + 1) * kw], &kb[t * kw..(t + 1) * kw]);
-            f16_simd::f32_to_f16(&mut kv.v[c * vw..(c + 1) * vw], &vb[t * vw..(t + 1) * vw]);
+            vec_math::f32_to_f16(&mut kv.k[c * kw..(c + 1) * kw], &kb[t * kw..(t + 1) * kw]);
+            vec_math::f32_to_f16(&mut kv.v[c * vw..(c + 1) * vw], &vb[t * vw..(t + 1) * vw]);
         }
         // 2. attend: one task per (token, head)
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);

@@ -8,10 +8,10 @@
 //! moving the residual stream across with one `download`/`upload` at the boundary.
 
 mod cpu;
-mod f16_simd;
 mod ggml_order;
 mod ops;
 mod pool;
+pub mod vec_math;
 
 pub use cpu::CpuBackend;
 pub use ops::{gelu_tanh_f16_rounded, rope_cache, silu};

@@ -323,6 +323,72 @@ pub fn simd_gemm(c_out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n:
     }
 }
 
+/// `k · y` for an f16 row `k` (a KV cache row) and f16-valued `y`, in the order of ggml's
+/// AVX-512 `ggml_vec_dot_f16`: four 16-lane FMA accumulators over 64-element steps, folded
+/// 0+2, 1+3, then gcc's `_mm512_reduce_add_ps` tree; the tail in f64.
+pub fn dot_f16(k: &[f16], y: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx2) {
+        // SAFETY: the AVX2 tier includes AVX2, FMA and F16C (checked by runnable()).
+        return unsafe { x86::dot_f16_f16c(k, y) };
+    }
+    dot_f16_scalar(k, y)
+}
+
+fn dot_f16_scalar(k: &[f16], y: &[f32]) -> f32 {
+    let n = k.len().min(y.len());
+    let np = n & !63;
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let idx = i + 16 * j + l;
+                *v = k[idx].to_f32().mul_add(y[idx], *v);
+            }
+        }
+    }
+    let r: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let mut sum = f64::from(reduce16(&r));
+    for i in np..n {
+        sum += f64::from(k[i].to_f32() * y[i]);
+    }
+    sum as f32
+}
+
+/// `dst = f16(src)` (round to nearest even, as F16C and ggml's conversions do).
+pub fn f32_to_f16(dst: &mut [f16], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx2) {
+        // SAFETY: the AVX2 tier includes F16C (checked by runnable()).
+        return unsafe { x86::f32_to_f16_f16c(dst, src) };
+    }
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = f16::from_f32(s));
+}
+
+/// `dst = f32(src)`.
+pub fn f16_to_f32(dst: &mut [f32], src: &[f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx2) {
+        // SAFETY: the AVX2 tier includes F16C (checked by runnable()).
+        return unsafe { x86::f16_to_f32_f16c(dst, src) };
+    }
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+}
+
+/// `dst = f32(f16(src))`: values rounded through f16 (ggml's f16 copy of Q).
+pub fn round_through_f16(dst: &mut [f32], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx2) {
+        // SAFETY: the AVX2 tier includes F16C (checked by runnable()).
+        return unsafe { x86::round_through_f16_f16c(dst, src) };
+    }
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = f16::from_f32(s).to_f32());
+}
+
 // ---------------------------------------------------------------------------------------------
 // x86 kernels
 
@@ -585,6 +651,86 @@ mod x86 {
             y[k] = f16::from_f32(x[k].to_f32().mul_add(v, y[k].to_f32()));
         }
     }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_f16c(k: &[f16], y: &[f32]) -> f32 {
+        let n = k.len().min(y.len());
+        let np = n & !63;
+        let (kp, yp) = (k.as_ptr() as *const __m128i, y.as_ptr());
+        // acc[j][h]: 16-lane accumulator j as two 8-lane halves h (lanes 0-7, 8-15).
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i < np {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (h, ah) in a.iter_mut().enumerate() {
+                    let o = i + 16 * j + 8 * h;
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(kp.byte_add(2 * o)));
+                    *ah = _mm256_fmadd_ps(kv, _mm256_loadu_ps(yp.add(o)), *ah);
+                }
+            }
+            i += 64;
+        }
+        let r = |h: usize| {
+            _mm256_add_ps(
+                _mm256_add_ps(acc[0][h], acc[2][h]),
+                _mm256_add_ps(acc[1][h], acc[3][h]),
+            )
+        };
+        // reduce16: lanes 8-15 onto 0-7, then 4-7 onto 0-3, then (0+2)+(1+3).
+        let t3 = _mm256_add_ps(r(1), r(0));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let mut t = [0.0f32; 4];
+        _mm_storeu_ps(t.as_mut_ptr(), t6);
+        let mut sum = f64::from((t[0] + t[2]) + (t[1] + t[3]));
+        for i in np..n {
+            sum += f64::from(k[i].to_f32() * y[i]);
+        }
+        sum as f32
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn f32_to_f16_f16c(dst: &mut [f16], src: &[f32]) {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        for k in i..n {
+            dst[k] = f16::from_f32(src[k]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn f16_to_f32_f16c(dst: &mut [f32], src: &[f16]) {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+            i += 8;
+        }
+        for k in i..n {
+            dst[k] = src[k].to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn round_through_f16_f16c(dst: &mut [f32], src: &[f32]) {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        for k in i..n {
+            dst[k] = f16::from_f32(src[k]).to_f32();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -684,6 +830,30 @@ mod tests {
                 }
                 assert_eq!(ya, yb, "mad_f16 n={n}");
             }
+        }
+    }
+
+    #[test]
+    fn f16_helpers_match_their_scalar_definitions() {
+        let x = inputs(600);
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 128, 130, 256] {
+            let a: Vec<f32> = x[..n].iter().map(|v| v * 0.01).collect();
+            let b: Vec<f32> = x[n..2 * n].iter().map(|v| v * 0.3).collect();
+            let ka: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+            assert_eq!(
+                dot_f16(&ka, &b).to_bits(),
+                dot_f16_scalar(&ka, &b).to_bits(),
+                "dot n={n}"
+            );
+            let mut h = vec![f16::ZERO; n];
+            f32_to_f16(&mut h, &a);
+            assert_eq!(h, ka, "f32_to_f16 n={n}");
+            let mut r = vec![0f32; n];
+            round_through_f16(&mut r, &a);
+            let want: Vec<f32> = ka.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(bits(&r), bits(&want), "round_through_f16 n={n}");
+            f16_to_f32(&mut r, &ka);
+            assert_eq!(bits(&r), bits(&want), "f16_to_f32 n={n}");
         }
     }
 
