@@ -129,7 +129,7 @@ impl Drop for CloseAndWait {
         let mut spins = 0u32;
         while gate & JOINED != 0 {
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 // A joined worker descheduled by the OS mid-task (a busy machine): let it run.
                 std::thread::yield_now();
             } else {
@@ -163,7 +163,7 @@ fn worker(s: &'static Shared) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 {
+            if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
                 continue;
             }
