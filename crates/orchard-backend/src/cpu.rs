@@ -6,7 +6,7 @@ use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache};
 use crate::*;
 use crate::{pool, vec_math};
 use half::f16;
-use orchard_quant::{traits, TypeTraits, VecDotFn};
+use orchard_quant::{traits, TypeTraits};
 
 struct Buf {
     data: Vec<f32>,
@@ -38,6 +38,23 @@ pub struct CpuBackend {
     act_scratch: Vec<u8>,
     /// Transposed matmul output for multi-token steps, reused across calls.
     out_scratch: Vec<f32>,
+    /// Sequence of each activation row (`Backend::set_row_sequences`).
+    row_seqs: Vec<u32>,
+    /// Per-token dot order of the current matmul, reused across calls.
+    orders: Vec<DotOrder>,
+}
+
+/// Which of ggml's float orders a (weight row, token) dot product follows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DotOrder {
+    /// The type's own `vec_dot` (also `vec_dot_4act`, which gives the same bits).
+    Plain,
+    /// Repacked Q4_K GEMM order: tokens in groups of four.
+    Gemm,
+    /// Repacked Q4_K GEMV order: single tokens and a group's leftovers.
+    Gemv,
+    /// Tiled Q6_K order: batches of at least `TILED_MIN_BATCH` tokens.
+    Tiled,
 }
 
 impl Default for CpuBackend {
@@ -54,6 +71,8 @@ impl CpuBackend {
             kv: Vec::new(),
             act_scratch: Vec::new(),
             out_scratch: Vec::new(),
+            row_seqs: Vec::new(),
+            orders: Vec::new(),
         }
     }
 
@@ -88,6 +107,38 @@ impl CpuBackend {
 
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
+
+/// The float order of each token's dot products in a matmul of `n_tokens` rows against a
+/// weight of this type and row count, decided per sequence (runs of equal `seqs` entries) from
+/// that sequence's own row count, as llama.cpp decides it for a batch holding that sequence
+/// alone. `seqs` that do not describe these rows count as one sequence.
+fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mut Vec<DotOrder>) {
+    use crate::ggml_order::{uses_repack_order, uses_tiled_order};
+    out.clear();
+    let seqs = if seqs.len() == n_tokens { seqs } else { &[] };
+    let mut start = 0;
+    while start < n_tokens {
+        let len = match seqs.get(start) {
+            Some(&s) => seqs[start..].iter().take_while(|&&x| x == s).count(),
+            None => n_tokens - start,
+        };
+        let grouped = len - len % 4;
+        out.extend((0..len).map(|i| {
+            if uses_repack_order(dtype, rows) {
+                if i < grouped {
+                    DotOrder::Gemm
+                } else {
+                    DotOrder::Gemv
+                }
+            } else if uses_tiled_order(dtype, rows, len) {
+                DotOrder::Tiled
+            } else {
+                DotOrder::Plain
+            }
+        }));
+        start += len;
+    }
+}
 
 /// `out = silu(gate) * up` as ggml's AVX-512 `ggml_vec_swiglu_f32`: 16-lane blocks through
 /// `ggml_v_silu`, the tail through the plain formula.
@@ -496,32 +547,32 @@ impl Backend for CpuBackend {
             .and_then(|v| v.from_float)
             .expect("activation type quantizes");
         let plain = t.vec_dot.expect("matmul on a type without a dot kernel");
-        // Rows of the batch that ggml's repacked GEMM handles (groups of four) and the rest (GEMV).
-        // orchard-quant's SIMD kernels for these orders when it has them (bit-identical to the
-        // scalar ones in ggml_order.rs, which remain the fallback).
-        let (dot_gemm, dot_gemv): (VecDotFn, VecDotFn) =
-            if crate::ggml_order::uses_repack_order(t.dtype, rows) {
-                (
-                    t.vec_dot_interleaved_gemm
-                        .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemm_order),
-                    t.vec_dot_interleaved
-                        .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemv_order),
-                )
-            } else if crate::ggml_order::uses_tiled_order(t.dtype, rows, n_tokens) {
-                let tiled = t
-                    .vec_dot_tiled
-                    .unwrap_or(crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order);
-                (tiled, tiled)
-            } else {
-                (plain, plain)
-            };
-        let n_gemm = n_tokens - n_tokens % 4;
+        // orchard-quant's SIMD kernels for ggml's repacked/tiled orders when it has them
+        // (bit-identical to the scalar ones in ggml_order.rs, which remain the fallback).
+        let gemm = t
+            .vec_dot_interleaved_gemm
+            .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemm_order);
+        let gemv = t
+            .vec_dot_interleaved
+            .unwrap_or(crate::ggml_order::vec_dot_q4_k_q8_k_gemv_order);
+        let tiled = t
+            .vec_dot_tiled
+            .unwrap_or(crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order);
+        let dot_of = |o: DotOrder| match o {
+            DotOrder::Plain => plain,
+            DotOrder::Gemm => gemm,
+            DotOrder::Gemv => gemv,
+            DotOrder::Tiled => tiled,
+        };
+        let mut orders = std::mem::take(&mut self.orders);
+        dot_orders(t.dtype, rows, &self.row_seqs, n_tokens, &mut orders);
+        let dot4 = t.vec_dot_4act;
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
         let xb = &self.bufs[x.0 as usize].data;
-        pool::par_chunks_mut(&mut act, act_row, |t, a| {
-            vdt_from(&xb[t * cols..(t + 1) * cols], a)
+        pool::par_chunks_mut(&mut act, act_row, |tk, a| {
+            vdt_from(&xb[tk * cols..(tk + 1) * cols], a)
         });
 
         self.set_rows(out, n_tokens);
@@ -529,26 +580,43 @@ impl Backend for CpuBackend {
         let wbytes = self.weights[w.0 as usize].host.bytes();
         let w_row = t.dtype.row_bytes(cols as u64).expect("validated") as usize;
         if n_tokens == 1 {
+            let dot = dot_of(orders[0]);
             pool::par_chunks_mut(&mut o, MATMUL_ROWS_PER_TASK, |ci, chunk| {
                 let r0 = ci * MATMUL_ROWS_PER_TASK;
                 for (i, v) in chunk.iter_mut().enumerate() {
                     let r = r0 + i;
-                    *v = dot_gemv(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
+                    *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
                 }
             });
         } else {
             // Each task owns a block of weight rows and dots it with every token, so a weight row
-            // is read from memory once per step; the result is transposed back afterwards.
+            // is read from memory once per step; four tokens share each unpacked weight block
+            // where the order allows. The result is transposed back afterwards.
             let mut tr = std::mem::take(&mut self.out_scratch);
             tr.resize(rows * n_tokens, 0.0);
+            let act_of = |tk: usize| &act[tk * act_row..(tk + 1) * act_row];
             pool::par_chunks_mut(&mut tr, MATMUL_ROWS_PER_TASK * n_tokens, |ci, chunk| {
                 let r0 = ci * MATMUL_ROWS_PER_TASK;
                 for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
                     let r = r0 + i;
                     let wr = &wbytes[r * w_row..(r + 1) * w_row];
-                    for (tk, v) in row_out.iter_mut().enumerate() {
-                        let dot = if tk < n_gemm { dot_gemm } else { dot_gemv };
-                        *v = dot(cols, wr, &act[tk * act_row..(tk + 1) * act_row]);
+                    let mut tk = 0;
+                    while tk < n_tokens {
+                        if let Some(d4) = dot4.filter(|_| {
+                            tk + 4 <= n_tokens
+                                && orders[tk..tk + 4].iter().all(|&o| o == DotOrder::Plain)
+                        }) {
+                            let v = d4(
+                                cols,
+                                wr,
+                                [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)],
+                            );
+                            row_out[tk..tk + 4].copy_from_slice(&v);
+                            tk += 4;
+                        } else {
+                            row_out[tk] = dot_of(orders[tk])(cols, wr, act_of(tk));
+                            tk += 1;
+                        }
                     }
                 }
             });
@@ -561,6 +629,12 @@ impl Backend for CpuBackend {
         }
         self.bufs[out.0 as usize].data = o;
         self.act_scratch = act;
+        self.orders = orders;
+    }
+
+    fn set_row_sequences(&mut self, seqs: &[u32]) {
+        self.row_seqs.clear();
+        self.row_seqs.extend_from_slice(seqs);
     }
 
     fn add_bias(&mut self, x: BufId, b: WeightId) {
@@ -693,22 +767,38 @@ impl Backend for CpuBackend {
         o.resize(n_tokens * p.n_head * p.head_dim_v, 0.0);
         // llama.cpp's CPU flash attention takes a tiled all-f32 path for batches of at least
         // FA_TILE_Q queries and a per-query path with Q rounded to f16 and an f16 V accumulator
-        // below that; we follow the same split so that logits agree at every batch size.
-        let f32_path = n_tokens >= FA_TILE_Q;
+        // below that; we follow the same split so that logits agree at every batch size. The
+        // split is made per sequence (runs of tokens of one sequence), from that sequence's own
+        // query count, so that a sequence's results do not depend on what else is batched.
         let (dv, row_w) = (p.head_dim_v, p.n_head * p.head_dim_v);
-        if f32_path {
+        let mut tiled = vec![false; n_tokens];
+        let mut units: Vec<(usize, usize, usize)> = Vec::new(); // (head, first, end) query blocks
+        let mut start = 0;
+        while start < n_tokens {
+            let seq = batch.tokens[start].seq;
+            let len = batch.tokens[start..]
+                .iter()
+                .take_while(|t| t.seq == seq)
+                .count();
+            if len >= FA_TILE_Q {
+                tiled[start..start + len].iter_mut().for_each(|t| *t = true);
+                for h in 0..p.n_head {
+                    for t0 in (start..start + len).step_by(FA_TILE_Q) {
+                        units.push((h, t0, (t0 + FA_TILE_Q).min(start + len)));
+                    }
+                }
+            }
+            start += len;
+        }
+        if !units.is_empty() {
             // One task per (head, block of FA_TILE_Q queries), as ggml tiles it: each KV tile is
             // converted to f32 once per block instead of once per query.
-            let units: Vec<(usize, usize)> = (0..p.n_head)
-                .flat_map(|h| (0..n_tokens).step_by(FA_TILE_Q).map(move |t0| (h, t0)))
-                .collect();
             let mut blocks: Vec<Vec<f32>> = units
                 .iter()
-                .map(|&(_, t0)| vec![0.0f32; ((t0 + FA_TILE_Q).min(n_tokens) - t0) * dv])
+                .map(|&(_, t0, t1)| vec![0.0f32; (t1 - t0) * dv])
                 .collect();
             pool::par_chunks_mut(&mut blocks, 1, |u, local| {
-                let (h, t0) = units[u];
-                let t1 = (t0 + FA_TILE_Q).min(n_tokens);
+                let (h, t0, t1) = units[u];
                 let head = HeadKv {
                     kv,
                     kvh: h / group,
@@ -725,15 +815,19 @@ impl Backend for CpuBackend {
                     .collect();
                 attend_block_f32(&queries, batch.cells, &head, p, &mut local[0]);
             });
-            for (&(h, t0), local) in units.iter().zip(&blocks) {
+            for (&(h, t0, _), local) in units.iter().zip(&blocks) {
                 for (i, row) in local.chunks_exact(dv).enumerate() {
                     let t = t0 + i;
                     o[t * row_w + h * dv..t * row_w + (h + 1) * dv].copy_from_slice(row);
                 }
             }
-        } else {
+        }
+        if tiled.iter().any(|&t| !t) {
             pool::par_chunks_mut(&mut o, dv, |i, oh| {
                 let (t, h) = (i / p.n_head, i % p.n_head);
+                if tiled[t] {
+                    return;
+                }
                 let tok = batch.tokens[t];
                 let cells = batch.cells[tok.seq as usize];
                 let hi = tok.pos as usize;

@@ -231,6 +231,12 @@ pub trait Backend: Send {
         p: &AttnParams,
         out: BufId,
     ) -> Result<(), BackendError>;
+    /// The sequence of each row of the activations processed next (until the next call).
+    /// Kernels whose float order depends on how many rows a batch has (ggml's grouped and tiled
+    /// matmul orders) then decide per sequence, from that sequence's own rows, so that a
+    /// sequence computes the same bits alone as inside a larger continuous batch. Matmuls whose
+    /// row count differs from `seqs.len()` treat all rows as one sequence.
+    fn set_row_sequences(&mut self, _seqs: &[u32]) {}
     /// Waits for recorded work (no-op on the CPU).
     fn sync(&mut self) {}
 }

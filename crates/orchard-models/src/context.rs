@@ -51,6 +51,8 @@ pub struct Context {
     n_cells: usize,
     host: Vec<f32>,
     embd_row: Vec<f32>,
+    /// Sequence of each row of the current step (see `Backend::set_row_sequences`).
+    row_seqs: Vec<u32>,
 }
 
 impl Context {
@@ -122,6 +124,7 @@ impl Context {
             n_cells,
             host: Vec::new(),
             embd_row: Vec::new(),
+            row_seqs: Vec::new(),
         })
     }
 
@@ -237,6 +240,11 @@ impl Context {
             tokens: batch.slots,
             cells: batch.cells,
         };
+        self.row_seqs.clear();
+        self.row_seqs.extend(batch.slots.iter().map(|t| t.seq));
+        for s in &mut self.slots {
+            s.b.set_row_sequences(&self.row_seqs);
+        }
         let mut cur_slot = self.layer_slot.first().copied().unwrap_or(0);
         {
             let s = &mut self.slots[cur_slot];
@@ -283,6 +291,10 @@ impl Context {
             step.b.sync();
             return Ok(());
         }
+        self.row_seqs.clear();
+        self.row_seqs
+            .extend(batch.logits.iter().map(|&i| batch.slots[i as usize].seq));
+        step.b.set_row_sequences(&self.row_seqs);
         let sel = step.buf("out_rows", hp.n_embd);
         step.b.copy_rows(step.x, batch.logits, sel);
         let normed = step.norm(sel, model.output_norm, hp.rms_eps, "out_norm", hp.n_embd);
