@@ -272,12 +272,7 @@ fn attend_block_f32_body(
                 loaded = Some(tok.seq);
             }
             kq.iter_mut().for_each(|v| *v = 0.0);
-            for (d, &qd) in q.iter().enumerate().take(dk) {
-                let col = &k_t[d * T..(d + 1) * T];
-                for (acc, &kv) in kq.iter_mut().zip(col) {
-                    *acc = kv.mul_add(qd, *acc);
-                }
-            }
+            vec_math::gemv_acc(&mut kq, &q[..dk], &k_t, dk, T);
             let mut tile_max = f32::NEG_INFINITY;
             for (tk, v) in kq.iter_mut().enumerate() {
                 let pos = t0 + tk;
@@ -306,14 +301,12 @@ fn attend_block_f32_body(
             // ggml_vec_soft_max_f32: exp per lane, one f32 partial sum per vector, in f64.
             let sum = vec_math::soft_max_f32(&mut w, &kq, m_new);
             s[qi] = (s[qi] as f64 + sum) as f32;
-            for (tk, &w) in w.iter().enumerate() {
-                let pos = t0 + tk;
-                if pos < lo || pos > hi {
-                    continue; // w == 0: ggml's fma(0, v, acc) leaves acc unchanged
-                }
-                for (acc, &x) in o.iter_mut().zip(&v_t[tk * dv..(tk + 1) * dv]) {
-                    *acc = x.mul_add(w, *acc);
-                }
+            // Cells outside [lo, hi] (w == 0) are skipped: ggml's fma(0, v, acc) leaves acc
+            // unchanged (up to the sign of a zero, which skipping keeps).
+            let a = lo.max(t0) - t0;
+            let b = (hi + 1).min(t0 + T) - t0;
+            if a < b {
+                vec_math::gemv_acc(o, &w[a..b], &v_t[a * dv..b * dv], b - a, dv);
             }
         }
     }

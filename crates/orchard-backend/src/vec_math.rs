@@ -389,6 +389,22 @@ pub fn round_through_f16(dst: &mut [f32], src: &[f32]) {
         .for_each(|(d, &s)| *d = f16::from_f32(s).to_f32());
 }
 
+/// `c[j] = fma(a[kk], b[kk * n + j], c[j])` for `kk` in `0..k` in order, for every `j < n`:
+/// [`simd_gemm`] with one row (attention's Q·Kᵀ over a tile and its V accumulation), with the
+/// accumulators held in registers.
+pub fn gemv_acc(c: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize) {
+    assert!(
+        c.len() >= n && a.len() >= k && b.len() >= k * n,
+        "gemv_acc shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx2) {
+        // SAFETY: AVX2 and FMA checked by runnable(); the shapes were checked above.
+        return unsafe { x86::gemv_acc_avx2(c, a, b, k, n) };
+    }
+    simd_gemm(c, a, b, 1, k, n)
+}
+
 // ---------------------------------------------------------------------------------------------
 // x86 kernels
 
@@ -652,6 +668,42 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemv_acc_avx2(c: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize) {
+        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
+        let mut j = 0;
+        // 64 columns at a time: eight accumulators stay in registers across the k loop.
+        while j + 64 <= n {
+            let mut acc: [__m256; 8] = std::array::from_fn(|v| _mm256_loadu_ps(cp.add(j + 8 * v)));
+            for (kk, &av) in a[..k].iter().enumerate() {
+                let x = _mm256_set1_ps(av);
+                let row = bp.add(kk * n + j);
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(row.add(8 * v)), *acc);
+                }
+            }
+            for (v, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(cp.add(j + 8 * v), *acc);
+            }
+            j += 64;
+        }
+        while j + 8 <= n {
+            let mut acc = _mm256_loadu_ps(cp.add(j));
+            for (kk, &av) in a[..k].iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(av), _mm256_loadu_ps(bp.add(kk * n + j)), acc);
+            }
+            _mm256_storeu_ps(cp.add(j), acc);
+            j += 8;
+        }
+        for jj in j..n {
+            let mut acc = c[jj];
+            for (kk, &av) in a[..k].iter().enumerate() {
+                acc = av.mul_add(b[kk * n + jj], acc);
+            }
+            c[jj] = acc;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f16_f16c(k: &[f16], y: &[f32]) -> f32 {
         let n = k.len().min(y.len());
@@ -854,6 +906,23 @@ mod tests {
             assert_eq!(bits(&r), bits(&want), "round_through_f16 n={n}");
             f16_to_f32(&mut r, &ka);
             assert_eq!(bits(&r), bits(&want), "f16_to_f32 n={n}");
+        }
+    }
+
+    #[test]
+    fn gemv_acc_is_an_fma_chain_per_column() {
+        for (k, n) in [(64usize, 64usize), (3, 19), (5, 136), (1, 7), (64, 256)] {
+            let a: Vec<f32> = inputs(k).iter().map(|v| v * 0.3).collect();
+            let b: Vec<f32> = inputs(k * n + 7)[7..].iter().map(|v| v * 0.1).collect();
+            let mut c_out: Vec<f32> = inputs(n + 3)[3..].to_vec();
+            let mut want = c_out.clone();
+            gemv_acc(&mut c_out, &a, &b, k, n);
+            for (j, w) in want.iter_mut().enumerate() {
+                for kk in 0..k {
+                    *w = a[kk].mul_add(b[kk * n + j], *w);
+                }
+            }
+            assert_eq!(bits(&c_out), bits(&want), "k={k} n={n}");
         }
     }
 
