@@ -116,24 +116,35 @@ macro_rules! dot_min {
             let x = w.as_ptr();
             let y = act.map(|a| a.as_ptr());
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut summs = [0f32; 4];
+            let mut summs = _mm_setzero_ps();
+            // Lane r of the gathered activation scales: row r's d (first half), s (second).
+            let deint = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             for i in 0..nb {
                 let xb = x.add(i * $wb);
+                prefetch(xb);
+                let dmx = halves(u64::from((xb as *const u32).read_unaligned()));
+                let (dx, mx) = (_mm_broadcastss_ps(dmx), _mm_movehdup_ps(dmx));
+                let mx = _mm_shuffle_ps::<0>(mx, mx);
+                let ds = |r: usize| (y[r].add(i * Q8_1) as *const i32).read_unaligned();
+                let h = _mm_set_epi32(ds(3), ds(2), ds(1), ds(0));
+                let ds8 = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(h), deint);
+                let (dy, sy) = (_mm256_castps256_ps128(ds8), _mm256_extractf128_ps::<1>(ds8));
+                // Per lane exactly the single-row kernel's `m_x * s_y + summs` and `d_x * d_y`.
+                summs = _mm_fmadd_ps(mx, sy, summs);
+                let d = _mm256_castps128_ps256(_mm_mul_ps(dx, dy));
                 let qx = unpack!($fmt, xb);
                 for r in 0..4 {
                     let yb = y[r].add(i * Q8_1);
-                    let s = f16_pairs(xb, yb);
-                    let (dx, mx, dy, sy) = (lane(s, 0), lane(s, 1), lane(s, 2), lane(s, 3));
-                    summs[r] = mx.mul_add(sy, summs[r]);
                     let q = _mm256_cvtepi32_ps(dot_us(qx, load256(yb.add(4))));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[r]);
+                    let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
+                    acc[r] = _mm256_fmadd_ps(dr, q, acc[r]);
                 }
             }
             [
-                hsum8(acc[0]) + summs[0],
-                hsum8(acc[1]) + summs[1],
-                hsum8(acc[2]) + summs[2],
-                hsum8(acc[3]) + summs[3],
+                hsum8(acc[0]) + lane(summs, 0),
+                hsum8(acc[1]) + lane(summs, 1),
+                hsum8(acc[2]) + lane(summs, 2),
+                hsum8(acc[3]) + lane(summs, 3),
             ]
         }
 
