@@ -57,6 +57,11 @@ const MATVEC_ROWS: usize = 4;
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 /// Below this many 128x128 tiles the 64x64-tile matmul is used.
 const MATMUL_MIN_BIG_TILES: usize = 256;
+/// Threads of an integer-dot (K-quant x Q8_K) matrix-vector workgroup, and threads per row:
+/// a workgroup computes `Q8K_WG / Q8K_TPR` rows. `ORCHARD_GPU_Q8K_WG` / `ORCHARD_GPU_Q8K_TPR`
+/// override them (powers of two, TPR <= WG) for tuning on a device.
+const Q8K_WG: u32 = 128;
+const Q8K_TPR: u32 = 32;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -77,6 +82,10 @@ enum Kernel {
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
+    /// K-quant weights x Q8_K activations with integer dots; `true`: `dot4I8Packed`.
+    MatVecQ8K(DType, bool),
+    /// Activations to packed Q8_K for `MatVecQ8K`.
+    ActQ8K,
     Norm,
     NormInplace,
     Elementwise,
@@ -95,11 +104,12 @@ impl Kernel {
             | Kernel::MatMul(_)
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
+            | Kernel::MatVecQ8K(..)
             | Kernel::Norm
             | Kernel::Glu => &[false, false, true],
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
-            Kernel::ActQuant => &[false, true],
+            Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
         }
     }
@@ -195,6 +205,10 @@ pub struct GpuBackend {
     /// Activations rounded as the CPU quantizes them, per (buffer, activation format).
     act_q: HashMap<(u32, u32), ActQ>,
     exact_activations: bool,
+    /// Whether integer-dot kernels use `dot4I8Packed` (off on Metal, where naga emulates it).
+    packed_dot: bool,
+    /// (workgroup size, threads per row) of the integer-dot matrix-vector kernels.
+    q8k_shape: (u32, u32),
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -289,7 +303,16 @@ impl GpuBackend {
             versions: HashMap::new(),
             act_q: HashMap::new(),
             exact_activations: true,
+            packed_dot: true,
+            q8k_shape: (Q8K_WG, Q8K_TPR),
         };
+        me.packed_dot = me.info.backend != "metal";
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+        let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
+        let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
+        if wg.is_power_of_two() && tpr.is_power_of_two() && tpr <= wg && wg <= 1024 {
+            me.q8k_shape = (wg, tpr);
+        }
         me.sync();
         Ok(me)
     }
@@ -315,6 +338,13 @@ impl GpuBackend {
     /// as accurate, but they then differ from the CPU by that quantization noise).
     pub fn set_exact_activations(&mut self, on: bool) {
         self.exact_activations = on;
+    }
+
+    /// Whether the integer-dot kernels use WGSL's `dot4I8Packed` (the default except on
+    /// Metal) or unpack bytes and use plain integer dots (the variant Metal runs; both are
+    /// tested on lavapipe).
+    pub fn set_packed_dot(&mut self, on: bool) {
+        self.packed_dot = on;
     }
 
     /// Command submissions made so far (one per step when nothing overflows the arenas).
@@ -351,7 +381,10 @@ impl GpuBackend {
 
     fn pipeline(&mut self, k: Kernel) -> &Pipeline {
         if !self.pipelines.contains_key(&k) {
+            let (q8k_wg, q8k_tpr) = self.q8k_shape;
             let (body, wg, fmt) = match k {
+                Kernel::MatVecQ8K(..) => (shaders::MATVEC_Q8K, q8k_wg, None),
+                Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
@@ -365,7 +398,17 @@ impl GpuBackend {
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
-            let src = shaders::source(body, wg, fmt.as_ref());
+            let src = match k {
+                Kernel::MatVecQ8K(dt, packed) => {
+                    let unit = match dt {
+                        DType::Q4_K => shaders::UNIT_Q4_K,
+                        DType::Q6_K => shaders::UNIT_Q6_K,
+                        _ => unreachable!("no integer-dot unit for {dt}"),
+                    };
+                    shaders::source_q8k(unit, wg, q8k_tpr, packed)
+                }
+                _ => shaders::source(body, wg, fmt.as_ref()),
+            };
             let module = self
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -566,6 +609,40 @@ impl GpuBackend {
             },
         );
         res
+    }
+
+    /// `x` quantized to packed Q8_K (int8 words, then one f32 scale per 256 values) for the
+    /// integer-dot kernels, cached until `x` is written again. Returns the buffer and the word
+    /// offset of the scales.
+    fn q8k_input(&mut self, x: BufId) -> (Res, u32) {
+        const MODE: u32 = 3;
+        let xr = self.res(x);
+        let n = self.buf(x).n_tokens * self.buf(x).width;
+        debug_assert!(n.is_multiple_of(256));
+        let words = n / 4 + n / 256;
+        let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
+        if let Some(q) = self.act_q.get(&(x.0, MODE)) {
+            if q.src == src && q.cap >= words {
+                return (q.res.clone(), (n / 4) as u32);
+            }
+        }
+        let (res, cap) = match self.act_q.remove(&(x.0, MODE)) {
+            Some(q) if q.cap >= words => (q.res, q.cap),
+            _ => (self.storage("act_q8k", (words * 4) as u64), words),
+        };
+        let (groups, gx) = self.grid(n / 256, 1);
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[n as u32, 0, 0, gx]);
+        self.dispatch(Kernel::ActQ8K, &[&xr, &res], p, groups);
+        self.act_q.insert(
+            (x.0, MODE),
+            ActQ {
+                src,
+                res: res.clone(),
+                cap,
+            },
+        );
+        (res, (n / 4) as u32)
     }
 
     /// A 1-D launch of `n` work items in workgroups of `wg`, folded into 2-D when it exceeds the
@@ -969,8 +1046,35 @@ impl Backend for GpuBackend {
             .map(|c| (c.res.clone(), c.row0, c.rows, c.scale_off))
             .collect();
         self.set_rows(out, n);
-        let xr = self.matmul_input(x, fmt.dtype);
         let or = self.res(out);
+        if n <= MATVEC_MAX_TOKENS
+            && self.exact_activations
+            && ragged == 0
+            && matches!(fmt.dtype, DType::Q4_K | DType::Q6_K)
+        {
+            // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
+            let (xq, d_off) = self.q8k_input(x);
+            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot);
+            let rows_per_group = (self.q8k_shape.0 / self.q8k_shape.1) as usize;
+            for (res, row0, crow, scale_off) in chunks {
+                let (mut groups, gx) = self.grid(crow.div_ceil(rows_per_group), 1);
+                groups[2] = n as u32;
+                let mut p = [0u32; 16];
+                p[..8].copy_from_slice(&[
+                    crow as u32,
+                    bpr as u32,
+                    cols as u32,
+                    rows as u32,
+                    row0 as u32,
+                    scale_off,
+                    d_off,
+                    gx,
+                ]);
+                self.dispatch(k, &[&res, &xq, &or], p, groups);
+            }
+            return;
+        }
+        let xr = self.matmul_input(x, fmt.dtype);
         let cpb = (fmt.block / 16) as u32;
         for (res, row0, crow, scale_off) in chunks {
             let mut p = [0u32; 16];

@@ -656,3 +656,191 @@ pub(crate) fn source(body: &str, wg: u32, fmt: Option<&Format>) -> String {
     s.push_str(rest);
     s
 }
+
+/// Quantizes activations to Q8_K exactly as the CPU backend's `quantize_row_q8_K` does (scale
+/// -127/max of the first signed extreme, levels rounded half to even and capped at 127) and
+/// stores them packed, four int8 per word, followed by one f32 `d` per 256 values, for the
+/// integer-dot matrix-vector kernels. One workgroup per 256-value block.
+/// a = (n values, _, _, grid x).
+pub(crate) const ACT_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<u32>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> ai: array<u32, 256>;
+var<workgroup> qv: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = g.y * P.a.w + g.x;
+    let live = blk * 256u < P.a.x;
+    let i = blk * 256u + lid;
+    var v = 0.0;
+    if (live) { v = X[i]; }
+    am[lid] = abs(v);
+    ai[lid] = lid;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) {
+            let o = lid + st;
+            if (am[o] > am[lid]) { am[lid] = am[o]; ai[lid] = ai[o]; }
+        }
+        workgroupBarrier();
+    }
+    let amax = am[0];
+    var q = 0;
+    var d = 0.0;
+    if (live && amax != 0.0) {
+        let iscale = -127.0 / X[blk * 256u + ai[0]];
+        q = i32(min(round(iscale * v), 127.0));
+        d = 1.0 / iscale;
+    }
+    qv[lid] = bitcast<u32>(q) & 0xFFu;
+    workgroupBarrier();
+    if (!live) { return; }
+    if (lid < 64u) {
+        let k = 4u * lid;
+        O[blk * 64u + lid] = qv[k] | (qv[k + 1u] << 8u) | (qv[k + 2u] << 16u) | (qv[k + 3u] << 24u);
+    }
+    if (lid == 0u) { O[P.a.x / 4u + blk] = bitcast<u32>(d); }
+}
+"#;
+
+/// Matrix-vector product for decode on K-quant weights and Q8_K activations (`ACT_Q8K`), with
+/// integer dot products as the CPU's `vec_dot_q*_K_q8_K`: every 16- or 32-element sub-block
+/// sums exactly in integers and only the per-unit scaling is float, so results agree with the
+/// CPU to f32 rounding of a few terms per block. Each workgroup computes WG / TPR rows; the TPR
+/// threads of a row walk its units (16-byte runs of quants) so that consecutive threads read
+/// consecutive memory, then a shared-memory tree reduces them.
+/// a = (rows, blocks per row, cols, out row stride)
+/// b = (out column offset, scale word offset, word offset of the activation scales, grid x)
+pub(crate) const MATVEC_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+var<workgroup> red: array<f32, WG>;
+fn wword(i: u32) -> u32 { return W[i >> 2u][i & 3u]; }
+fn xword(i: u32) -> u32 { return X[i >> 2u][i & 3u]; }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % TPR;
+    let row = (g.y * P.b.w + g.x) * (WG / TPR) + lid / TPR;
+    let tok = g.z;
+    let nblk = P.a.y;
+    var acc = 0.0;
+    if (row < P.a.x) {
+        let nu = nblk * UPB;
+        let xb = tok * nblk;
+        for (var u = lane; u < nu; u += TPR) {
+            let b = u / UPB;
+            let dy = bitcast<f32>(xword(P.b.z + xb + b));
+            acc += dy * unit(row * nblk + b, u % UPB, (xb + b) * 16u);
+        }
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    for (var st = TPR / 2u; st > 0u; st >>= 1u) {
+        if (lane < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < P.a.x) {
+        O[tok * P.a.w + P.b.x + row] = red[lid];
+    }
+}
+"#;
+
+/// `dot4`: the signed 8-bit dot product of two packed words, through the WGSL built-in or, for
+/// Metal (where naga emulates it slowly) and as a portable fallback, by unpacking.
+pub(crate) const DOT4_PACKED: &str = r#"
+fn dot4(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
+"#;
+pub(crate) const DOT4_UNPACKED: &str = r#"
+fn i8x4i(w: u32) -> vec4<i32> {
+    return vec4<i32>(bitcast<i32>(w << 24u) >> 24u, bitcast<i32>(w << 16u) >> 24u,
+                     bitcast<i32>(w << 8u) >> 24u, bitcast<i32>(w) >> 24u);
+}
+fn dot4(a: u32, b: u32) -> i32 { return dot(i8x4i(a), i8x4i(b)); }
+"#;
+
+/// Q4_K unit: four body words (vec4 `v` of the block's eight) = 16 bytes, whose low nibbles are
+/// 16 elements of sub-block 2j and high nibbles 16 of sub-block 2j+1 (j = v / 2); returns the
+/// block-local sum before the activation scale. Header words as `Scale::KHeader`.
+pub(crate) const UNIT_Q4_K: &str = r#"
+const UPB: u32 = 8u;
+fn unit(blk: u32, v: u32, xv: u32) -> f32 {
+    let w = W[blk * 8u + v];
+    let j = v >> 1u;
+    let xl = X[xv + 4u * j + (v & 1u)];
+    let xh = X[xv + 4u * j + (v & 1u) + 2u];
+    let h = P.b.y + 5u * blk;
+    let dm = unpack2x16float(wword(h));
+    let sh = 8u * ((2u * j) & 3u);
+    let scw = wword(h + 1u + (j >> 1u)) >> sh;
+    let mnw = wword(h + 3u + (j >> 1u)) >> sh;
+    var il = 0;
+    var ih = 0;
+    var sl = 0;
+    var shi = 0;
+    for (var k = 0u; k < 4u; k++) {
+        il += dot4(w[k] & 0x0F0F0F0Fu, xl[k]);
+        ih += dot4((w[k] >> 4u) & 0x0F0F0F0Fu, xh[k]);
+        sl += dot4(0x01010101u, xl[k]);
+        shi += dot4(0x01010101u, xh[k]);
+    }
+    let s = i32(scw & 0xFFu) * il + i32((scw >> 8u) & 0xFFu) * ih;
+    let m = i32(mnw & 0xFFu) * sl + i32((mnw >> 8u) & 0xFFu) * shi;
+    return dm.x * f32(s) - dm.y * f32(m);
+}
+"#;
+
+/// Q6_K unit: half n of the block (128 elements), 16-byte half h of its low-nibble and high-bit
+/// rows: 64 elements in four 16-element sub-blocks, each with its own int8 scale (ggml's
+/// `dequantize_row_q6_K` order). Body: 52 words (13 vec4), d in the half-scale region.
+pub(crate) const UNIT_Q6_K: &str = r#"
+const UPB: u32 = 4u;
+fn unit(blk: u32, v: u32, xv: u32) -> f32 {
+    let n = v >> 1u;
+    let h = v & 1u;
+    let base = blk * 13u;
+    let qa = W[base + 4u * n + h];
+    let qb = W[base + 4u * n + h + 2u];
+    let qh = W[base + 8u + 2u * n + h];
+    let scv = W[base + 12u];
+    let di = P.b.y + (blk >> 1u);
+    let dw = unpack2x16float(wword(di))[blk & 1u];
+    var tot = 0;
+    for (var i = 0u; i < 4u; i++) {
+        let xq = X[xv + 8u * n + 2u * i + h];
+        var src = qa;
+        if ((i & 1u) != 0u) { src = qb; }
+        let nsh = 4u * (i >> 1u);
+        let hsh = 2u * i;
+        var isum = 0;
+        var xs = 0;
+        for (var k = 0u; k < 4u; k++) {
+            let q = ((src[k] >> nsh) & 0x0F0F0F0Fu) | (((qh[k] >> hsh) & 0x03030303u) << 4u);
+            isum += dot4(q, xq[k]);
+            xs += dot4(0x01010101u, xq[k]);
+        }
+        let si = 8u * n + h + 2u * i;
+        let sc = bitcast<i32>(scv[si >> 2u] << (24u - 8u * (si & 3u))) >> 24u;
+        tot += sc * (isum - 32 * xs);
+    }
+    return dw * f32(tot);
+}
+"#;
+
+/// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
+/// `UNIT_Q6_K`): `tpr` threads per row, `packed` selecting `dot4I8Packed` or its unpacked twin.
+pub(crate) fn source_q8k(unit: &str, wg: u32, tpr: u32, packed: bool) -> String {
+    let mut s = String::with_capacity(8192);
+    if packed {
+        // A language extension: the directive must precede every declaration.
+        s.push_str("requires packed_4x8_integer_dot_product;\n");
+    }
+    s.push_str(PARAMS);
+    s.push_str(&format!("const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\n"));
+    s.push_str(MATVEC_Q8K);
+    s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
+    s.push_str(unit);
+    s
+}

@@ -211,6 +211,41 @@ fn matmul_splits_weights_larger_than_a_binding() {
     }
 }
 
+/// The integer-dot matrix-vector kernels (K-quant weights x Q8_K activations) with and
+/// without `dot4I8Packed` (Metal runs the unpacked twin), on rows that do not fill the last
+/// workgroup, a wider row, and a zero activation block (the Q8_K scale-0 case).
+#[test]
+fn matvec_integer_dot_both_variants() {
+    let mut g = gpu();
+    let mut rng = Rng(0x5eed);
+    for packed in [true, false] {
+        g.set_packed_dot(packed);
+        for dtype in [DType::Q4_K, DType::Q6_K] {
+            for (cols, rows) in [(256, 5), (1024, 37), (2304, 3)] {
+                let wv = rng.vec(cols * rows, 1.0);
+                let w = weight("w", dtype, cols, rows, &wv);
+                for n in [1usize, 2, 5] {
+                    let mut xv = rng.vec(n * cols, 1.0);
+                    xv[..256].iter_mut().for_each(|v| *v = 0.0);
+                    let (got, want) = both(&mut g, |b| {
+                        let wid = b.add_weight(&w).unwrap();
+                        let x = buf(b, n, cols, &xv);
+                        let o = b.alloc(n, rows);
+                        b.matmul(wid, x, o);
+                        read(b, o)
+                    });
+                    let e = nmse(&got, &want);
+                    eprintln!("{dtype} packed={packed} {cols}x{rows} n={n}: NMSE {e:.2e}");
+                    assert!(
+                        e < 1e-11,
+                        "{dtype} packed={packed} {cols}x{rows} n={n}: NMSE {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_weight_types_are_refused() {
     let mut g = gpu();
