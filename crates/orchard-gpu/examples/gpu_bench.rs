@@ -19,6 +19,10 @@ struct Args {
     kernels: bool,
     write_only: bool,
     f32_act: bool,
+    /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
+    formats: Option<String>,
+    /// `--no-matmul`: matrix-vector products only in the kernel micro-benchmarks.
+    no_matmul: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -32,6 +36,8 @@ fn parse() -> Args {
         kernels: false,
         write_only: false,
         f32_act: false,
+        formats: None,
+        no_matmul: false,
         p: 512,
         n: 128,
         r: 3,
@@ -48,6 +54,8 @@ fn parse() -> Args {
             "--kernels" => a.kernels = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
+            "--no-matmul" => a.no_matmul = true,
+            "--formats" => a.formats = it.next(),
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
                 let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
@@ -200,7 +208,7 @@ fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend))
     t.elapsed().as_secs_f64() / reps as f64
 }
 
-fn bench_kernels() {
+fn bench_kernels(a: &Args) {
     let mut g = GpuBackend::new(None).expect("a GPU");
     println!("device: {:?}", g.adapter());
     // buffer copy bandwidth (read + write), the ceiling for a bandwidth-bound kernel
@@ -225,6 +233,11 @@ fn bench_kernels() {
         DType::Q6_K,
         DType::F16,
     ] {
+        if let Some(f) = &a.formats {
+            if !f.split(',').any(|n| n.eq_ignore_ascii_case(&dtype.to_string())) {
+                continue;
+            }
+        }
         let w = quantized(dtype, cols, rows_w);
         let bytes = w.range.len() as f64;
         let wid = g.add_weight(&w).unwrap();
@@ -232,10 +245,14 @@ fn bench_kernels() {
         g.upload(x, &vec![0.5; cols]);
         let o = g.alloc(1, rows_w);
         let s1 = time_ops(&mut g, 50, |g| g.matmul(wid, x, o));
-        let xb = g.alloc(512, cols);
-        g.upload(xb, &vec![0.25; 512 * cols]);
-        let ob = g.alloc(512, rows_w);
-        let s512 = time_ops(&mut g, 3, |g| g.matmul(wid, xb, ob));
+        let s512 = if a.no_matmul {
+            f64::NAN
+        } else {
+            let xb = g.alloc(512, cols);
+            g.upload(xb, &vec![0.25; 512 * cols]);
+            let ob = g.alloc(512, rows_w);
+            time_ops(&mut g, 3, |g| g.matmul(wid, xb, ob))
+        };
         println!(
             "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s | matmul n=512 {:.2} ms {:.2} TFLOP/s",
             s1 * 1e3,
@@ -249,7 +266,7 @@ fn bench_kernels() {
 fn main() {
     let a = parse();
     if a.kernels {
-        bench_kernels();
+        bench_kernels(&a);
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {

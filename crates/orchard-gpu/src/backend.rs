@@ -57,11 +57,12 @@ const MATVEC_ROWS: usize = 4;
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 /// Below this many 128x128 tiles the 64x64-tile matmul is used.
 const MATMUL_MIN_BIG_TILES: usize = 256;
-/// Threads of an integer-dot (K-quant x Q8_K) matrix-vector workgroup, and threads per row:
-/// a workgroup computes `Q8K_WG / Q8K_TPR` rows. `ORCHARD_GPU_Q8K_WG` / `ORCHARD_GPU_Q8K_TPR`
-/// override them (powers of two, TPR <= WG) for tuning on a device.
+/// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
+/// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
+/// `ORCHARD_GPU_Q8K_{WG,TPR,NR}` override them (powers of two, NR <= TPR <= WG) for tuning.
 const Q8K_WG: u32 = 128;
 const Q8K_TPR: u32 = 32;
+const Q8K_NR: u32 = 4;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -207,8 +208,8 @@ pub struct GpuBackend {
     exact_activations: bool,
     /// Whether integer-dot kernels use `dot4I8Packed` (off on Metal, where naga emulates it).
     packed_dot: bool,
-    /// (workgroup size, threads per row) of the integer-dot matrix-vector kernels.
-    q8k_shape: (u32, u32),
+    /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
+    q8k_shape: (u32, u32, u32),
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -304,14 +305,16 @@ impl GpuBackend {
             act_q: HashMap::new(),
             exact_activations: true,
             packed_dot: true,
-            q8k_shape: (Q8K_WG, Q8K_TPR),
+            q8k_shape: (Q8K_WG, Q8K_TPR, Q8K_NR),
         };
         me.packed_dot = me.info.backend != "metal";
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
         let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
         let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
-        if wg.is_power_of_two() && tpr.is_power_of_two() && tpr <= wg && wg <= 1024 {
-            me.q8k_shape = (wg, tpr);
+        let nr = env("ORCHARD_GPU_Q8K_NR").unwrap_or(Q8K_NR);
+        if [wg, tpr, nr].iter().all(|v| v.is_power_of_two()) && nr <= tpr && tpr <= wg && wg <= 1024
+        {
+            me.q8k_shape = (wg, tpr, nr);
         }
         me.sync();
         Ok(me)
@@ -381,7 +384,7 @@ impl GpuBackend {
 
     fn pipeline(&mut self, k: Kernel) -> &Pipeline {
         if !self.pipelines.contains_key(&k) {
-            let (q8k_wg, q8k_tpr) = self.q8k_shape;
+            let (q8k_wg, q8k_tpr, q8k_nr) = self.q8k_shape;
             let (body, wg, fmt) = match k {
                 Kernel::MatVecQ8K(..) => (shaders::MATVEC_Q8K, q8k_wg, None),
                 Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
@@ -405,7 +408,7 @@ impl GpuBackend {
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, q8k_tpr, packed)
+                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed)
                 }
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -1055,7 +1058,8 @@ impl Backend for GpuBackend {
             // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
             let (xq, d_off) = self.q8k_input(x);
             let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot);
-            let rows_per_group = (self.q8k_shape.0 / self.q8k_shape.1) as usize;
+            let (wg, tpr, nr) = self.q8k_shape;
+            let rows_per_group = (nr * wg / tpr) as usize;
             for (res, row0, crow, scale_off) in chunks {
                 let (mut groups, gx) = self.grid(crow.div_ceil(rows_per_group), 1);
                 groups[2] = n as u32;

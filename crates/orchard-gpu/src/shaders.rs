@@ -707,43 +707,52 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// Matrix-vector product for decode on K-quant weights and Q8_K activations (`ACT_Q8K`), with
 /// integer dot products as the CPU's `vec_dot_q*_K_q8_K`: every 16- or 32-element sub-block
 /// sums exactly in integers and only the per-unit scaling is float, so results agree with the
-/// CPU to f32 rounding of a few terms per block. Each workgroup computes WG / TPR rows; the TPR
-/// threads of a row walk its units (16-byte runs of quants) so that consecutive threads read
-/// consecutive memory, then a shared-memory tree reduces them.
+/// CPU to f32 rounding of a few terms per block. A workgroup computes NR * WG / TPR rows: each
+/// group of TPR threads owns NR rows and walks their units (16-byte runs of quants), so that
+/// consecutive threads read consecutive memory, every thread keeps NR weight loads in flight
+/// and each activation load serves NR rows; a shared-memory tree then reduces the partials.
 /// a = (rows, blocks per row, cols, out row stride)
 /// b = (out column offset, scale word offset, word offset of the activation scales, grid x)
 pub(crate) const MATVEC_Q8K: &str = r#"
 @group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> X: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, NR * WG>;
 fn wword(i: u32) -> u32 { return W[i >> 2u][i & 3u]; }
 fn xword(i: u32) -> u32 { return X[i >> 2u][i & 3u]; }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let lane = lid % TPR;
-    let row = (g.y * P.b.w + g.x) * (WG / TPR) + lid / TPR;
+    let row0 = ((g.y * P.b.w + g.x) * (WG / TPR) + lid / TPR) * NR;
     let tok = g.z;
+    let rows = P.a.x;
     let nblk = P.a.y;
-    var acc = 0.0;
-    if (row < P.a.x) {
-        let nu = nblk * UPB;
-        let xb = tok * nblk;
-        for (var u = lane; u < nu; u += TPR) {
-            let b = u / UPB;
-            let dy = bitcast<f32>(xword(P.b.z + xb + b));
-            acc += dy * unit(row * nblk + b, u % UPB, (xb + b) * 16u);
+    var acc: array<f32, NR>;
+    // Rows past the end re-read the last row (in bounds, results dropped): no branch per unit.
+    var wrow: array<u32, NR>;
+    for (var r = 0u; r < NR; r++) { wrow[r] = min(row0 + r, rows - 1u) * nblk; }
+    let nu = nblk * UPB;
+    let xb = tok * nblk;
+    for (var u = lane; u < nu; u += TPR) {
+        let b = u / UPB;
+        let v = u % UPB;
+        let dy = bitcast<f32>(xword(P.b.z + xb + b));
+        let xs = xload(v, (xb + b) * 16u);
+        for (var r = 0u; r < NR; r++) {
+            acc[r] += dy * unit(wrow[r] + b, v, xs);
         }
     }
-    red[lid] = acc;
+    for (var r = 0u; r < NR; r++) { red[r * WG + lid] = acc[r]; }
     workgroupBarrier();
     for (var st = TPR / 2u; st > 0u; st >>= 1u) {
-        if (lane < st) { red[lid] += red[lid + st]; }
+        if (lane < st) {
+            for (var r = 0u; r < NR; r++) { red[r * WG + lid] += red[r * WG + lid + st]; }
+        }
         workgroupBarrier();
     }
-    if (lane == 0u && row < P.a.x) {
-        O[tok * P.a.w + P.b.x + row] = red[lid];
+    if (lane < NR && row0 + lane < rows) {
+        O[tok * P.a.w + P.b.x + row0 + lane] = red[lane * WG + lid - lane];
     }
 }
 "#;
@@ -766,11 +775,16 @@ fn dot4(a: u32, b: u32) -> i32 { return dot(i8x4i(a), i8x4i(b)); }
 /// block-local sum before the activation scale. Header words as `Scale::KHeader`.
 pub(crate) const UNIT_Q4_K: &str = r#"
 const UPB: u32 = 8u;
-fn unit(blk: u32, v: u32, xv: u32) -> f32 {
+fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let j = v >> 1u;
+    let o = xv + 4u * j + (v & 1u);
+    return array<vec4<u32>, 4>(X[o], X[o + 2u], vec4<u32>(), vec4<u32>());
+}
+fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
     let w = W[blk * 8u + v];
     let j = v >> 1u;
-    let xl = X[xv + 4u * j + (v & 1u)];
-    let xh = X[xv + 4u * j + (v & 1u) + 2u];
+    let xl = xs[0];
+    let xh = xs[1];
     let h = P.b.y + 5u * blk;
     let dm = unpack2x16float(wword(h));
     let sh = 8u * ((2u * j) & 3u);
@@ -797,7 +811,11 @@ fn unit(blk: u32, v: u32, xv: u32) -> f32 {
 /// `dequantize_row_q6_K` order). Body: 52 words (13 vec4), d in the half-scale region.
 pub(crate) const UNIT_Q6_K: &str = r#"
 const UPB: u32 = 4u;
-fn unit(blk: u32, v: u32, xv: u32) -> f32 {
+fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 8u * (v >> 1u) + (v & 1u);
+    return array<vec4<u32>, 4>(X[o], X[o + 2u], X[o + 4u], X[o + 6u]);
+}
+fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
     let n = v >> 1u;
     let h = v & 1u;
     let base = blk * 13u;
@@ -809,36 +827,38 @@ fn unit(blk: u32, v: u32, xv: u32) -> f32 {
     let dw = unpack2x16float(wword(di))[blk & 1u];
     var tot = 0;
     for (var i = 0u; i < 4u; i++) {
-        let xq = X[xv + 8u * n + 2u * i + h];
+        let xq = xs[i];
         var src = qa;
         if ((i & 1u) != 0u) { src = qb; }
         let nsh = 4u * (i >> 1u);
         let hsh = 2u * i;
         var isum = 0;
-        var xs = 0;
+        var xsum = 0;
         for (var k = 0u; k < 4u; k++) {
             let q = ((src[k] >> nsh) & 0x0F0F0F0Fu) | (((qh[k] >> hsh) & 0x03030303u) << 4u);
             isum += dot4(q, xq[k]);
-            xs += dot4(0x01010101u, xq[k]);
+            xsum += dot4(0x01010101u, xq[k]);
         }
         let si = 8u * n + h + 2u * i;
         let sc = bitcast<i32>(scv[si >> 2u] << (24u - 8u * (si & 3u))) >> 24u;
-        tot += sc * (isum - 32 * xs);
+        tot += sc * (isum - 32 * xsum);
     }
     return dw * f32(tot);
 }
 "#;
 
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
-/// `UNIT_Q6_K`): `tpr` threads per row, `packed` selecting `dot4I8Packed` or its unpacked twin.
-pub(crate) fn source_q8k(unit: &str, wg: u32, tpr: u32, packed: bool) -> String {
+/// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin.
+pub(crate) fn source_q8k(unit: &str, wg: u32, tpr: u32, nr: u32, packed: bool) -> String {
     let mut s = String::with_capacity(8192);
     if packed {
         // A language extension: the directive must precede every declaration.
         s.push_str("requires packed_4x8_integer_dot_product;\n");
     }
     s.push_str(PARAMS);
-    s.push_str(&format!("const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\n"));
+    s.push_str(&format!(
+        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n"
+    ));
     s.push_str(MATVEC_Q8K);
     s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
     s.push_str(unit);
