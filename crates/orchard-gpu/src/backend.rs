@@ -208,6 +208,9 @@ pub struct GpuBackend {
     exact_activations: bool,
     /// Whether integer-dot kernels use `dot4I8Packed` (off on Metal, where naga emulates it).
     packed_dot: bool,
+    /// Runtime checks naga adds to shaders: bounds checks without loop bounding by default;
+    /// `ORCHARD_GPU_SHADER_CHECKS` = `all` or `none` to measure their cost.
+    shader_checks: wgpu::ShaderRuntimeChecks,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
 }
@@ -306,8 +309,21 @@ impl GpuBackend {
             exact_activations: true,
             packed_dot: true,
             q8k_shape: (Q8K_WG, Q8K_TPR, Q8K_NR),
+            shader_checks: wgpu::ShaderRuntimeChecks::checked(),
+        };
+        me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
+            Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
+            Ok("none") => wgpu::ShaderRuntimeChecks::unchecked(),
+            _ => {
+                let mut c = wgpu::ShaderRuntimeChecks::checked();
+                c.force_loop_bounding = false;
+                c
+            }
         };
         me.packed_dot = me.info.backend != "metal";
+        if std::env::var("ORCHARD_GPU_PACKED_DOT").as_deref() == Ok("0") {
+            me.packed_dot = false;
+        }
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
         let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
         let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
@@ -403,7 +419,9 @@ impl GpuBackend {
             };
             let src = match k {
                 Kernel::MatVecQ8K(dt, packed) => {
+                    let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
+                        _ if probe => shaders::UNIT_PROBE,
                         DType::Q4_K => shaders::UNIT_Q4_K,
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
@@ -412,12 +430,20 @@ impl GpuBackend {
                 }
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
-            let module = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&format!("{k:?}")),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(&format!("{k:?}")),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            };
+            // SAFETY: naga's loop bounding (a counter and exit test added to every loop, which
+            // made the matrix-vector kernels 2-2.5x slower on an H100) is only needed for
+            // shaders that may loop forever; every loop in these kernels runs over a range
+            // fixed by its parameters with a non-zero constant stride. Bounds checks on
+            // buffer accesses stay on unless ORCHARD_GPU_SHADER_CHECKS=none (a measurement
+            // knob; indices stay inside their bindings, covered by the parity tests).
+            let module = unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, self.shader_checks)
+            };
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,

@@ -770,21 +770,18 @@ fn i8x4i(w: u32) -> vec4<i32> {
 fn dot4(a: u32, b: u32) -> i32 { return dot(i8x4i(a), i8x4i(b)); }
 "#;
 
-/// Q4_K unit: four body words (vec4 `v` of the block's eight) = 16 bytes, whose low nibbles are
-/// 16 elements of sub-block 2j and high nibbles 16 of sub-block 2j+1 (j = v / 2); returns the
-/// block-local sum before the activation scale. Header words as `Scale::KHeader`.
+/// Q4_K unit: group j of the block (eight body words, 32 bytes), whose low nibbles are the 32
+/// elements of sub-block 2j and high nibbles the 32 of sub-block 2j+1; returns the block-local
+/// sum before the activation scale. Header words as `Scale::KHeader`.
 pub(crate) const UNIT_Q4_K: &str = r#"
-const UPB: u32 = 8u;
-fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
-    let j = v >> 1u;
-    let o = xv + 4u * j + (v & 1u);
-    return array<vec4<u32>, 4>(X[o], X[o + 2u], vec4<u32>(), vec4<u32>());
+const UPB: u32 = 4u;
+fn xload(j: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 4u * j;
+    return array<vec4<u32>, 4>(X[o], X[o + 1u], X[o + 2u], X[o + 3u]);
 }
-fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
-    let w = W[blk * 8u + v];
-    let j = v >> 1u;
-    let xl = xs[0];
-    let xh = xs[1];
+fn unit(blk: u32, j: u32, xs: array<vec4<u32>, 4>) -> f32 {
+    let w0 = W[blk * 8u + 2u * j];
+    let w1 = W[blk * 8u + 2u * j + 1u];
     let h = P.b.y + 5u * blk;
     let dm = unpack2x16float(wword(h));
     let sh = 8u * ((2u * j) & 3u);
@@ -795,10 +792,10 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
     var sl = 0;
     var shi = 0;
     for (var k = 0u; k < 4u; k++) {
-        il += dot4(w[k] & 0x0F0F0F0Fu, xl[k]);
-        ih += dot4((w[k] >> 4u) & 0x0F0F0F0Fu, xh[k]);
-        sl += dot4(0x01010101u, xl[k]);
-        shi += dot4(0x01010101u, xh[k]);
+        il += dot4(w0[k] & 0x0F0F0F0Fu, xs[0][k]) + dot4(w1[k] & 0x0F0F0F0Fu, xs[1][k]);
+        ih += dot4((w0[k] >> 4u) & 0x0F0F0F0Fu, xs[2][k]) + dot4((w1[k] >> 4u) & 0x0F0F0F0Fu, xs[3][k]);
+        sl += dot4(0x01010101u, xs[0][k]) + dot4(0x01010101u, xs[1][k]);
+        shi += dot4(0x01010101u, xs[2][k]) + dot4(0x01010101u, xs[3][k]);
     }
     let s = i32(scw & 0xFFu) * il + i32((scw >> 8u) & 0xFFu) * ih;
     let m = i32(mnw & 0xFFu) * sl + i32((mnw >> 8u) & 0xFFu) * shi;
@@ -844,6 +841,20 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
         tot += sc * (isum - 32 * xsum);
     }
     return dw * f32(tot);
+}
+"#;
+
+/// A measurement stand-in for a unit (`ORCHARD_GPU_Q8K_PROBE`): the Q4_K unit's loads with
+/// almost no arithmetic, to tell memory-bound from instruction-bound. Results are meaningless.
+pub(crate) const UNIT_PROBE: &str = r#"
+const UPB: u32 = 8u;
+fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 4u * (v >> 1u) + (v & 1u);
+    return array<vec4<u32>, 4>(X[o], X[o + 2u], vec4<u32>(), vec4<u32>());
+}
+fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
+    let w = W[blk * 8u + v] ^ xs[0] ^ xs[1];
+    return f32(w.x ^ w.y ^ w.z ^ w.w);
 }
 "#;
 
