@@ -198,7 +198,10 @@ fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
 
 /// Times `reps` repetitions of `f` recorded into one submission.
 fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend)) -> f64 {
-    f(g);
+    // warm-up: pipelines compile and clocks rise
+    for _ in 0..reps.min(20) {
+        f(g);
+    }
     g.sync();
     let t = Instant::now();
     for _ in 0..reps {
@@ -244,14 +247,14 @@ fn bench_kernels(a: &Args) {
         let x = g.alloc(1, cols);
         g.upload(x, &vec![0.5; cols]);
         let o = g.alloc(1, rows_w);
-        let s1 = time_ops(&mut g, 50, |g| g.matmul(wid, x, o));
+        let s1 = time_ops(&mut g, 300, |g| g.matmul(wid, x, o));
         let s512 = if a.no_matmul {
             f64::NAN
         } else {
             let xb = g.alloc(512, cols);
             g.upload(xb, &vec![0.25; 512 * cols]);
             let ob = g.alloc(512, rows_w);
-            time_ops(&mut g, 3, |g| g.matmul(wid, xb, ob))
+            time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob))
         };
         println!(
             "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s | matmul n=512 {:.2} ms {:.2} TFLOP/s",

@@ -80,6 +80,8 @@ struct Res {
 enum Kernel {
     MatVec(DType),
     MatMul(DType),
+    /// `MATMUL_KMAJOR`: the 128x128 tile with k-contiguous shared tiles.
+    MatMulK(DType),
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
@@ -103,6 +105,7 @@ impl Kernel {
         match self {
             Kernel::MatVec(_)
             | Kernel::MatMul(_)
+            | Kernel::MatMulK(_)
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
             | Kernel::MatVecQ8K(..)
@@ -211,6 +214,10 @@ pub struct GpuBackend {
     /// Runtime checks naga adds to shaders: bounds checks without loop bounding by default;
     /// `ORCHARD_GPU_SHADER_CHECKS` = `all` or `none` to measure their cost.
     shader_checks: wgpu::ShaderRuntimeChecks,
+    /// `ORCHARD_GPU_MATMUL=old`: the first 128x128 matmul layout, for comparison.
+    old_matmul: bool,
+    /// Below this many 128x128 tiles the 64x64-tile matmul is used.
+    min_big_tiles: usize,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
 }
@@ -310,6 +317,8 @@ impl GpuBackend {
             packed_dot: true,
             q8k_shape: (Q8K_WG, Q8K_TPR, Q8K_NR),
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
+            min_big_tiles: MATMUL_MIN_BIG_TILES,
+            old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
         };
         me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
             Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
@@ -366,6 +375,12 @@ impl GpuBackend {
         self.packed_dot = on;
     }
 
+    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (256 by default; 0
+    /// makes every tiled product use the big tiles, which tests use on small shapes).
+    pub fn set_min_big_tiles(&mut self, n: usize) {
+        self.min_big_tiles = n;
+    }
+
     /// Command submissions made so far (one per step when nothing overflows the arenas).
     pub fn submissions(&self) -> u64 {
         self.submissions
@@ -406,6 +421,7 @@ impl GpuBackend {
                 Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
+                Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
                 Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm => (shaders::NORM, 256, None),
@@ -638,6 +654,15 @@ impl GpuBackend {
             },
         );
         res
+    }
+
+    /// The 128x128-tile kernel for `dt`: the k-major layout unless `ORCHARD_GPU_MATMUL=old`.
+    fn matmul_big(&self, dt: DType) -> Kernel {
+        if self.old_matmul {
+            Kernel::MatMul(dt)
+        } else {
+            Kernel::MatMulK(dt)
+        }
     }
 
     /// `x` quantized to packed Q8_K (int8 words, then one f32 scale per 256 values) for the
@@ -1127,10 +1152,10 @@ impl Backend for GpuBackend {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
                 // Small products: 64x64 tiles fill the device where 128x128 would not.
                 let big_tiles = crow.div_ceil(128) * n.div_ceil(128);
-                let (k, tile) = if ragged != 0 || big_tiles < MATMUL_MIN_BIG_TILES {
+                let (k, tile) = if ragged != 0 || big_tiles < self.min_big_tiles {
                     (Kernel::MatMulRagged(dt), 64)
                 } else {
-                    (Kernel::MatMul(dt), 128)
+                    (self.matmul_big(dt), 128)
                 };
                 let groups = [crow.div_ceil(tile) as u32, n.div_ceil(tile) as u32, 1];
                 self.dispatch(k, &[&res, &xr, &or], p, groups);

@@ -282,6 +282,81 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// Tiled matrix-matrix product, second layout: the same 128 x 128 tile and K step of 32 as
+/// `MATMUL`, but shared memory holds rows (weights) and tokens with k contiguous (`[128][8]`
+/// vec4, padded to 9 so that 8 consecutive rows fall in distinct banks): the dequantized
+/// chunk and the activations are stored as whole vec4 (no scalar transposing stores), and
+/// thread (tx, ty) owns rows tx + 16 i and tokens ty + 16 j, so each inner step is 16 vec4
+/// loads for 64 four-term dots, and output stores of a warp cover consecutive rows.
+/// Parameters as `MATMUL`.
+pub(crate) const MATMUL_KMAJOR: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const TM: u32 = 128u;
+const TN: u32 = 128u;
+const BK: u32 = 32u;
+const LS: u32 = 9u; // vec4 per tile row: BK / 4 + 1 of padding
+var<workgroup> As: array<vec4<f32>, 1152>; // [TM][LS]
+var<workgroup> Bs: array<vec4<f32>, 1152>; // [TN][LS]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m0 = g.x * TM;
+    let n0 = g.y * TN;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let cols4 = P.a.z / 4u;
+    let ntok = P.c.x;
+    let nch = P.c.y;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    var acc: array<f32, 64>; // [i][j]: row tx + 16 i, token ty + 16 j
+    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
+        {
+            let r = lid >> 1u;
+            let sc = lid & 1u;
+            let ch = (k0 >> 4u) + sc;
+            let row = m0 + r;
+            var w: array<vec4<f32>, 4>;
+            if (row < rows && ch < nch) {
+                w = deq(row * nblk + ch / CPB, ch % CPB);
+            }
+            for (var k = 0u; k < 4u; k++) { As[r * LS + sc * 4u + k] = w[k]; }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let i = lid + 256u * q;
+            let t = i >> 3u;
+            let kq = i & 7u;
+            let tok = n0 + t;
+            let e4 = (k0 >> 2u) + kq;
+            var v = vec4<f32>(0.0);
+            if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
+            Bs[t * LS + kq] = v;
+        }
+        workgroupBarrier();
+        for (var kq = 0u; kq < BK / 4u; kq++) {
+            var b: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) { b[j] = Bs[(ty + 16u * j) * LS + kq]; }
+            for (var i = 0u; i < 8u; i++) {
+                let a = As[(tx + 16u * i) * LS + kq];
+                for (var j = 0u; j < 8u; j++) { acc[i * 8u + j] += dot(a, b[j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 8u; j++) {
+        let tok = n0 + ty + 16u * j;
+        if (tok < ntok) {
+            for (var i = 0u; i < 8u; i++) {
+                let row = m0 + tx + 16u * i;
+                if (row < rows) { O[tok * P.a.w + P.b.x + row] = acc[i * 8u + j]; }
+            }
+        }
+    }
+}
+"#;
+
 /// RMS norm over segments of `len` values (whole rows, or heads for Q/K norms): one workgroup
 /// per segment. a = (len, n segments, has weight, grid x), f.x = eps.
 /// The in-place variant (`NORM_INPLACE`) binds X read-write and writes back into it.
