@@ -5,7 +5,7 @@
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
 
-use orchard_backend::{Backend, HostWeight, TokenSlot};
+use orchard_backend::{Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
 use orchard_gpu::GpuBackend;
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
@@ -237,17 +237,43 @@ fn bench_kernels(a: &Args) {
         DType::F16,
     ] {
         if let Some(f) = &a.formats {
-            if !f.split(',').any(|n| n.eq_ignore_ascii_case(&dtype.to_string())) {
+            if !f
+                .split(',')
+                .any(|n| n.eq_ignore_ascii_case(&dtype.to_string()))
+            {
                 continue;
             }
         }
         let w = quantized(dtype, cols, rows_w);
         let bytes = w.range.len() as f64;
         let wid = g.add_weight(&w).unwrap();
+        let xv: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * if i % 97 == 0 { 8.0 } else { 1.0 })
+            .collect();
         let x = g.alloc(1, cols);
-        g.upload(x, &vec![0.5; cols]);
+        g.upload(x, &xv);
         let o = g.alloc(1, rows_w);
         let s1 = time_ops(&mut g, 300, |g| g.matmul(wid, x, o));
+        // parity of this device's matrix-vector product against the CPU backend
+        let mut got = Vec::new();
+        g.download(o, &mut got);
+        let want = {
+            let mut c = CpuBackend::new();
+            let cw = c.add_weight(&w).unwrap();
+            let cx = c.alloc(1, cols);
+            c.upload(cx, &xv);
+            let co = c.alloc(1, rows_w);
+            c.matmul(cw, cx, co);
+            let mut v = Vec::new();
+            c.download(co, &mut v);
+            v
+        };
+        let (num, den) = got
+            .iter()
+            .zip(&want)
+            .fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
+                (n + ((a - b) as f64).powi(2), d + (b as f64).powi(2))
+            });
         let s512 = if a.no_matmul {
             f64::NAN
         } else {
@@ -257,9 +283,10 @@ fn bench_kernels(a: &Args) {
             time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob))
         };
         println!(
-            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s | matmul n=512 {:.2} ms {:.2} TFLOP/s",
+            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s (NMSE vs CPU {:.1e}) | matmul n=512 {:.2} ms {:.2} TFLOP/s",
             s1 * 1e3,
             bytes / s1 / 1e9,
+            num / den.max(1e-30),
             s512 * 1e3,
             2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12
         );

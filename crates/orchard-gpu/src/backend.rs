@@ -85,8 +85,9 @@ enum Kernel {
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
-    /// K-quant weights x Q8_K activations with integer dots; `true`: `dot4I8Packed`.
-    MatVecQ8K(DType, bool),
+    /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, subgroup
+    /// reduction).
+    MatVecQ8K(DType, bool, bool),
     /// Activations to packed Q8_K for `MatVecQ8K`.
     ActQ8K,
     Norm,
@@ -218,6 +219,8 @@ pub struct GpuBackend {
     old_matmul: bool,
     /// Below this many 128x128 tiles the 64x64-tile matmul is used.
     min_big_tiles: usize,
+    /// The device's fixed subgroup size, when subgroup operations are enabled.
+    subgroup: Option<u32>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
 }
@@ -244,9 +247,20 @@ impl GpuBackend {
         })?;
         let info = describe(idx, adapter);
         let limits = adapter.limits();
+        let ainfo = adapter.get_info();
+        // Subgroup reductions where the size is fixed (NVIDIA 32, lavapipe 8; AMD and Intel
+        // may vary it per pipeline, so they keep the shared-memory tree).
+        let subgroup = (adapter.features().contains(wgpu::Features::SUBGROUP)
+            && ainfo.subgroup_min_size == ainfo.subgroup_max_size
+            && (8..=64).contains(&ainfo.subgroup_min_size))
+        .then_some(ainfo.subgroup_min_size);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orchard"),
-            required_features: wgpu::Features::empty(),
+            required_features: if subgroup.is_some() {
+                wgpu::Features::SUBGROUP
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -315,7 +329,8 @@ impl GpuBackend {
             act_q: HashMap::new(),
             exact_activations: true,
             packed_dot: true,
-            q8k_shape: (Q8K_WG, Q8K_TPR, Q8K_NR),
+            q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
+            subgroup,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             min_big_tiles: MATMUL_MIN_BIG_TILES,
             old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
@@ -381,6 +396,15 @@ impl GpuBackend {
         self.min_big_tiles = n;
     }
 
+    /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
+    /// has a fixed subgroup size equal to their threads per row); tests turn it off to run
+    /// the shared-memory reduction too.
+    pub fn set_subgroups(&mut self, on: bool) {
+        if !on {
+            self.subgroup = None;
+        }
+    }
+
     /// Command submissions made so far (one per step when nothing overflows the arenas).
     pub fn submissions(&self) -> u64 {
         self.submissions
@@ -434,7 +458,7 @@ impl GpuBackend {
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
-                Kernel::MatVecQ8K(dt, packed) => {
+                Kernel::MatVecQ8K(dt, packed, sg) => {
                     let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
                         _ if probe => shaders::UNIT_PROBE,
@@ -442,7 +466,7 @@ impl GpuBackend {
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed)
+                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed, sg)
                 }
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -1108,7 +1132,8 @@ impl Backend for GpuBackend {
         {
             // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
             let (xq, d_off) = self.q8k_input(x);
-            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot);
+            let sg = self.subgroup == Some(self.q8k_shape.1);
+            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, sg);
             let (wg, tpr, nr) = self.q8k_shape;
             let rows_per_group = (nr * wg / tpr) as usize;
             for (res, row0, crow, scale_off) in chunks {

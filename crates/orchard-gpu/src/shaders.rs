@@ -818,6 +818,12 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
             acc[r] += dy * unit(wrow[r] + b, v, xs);
         }
     }
+    REDUCE
+}
+"#;
+
+/// The row group's reduction in shared memory (any subgroup size).
+pub(crate) const REDUCE_SHARED: &str = r#"
     for (var r = 0u; r < NR; r++) { red[r * WG + lid] = acc[r]; }
     workgroupBarrier();
     for (var st = TPR / 2u; st > 0u; st >>= 1u) {
@@ -829,7 +835,15 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     if (lane < NR && row0 + lane < rows) {
         O[tok * P.a.w + P.b.x + row0 + lane] = red[lane * WG + lid - lane];
     }
-}
+"#;
+
+/// The row group's reduction when it is exactly one subgroup (TPR = the device's fixed
+/// subgroup size, subgroups made of consecutive invocations): no barriers.
+pub(crate) const REDUCE_SUBGROUP: &str = r#"
+    for (var r = 0u; r < NR; r++) {
+        let t = subgroupAdd(acc[r]);
+        if (lane == r && row0 + r < rows) { O[tok * P.a.w + P.b.x + row0 + r] = t; }
+    }
 "#;
 
 /// `dot4`: the signed 8-bit dot product of two packed words, through the WGSL built-in or, for
@@ -934,8 +948,15 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
 "#;
 
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
-/// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin.
-pub(crate) fn source_q8k(unit: &str, wg: u32, tpr: u32, nr: u32, packed: bool) -> String {
+/// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin, `subgroup` the reduction.
+pub(crate) fn source_q8k(
+    unit: &str,
+    wg: u32,
+    tpr: u32,
+    nr: u32,
+    packed: bool,
+    subgroup: bool,
+) -> String {
     let mut s = String::with_capacity(8192);
     if packed {
         // A language extension: the directive must precede every declaration.
@@ -945,7 +966,12 @@ pub(crate) fn source_q8k(unit: &str, wg: u32, tpr: u32, nr: u32, packed: bool) -
     s.push_str(&format!(
         "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n"
     ));
-    s.push_str(MATVEC_Q8K);
+    let reduce = if subgroup {
+        REDUCE_SUBGROUP
+    } else {
+        REDUCE_SHARED
+    };
+    s.push_str(&MATVEC_Q8K.replace("    REDUCE\n", reduce));
     s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
     s.push_str(unit);
     s

@@ -234,7 +234,10 @@ fn matmul_big_tiles_every_format() {
             });
             let e = nmse(&got, &want);
             let tol = if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 };
-            assert!(e < tol, "big-tile matmul {dtype} {cols}x{rows} n={n}: NMSE {e}");
+            assert!(
+                e < tol,
+                "big-tile matmul {dtype} {cols}x{rows} n={n}: NMSE {e}"
+            );
         }
     }
 }
@@ -246,8 +249,9 @@ fn matmul_big_tiles_every_format() {
 fn matvec_integer_dot_both_variants() {
     let mut g = gpu();
     let mut rng = Rng(0x5eed);
-    for packed in [true, false] {
+    for (packed, subgroups) in [(true, true), (false, true), (true, false)] {
         g.set_packed_dot(packed);
+        g.set_subgroups(subgroups);
         for dtype in [DType::Q4_K, DType::Q6_K] {
             for (cols, rows) in [(256, 5), (1024, 37), (2304, 3)] {
                 let wv = rng.vec(cols * rows, 1.0);
