@@ -235,6 +235,7 @@ fn bench_kernels(a: &Args) {
         DType::Q5_K,
         DType::Q6_K,
         DType::F16,
+        DType::F32,
     ] {
         if let Some(f) = &a.formats {
             if !f

@@ -63,6 +63,9 @@ const MATMUL_MIN_BIG_TILES: usize = 256;
 const Q8K_WG: u32 = 128;
 const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
+/// Dispatches recorded before a step is submitted in part, so that the device starts on the
+/// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
+const FLUSH_EVERY_DISPATCHES: usize = 160;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -219,6 +222,9 @@ pub struct GpuBackend {
     old_matmul: bool,
     /// Below this many 128x128 tiles the 64x64-tile matmul is used.
     min_big_tiles: usize,
+    /// Recorded dispatches after which the next op first submits what is recorded (0: one
+    /// submission per step).
+    flush_every: usize,
     /// The device's fixed subgroup size, when subgroup operations are enabled.
     subgroup: Option<u32>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
@@ -332,7 +338,14 @@ impl GpuBackend {
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             subgroup,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
-            min_big_tiles: MATMUL_MIN_BIG_TILES,
+            flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(FLUSH_EVERY_DISPATCHES),
+            min_big_tiles: std::env::var("ORCHARD_GPU_MIN_BIG_TILES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MATMUL_MIN_BIG_TILES),
             old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
         };
         me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
@@ -402,6 +415,21 @@ impl GpuBackend {
     pub fn set_subgroups(&mut self, on: bool) {
         if !on {
             self.subgroup = None;
+        }
+    }
+
+    /// After how many recorded dispatches the next op submits the work recorded so far
+    /// (default 160; 0 keeps one submission per step). Part submissions let the device run
+    /// the first layers of a step while the host encodes the rest.
+    pub fn set_flush_every(&mut self, dispatches: usize) {
+        self.flush_every = dispatches;
+    }
+
+    /// Called at the start of every op (never inside one, whose table words and dispatches
+    /// must share a submission): submits what is recorded once it is long enough.
+    fn op_start(&mut self) {
+        if self.flush_every != 0 && self.cmds.len() >= self.flush_every {
+            self.flush(None);
         }
     }
 
@@ -1014,6 +1042,7 @@ impl Backend for GpuBackend {
     }
 
     fn upload(&mut self, buf: BufId, data: &[f32]) {
+        self.op_start();
         let b = self.buf(buf);
         assert_eq!(data.len(), b.n_tokens * b.width, "upload size mismatch");
         if data.is_empty() {
@@ -1068,6 +1097,7 @@ impl Backend for GpuBackend {
     }
 
     fn copy_rows(&mut self, src: BufId, rows: &[u32], dst: BufId) {
+        self.op_start();
         self.set_rows(dst, rows.len());
         let w = self.buf(src).width;
         assert_eq!(w, self.buf(dst).width, "copy_rows width mismatch");
@@ -1085,6 +1115,7 @@ impl Backend for GpuBackend {
     }
 
     fn rms_norm(&mut self, x: BufId, w: Option<WeightId>, eps: f32, out: BufId) {
+        self.op_start();
         let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
         self.set_rows(out, n);
         let (groups, gx) = self.grid(n, 1);
@@ -1097,6 +1128,7 @@ impl Backend for GpuBackend {
     }
 
     fn head_rms_norm(&mut self, x: BufId, w: WeightId, head_dim: usize, eps: f32) {
+        self.op_start();
         let n_seg = self.buf(x).n_tokens * self.buf(x).width / head_dim;
         let (groups, gx) = self.grid(n_seg, 1);
         let (xr, wr) = (self.res(x), self.vector(w));
@@ -1107,6 +1139,7 @@ impl Backend for GpuBackend {
     }
 
     fn matmul(&mut self, w: WeightId, x: BufId, out: BufId) {
+        self.op_start();
         let n = self.buf(x).n_tokens;
         let gw = &self.weights[w.0 as usize];
         let (cols, rows) = (gw.cols, gw.rows);
@@ -1189,12 +1222,14 @@ impl Backend for GpuBackend {
     }
 
     fn add_bias(&mut self, x: BufId, b: WeightId) {
+        self.op_start();
         let width = self.buf(x).width;
         let br = self.vector(b);
         self.elementwise(x, Some(br), 1, width, 0.0);
     }
 
     fn add(&mut self, x: BufId, y: BufId) {
+        self.op_start();
         assert_eq!(
             self.buf(x).n_tokens * self.buf(x).width,
             self.buf(y).n_tokens * self.buf(y).width
@@ -1204,10 +1239,12 @@ impl Backend for GpuBackend {
     }
 
     fn scale(&mut self, x: BufId, s: f32) {
+        self.op_start();
         self.elementwise(x, None, 2, 0, s);
     }
 
     fn softcap(&mut self, x: BufId, cap: f32) {
+        self.op_start();
         self.elementwise(x, None, 3, 0, cap);
     }
 
@@ -1218,6 +1255,7 @@ impl Backend for GpuBackend {
         p: &RopeParams,
         freq_factors: Option<WeightId>,
     ) {
+        self.op_start();
         let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
         let key = (
             p.n_rot,
@@ -1277,6 +1315,7 @@ impl Backend for GpuBackend {
     }
 
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
+        self.op_start();
         let n = self.buf(gate).n_tokens;
         let total = n * self.buf(gate).width;
         self.set_rows(out, n);
@@ -1297,6 +1336,7 @@ impl Backend for GpuBackend {
         p: &AttnParams,
         out: BufId,
     ) -> Result<(), BackendError> {
+        self.op_start();
         let n = batch.tokens.len();
         let kv = self
             .kv
