@@ -50,7 +50,7 @@ s.record()
 for _ in range(20): y.copy_(x)
 e.record(); torch.cuda.synchronize()
 ms = s.elapsed_time(e) / 20
-print(f"torch copy 2 GiB: {ms:.3f} ms, {2 * x.numel() / ms / 1e9:.0f} GB/s (read + write)")
+print(f"torch copy 2 GiB: {ms:.3f} ms, {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write)")
 PY
 
 N=$BIN/gpu_bench
