@@ -23,6 +23,10 @@ struct Args {
     formats: Option<String>,
     /// `--no-matmul`: matrix-vector products only in the kernel micro-benchmarks.
     no_matmul: bool,
+    /// `--no-matvec`: tiled matmuls only in the kernel micro-benchmarks.
+    no_matvec: bool,
+    /// `--const-x`: a constant activation for the tiled matmul (as runs 1-4 did).
+    const_x: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -38,6 +42,8 @@ fn parse() -> Args {
         f32_act: false,
         formats: None,
         no_matmul: false,
+        no_matvec: false,
+        const_x: false,
         p: 512,
         n: 128,
         r: 3,
@@ -55,6 +61,8 @@ fn parse() -> Args {
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
+            "--no-matvec" => a.no_matvec = true,
+            "--const-x" => a.const_x = true,
             "--formats" => a.formats = it.next(),
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
@@ -254,7 +262,11 @@ fn bench_kernels(a: &Args) {
         let x = g.alloc(1, cols);
         g.upload(x, &xv);
         let o = g.alloc(1, rows_w);
-        let s1 = time_ops(&mut g, 300, |g| g.matmul(wid, x, o));
+        let s1 = if a.no_matvec {
+            f64::NAN
+        } else {
+            time_ops(&mut g, 300, |g| g.matmul(wid, x, o))
+        };
         // parity of this device's matrix-vector product against the CPU backend
         let mut got = Vec::new();
         g.download(o, &mut got);
@@ -279,7 +291,12 @@ fn bench_kernels(a: &Args) {
             f64::NAN
         } else {
             let xb = g.alloc(512, cols);
-            g.upload(xb, &vec![0.25; 512 * cols]);
+            let xbv: Vec<f32> = if a.const_x {
+                vec![0.25; 512 * cols]
+            } else {
+                (0..512 * cols).map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0)).collect()
+            };
+            g.upload(xb, &xbv);
             let ob = g.alloc(512, rows_w);
             time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob))
         };
