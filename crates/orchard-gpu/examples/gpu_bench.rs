@@ -294,7 +294,9 @@ fn bench_kernels(a: &Args) {
             let xbv: Vec<f32> = if a.const_x {
                 vec![0.25; 512 * cols]
             } else {
-                (0..512 * cols).map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0)).collect()
+                (0..512 * cols)
+                    .map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0))
+                    .collect()
             };
             g.upload(xb, &xbv);
             let ob = g.alloc(512, rows_w);

@@ -59,7 +59,8 @@ const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 const MATMUL_MIN_BIG_TILES: usize = 256;
 /// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
 /// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
-/// `ORCHARD_GPU_Q8K_{WG,TPR,NR}` override them (powers of two, NR <= TPR <= WG) for tuning.
+/// `ORCHARD_GPU_Q8K_{WG,TPR}` override them (powers of two, 4 <= TPR <= WG) for tuning; the
+/// kernel is written for NR = 4.
 const Q8K_WG: u32 = 128;
 const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
@@ -365,7 +366,7 @@ impl GpuBackend {
         let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
         let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
         let nr = env("ORCHARD_GPU_Q8K_NR").unwrap_or(Q8K_NR);
-        if [wg, tpr, nr].iter().all(|v| v.is_power_of_two()) && nr <= tpr && tpr <= wg && wg <= 1024
+        if [wg, tpr].iter().all(|v| v.is_power_of_two()) && nr == Q8K_NR && tpr <= wg && wg <= 1024
         {
             me.q8k_shape = (wg, tpr, nr);
         }

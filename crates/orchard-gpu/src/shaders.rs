@@ -782,8 +782,8 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// Matrix-vector product for decode on K-quant weights and Q8_K activations (`ACT_Q8K`), with
 /// integer dot products as the CPU's `vec_dot_q*_K_q8_K`: every 16- or 32-element sub-block
 /// sums exactly in integers and only the per-unit scaling is float, so results agree with the
-/// CPU to f32 rounding of a few terms per block. A workgroup computes NR * WG / TPR rows: each
-/// group of TPR threads owns NR rows and walks their units (16-byte runs of quants), so that
+/// CPU to f32 rounding of a few terms per block. A workgroup computes NR (= 4) * WG / TPR rows:
+/// each group of TPR threads owns NR rows and walks their units (16-byte runs of quants), so that
 /// consecutive threads read consecutive memory, every thread keeps NR weight loads in flight
 /// and each activation load serves NR rows; a shared-memory tree then reduces the partials.
 /// a = (rows, blocks per row, cols, out row stride)
@@ -803,10 +803,14 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let tok = g.z;
     let rows = P.a.x;
     let nblk = P.a.y;
-    var acc: array<f32, NR>;
-    // Rows past the end re-read the last row (in bounds, results dropped): no branch per unit.
-    var wrow: array<u32, NR>;
-    for (var r = 0u; r < NR; r++) { wrow[r] = min(row0 + r, rows - 1u) * nblk; }
+    // Four rows per group, written out so that accumulators and row offsets stay in registers
+    // whatever the driver's unrolling. Rows past the end re-read the last row (in bounds,
+    // results dropped): no branch per unit.
+    let w0 = min(row0, rows - 1u) * nblk;
+    let w1 = min(row0 + 1u, rows - 1u) * nblk;
+    let w2 = min(row0 + 2u, rows - 1u) * nblk;
+    let w3 = min(row0 + 3u, rows - 1u) * nblk;
+    var acc4 = vec4<f32>(0.0);
     let nu = nblk * UPB;
     let xb = tok * nblk;
     for (var u = lane; u < nu; u += TPR) {
@@ -814,10 +818,10 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let v = u % UPB;
         let dy = bitcast<f32>(xword(P.b.z + xb + b));
         let xs = xload(v, (xb + b) * 16u);
-        for (var r = 0u; r < NR; r++) {
-            acc[r] += dy * unit(wrow[r] + b, v, xs);
-        }
+        acc4 += dy * vec4<f32>(unit(w0 + b, v, xs), unit(w1 + b, v, xs), unit(w2 + b, v, xs),
+                               unit(w3 + b, v, xs));
     }
+    let acc = array<f32, NR>(acc4.x, acc4.y, acc4.z, acc4.w);
     REDUCE
 }
 "#;
@@ -851,6 +855,16 @@ pub(crate) const REDUCE_SUBGROUP: &str = r#"
 pub(crate) const DOT4_PACKED: &str = r#"
 fn dot4(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
 "#;
+/// 16-element dot and sum of packed int8 words (static components: no indexing).
+pub(crate) const DOT16: &str = r#"
+fn dot16(a: vec4<u32>, b: vec4<u32>) -> i32 {
+    return dot4(a.x, b.x) + dot4(a.y, b.y) + dot4(a.z, b.z) + dot4(a.w, b.w);
+}
+fn sum16(b: vec4<u32>) -> i32 {
+    let one = 0x01010101u;
+    return dot4(one, b.x) + dot4(one, b.y) + dot4(one, b.z) + dot4(one, b.w);
+}
+"#;
 pub(crate) const DOT4_UNPACKED: &str = r#"
 fn i8x4i(w: u32) -> vec4<i32> {
     return vec4<i32>(bitcast<i32>(w << 24u) >> 24u, bitcast<i32>(w << 16u) >> 24u,
@@ -876,16 +890,11 @@ fn unit(blk: u32, j: u32, xs: array<vec4<u32>, 4>) -> f32 {
     let sh = 8u * ((2u * j) & 3u);
     let scw = wword(h + 1u + (j >> 1u)) >> sh;
     let mnw = wword(h + 3u + (j >> 1u)) >> sh;
-    var il = 0;
-    var ih = 0;
-    var sl = 0;
-    var shi = 0;
-    for (var k = 0u; k < 4u; k++) {
-        il += dot4(w0[k] & 0x0F0F0F0Fu, xs[0][k]) + dot4(w1[k] & 0x0F0F0F0Fu, xs[1][k]);
-        ih += dot4((w0[k] >> 4u) & 0x0F0F0F0Fu, xs[2][k]) + dot4((w1[k] >> 4u) & 0x0F0F0F0Fu, xs[3][k]);
-        sl += dot4(0x01010101u, xs[0][k]) + dot4(0x01010101u, xs[1][k]);
-        shi += dot4(0x01010101u, xs[2][k]) + dot4(0x01010101u, xs[3][k]);
-    }
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let il = dot16(w0 & lo, xs[0]) + dot16(w1 & lo, xs[1]);
+    let ih = dot16((w0 >> vec4<u32>(4u)) & lo, xs[2]) + dot16((w1 >> vec4<u32>(4u)) & lo, xs[3]);
+    let sl = sum16(xs[0]) + sum16(xs[1]);
+    let shi = sum16(xs[2]) + sum16(xs[3]);
     let s = i32(scw & 0xFFu) * il + i32((scw >> 8u) & 0xFFu) * ih;
     let m = i32(mnw & 0xFFu) * sl + i32((mnw >> 8u) & 0xFFu) * shi;
     return dm.x * f32(s) - dm.y * f32(m);
@@ -911,24 +920,25 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
     let scv = W[base + 12u];
     let di = P.b.y + (blk >> 1u);
     let dw = unpack2x16float(wword(di))[blk & 1u];
-    var tot = 0;
-    for (var i = 0u; i < 4u; i++) {
-        let xq = xs[i];
-        var src = qa;
-        if ((i & 1u) != 0u) { src = qb; }
-        let nsh = 4u * (i >> 1u);
-        let hsh = 2u * i;
-        var isum = 0;
-        var xsum = 0;
-        for (var k = 0u; k < 4u; k++) {
-            let q = ((src[k] >> nsh) & 0x0F0F0F0Fu) | (((qh[k] >> hsh) & 0x03030303u) << 4u);
-            isum += dot4(q, xq[k]);
-            xsum += dot4(0x01010101u, xq[k]);
-        }
-        let si = 8u * n + h + 2u * i;
-        let sc = bitcast<i32>(scv[si >> 2u] << (24u - 8u * (si & 3u))) >> 24u;
-        tot += sc * (isum - 32 * xsum);
-    }
+    // Sub-block i (0..3): nibbles of qa (i even) or qb (i odd), low (i < 2) or high, and
+    // crumb i of qh; int8 scale 8n + h + 2i.
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let cr = vec4<u32>(0x03030303u);
+    let q0 = (qa & lo) | ((qh & cr) << vec4<u32>(4u));
+    let q1 = (qb & lo) | (((qh >> vec4<u32>(2u)) & cr) << vec4<u32>(4u));
+    let q2 = ((qa >> vec4<u32>(4u)) & lo) | (((qh >> vec4<u32>(4u)) & cr) << vec4<u32>(4u));
+    let q3 = ((qb >> vec4<u32>(4u)) & lo) | (((qh >> vec4<u32>(6u)) & cr) << vec4<u32>(4u));
+    let si = 8u * n + h;
+    let sw = scv[si >> 2u] >> (8u * (si & 3u));
+    let sw2 = scv[(si >> 2u) + 1u] >> (8u * (si & 3u));
+    let sc0 = bitcast<i32>(sw << 24u) >> 24u;
+    let sc1 = bitcast<i32>(sw << 8u) >> 24u;
+    let sc2 = bitcast<i32>(sw2 << 24u) >> 24u;
+    let sc3 = bitcast<i32>(sw2 << 8u) >> 24u;
+    let tot = sc0 * (dot16(q0, xs[0]) - 32 * sum16(xs[0]))
+        + sc1 * (dot16(q1, xs[1]) - 32 * sum16(xs[1]))
+        + sc2 * (dot16(q2, xs[2]) - 32 * sum16(xs[2]))
+        + sc3 * (dot16(q3, xs[3]) - 32 * sum16(xs[3]));
     return dw * f32(tot);
 }
 "#;
@@ -973,6 +983,7 @@ pub(crate) fn source_q8k(
     };
     s.push_str(&MATVEC_Q8K.replace("    REDUCE\n", reduce));
     s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
+    s.push_str(DOT16);
     s.push_str(unit);
     s
 }

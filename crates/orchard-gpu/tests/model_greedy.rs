@@ -169,7 +169,7 @@ fn smollm2_greedy_matches_cpu() {
     let prompt = [
         2089, 23362, 288, 11494, 436, 3318, 15195, 37099, 43, 284, 2221, 198,
     ];
-    check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, true);
+    check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, false);
 }
 
 #[test]
@@ -177,5 +177,5 @@ fn gemma3_greedy_matches_cpu() {
     let prompt = [
         2, 2267, 25417, 531, 12441, 691, 4949, 24347, 75194, 236793, 532, 3016,
     ];
-    check("gemma-3-270m-q4_k_m.gguf", &prompt, 10, true);
+    check("gemma-3-270m-q4_k_m.gguf", &prompt, 10, false);
 }
