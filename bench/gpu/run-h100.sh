@@ -4,17 +4,21 @@
 #
 # Prepared here first (nothing can be fetched there, and it has no Rust toolchain):
 #   .gl/    Vulkan/GL loader .debs (recipe in the device README)
-#   .bin/gpu_bench   cargo build --release -p orchard-gpu --example gpu_bench; strip
+#   $BIN/gpu_bench       this tree's cargo build --release -p orchard-gpu --example gpu_bench; strip
+#   $BIN/gpu_bench_base  the same example built from an earlier commit (the "before" column;
+#                        optional)
 #   .llama/ llama.cpp sources pruned to ggml (CPU+CUDA), src, common, vendor, tools/llama-bench
 #           (bench/gpu/prepare.sh makes .bin and .llama)
 # Then: run(command="bash bench/gpu/run-h100.sh", carry=[".gl", ".bin", ".llama"]).
 # Models: the real GGUFs are larger than what may travel (64 MiB), so the SmolLM2-135M and
 # Llama-8B shapes are written there as Q4_K_M by our synthetic writer (same tensor types as
-# llama-quantize's Q4_K_M); both engines read the same files.
+# llama-quantize's Q4_K_M); both engines read the same files. Runs alternate: orchard,
+# llama.cpp, orchard again.
 set -u
 OUT=${OUT:-/tmp/gpu-bench-out}
 mkdir -p "$OUT"
 REPO=$(pwd)
+BIN=${BIN:-.bin}
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
@@ -25,17 +29,19 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
 
 # llama.cpp CUDA build, low priority, in parallel with our runs (about 4 minutes on 16 cores);
 # SKIP_LLAMA=1 leaves it out (a rerun of our side only).
-[ "${SKIP_LLAMA:-0}" = 1 ] || (
-    cmake -S "$REPO/.llama" -B /tmp/lcb -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-        -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
-        nice -n 19 cmake --build /tmp/lcb -j 14 --target llama-bench
-) >"$OUT/llama-build.log" 2>&1 &
-BUILD=${!:-}
-[ "${SKIP_LLAMA:-0}" = 1 ] && BUILD=
+BUILD=
+if [ "${SKIP_LLAMA:-0}" != 1 ]; then
+    (
+        cmake -S "$REPO/.llama" -B /tmp/lcb -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+            -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+            -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
+            nice -n 19 cmake --build /tmp/lcb -j 14 --target llama-bench
+    ) >"$OUT/llama-build.log" 2>&1 &
+    BUILD=$!
+fi
 
 # The card's device-to-device copy bandwidth (bytes read + written), through PyTorch.
-python3 - <<'EOF' 2>&1 | tee "$OUT/copy.txt"
+python3 - <<'PY' 2>&1 | tee "$OUT/copy.txt"
 import torch
 x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
@@ -45,16 +51,34 @@ for _ in range(20): y.copy_(x)
 e.record(); torch.cuda.synchronize()
 ms = s.elapsed_time(e) / 20
 print(f"torch copy 2 GiB: {ms:.3f} ms, {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write)")
-EOF
+PY
 
-timeout 330 ./.bin/gpu_bench --kernels --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
-    --synth 8b=/tmp/llama8b-synth-q4km.gguf -r 3 2>&1 | tee "$OUT/orchard.txt"
-# the same without rounding activations as the CPU does (f32 activations into the matmuls)
-timeout 120 ./.bin/gpu_bench --f32-act -r 3 /tmp/smollm2-synth-q4km.gguf \
-    /tmp/llama8b-synth-q4km.gguf 2>&1 | tee -a "$OUT/orchard.txt"
-
-[ -n "$BUILD" ] && wait $BUILD && tail -3 "$OUT/llama-build.log"
-if [ -n "$BUILD" ] && [ -x /tmp/lcb/bin/llama-bench ]; then
+N=$BIN/gpu_bench
+B=$BIN/gpu_bench_base
+M="/tmp/smollm2-synth-q4km.gguf /tmp/llama8b-synth-q4km.gguf"
+timeout 120 $N --write-only --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
+    --synth 8b=/tmp/llama8b-synth-q4km.gguf 2>&1 | tee "$OUT/orchard.txt"
+# Kernels: one process per format (in one process, formats timed late in the sequence ran
+# up to 4x slower in earlier runs, so their numbers were not trusted).
+for f in q4_K q6_K q5_K q8_0 q4_0 q5_0 f16; do
+    timeout 60 $N --kernels --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
+done
+echo "== round 1: orchard (this tree)" | tee -a "$OUT/orchard.txt"
+timeout 150 $N -r 3 $M 2>&1 | tee -a "$OUT/orchard.txt"
+echo "== one submission per step (ORCHARD_GPU_FLUSH_EVERY=0)" | tee -a "$OUT/orchard.txt"
+ORCHARD_GPU_FLUSH_EVERY=0 timeout 100 $N -r 2 /tmp/llama8b-synth-q4km.gguf 2>&1 | tee -a "$OUT/orchard.txt"
+if [ -x "$B" ]; then
+    echo "== before (gpu_bench_base)" | tee -a "$OUT/orchard.txt"
+    timeout 150 $B -r 2 $M 2>&1 | tee -a "$OUT/orchard.txt"
+fi
+if [ -n "$BUILD" ]; then
+    # the lent machine allows 10 minutes a command: give up on llama.cpp past 7
+    while kill -0 "$BUILD" 2>/dev/null && [ "$SECONDS" -lt 420 ]; do sleep 2; done
+    tail -3 "$OUT/llama-build.log"
+fi
+if [ -x /tmp/lcb/bin/llama-bench ]; then
     timeout 150 /tmp/lcb/bin/llama-bench -m /tmp/smollm2-synth-q4km.gguf \
         -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3 2>&1 | tee "$OUT/llama-cuda.txt"
 fi
+echo "== round 2: orchard (this tree)" | tee -a "$OUT/orchard.txt"
+timeout 120 $N -r 2 $M 2>&1 | tee -a "$OUT/orchard.txt"

@@ -5,7 +5,7 @@
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
 
-use orchard_backend::{Backend, HostWeight, TokenSlot};
+use orchard_backend::{Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
 use orchard_gpu::GpuBackend;
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
@@ -19,6 +19,14 @@ struct Args {
     kernels: bool,
     write_only: bool,
     f32_act: bool,
+    /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
+    formats: Option<String>,
+    /// `--no-matmul`: matrix-vector products only in the kernel micro-benchmarks.
+    no_matmul: bool,
+    /// `--no-matvec`: tiled matmuls only in the kernel micro-benchmarks.
+    no_matvec: bool,
+    /// `--const-x`: a constant activation for the tiled matmul (as runs 1-4 did).
+    const_x: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -32,6 +40,10 @@ fn parse() -> Args {
         kernels: false,
         write_only: false,
         f32_act: false,
+        formats: None,
+        no_matmul: false,
+        no_matvec: false,
+        const_x: false,
         p: 512,
         n: 128,
         r: 3,
@@ -48,6 +60,10 @@ fn parse() -> Args {
             "--kernels" => a.kernels = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
+            "--no-matmul" => a.no_matmul = true,
+            "--no-matvec" => a.no_matvec = true,
+            "--const-x" => a.const_x = true,
+            "--formats" => a.formats = it.next(),
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
                 let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
@@ -190,7 +206,10 @@ fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
 
 /// Times `reps` repetitions of `f` recorded into one submission.
 fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend)) -> f64 {
-    f(g);
+    // warm-up: pipelines compile and clocks rise
+    for _ in 0..reps.min(20) {
+        f(g);
+    }
     g.sync();
     let t = Instant::now();
     for _ in 0..reps {
@@ -200,7 +219,7 @@ fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend))
     t.elapsed().as_secs_f64() / reps as f64
 }
 
-fn bench_kernels() {
+fn bench_kernels(a: &Args) {
     let mut g = GpuBackend::new(None).expect("a GPU");
     println!("device: {:?}", g.adapter());
     // buffer copy bandwidth (read + write), the ceiling for a bandwidth-bound kernel
@@ -224,22 +243,70 @@ fn bench_kernels() {
         DType::Q5_K,
         DType::Q6_K,
         DType::F16,
+        DType::F32,
     ] {
+        if let Some(f) = &a.formats {
+            if !f
+                .split(',')
+                .any(|n| n.eq_ignore_ascii_case(&dtype.to_string()))
+            {
+                continue;
+            }
+        }
         let w = quantized(dtype, cols, rows_w);
         let bytes = w.range.len() as f64;
         let wid = g.add_weight(&w).unwrap();
+        let xv: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * if i % 97 == 0 { 8.0 } else { 1.0 })
+            .collect();
         let x = g.alloc(1, cols);
-        g.upload(x, &vec![0.5; cols]);
+        g.upload(x, &xv);
         let o = g.alloc(1, rows_w);
-        let s1 = time_ops(&mut g, 50, |g| g.matmul(wid, x, o));
-        let xb = g.alloc(512, cols);
-        g.upload(xb, &vec![0.25; 512 * cols]);
-        let ob = g.alloc(512, rows_w);
-        let s512 = time_ops(&mut g, 3, |g| g.matmul(wid, xb, ob));
+        let s1 = if a.no_matvec {
+            f64::NAN
+        } else {
+            time_ops(&mut g, 300, |g| g.matmul(wid, x, o))
+        };
+        // parity of this device's matrix-vector product against the CPU backend
+        let mut got = Vec::new();
+        g.download(o, &mut got);
+        let want = {
+            let mut c = CpuBackend::new();
+            let cw = c.add_weight(&w).unwrap();
+            let cx = c.alloc(1, cols);
+            c.upload(cx, &xv);
+            let co = c.alloc(1, rows_w);
+            c.matmul(cw, cx, co);
+            let mut v = Vec::new();
+            c.download(co, &mut v);
+            v
+        };
+        let (num, den) = got
+            .iter()
+            .zip(&want)
+            .fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
+                (n + ((a - b) as f64).powi(2), d + (b as f64).powi(2))
+            });
+        let s512 = if a.no_matmul {
+            f64::NAN
+        } else {
+            let xb = g.alloc(512, cols);
+            let xbv: Vec<f32> = if a.const_x {
+                vec![0.25; 512 * cols]
+            } else {
+                (0..512 * cols)
+                    .map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0))
+                    .collect()
+            };
+            g.upload(xb, &xbv);
+            let ob = g.alloc(512, rows_w);
+            time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob))
+        };
         println!(
-            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s | matmul n=512 {:.2} ms {:.2} TFLOP/s",
+            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s (NMSE vs CPU {:.1e}) | matmul n=512 {:.2} ms {:.2} TFLOP/s",
             s1 * 1e3,
             bytes / s1 / 1e9,
+            num / den.max(1e-30),
             s512 * 1e3,
             2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12
         );
@@ -249,7 +316,7 @@ fn bench_kernels() {
 fn main() {
     let a = parse();
     if a.kernels {
-        bench_kernels();
+        bench_kernels(&a);
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {

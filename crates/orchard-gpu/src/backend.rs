@@ -57,6 +57,16 @@ const MATVEC_ROWS: usize = 4;
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 /// Below this many 128x128 tiles the 64x64-tile matmul is used.
 const MATMUL_MIN_BIG_TILES: usize = 256;
+/// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
+/// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
+/// `ORCHARD_GPU_Q8K_{WG,TPR}` override them (powers of two, 4 <= TPR <= WG) for tuning; the
+/// kernel is written for NR = 4.
+const Q8K_WG: u32 = 128;
+const Q8K_TPR: u32 = 32;
+const Q8K_NR: u32 = 4;
+/// Dispatches recorded before a step is submitted in part, so that the device starts on the
+/// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
+const FLUSH_EVERY_DISPATCHES: usize = 160;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -74,9 +84,16 @@ struct Res {
 enum Kernel {
     MatVec(DType),
     MatMul(DType),
+    /// `MATMUL_KMAJOR`: the 128x128 tile with k-contiguous shared tiles.
+    MatMulK(DType),
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
+    /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, subgroup
+    /// reduction).
+    MatVecQ8K(DType, bool, bool),
+    /// Activations to packed Q8_K for `MatVecQ8K`.
+    ActQ8K,
     Norm,
     NormInplace,
     Elementwise,
@@ -93,13 +110,15 @@ impl Kernel {
         match self {
             Kernel::MatVec(_)
             | Kernel::MatMul(_)
+            | Kernel::MatMulK(_)
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
+            | Kernel::MatVecQ8K(..)
             | Kernel::Norm
             | Kernel::Glu => &[false, false, true],
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
-            Kernel::ActQuant => &[false, true],
+            Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
         }
     }
@@ -195,6 +214,22 @@ pub struct GpuBackend {
     /// Activations rounded as the CPU quantizes them, per (buffer, activation format).
     act_q: HashMap<(u32, u32), ActQ>,
     exact_activations: bool,
+    /// Whether integer-dot kernels use `dot4I8Packed` (off on Metal, where naga emulates it).
+    packed_dot: bool,
+    /// Runtime checks naga adds to shaders: bounds checks without loop bounding by default;
+    /// `ORCHARD_GPU_SHADER_CHECKS` = `all` or `none` to measure their cost.
+    shader_checks: wgpu::ShaderRuntimeChecks,
+    /// `ORCHARD_GPU_MATMUL=old`: the first 128x128 matmul layout, for comparison.
+    old_matmul: bool,
+    /// Below this many 128x128 tiles the 64x64-tile matmul is used.
+    min_big_tiles: usize,
+    /// Recorded dispatches after which the next op first submits what is recorded (0: one
+    /// submission per step).
+    flush_every: usize,
+    /// The device's fixed subgroup size, when subgroup operations are enabled.
+    subgroup: Option<u32>,
+    /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
+    q8k_shape: (u32, u32, u32),
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -219,9 +254,20 @@ impl GpuBackend {
         })?;
         let info = describe(idx, adapter);
         let limits = adapter.limits();
+        let ainfo = adapter.get_info();
+        // Subgroup reductions where the size is fixed (NVIDIA 32, lavapipe 8; AMD and Intel
+        // may vary it per pipeline, so they keep the shared-memory tree).
+        let subgroup = (adapter.features().contains(wgpu::Features::SUBGROUP)
+            && ainfo.subgroup_min_size == ainfo.subgroup_max_size
+            && (8..=64).contains(&ainfo.subgroup_min_size))
+        .then_some(ainfo.subgroup_min_size);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orchard"),
-            required_features: wgpu::Features::empty(),
+            required_features: if subgroup.is_some() {
+                wgpu::Features::SUBGROUP
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -289,7 +335,41 @@ impl GpuBackend {
             versions: HashMap::new(),
             act_q: HashMap::new(),
             exact_activations: true,
+            packed_dot: true,
+            q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
+            subgroup,
+            shader_checks: wgpu::ShaderRuntimeChecks::checked(),
+            flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(FLUSH_EVERY_DISPATCHES),
+            min_big_tiles: std::env::var("ORCHARD_GPU_MIN_BIG_TILES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MATMUL_MIN_BIG_TILES),
+            old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
         };
+        me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
+            Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
+            Ok("none") => wgpu::ShaderRuntimeChecks::unchecked(),
+            _ => {
+                let mut c = wgpu::ShaderRuntimeChecks::checked();
+                c.force_loop_bounding = false;
+                c
+            }
+        };
+        me.packed_dot = me.info.backend != "metal";
+        if std::env::var("ORCHARD_GPU_PACKED_DOT").as_deref() == Ok("0") {
+            me.packed_dot = false;
+        }
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+        let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
+        let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
+        let nr = env("ORCHARD_GPU_Q8K_NR").unwrap_or(Q8K_NR);
+        if [wg, tpr].iter().all(|v| v.is_power_of_two()) && nr == Q8K_NR && tpr <= wg && wg <= 1024
+        {
+            me.q8k_shape = (wg, tpr, nr);
+        }
         me.sync();
         Ok(me)
     }
@@ -315,6 +395,43 @@ impl GpuBackend {
     /// as accurate, but they then differ from the CPU by that quantization noise).
     pub fn set_exact_activations(&mut self, on: bool) {
         self.exact_activations = on;
+    }
+
+    /// Whether the integer-dot kernels use WGSL's `dot4I8Packed` (the default except on
+    /// Metal) or unpack bytes and use plain integer dots (the variant Metal runs; both are
+    /// tested on lavapipe).
+    pub fn set_packed_dot(&mut self, on: bool) {
+        self.packed_dot = on;
+    }
+
+    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (256 by default; 0
+    /// makes every tiled product use the big tiles, which tests use on small shapes).
+    pub fn set_min_big_tiles(&mut self, n: usize) {
+        self.min_big_tiles = n;
+    }
+
+    /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
+    /// has a fixed subgroup size equal to their threads per row); tests turn it off to run
+    /// the shared-memory reduction too.
+    pub fn set_subgroups(&mut self, on: bool) {
+        if !on {
+            self.subgroup = None;
+        }
+    }
+
+    /// After how many recorded dispatches the next op submits the work recorded so far
+    /// (default 160; 0 keeps one submission per step). Part submissions let the device run
+    /// the first layers of a step while the host encodes the rest.
+    pub fn set_flush_every(&mut self, dispatches: usize) {
+        self.flush_every = dispatches;
+    }
+
+    /// Called at the start of every op (never inside one, whose table words and dispatches
+    /// must share a submission): submits what is recorded once it is long enough.
+    fn op_start(&mut self) {
+        if self.flush_every != 0 && self.cmds.len() >= self.flush_every {
+            self.flush(None);
+        }
     }
 
     /// Command submissions made so far (one per step when nothing overflows the arenas).
@@ -351,9 +468,13 @@ impl GpuBackend {
 
     fn pipeline(&mut self, k: Kernel) -> &Pipeline {
         if !self.pipelines.contains_key(&k) {
+            let (q8k_wg, q8k_tpr, q8k_nr) = self.q8k_shape;
             let (body, wg, fmt) = match k {
+                Kernel::MatVecQ8K(..) => (shaders::MATVEC_Q8K, q8k_wg, None),
+                Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
+                Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
                 Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm => (shaders::NORM, 256, None),
@@ -365,13 +486,33 @@ impl GpuBackend {
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
-            let src = shaders::source(body, wg, fmt.as_ref());
-            let module = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&format!("{k:?}")),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
+            let src = match k {
+                Kernel::MatVecQ8K(dt, packed, sg) => {
+                    let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
+                    let unit = match dt {
+                        _ if probe => shaders::UNIT_PROBE,
+                        DType::Q4_K => shaders::UNIT_Q4_K,
+                        DType::Q6_K => shaders::UNIT_Q6_K,
+                        _ => unreachable!("no integer-dot unit for {dt}"),
+                    };
+                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed, sg)
+                }
+                _ => shaders::source(body, wg, fmt.as_ref()),
+            };
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(&format!("{k:?}")),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            };
+            // SAFETY: naga's loop bounding (a counter and exit test added to every loop, which
+            // made the matrix-vector kernels 2-2.5x slower on an H100) is only needed for
+            // shaders that may loop forever; every loop in these kernels runs over a range
+            // fixed by its parameters with a non-zero constant stride. Bounds checks on
+            // buffer accesses stay on unless ORCHARD_GPU_SHADER_CHECKS=none (a measurement
+            // knob; indices stay inside their bindings, covered by the parity tests).
+            let module = unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, self.shader_checks)
+            };
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -566,6 +707,49 @@ impl GpuBackend {
             },
         );
         res
+    }
+
+    /// The 128x128-tile kernel for `dt`: the k-major layout unless `ORCHARD_GPU_MATMUL=old`.
+    fn matmul_big(&self, dt: DType) -> Kernel {
+        if self.old_matmul {
+            Kernel::MatMul(dt)
+        } else {
+            Kernel::MatMulK(dt)
+        }
+    }
+
+    /// `x` quantized to packed Q8_K (int8 words, then one f32 scale per 256 values) for the
+    /// integer-dot kernels, cached until `x` is written again. Returns the buffer and the word
+    /// offset of the scales.
+    fn q8k_input(&mut self, x: BufId) -> (Res, u32) {
+        const MODE: u32 = 3;
+        let xr = self.res(x);
+        let n = self.buf(x).n_tokens * self.buf(x).width;
+        debug_assert!(n.is_multiple_of(256));
+        let words = n / 4 + n / 256;
+        let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
+        if let Some(q) = self.act_q.get(&(x.0, MODE)) {
+            if q.src == src && q.cap >= words {
+                return (q.res.clone(), (n / 4) as u32);
+            }
+        }
+        let (res, cap) = match self.act_q.remove(&(x.0, MODE)) {
+            Some(q) if q.cap >= words => (q.res, q.cap),
+            _ => (self.storage("act_q8k", (words * 4) as u64), words),
+        };
+        let (groups, gx) = self.grid(n / 256, 1);
+        let mut p = [0u32; 16];
+        p[..4].copy_from_slice(&[n as u32, 0, 0, gx]);
+        self.dispatch(Kernel::ActQ8K, &[&xr, &res], p, groups);
+        self.act_q.insert(
+            (x.0, MODE),
+            ActQ {
+                src,
+                res: res.clone(),
+                cap,
+            },
+        );
+        (res, (n / 4) as u32)
     }
 
     /// A 1-D launch of `n` work items in workgroups of `wg`, folded into 2-D when it exceeds the
@@ -859,6 +1043,7 @@ impl Backend for GpuBackend {
     }
 
     fn upload(&mut self, buf: BufId, data: &[f32]) {
+        self.op_start();
         let b = self.buf(buf);
         assert_eq!(data.len(), b.n_tokens * b.width, "upload size mismatch");
         if data.is_empty() {
@@ -913,6 +1098,7 @@ impl Backend for GpuBackend {
     }
 
     fn copy_rows(&mut self, src: BufId, rows: &[u32], dst: BufId) {
+        self.op_start();
         self.set_rows(dst, rows.len());
         let w = self.buf(src).width;
         assert_eq!(w, self.buf(dst).width, "copy_rows width mismatch");
@@ -930,6 +1116,7 @@ impl Backend for GpuBackend {
     }
 
     fn rms_norm(&mut self, x: BufId, w: Option<WeightId>, eps: f32, out: BufId) {
+        self.op_start();
         let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
         self.set_rows(out, n);
         let (groups, gx) = self.grid(n, 1);
@@ -942,6 +1129,7 @@ impl Backend for GpuBackend {
     }
 
     fn head_rms_norm(&mut self, x: BufId, w: WeightId, head_dim: usize, eps: f32) {
+        self.op_start();
         let n_seg = self.buf(x).n_tokens * self.buf(x).width / head_dim;
         let (groups, gx) = self.grid(n_seg, 1);
         let (xr, wr) = (self.res(x), self.vector(w));
@@ -952,6 +1140,7 @@ impl Backend for GpuBackend {
     }
 
     fn matmul(&mut self, w: WeightId, x: BufId, out: BufId) {
+        self.op_start();
         let n = self.buf(x).n_tokens;
         let gw = &self.weights[w.0 as usize];
         let (cols, rows) = (gw.cols, gw.rows);
@@ -969,8 +1158,37 @@ impl Backend for GpuBackend {
             .map(|c| (c.res.clone(), c.row0, c.rows, c.scale_off))
             .collect();
         self.set_rows(out, n);
-        let xr = self.matmul_input(x, fmt.dtype);
         let or = self.res(out);
+        if n <= MATVEC_MAX_TOKENS
+            && self.exact_activations
+            && ragged == 0
+            && matches!(fmt.dtype, DType::Q4_K | DType::Q6_K)
+        {
+            // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
+            let (xq, d_off) = self.q8k_input(x);
+            let sg = self.subgroup == Some(self.q8k_shape.1);
+            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, sg);
+            let (wg, tpr, nr) = self.q8k_shape;
+            let rows_per_group = (nr * wg / tpr) as usize;
+            for (res, row0, crow, scale_off) in chunks {
+                let (mut groups, gx) = self.grid(crow.div_ceil(rows_per_group), 1);
+                groups[2] = n as u32;
+                let mut p = [0u32; 16];
+                p[..8].copy_from_slice(&[
+                    crow as u32,
+                    bpr as u32,
+                    cols as u32,
+                    rows as u32,
+                    row0 as u32,
+                    scale_off,
+                    d_off,
+                    gx,
+                ]);
+                self.dispatch(k, &[&res, &xq, &or], p, groups);
+            }
+            return;
+        }
+        let xr = self.matmul_input(x, fmt.dtype);
         let cpb = (fmt.block / 16) as u32;
         for (res, row0, crow, scale_off) in chunks {
             let mut p = [0u32; 16];
@@ -993,10 +1211,10 @@ impl Backend for GpuBackend {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
                 // Small products: 64x64 tiles fill the device where 128x128 would not.
                 let big_tiles = crow.div_ceil(128) * n.div_ceil(128);
-                let (k, tile) = if ragged != 0 || big_tiles < MATMUL_MIN_BIG_TILES {
+                let (k, tile) = if ragged != 0 || big_tiles < self.min_big_tiles {
                     (Kernel::MatMulRagged(dt), 64)
                 } else {
-                    (Kernel::MatMul(dt), 128)
+                    (self.matmul_big(dt), 128)
                 };
                 let groups = [crow.div_ceil(tile) as u32, n.div_ceil(tile) as u32, 1];
                 self.dispatch(k, &[&res, &xr, &or], p, groups);
@@ -1005,12 +1223,14 @@ impl Backend for GpuBackend {
     }
 
     fn add_bias(&mut self, x: BufId, b: WeightId) {
+        self.op_start();
         let width = self.buf(x).width;
         let br = self.vector(b);
         self.elementwise(x, Some(br), 1, width, 0.0);
     }
 
     fn add(&mut self, x: BufId, y: BufId) {
+        self.op_start();
         assert_eq!(
             self.buf(x).n_tokens * self.buf(x).width,
             self.buf(y).n_tokens * self.buf(y).width
@@ -1020,10 +1240,12 @@ impl Backend for GpuBackend {
     }
 
     fn scale(&mut self, x: BufId, s: f32) {
+        self.op_start();
         self.elementwise(x, None, 2, 0, s);
     }
 
     fn softcap(&mut self, x: BufId, cap: f32) {
+        self.op_start();
         self.elementwise(x, None, 3, 0, cap);
     }
 
@@ -1034,6 +1256,7 @@ impl Backend for GpuBackend {
         p: &RopeParams,
         freq_factors: Option<WeightId>,
     ) {
+        self.op_start();
         let (n, width) = (self.buf(x).n_tokens, self.buf(x).width);
         let key = (
             p.n_rot,
@@ -1093,6 +1316,7 @@ impl Backend for GpuBackend {
     }
 
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
+        self.op_start();
         let n = self.buf(gate).n_tokens;
         let total = n * self.buf(gate).width;
         self.set_rows(out, n);
@@ -1113,6 +1337,7 @@ impl Backend for GpuBackend {
         p: &AttnParams,
         out: BufId,
     ) -> Result<(), BackendError> {
+        self.op_start();
         let n = batch.tokens.len();
         let kv = self
             .kv

@@ -282,6 +282,81 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// Tiled matrix-matrix product, second layout: the same 128 x 128 tile and K step of 32 as
+/// `MATMUL`, but shared memory holds rows (weights) and tokens with k contiguous (`[128][8]`
+/// vec4, padded to 9 so that 8 consecutive rows fall in distinct banks): the dequantized
+/// chunk and the activations are stored as whole vec4 (no scalar transposing stores), and
+/// thread (tx, ty) owns rows tx + 16 i and tokens ty + 16 j, so each inner step is 16 vec4
+/// loads for 64 four-term dots, and output stores of a warp cover consecutive rows.
+/// Parameters as `MATMUL`.
+pub(crate) const MATMUL_KMAJOR: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const TM: u32 = 128u;
+const TN: u32 = 128u;
+const BK: u32 = 32u;
+const LS: u32 = 9u; // vec4 per tile row: BK / 4 + 1 of padding
+var<workgroup> As: array<vec4<f32>, 1152>; // [TM][LS]
+var<workgroup> Bs: array<vec4<f32>, 1152>; // [TN][LS]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m0 = g.x * TM;
+    let n0 = g.y * TN;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let cols4 = P.a.z / 4u;
+    let ntok = P.c.x;
+    let nch = P.c.y;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    var acc: array<f32, 64>; // [i][j]: row tx + 16 i, token ty + 16 j
+    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
+        {
+            let r = lid >> 1u;
+            let sc = lid & 1u;
+            let ch = (k0 >> 4u) + sc;
+            let row = m0 + r;
+            var w: array<vec4<f32>, 4>;
+            if (row < rows && ch < nch) {
+                w = deq(row * nblk + ch / CPB, ch % CPB);
+            }
+            for (var k = 0u; k < 4u; k++) { As[r * LS + sc * 4u + k] = w[k]; }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let i = lid + 256u * q;
+            let t = i >> 3u;
+            let kq = i & 7u;
+            let tok = n0 + t;
+            let e4 = (k0 >> 2u) + kq;
+            var v = vec4<f32>(0.0);
+            if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
+            Bs[t * LS + kq] = v;
+        }
+        workgroupBarrier();
+        for (var kq = 0u; kq < BK / 4u; kq++) {
+            var b: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) { b[j] = Bs[(ty + 16u * j) * LS + kq]; }
+            for (var i = 0u; i < 8u; i++) {
+                let a = As[(tx + 16u * i) * LS + kq];
+                for (var j = 0u; j < 8u; j++) { acc[i * 8u + j] += dot(a, b[j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 8u; j++) {
+        let tok = n0 + ty + 16u * j;
+        if (tok < ntok) {
+            for (var i = 0u; i < 8u; i++) {
+                let row = m0 + tx + 16u * i;
+                if (row < rows) { O[tok * P.a.w + P.b.x + row] = acc[i * 8u + j]; }
+            }
+        }
+    }
+}
+"#;
+
 /// RMS norm over segments of `len` values (whole rows, or heads for Q/K norms): one workgroup
 /// per segment. a = (len, n segments, has weight, grid x), f.x = eps.
 /// The in-place variant (`NORM_INPLACE`) binds X read-write and writes back into it.
@@ -654,5 +729,261 @@ pub(crate) fn source(body: &str, wg: u32, fmt: Option<&Format>) -> String {
         s.push_str(f.wgsl);
     }
     s.push_str(rest);
+    s
+}
+
+/// Quantizes activations to Q8_K exactly as the CPU backend's `quantize_row_q8_K` does (scale
+/// -127/max of the first signed extreme, levels rounded half to even and capped at 127) and
+/// stores them packed, four int8 per word, followed by one f32 `d` per 256 values, for the
+/// integer-dot matrix-vector kernels. One workgroup per 256-value block.
+/// a = (n values, _, _, grid x).
+pub(crate) const ACT_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<u32>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> ai: array<u32, 256>;
+var<workgroup> qv: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = g.y * P.a.w + g.x;
+    let live = blk * 256u < P.a.x;
+    let i = blk * 256u + lid;
+    var v = 0.0;
+    if (live) { v = X[i]; }
+    am[lid] = abs(v);
+    ai[lid] = lid;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) {
+            let o = lid + st;
+            if (am[o] > am[lid]) { am[lid] = am[o]; ai[lid] = ai[o]; }
+        }
+        workgroupBarrier();
+    }
+    let amax = am[0];
+    var q = 0;
+    var d = 0.0;
+    if (live && amax != 0.0) {
+        let iscale = -127.0 / X[blk * 256u + ai[0]];
+        q = i32(min(round(iscale * v), 127.0));
+        d = 1.0 / iscale;
+    }
+    qv[lid] = bitcast<u32>(q) & 0xFFu;
+    workgroupBarrier();
+    if (!live) { return; }
+    if (lid < 64u) {
+        let k = 4u * lid;
+        O[blk * 64u + lid] = qv[k] | (qv[k + 1u] << 8u) | (qv[k + 2u] << 16u) | (qv[k + 3u] << 24u);
+    }
+    if (lid == 0u) { O[P.a.x / 4u + blk] = bitcast<u32>(d); }
+}
+"#;
+
+/// Matrix-vector product for decode on K-quant weights and Q8_K activations (`ACT_Q8K`), with
+/// integer dot products as the CPU's `vec_dot_q*_K_q8_K`: every 16- or 32-element sub-block
+/// sums exactly in integers and only the per-unit scaling is float, so results agree with the
+/// CPU to f32 rounding of a few terms per block. A workgroup computes NR (= 4) * WG / TPR rows:
+/// each group of TPR threads owns NR rows and walks their units (16-byte runs of quants), so that
+/// consecutive threads read consecutive memory, every thread keeps NR weight loads in flight
+/// and each activation load serves NR rows; a shared-memory tree then reduces the partials.
+/// a = (rows, blocks per row, cols, out row stride)
+/// b = (out column offset, scale word offset, word offset of the activation scales, grid x)
+pub(crate) const MATVEC_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+var<workgroup> red: array<f32, NR * WG>;
+fn wword(i: u32) -> u32 { return W[i >> 2u][i & 3u]; }
+fn xword(i: u32) -> u32 { return X[i >> 2u][i & 3u]; }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % TPR;
+    let row0 = ((g.y * P.b.w + g.x) * (WG / TPR) + lid / TPR) * NR;
+    let tok = g.z;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    // Four rows per group, written out so that accumulators and row offsets stay in registers
+    // whatever the driver's unrolling. Rows past the end re-read the last row (in bounds,
+    // results dropped): no branch per unit.
+    let w0 = min(row0, rows - 1u) * nblk;
+    let w1 = min(row0 + 1u, rows - 1u) * nblk;
+    let w2 = min(row0 + 2u, rows - 1u) * nblk;
+    let w3 = min(row0 + 3u, rows - 1u) * nblk;
+    var acc4 = vec4<f32>(0.0);
+    let nu = nblk * UPB;
+    let xb = tok * nblk;
+    for (var u = lane; u < nu; u += TPR) {
+        let b = u / UPB;
+        let v = u % UPB;
+        let dy = bitcast<f32>(xword(P.b.z + xb + b));
+        let xs = xload(v, (xb + b) * 16u);
+        acc4 += dy * vec4<f32>(unit(w0 + b, v, xs), unit(w1 + b, v, xs), unit(w2 + b, v, xs),
+                               unit(w3 + b, v, xs));
+    }
+    let acc = array<f32, NR>(acc4.x, acc4.y, acc4.z, acc4.w);
+    REDUCE
+}
+"#;
+
+/// The row group's reduction in shared memory (any subgroup size).
+pub(crate) const REDUCE_SHARED: &str = r#"
+    for (var r = 0u; r < NR; r++) { red[r * WG + lid] = acc[r]; }
+    workgroupBarrier();
+    for (var st = TPR / 2u; st > 0u; st >>= 1u) {
+        if (lane < st) {
+            for (var r = 0u; r < NR; r++) { red[r * WG + lid] += red[r * WG + lid + st]; }
+        }
+        workgroupBarrier();
+    }
+    if (lane < NR && row0 + lane < rows) {
+        O[tok * P.a.w + P.b.x + row0 + lane] = red[lane * WG + lid - lane];
+    }
+"#;
+
+/// The row group's reduction when it is exactly one subgroup (TPR = the device's fixed
+/// subgroup size, subgroups made of consecutive invocations): no barriers.
+pub(crate) const REDUCE_SUBGROUP: &str = r#"
+    for (var r = 0u; r < NR; r++) {
+        let t = subgroupAdd(acc[r]);
+        if (lane == r && row0 + r < rows) { O[tok * P.a.w + P.b.x + row0 + r] = t; }
+    }
+"#;
+
+/// `dot4`: the signed 8-bit dot product of two packed words, through the WGSL built-in or, for
+/// Metal (where naga emulates it slowly) and as a portable fallback, by unpacking.
+pub(crate) const DOT4_PACKED: &str = r#"
+fn dot4(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
+"#;
+/// 16-element dot and sum of packed int8 words (static components: no indexing).
+pub(crate) const DOT16: &str = r#"
+fn dot16(a: vec4<u32>, b: vec4<u32>) -> i32 {
+    return dot4(a.x, b.x) + dot4(a.y, b.y) + dot4(a.z, b.z) + dot4(a.w, b.w);
+}
+fn sum16(b: vec4<u32>) -> i32 {
+    let one = 0x01010101u;
+    return dot4(one, b.x) + dot4(one, b.y) + dot4(one, b.z) + dot4(one, b.w);
+}
+"#;
+pub(crate) const DOT4_UNPACKED: &str = r#"
+fn i8x4i(w: u32) -> vec4<i32> {
+    return vec4<i32>(bitcast<i32>(w << 24u) >> 24u, bitcast<i32>(w << 16u) >> 24u,
+                     bitcast<i32>(w << 8u) >> 24u, bitcast<i32>(w) >> 24u);
+}
+fn dot4(a: u32, b: u32) -> i32 { return dot(i8x4i(a), i8x4i(b)); }
+"#;
+
+/// Q4_K unit: group j of the block (eight body words, 32 bytes), whose low nibbles are the 32
+/// elements of sub-block 2j and high nibbles the 32 of sub-block 2j+1; returns the block-local
+/// sum before the activation scale. Header words as `Scale::KHeader`.
+pub(crate) const UNIT_Q4_K: &str = r#"
+const UPB: u32 = 4u;
+fn xload(j: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 4u * j;
+    return array<vec4<u32>, 4>(X[o], X[o + 1u], X[o + 2u], X[o + 3u]);
+}
+fn unit(blk: u32, j: u32, xs: array<vec4<u32>, 4>) -> f32 {
+    let w0 = W[blk * 8u + 2u * j];
+    let w1 = W[blk * 8u + 2u * j + 1u];
+    let h = P.b.y + 5u * blk;
+    let dm = unpack2x16float(wword(h));
+    let sh = 8u * ((2u * j) & 3u);
+    let scw = wword(h + 1u + (j >> 1u)) >> sh;
+    let mnw = wword(h + 3u + (j >> 1u)) >> sh;
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let il = dot16(w0 & lo, xs[0]) + dot16(w1 & lo, xs[1]);
+    let ih = dot16((w0 >> vec4<u32>(4u)) & lo, xs[2]) + dot16((w1 >> vec4<u32>(4u)) & lo, xs[3]);
+    let sl = sum16(xs[0]) + sum16(xs[1]);
+    let shi = sum16(xs[2]) + sum16(xs[3]);
+    let s = i32(scw & 0xFFu) * il + i32((scw >> 8u) & 0xFFu) * ih;
+    let m = i32(mnw & 0xFFu) * sl + i32((mnw >> 8u) & 0xFFu) * shi;
+    return dm.x * f32(s) - dm.y * f32(m);
+}
+"#;
+
+/// Q6_K unit: half n of the block (128 elements), 16-byte half h of its low-nibble and high-bit
+/// rows: 64 elements in four 16-element sub-blocks, each with its own int8 scale (ggml's
+/// `dequantize_row_q6_K` order). Body: 52 words (13 vec4), d in the half-scale region.
+pub(crate) const UNIT_Q6_K: &str = r#"
+const UPB: u32 = 4u;
+fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 8u * (v >> 1u) + (v & 1u);
+    return array<vec4<u32>, 4>(X[o], X[o + 2u], X[o + 4u], X[o + 6u]);
+}
+fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
+    let n = v >> 1u;
+    let h = v & 1u;
+    let base = blk * 13u;
+    let qa = W[base + 4u * n + h];
+    let qb = W[base + 4u * n + h + 2u];
+    let qh = W[base + 8u + 2u * n + h];
+    let scv = W[base + 12u];
+    let di = P.b.y + (blk >> 1u);
+    let dw = unpack2x16float(wword(di))[blk & 1u];
+    // Sub-block i (0..3): nibbles of qa (i even) or qb (i odd), low (i < 2) or high, and
+    // crumb i of qh; int8 scale 8n + h + 2i.
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let cr = vec4<u32>(0x03030303u);
+    let q0 = (qa & lo) | ((qh & cr) << vec4<u32>(4u));
+    let q1 = (qb & lo) | (((qh >> vec4<u32>(2u)) & cr) << vec4<u32>(4u));
+    let q2 = ((qa >> vec4<u32>(4u)) & lo) | (((qh >> vec4<u32>(4u)) & cr) << vec4<u32>(4u));
+    let q3 = ((qb >> vec4<u32>(4u)) & lo) | (((qh >> vec4<u32>(6u)) & cr) << vec4<u32>(4u));
+    let si = 8u * n + h;
+    let sw = scv[si >> 2u] >> (8u * (si & 3u));
+    let sw2 = scv[(si >> 2u) + 1u] >> (8u * (si & 3u));
+    let sc0 = bitcast<i32>(sw << 24u) >> 24u;
+    let sc1 = bitcast<i32>(sw << 8u) >> 24u;
+    let sc2 = bitcast<i32>(sw2 << 24u) >> 24u;
+    let sc3 = bitcast<i32>(sw2 << 8u) >> 24u;
+    let tot = sc0 * (dot16(q0, xs[0]) - 32 * sum16(xs[0]))
+        + sc1 * (dot16(q1, xs[1]) - 32 * sum16(xs[1]))
+        + sc2 * (dot16(q2, xs[2]) - 32 * sum16(xs[2]))
+        + sc3 * (dot16(q3, xs[3]) - 32 * sum16(xs[3]));
+    return dw * f32(tot);
+}
+"#;
+
+/// A measurement stand-in for a unit (`ORCHARD_GPU_Q8K_PROBE`): the Q4_K unit's loads with
+/// almost no arithmetic, to tell memory-bound from instruction-bound. Results are meaningless.
+pub(crate) const UNIT_PROBE: &str = r#"
+const UPB: u32 = 8u;
+fn xload(v: u32, xv: u32) -> array<vec4<u32>, 4> {
+    let o = xv + 4u * (v >> 1u) + (v & 1u);
+    return array<vec4<u32>, 4>(X[o], X[o + 2u], vec4<u32>(), vec4<u32>());
+}
+fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
+    let w = W[blk * 8u + v] ^ xs[0] ^ xs[1];
+    return f32(w.x ^ w.y ^ w.z ^ w.w);
+}
+"#;
+
+/// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
+/// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin, `subgroup` the reduction.
+pub(crate) fn source_q8k(
+    unit: &str,
+    wg: u32,
+    tpr: u32,
+    nr: u32,
+    packed: bool,
+    subgroup: bool,
+) -> String {
+    let mut s = String::with_capacity(8192);
+    if packed {
+        // A language extension: the directive must precede every declaration.
+        s.push_str("requires packed_4x8_integer_dot_product;\n");
+    }
+    s.push_str(PARAMS);
+    s.push_str(&format!(
+        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n"
+    ));
+    let reduce = if subgroup {
+        REDUCE_SUBGROUP
+    } else {
+        REDUCE_SHARED
+    };
+    s.push_str(&MATVEC_Q8K.replace("    REDUCE\n", reduce));
+    s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
+    s.push_str(DOT16);
+    s.push_str(unit);
     s
 }

@@ -211,6 +211,73 @@ fn matmul_splits_weights_larger_than_a_binding() {
     }
 }
 
+/// The 128x128-tile matmul (used from 256 tiles up, so never by the small shapes above) on
+/// every format, with rows and tokens that do not fill the last tile.
+#[test]
+fn matmul_big_tiles_every_format() {
+    let mut g = gpu();
+    g.set_min_big_tiles(0);
+    let mut rng = Rng(0xb16);
+    for dtype in MATMUL_TYPES {
+        let cols = dtype.block_size().max(64) * 2;
+        let rows = 130;
+        let wv = rng.vec(cols * rows, 1.0);
+        let w = weight("w", dtype, cols, rows, &wv);
+        for n in [13usize, 131] {
+            let xv = rng.vec(n * cols, 1.0);
+            let (got, want) = both(&mut g, |b| {
+                let wid = b.add_weight(&w).unwrap();
+                let x = buf(b, n, cols, &xv);
+                let o = b.alloc(n, rows);
+                b.matmul(wid, x, o);
+                read(b, o)
+            });
+            let e = nmse(&got, &want);
+            let tol = if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 };
+            assert!(
+                e < tol,
+                "big-tile matmul {dtype} {cols}x{rows} n={n}: NMSE {e}"
+            );
+        }
+    }
+}
+
+/// The integer-dot matrix-vector kernels (K-quant weights x Q8_K activations) with and
+/// without `dot4I8Packed` (Metal runs the unpacked twin), on rows that do not fill the last
+/// workgroup, a wider row, and a zero activation block (the Q8_K scale-0 case).
+#[test]
+fn matvec_integer_dot_both_variants() {
+    let mut g = gpu();
+    let mut rng = Rng(0x5eed);
+    for (packed, subgroups) in [(true, true), (false, true), (true, false)] {
+        g.set_packed_dot(packed);
+        g.set_subgroups(subgroups);
+        for dtype in [DType::Q4_K, DType::Q6_K] {
+            for (cols, rows) in [(256, 5), (1024, 37), (2304, 3)] {
+                let wv = rng.vec(cols * rows, 1.0);
+                let w = weight("w", dtype, cols, rows, &wv);
+                for n in [1usize, 2, 5] {
+                    let mut xv = rng.vec(n * cols, 1.0);
+                    xv[..256].iter_mut().for_each(|v| *v = 0.0);
+                    let (got, want) = both(&mut g, |b| {
+                        let wid = b.add_weight(&w).unwrap();
+                        let x = buf(b, n, cols, &xv);
+                        let o = b.alloc(n, rows);
+                        b.matmul(wid, x, o);
+                        read(b, o)
+                    });
+                    let e = nmse(&got, &want);
+                    eprintln!("{dtype} packed={packed} {cols}x{rows} n={n}: NMSE {e:.2e}");
+                    assert!(
+                        e < 1e-11,
+                        "{dtype} packed={packed} {cols}x{rows} n={n}: NMSE {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_weight_types_are_refused() {
     let mut g = gpu();
@@ -562,6 +629,13 @@ fn one_submission_per_step() {
     let want = run(&mut CpuBackend::new());
     let e = nmse(&got, &want);
     assert!(e < 1e-9, "chained ops: NMSE {e}");
+    // Part submissions every 7 dispatches (the device starts while the host encodes): the
+    // same result.
+    g.set_flush_every(7);
+    let before = g.submissions();
+    let parts = run(&mut g);
+    assert!(g.submissions() - before > 5, "part submissions were made");
+    assert_eq!(parts, got, "part submissions change nothing");
 }
 
 #[test]

@@ -99,7 +99,11 @@ fn margin(v: &[f32]) -> f32 {
 /// amplify, so whole-model logits differ by ~0.1 and a near-tie can go either way; a
 /// free-running comparison (`free_run`) then diverges after the first flip. Measured on
 /// lavapipe (teacher-forced, 16 steps): Gemma 3 16/16 equal at -ngl 999 and 10, SmolLM2 15/16
-/// at both (one near-tie); mean logit differences 0.1-0.18.
+/// at both (one near-tie); mean logit differences 0.1-0.18. With the integer-dot K-quant
+/// matrix-vector kernels (whose integer sums equal the CPU's), at -ngl 999: 15/16 for both,
+/// mean differences 0.20 (Gemma 3) and 0.18 (SmolLM2), and free-running output still diverges
+/// after the first near-tie: the remaining differences come from float summation order (block
+/// sums, norms, attention), which differs between the CPU's SIMD tiers themselves.
 const MARGIN: f32 = 0.25;
 const N_GEN: usize = 16;
 
