@@ -54,12 +54,18 @@ macro_rules! dot_sym {
             let mut acc = [_mm256_setzero_ps(); 4];
             for i in 0..nb {
                 let xb = x.add(i * $wb);
-                let dx = _mm_cvtss_f32(halves(u64::from(rd16(xb))));
+                prefetch(xb);
+                let dx = _mm_set1_ps(_mm_cvtss_f32(halves(u64::from(rd16(xb)))));
+                // The four activation scales in one conversion; lane r = d_x * d_y(r), the same
+                // product the single-row kernel forms.
+                let dy = |r: usize| u64::from(rd16(y[r].add(i * Q8_0))) << (16 * r);
+                let d4 =
+                    _mm256_castps128_ps256(_mm_mul_ps(dx, halves(dy(0) | dy(1) | dy(2) | dy(3))));
                 let qx = unpack!($fmt, xb);
                 let ax = _mm256_sign_epi8(qx, qx);
                 for r in 0..4 {
                     let yb = y[r].add(i * Q8_0);
-                    let d = _mm256_set1_ps(dx * _mm_cvtss_f32(halves(u64::from(rd16(yb)))));
+                    let d = _mm256_permutevar8x32_ps(d4, _mm256_set1_epi32(r as i32));
                     let sy = _mm256_sign_epi8(load256(yb.add(2)), qx);
                     let q = _mm256_cvtepi32_ps(dot_us(ax, sy));
                     acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
