@@ -218,6 +218,8 @@ pub struct Scheduler {
     b_rows: Vec<u32>,
     /// (slot, output row) for the sequences that sample or pool this step.
     b_out: Vec<(usize, usize)>,
+    /// End (exclusive) of each forward pass in `b_tokens`.
+    b_ends: Vec<usize>,
     ub_rows: Vec<u32>,
     ub_out: Vec<f32>,
     out: Vec<f32>,
@@ -296,6 +298,7 @@ impl Scheduler {
             b_slots: Vec::new(),
             b_rows: Vec::new(),
             b_out: Vec::new(),
+            b_ends: Vec::new(),
             ub_rows: Vec::new(),
             ub_out: Vec::new(),
             out: Vec::new(),
@@ -654,8 +657,21 @@ impl Scheduler {
 
     // ---- planning and pages --------------------------------------------------------------
 
+    /// Most tokens of one prompt fed in one forward pass.
+    fn chunk_max(&self) -> usize {
+        self.cfg.n_ubatch.min(self.cfg.n_batch)
+    }
+
     /// Decode tokens first (one per running sequence, oldest first), then prompt chunks in age
     /// order with what is left of `n_batch`.
+    ///
+    /// A prompt is always fed in the chunks it would get alone: `chunk_max` tokens counted from
+    /// where its computation started, the last one shorter. A chunk that does not fit in what
+    /// is left of the step waits for the next step instead of being cut, so how a sequence is
+    /// split into forward passes never depends on what else runs (the CPU kernels choose their
+    /// float order from the number of a sequence's tokens in a pass, see `run`). Only when
+    /// decode tokens alone leave too little room for any chunk (`n_batch` below
+    /// `n_ubatch + n_parallel`) is the oldest prompt cut, so that it still progresses.
     fn plan(&mut self) {
         self.order.clear();
         self.order
@@ -663,6 +679,7 @@ impl Scheduler {
         let slots = &self.slots;
         self.order
             .sort_by_key(|&i| slots[i].as_ref().map_or(u64::MAX, |s| s.order));
+        let chunk_max = self.chunk_max();
         let mut left = self.cfg.n_batch;
         for &i in &self.order {
             let s = self.slots[i].as_mut().expect("active");
@@ -672,12 +689,27 @@ impl Scheduler {
                 left -= 1;
             }
         }
+        let mut prefilled = false;
+        let cramped = self.cfg.n_batch < chunk_max + self.slots.len();
         for &i in &self.order {
             let s = self.slots[i].as_mut().expect("active");
-            if s.plan == 0 && left > 0 {
-                s.plan = s.remaining().min(left);
-                left -= s.plan;
+            if s.plan > 0 || s.remaining() == 0 {
+                continue;
             }
+            while s.plan < s.remaining() {
+                let c = (s.remaining() - s.plan).min(chunk_max);
+                if c > left {
+                    let starved = !prefilled && s.plan == 0 && left > 0;
+                    if starved && cramped {
+                        s.plan = left;
+                        left = 0;
+                    }
+                    break;
+                }
+                s.plan += c;
+                left -= c;
+            }
+            prefilled |= s.plan > 0;
         }
     }
 
@@ -764,12 +796,28 @@ impl Scheduler {
         self.b_slots.clear();
         self.b_rows.clear();
         self.b_out.clear();
+        self.b_ends.clear();
+        // Forward passes hold whole chunks: a sequence's planned tokens are cut into the
+        // chunks it would get alone (`plan`), each chunk stays contiguous inside one pass, and
+        // a pass takes chunks in order while they fit in `n_ubatch`.
+        let chunk_max = self.chunk_max();
+        let mut in_pass = 0;
         for &i in &self.order {
             let Some(s) = self.slots[i].as_ref() else {
                 continue;
             };
             if s.plan == 0 || matches!(s.work, Work::Embed(_)) != hidden {
                 continue;
+            }
+            let mut rest = s.plan;
+            while rest > 0 {
+                let c = rest.min(chunk_max);
+                if in_pass > 0 && in_pass + c > self.cfg.n_ubatch {
+                    self.b_ends.push(self.b_tokens.len() + s.plan - rest);
+                    in_pass = 0;
+                }
+                in_pass += c;
+                rest -= c;
             }
             let end = s.n_computed + s.plan;
             let reaches_end = end == s.tokens.len();
@@ -790,6 +838,7 @@ impl Scheduler {
         if self.b_tokens.is_empty() {
             return false;
         }
+        self.b_ends.push(self.b_tokens.len());
         let res = self.forward(hidden);
         if let Err(e) = res {
             let msg = format!("model step failed: {e}");
@@ -839,8 +888,9 @@ impl Scheduler {
         self.charge.clear();
         self.charge.resize(self.slots.len(), 0.0);
         let mut next_row = 0;
-        for start in (0..n).step_by(self.cfg.n_ubatch) {
-            let end = (start + self.cfg.n_ubatch).min(n);
+        let mut start = 0;
+        for k in 0..self.b_ends.len() {
+            let end = self.b_ends[k];
             self.ub_rows.clear();
             while next_row < self.b_rows.len() && (self.b_rows[next_row] as usize) < end {
                 self.ub_rows.push(self.b_rows[next_row] - start as u32);
@@ -870,7 +920,9 @@ impl Scheduler {
                 )));
             }
             self.out.extend_from_slice(&self.ub_out);
+            start = end;
         }
+        debug_assert_eq!(start, n);
         drop(tables);
         for (s, &c) in self.slots.iter_mut().zip(&self.charge) {
             if let Some(s) = s {
