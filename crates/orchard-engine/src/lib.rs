@@ -16,9 +16,11 @@
 //!   the queue to be recomputed, invisibly to its client. The oldest sequence therefore always
 //!   progresses, so the engine never deadlocks; a sequence that alone fills the whole context
 //!   finishes with [`FinishReason::Length`].
-//! - **Prefix reuse**: full pages of finished sequences stay in a trie keyed by their tokens; a
-//!   new request reuses the longest cached prefix (pages shared read-only by reference count)
-//!   and recomputes only the rest.
+//! - **Prefix reuse**: the computed KV of finished sequences stays in a trie keyed by their
+//!   tokens in page-sized stretches (the last one may be partial); a new request reuses the
+//!   longest cached prefix down to the token (cells shared read-only by page reference count;
+//!   the rest of a partly reused page is written into a fresh page of its own) and recomputes
+//!   only the rest.
 
 mod error;
 mod kv;

@@ -3,7 +3,7 @@
 //! driven by [`Scheduler::step`], so tests can run it deterministically without a thread; the
 //! engine thread in `lib.rs` only feeds it messages and calls `step` in a loop.
 
-use crate::kv::{PagePool, PrefixCache, PAGE};
+use crate::kv::{pages_of, PagePool, PrefixCache, Reuse, PAGE};
 use crate::text::{Pushed, StopText};
 use crate::{
     EngineConfig, EngineError, EngineStats, Event, FinishReason, GenParams, ModelInfo, Pooling,
@@ -131,8 +131,11 @@ struct Seq {
     n_cached: usize,
     /// Positions `0..n_computed` have KV in `cells`.
     n_computed: usize,
+    /// The distinct pages the cells lie in (one reference held on each).
     pages: Vec<u32>,
-    /// Position -> KV cell, `pages.len() * PAGE` entries.
+    /// Position -> KV cell. Reused prefix cells come from the prefix cache (read only); from
+    /// there on the sequence's own pages, a fresh page serving the rest of a partly reused
+    /// stretch at the same offsets, so that later stretches are whole pages.
     cells: Vec<u32>,
     work: Work,
     /// Tokens planned for the current step.
@@ -155,10 +158,19 @@ impl Seq {
         self.tokens.len() - self.n_computed
     }
 
+    /// Extends the cell table to the next multiple of `PAGE` with cells of a fresh page.
     fn push_page(&mut self, page: u32) {
         self.pages.push(page);
         let base = page * PAGE as u32;
-        self.cells.extend(base..base + PAGE as u32);
+        let off = (self.cells.len() % PAGE) as u32;
+        self.cells.extend(base + off..base + PAGE as u32);
+    }
+
+    /// Takes over cells reused from the prefix cache (the caller holds their pages' references).
+    fn adopt(&mut self, reuse: Reuse) {
+        self.n_computed = reuse.cells.len();
+        self.cells = reuse.cells;
+        self.pages = reuse.pages;
     }
 }
 
@@ -422,23 +434,22 @@ impl Scheduler {
             for &p in &s.pages {
                 counts[p as usize] += 1;
             }
-            if s.cells.len() != s.pages.len() * PAGE || s.n_computed > s.cells.len() {
+            if s.n_computed > s.cells.len() {
                 return Err(format!(
-                    "request {}: {} cells for {} pages, {} computed",
+                    "request {}: {} cells, {} computed",
                     s.id,
                     s.cells.len(),
-                    s.pages.len(),
                     s.n_computed
                 ));
             }
-            let ok = s
-                .cells
-                .iter()
-                .enumerate()
-                .all(|(k, &c)| c == s.pages[k / PAGE] * PAGE as u32 + (k % PAGE) as u32);
-            if !ok {
+            let mut distinct = s.cells.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut held = s.pages.clone();
+            held.sort_unstable();
+            if distinct.len() != s.cells.len() || held != pages_of(&distinct) {
                 return Err(format!(
-                    "request {}: cell table does not match its pages",
+                    "request {}: cell table repeats a cell or does not match its pages",
                     s.id
                 ));
             }
@@ -526,19 +537,18 @@ impl Scheduler {
                 };
             // At least the last token is recomputed: its logits are needed.
             let reused = if reuse_ok {
-                self.cache
-                    .lookup(&mut self.pool, tokens, (tokens.len() - 1) / PAGE)
+                self.cache.lookup(&mut self.pool, tokens, tokens.len() - 1)
             } else {
-                Vec::new()
+                Reuse::default()
             };
             // Beside the prompt, one page of headroom per running sequence: admitting into a
             // pool that the running sequences are about to fill would only get the newcomer
             // (the youngest) preempted again at once.
             let busy = self.busy();
-            let need = tokens.len().div_ceil(PAGE) - reused.len() + busy;
+            let need = tokens.len().div_ceil(PAGE) - reused.cells.len() / PAGE + busy;
             let have = self.pool.n_free() + self.cache.n_evictable(&self.pool);
             if need > have && busy > 0 {
-                for p in reused {
+                for &p in &reused.pages {
                     self.pool.release(p);
                 }
                 self.waiting.push_front(w);
@@ -546,10 +556,7 @@ impl Scheduler {
             }
             match w {
                 Waiting::Preempted(mut s) => {
-                    s.n_computed = reused.len() * PAGE;
-                    for p in reused {
-                        s.push_page(p);
-                    }
+                    s.adopt(reused);
                     s.order = self.next_order;
                     self.next_order += 1;
                     self.slots[free] = Some(*s);
@@ -563,10 +570,10 @@ impl Scheduler {
         }
     }
 
-    fn start_new(&mut self, slot: usize, r: Request, t_submit: Instant, reused: Vec<u32>) {
+    fn start_new(&mut self, slot: usize, r: Request, t_submit: Instant, reused: Reuse) {
         let now = Instant::now();
         let n_prompt = r.prompt.len();
-        let n_cached = reused.len() * PAGE;
+        let n_cached = reused.cells.len();
         let (work, zero_budget) = match r.kind {
             RequestKind::Generate(g) => match gen_state(g, &r.prompt) {
                 Ok(g) => {
@@ -574,7 +581,7 @@ impl Scheduler {
                     (Work::Gen(Box::new(g)), zero)
                 }
                 Err(e) => {
-                    for p in reused {
+                    for &p in &reused.pages {
                         self.pool.release(p);
                     }
                     let mut sink = r.sink;
@@ -611,9 +618,7 @@ impl Scheduler {
             device_ms: 0.0,
         };
         self.next_order += 1;
-        for p in reused {
-            seq.push_page(p);
-        }
+        seq.adopt(reused);
         self.totals.prompt_tokens += n_prompt as u64;
         self.totals.cached_prompt_tokens += n_cached as u64;
         let queue_ms = ms(t_submit, now);
@@ -751,7 +756,7 @@ impl Scheduler {
         }
     }
 
-    /// Drops a sequence's KV (offering its full pages to the prefix cache) and puts it at the
+    /// Drops a sequence's KV (offering its computed prefix to the prefix cache) and puts it at the
     /// head of the queue to be recomputed.
     fn preempt(&mut self, i: usize) {
         let Some(mut s) = self.slots[i].take() else {
@@ -772,12 +777,11 @@ impl Scheduler {
         self.shared.busy.store(self.busy(), Ordering::Release);
     }
 
-    /// Gives up a sequence's pages; with `keep`, its computed full pages go to the prefix cache.
+    /// Gives up a sequence's pages; with `keep`, its computed prefix goes to the prefix cache.
     fn release_pages(&mut self, s: &mut Seq, keep: bool) {
         if keep && self.cfg.cache_prompt && matches!(s.work, Work::Gen(_)) {
-            let n_full = s.n_computed / PAGE;
             self.cache
-                .insert(&mut self.pool, &s.tokens, &s.pages, n_full);
+                .insert(&mut self.pool, &s.tokens, &s.cells[..s.n_computed]);
         }
         for p in s.pages.drain(..) {
             self.pool.release(p);
