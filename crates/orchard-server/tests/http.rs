@@ -907,3 +907,82 @@ fn an_idle_server_unloads_and_wakes_on_the_next_request() {
     assert_eq!(r.json()["timings"]["predicted_n"], 2);
     assert!(!sleeping(&s));
 }
+
+/// Reads from `sock` until the server closes it (EOF or reset), returning what arrived and when.
+fn read_until_closed(sock: &mut std::net::TcpStream, limit: Duration) -> (String, Duration) {
+    use std::io::Read;
+    let t0 = Instant::now();
+    sock.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("connection still open after {:?}: {e}", t0.elapsed()),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
+/// `--timeout N` is llama-server's read/write timeout: a client that stops sending its request
+/// (headers or body) loses the connection after N seconds, while an answer that takes longer
+/// than N seconds to compute is not cut.
+#[test]
+fn timeout_closes_stalled_requests_but_not_slow_answers() {
+    use std::io::Write;
+    let s = TestServer::start(&["-c", "1024", "-np", "2", "--timeout", "2"]);
+
+    // Half a request head, then silence.
+    let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let (_, waited) = read_until_closed(&mut sock, Duration::from_secs(15));
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "head: closed after {waited:?}"
+    );
+
+    // A whole head announcing a body of 100 bytes, 10 of them sent.
+    let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
+    sock.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"message",
+    )
+    .unwrap();
+    let (reply, waited) = read_until_closed(&mut sock, Duration::from_secs(15));
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "body: closed after {waited:?}"
+    );
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 4"),
+        "body: {reply}"
+    );
+
+    // An idle keep-alive connection is closed too.
+    let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
+    sock.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (reply, waited) = read_until_closed(&mut sock, Duration::from_secs(15));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        waited < Duration::from_secs(6),
+        "idle: closed after {waited:?}"
+    );
+
+    // Computing for longer than the timeout is fine, streamed or not.
+    let long = json!({
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 200, "temperature": 0, "ignore_eos": true,
+    });
+    let t0 = Instant::now();
+    let r = s.post("/v1/chat/completions", &long);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 200);
+    assert!(
+        t0.elapsed() > Duration::from_secs(2),
+        "the answer took only {:?}: it does not show that computing time is exempt",
+        t0.elapsed()
+    );
+}
