@@ -23,6 +23,7 @@ mod params;
 mod responses;
 mod routes;
 mod state;
+mod tools;
 
 pub use args::{rewrite_argv, ServerArgs, Settings, SettingsError};
 pub use auth::{

@@ -986,3 +986,211 @@ fn timeout_closes_stalled_requests_but_not_slow_answers() {
         t0.elapsed()
     );
 }
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {
+            "name": "get_weather", "description": "Get the current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Get the time",
+            "parameters": {"type": "object", "properties": {}}}}
+    ])
+}
+
+/// Checks a chat answer that must be one call of `get_weather` with a string `city`.
+fn assert_weather_call(choice: &Value) {
+    assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{choice}");
+    assert_eq!(calls[0]["type"], "function");
+    assert!(calls[0]["id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+}
+
+/// Tool calling on SmolLM2, whose template knows no tools (llama.cpp's generic format: the
+/// tools go into the system message and the answer is constrained JSON), and with a
+/// Hermes-style template (`<tool_call>` blocks), plain and streamed.
+#[test]
+fn tool_calls_are_parsed_into_tool_calls_plain_and_streamed() {
+    let s = TestServer::start(&["-c", "2048", "-np", "2"]);
+    let body = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": weather_tools(), "tool_choice": "required", "temperature": 0, "max_tokens": 64,
+    });
+    // The tools reach the prompt.
+    let r = s.post("/apply-template", &body);
+    assert_eq!(r.status, 200);
+    assert!(r.json()["prompt"].as_str().unwrap().contains("get_weather"));
+
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let plain = r.json()["choices"][0].clone();
+    assert_weather_call(&plain);
+    assert!(plain["message"]["content"].is_null());
+
+    // Streamed: the call arrives as `delta.tool_calls`, the same call as above.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let mut st = s.stream("/v1/chat/completions", &[], &sb);
+    assert_eq!(st.status, 200);
+    let events = st.collect_json();
+    let mut calls: Vec<Value> = Vec::new();
+    let mut finish = None;
+    for e in &events {
+        let Some(c) = e["choices"].get(0) else {
+            continue;
+        };
+        if let Some(tc) = c["delta"]["tool_calls"].as_array() {
+            calls.extend(tc.iter().cloned());
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+        assert!(
+            c["delta"]["content"].is_null(),
+            "content in a required call: {e}"
+        );
+    }
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(
+        calls[0]["function"],
+        plain["message"]["tool_calls"][0]["function"]
+    );
+
+    // A named function is the one called.
+    let mut named = body.clone();
+    named["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
+    let r = s.post("/v1/chat/completions", &named);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let c = &r.json()["choices"][0];
+    assert_eq!(c["finish_reason"], "tool_calls", "{c}");
+    assert_eq!(
+        c["message"]["tool_calls"][0]["function"]["name"],
+        "get_time"
+    );
+
+    // `auto` lets the model answer in words (or call); `none` is a plain chat.
+    let mut auto = body.clone();
+    auto["tool_choice"] = json!("auto");
+    let r = s.post("/v1/chat/completions", &auto);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let c = &r.json()["choices"][0];
+    let has_calls = c["message"]["tool_calls"].is_array();
+    assert!(has_calls || c["message"]["content"].is_string(), "{c}");
+    assert_eq!(c["finish_reason"] == "tool_calls", has_calls, "{c}");
+    let mut none = body.clone();
+    none["tool_choice"] = json!("none");
+    let r = s.post("/v1/chat/completions", &none);
+    assert_eq!(r.status, 200);
+    let c = &r.json()["choices"][0];
+    assert!(c["message"]["tool_calls"].is_null());
+    assert_ne!(c["finish_reason"], "tool_calls");
+
+    // A conversation carrying an earlier call and its result renders and runs.
+    let follow = json!({
+        "messages": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": plain["message"]["tool_calls"]},
+            {"role": "tool", "tool_call_id": plain["message"]["tool_calls"][0]["id"], "content": "{\"temp_c\": 21}"},
+        ],
+        "tools": weather_tools(), "temperature": 0, "max_tokens": 24,
+    });
+    let r = s.post("/apply-template", &follow);
+    assert!(
+        r.json()["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("\"tool_call\""),
+        "{}",
+        r.text
+    );
+    assert_eq!(s.post("/v1/chat/completions", &follow).status, 200);
+
+    // Bad tool requests: 400 with the error shape, and the server goes on.
+    for (case, bad) in [
+        ("tools not an array", json!({"tools": "x"})),
+        ("unknown choice", json!({"tool_choice": "always"})),
+        (
+            "unknown function",
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+        ),
+        ("grammar and tools", json!({"grammar": "root ::= \"a\""})),
+    ] {
+        let mut b = body.clone();
+        for (k, v) in bad.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let r = s.post("/v1/chat/completions", &b);
+        assert_eq!(r.status, 400, "{case}: {}", r.text);
+        assert_error_shape(&r.json(), "invalid_request_error", case);
+    }
+    assert_eq!(s.post("/v1/chat/completions", &small_chat()).status, 200);
+}
+
+#[test]
+fn hermes_template_tool_calls_are_constrained_and_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpl = dir.path().join("hermes.jinja");
+    // A ChatML template with Hermes tool support, cut down from Qwen 2.5's.
+    std::fs::write(
+        &tmpl,
+        r#"{%- if tools %}<|im_start|>system
+You may call one or more functions. Function signatures:
+<tools>{% for t in tools %}
+{{ t | tojson }}{% endfor %}
+</tools>
+For each call, return a JSON object within <tool_call></tool_call> tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#,
+    )
+    .unwrap();
+    let s = TestServer::start(&[
+        "-c",
+        "2048",
+        "-np",
+        "1",
+        "--jinja",
+        "--chat-template-file",
+        tmpl.to_str().unwrap(),
+    ]);
+    let body = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": weather_tools(),
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "temperature": 0, "max_tokens": 64,
+    });
+    let r = s.post("/apply-template", &body);
+    let prompt = r.json()["prompt"].as_str().unwrap().to_string();
+    assert!(
+        prompt.contains("<tools>") && prompt.contains("get_weather"),
+        "{prompt}"
+    );
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_weather_call(&r.json()["choices"][0]);
+    // Streamed, the call comes as one tool_calls delta.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let mut st = s.stream("/v1/chat/completions", &[], &sb);
+    let events = st.collect_json();
+    let calls: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0))
+        .filter_map(|c| c["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+}
