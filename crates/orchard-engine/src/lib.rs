@@ -256,6 +256,15 @@ pub struct Totals {
     pub gen_ms: f64,
     /// Scheduler steps that ran the model.
     pub steps: u64,
+    /// Wall time of those steps: admission, planning, pages, forward passes, sampling and
+    /// streaming to the sinks (publishing the stats afterwards is left out).
+    pub step_ms: f64,
+    /// Of `step_ms`, the time inside the model's forward passes; the rest is the engine's own
+    /// per-step overhead.
+    pub forward_ms: f64,
+    /// Of `step_ms`, sampling and handing each token to its sink (detokenizing, stop strings,
+    /// the sink's channel send).
+    pub sample_ms: f64,
     /// Sequences pushed back to the queue because the KV pool ran dry.
     pub preemptions: u64,
 }

@@ -482,6 +482,7 @@ impl Scheduler {
     /// One scheduler step: admit waiting requests, plan at most `n_batch` tokens, run them and
     /// hand out the results. Returns whether the model ran.
     pub fn step(&mut self) -> bool {
+        let t0 = Instant::now();
         self.admit();
         self.plan();
         self.allocate();
@@ -496,6 +497,11 @@ impl Scheduler {
                 tracing::error!(error = %e, "KV accounting is inconsistent");
                 self.audit_error = Some(e);
             }
+        }
+        if ran {
+            // Publishing the stats and delivering final events (a lock and a few sends) are
+            // left out so that the figure is current in the stats it is published with.
+            self.totals.step_ms += ms(t0, Instant::now());
         }
         self.publish();
         self.deliver();
@@ -869,7 +875,9 @@ impl Scheduler {
         if hidden {
             self.finish_embeddings();
         } else {
+            let t0 = Instant::now();
             self.sample_all();
+            self.totals.sample_ms += ms(t0, Instant::now());
         }
         true
     }
@@ -912,7 +920,9 @@ impl Scheduler {
             } else {
                 self.ctx.decode(&batch, &mut self.ub_out)?;
             }
-            let per_token = ms(t0, Instant::now()) / (end - start) as f64;
+            let pass_ms = ms(t0, Instant::now());
+            self.totals.forward_ms += pass_ms;
+            let per_token = pass_ms / (end - start) as f64;
             for s in &self.b_slots[start..end] {
                 self.charge[s.seq as usize] += per_token;
             }

@@ -872,6 +872,15 @@ fn endpoints_answer_in_their_documented_shapes() {
         .text
         .contains("orchard_time_to_first_token_seconds_bucket"));
     assert!(metric(&s, "llamacpp:tokens_predicted_total ") >= 4.0);
+    // The engine's step time splits into forward passes, sampling and the rest.
+    let step = metric(&s, "orchard_engine_step_seconds_total{");
+    let forward = metric(&s, "orchard_engine_forward_seconds_total{");
+    let sample = metric(&s, "orchard_engine_sample_seconds_total{");
+    assert!(metric(&s, "orchard_engine_steps_total{") >= 4.0);
+    assert!(
+        forward > 0.0 && sample > 0.0 && forward + sample <= step,
+        "step {step} forward {forward} sample {sample}"
+    );
 }
 
 #[test]
