@@ -1374,7 +1374,7 @@ pub async fn run(
     let tok = l.tokenizer.clone();
     let (prompts, prompt_text): (Vec<Vec<TokenId>>, Vec<String>) = match api {
         Api::Chat | Api::Anthropic | Api::Responses => {
-            let toks = chat_prompt(&l, &o, api == Api::Anthropic)?;
+            let toks = chat_prompt_with(&l, &o, api == Api::Anthropic, api == Api::Chat)?;
             let shown = tok.decode(&toks, false);
             (vec![toks], vec![shown])
         }
@@ -1434,7 +1434,18 @@ pub async fn run(
 /// The chat prompt's tokens: special tokens in the rendered text are parsed, and BOS is added by
 /// the tokenizer's rule only, never twice when the template wrote it already.
 pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId>, ApiError> {
-    let text = render_chat(l, o, allow_empty)?;
+    chat_prompt_with(l, o, allow_empty, true)
+}
+
+/// [`chat_prompt`]; `tool_calls: false` for APIs whose answers carry no OpenAI tool calls
+/// (Anthropic): their tools reach the template, but no tool-call instructions are added.
+pub fn chat_prompt_with(
+    l: &Loaded,
+    o: &Obj,
+    allow_empty: bool,
+    tool_calls: bool,
+) -> Result<Vec<TokenId>, ApiError> {
+    let text = render_chat_with(l, o, allow_empty, tool_calls)?;
     let stripped = text
         .strip_prefix(l.bos_text.as_str())
         .filter(|_| !l.bos_text.is_empty());
@@ -1443,9 +1454,20 @@ pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId
 
 /// Checks and renders `messages` with the chat template.
 pub fn render_chat(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<String, ApiError> {
+    render_chat_with(l, o, allow_empty, true)
+}
+
+fn render_chat_with(
+    l: &Loaded,
+    o: &Obj,
+    allow_empty: bool,
+    tool_calls: bool,
+) -> Result<String, ApiError> {
     let mut msgs = parse_messages(o, allow_empty)?;
-    if let Some(t) = crate::tools::parse(o, l.template.source())? {
-        generic_tool_messages(&t, &mut msgs);
+    if tool_calls {
+        if let Some(t) = crate::tools::parse(o, l.template.source())? {
+            generic_tool_messages(&t, &mut msgs);
+        }
     }
     let add_gen = opt_bool(o, "add_generation_prompt")?;
     let cont = opt_bool(o, "continue_final_message")?.unwrap_or(false);
