@@ -30,7 +30,7 @@ mod text;
 pub use error::{EngineError, SubmitError};
 pub use kv::PAGE as PAGE_CELLS;
 pub use orchard_core::TokenId;
-pub use scheduler::Scheduler;
+pub use scheduler::{PassRun, Scheduler};
 
 use orchard_tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -237,6 +237,16 @@ pub struct Scheduler {
     out: Vec<f32>,
     /// Forward-pass milliseconds charged to each slot this step.
     charge: Vec<f64>,
+    /// With [`Scheduler::record_passes`]: per forward pass, the runs of tokens it held.
+    pass_log: Option<Vec<Vec<PassRun>>>,
+}
+
+/// A run of consecutive tokens of one request inside a forward pass (tests and debugging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassRun {
+    pub request: u64,
+    pub first_pos: u32,
+    pub n_tokens: u32,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -315,6 +325,7 @@ impl Scheduler {
             ub_out: Vec::new(),
             out: Vec::new(),
             charge: Vec::new(),
+            pass_log: None,
             cfg,
         };
         s.publish();
@@ -368,6 +379,16 @@ impl Scheduler {
                 .sum(),
             size_bytes: self.model.weight_bytes(),
         }
+    }
+
+    /// Starts (or stops) recording which tokens each forward pass holds.
+    pub fn record_passes(&mut self, on: bool) {
+        self.pass_log = on.then(Vec::new);
+    }
+
+    /// The passes recorded since the last call: each a list of runs, in batch order.
+    pub fn take_passes(&mut self) -> Vec<Vec<PassRun>> {
+        self.pass_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Validates and queues a request (the synchronous twin of `EngineHandle::submit`).
@@ -907,6 +928,23 @@ impl Scheduler {
             while next_row < self.b_rows.len() && (self.b_rows[next_row] as usize) < end {
                 self.ub_rows.push(self.b_rows[next_row] - start as u32);
                 next_row += 1;
+            }
+            if let Some(log) = self.pass_log.as_mut() {
+                let mut runs: Vec<PassRun> = Vec::new();
+                for t in &self.b_slots[start..end] {
+                    let request = self.slots[t.seq as usize].as_ref().map_or(u64::MAX, |s| s.id);
+                    match runs.last_mut() {
+                        Some(r) if r.request == request && r.first_pos + r.n_tokens == t.pos => {
+                            r.n_tokens += 1
+                        }
+                        _ => runs.push(PassRun {
+                            request,
+                            first_pos: t.pos,
+                            n_tokens: 1,
+                        }),
+                    }
+                }
+                log.push(runs);
             }
             let batch = Batch {
                 tokens: &self.b_tokens[start..end],
