@@ -388,7 +388,10 @@ impl Scheduler {
 
     /// The passes recorded since the last call: each a list of runs, in batch order.
     pub fn take_passes(&mut self) -> Vec<Vec<PassRun>> {
-        self.pass_log.as_mut().map(std::mem::take).unwrap_or_default()
+        self.pass_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Validates and queues a request (the synchronous twin of `EngineHandle::submit`).
@@ -932,7 +935,9 @@ impl Scheduler {
             if let Some(log) = self.pass_log.as_mut() {
                 let mut runs: Vec<PassRun> = Vec::new();
                 for t in &self.b_slots[start..end] {
-                    let request = self.slots[t.seq as usize].as_ref().map_or(u64::MAX, |s| s.id);
+                    let request = self.slots[t.seq as usize]
+                        .as_ref()
+                        .map_or(u64::MAX, |s| s.id);
                     match runs.last_mut() {
                         Some(r) if r.request == request && r.first_pos + r.n_tokens == t.pos => {
                             r.n_tokens += 1

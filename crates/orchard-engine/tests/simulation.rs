@@ -354,7 +354,10 @@ fn prompt_chunks_do_not_depend_on_other_traffic() {
             ids.sort_unstable();
             ids.dedup();
             assert_eq!(ids.len(), n, "pass {k} splits a request: {p:?}");
-            assert!(p.iter().map(|r| r.n_tokens).sum::<u32>() <= 16, "pass {k}: {p:?}");
+            assert!(
+                p.iter().map(|r| r.n_tokens).sum::<u32>() <= 16,
+                "pass {k}: {p:?}"
+            );
         }
     };
 
@@ -377,7 +380,9 @@ fn prompt_chunks_do_not_depend_on_other_traffic() {
     sched.submit(gen(11, vec![4, 5, 6, 7], 40)).unwrap();
     sched.step();
     sched.step();
-    sched.submit(gen(12, (0..45).map(|i| 3 + i % 100).collect(), 6)).unwrap();
+    sched
+        .submit(gen(12, (0..45).map(|i| 3 + i % 100).collect(), 6))
+        .unwrap();
     sched.submit(gen(1, probe, 4)).unwrap();
     while !sched.is_idle() {
         sched.step();
@@ -386,7 +391,10 @@ fn prompt_chunks_do_not_depend_on_other_traffic() {
     contiguous(&busy);
     assert_eq!(runs_of(&busy, 1), solo, "the probe was fed differently");
     // The others really shared steps with it: the decoders ran during its prompt.
-    let first = busy.iter().position(|p| p.iter().any(|r| r.request == 1)).unwrap();
+    let first = busy
+        .iter()
+        .position(|p| p.iter().any(|r| r.request == 1))
+        .unwrap();
     assert!(busy[first..]
         .iter()
         .take(4)
