@@ -203,3 +203,43 @@ def test_anthropic_messages_endpoint():
     body = json.load(urllib.request.urlopen(req, timeout=120))
     assert body["type"] == "message" and body["content"][0]["type"] == "text"
     assert body["usage"]["output_tokens"] > 0
+
+
+WEATHER_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_tool_call_required(client):
+    r = client.chat.completions.create(model=MODEL, messages=msgs("What is the weather in Paris?"),
+                                       tools=WEATHER_TOOLS, tool_choice="required",
+                                       max_tokens=64, temperature=0)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0]
+    assert call.type == "function" and call.id
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_tool_call_streamed(client):
+    calls = {}
+    finish = None
+    for chunk in client.chat.completions.create(model=MODEL, messages=msgs("What is the weather in Rome?"),
+                                                tools=WEATHER_TOOLS, tool_choice="required",
+                                                max_tokens=64, temperature=0, stream=True):
+        if not chunk.choices:
+            continue
+        ch = chunk.choices[0]
+        for tc in ch.delta.tool_calls or []:
+            slot = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            if tc.function.name:
+                slot["name"] += tc.function.name
+            if tc.function.arguments:
+                slot["arguments"] += tc.function.arguments
+        finish = ch.finish_reason or finish
+    assert finish == "tool_calls"
+    assert list(calls) == [0]
+    assert calls[0]["name"] == "get_weather"
+    assert isinstance(json.loads(calls[0]["arguments"])["city"], str)

@@ -93,28 +93,65 @@ const NO_NODE: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct Node {
-    page: u32,
     parent: u32,
-    n_children: u32,
     last_used: u64,
+    /// Tokens `0..len` of this node's stretch of the prefix (a full node has `PAGE`).
+    len: usize,
     key: [TokenId; PAGE],
+    /// The KV cell of each of those tokens. A stretch need not sit in one page: a sequence
+    /// that reused part of a cached stretch keeps the shared cells and writes the rest into a
+    /// page of its own.
+    cells: [u32; PAGE],
+    /// The distinct pages of `cells[..len]`; the node holds one reference on each.
+    pages: Vec<u32>,
+    children: Vec<u32>,
 }
 
-/// A trie of full pages keyed by their tokens: the path from a root to a node spells the token
-/// prefix whose KV the node's page holds (positions `depth * PAGE ..`). KV at positions
-/// `0..k` depends on exactly the tokens `0..k`, so a page is reusable by any sequence whose
-/// prompt starts with the same path. Only leaves are evicted, so no cached page is ever
-/// unreachable.
+/// What [`PrefixCache::lookup`] found: the KV cells of the first `cells.len()` tokens, and the
+/// distinct pages they lie in (each retained once for the caller).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Reuse {
+    pub cells: Vec<u32>,
+    pub pages: Vec<u32>,
+}
+
+/// A trie of token stretches: the path from a root to a node spells a token prefix in
+/// `PAGE`-token steps, and the node holds the KV cells of its own stretch (positions
+/// `depth * PAGE ..`). KV at positions `0..k` depends on exactly the tokens `0..k`, so any
+/// sequence whose prompt starts with the same tokens can read those cells. Full stretches are
+/// indexed by their tokens; the last stretch of a sequence may be partial, and a lookup that
+/// leaves the indexed path takes the longest common start of any child, down to one token.
+/// Cached cells are never written again: a sequence that reuses part of a stretch writes its
+/// own tokens into a fresh page. Only leaves are evicted, so no cached node is unreachable.
 #[derive(Debug, Default)]
 pub(crate) struct PrefixCache {
     nodes: Vec<Option<Node>>,
     free_ids: Vec<u32>,
-    children: HashMap<(u32, [TokenId; PAGE]), u32>,
+    roots: Vec<u32>,
+    /// Full stretches by (parent, tokens).
+    full: HashMap<(u32, [TokenId; PAGE]), u32>,
+    /// References the cache holds on each page.
+    page_refs: Vec<u32>,
     clock: u64,
 }
 
+/// Distinct pages of `cells`, in first-seen order.
+pub(crate) fn pages_of(cells: &[u32]) -> Vec<u32> {
+    let mut v: Vec<u32> = Vec::with_capacity(2);
+    for &c in cells {
+        let p = c / PAGE as u32;
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn common_len(a: &[TokenId], b: &[TokenId]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl PrefixCache {
-    #[cfg(test)]
     fn node(&self, id: u32) -> &Node {
         self.nodes[id as usize].as_ref().expect("live node")
     }
@@ -123,64 +160,116 @@ impl PrefixCache {
         self.nodes[id as usize].as_mut().expect("live node")
     }
 
+    fn kids(&self, parent: u32) -> &[u32] {
+        if parent == NO_NODE {
+            &self.roots
+        } else {
+            &self.node(parent).children
+        }
+    }
+
     fn page_key(tokens: &[TokenId], i: usize) -> [TokenId; PAGE] {
         let mut k = [0; PAGE];
-        k.copy_from_slice(&tokens[i * PAGE..(i + 1) * PAGE]);
+        let s = &tokens[i * PAGE..((i + 1) * PAGE).min(tokens.len())];
+        k[..s.len()].copy_from_slice(s);
         k
     }
 
-    /// The pages of the longest cached prefix of `tokens`, at most `max_pages` of them. Each
-    /// returned page gets one more reference (the caller's) and its path is marked used.
-    pub fn lookup(
-        &mut self,
-        pool: &mut PagePool,
-        tokens: &[TokenId],
-        max_pages: usize,
-    ) -> Vec<u32> {
+    fn cache_refs(&self, page: u32) -> u32 {
+        self.page_refs.get(page as usize).copied().unwrap_or(0)
+    }
+
+    /// The cells of the longest cached prefix of `tokens`, at most `max_tokens` of them. The
+    /// caller gets one reference on each returned page; the path is marked used.
+    pub fn lookup(&mut self, pool: &mut PagePool, tokens: &[TokenId], max_tokens: usize) -> Reuse {
         self.clock += 1;
         let now = self.clock;
-        let mut pages = Vec::new();
+        let max_tokens = max_tokens.min(tokens.len());
+        let mut cells = Vec::new();
         let mut cur = NO_NODE;
-        for i in 0..(tokens.len() / PAGE).min(max_pages) {
-            let Some(&id) = self.children.get(&(cur, Self::page_key(tokens, i))) else {
+        let mut i = 0;
+        loop {
+            let base = i * PAGE;
+            if base >= max_tokens {
                 break;
-            };
-            let n = self.node_mut(id);
-            n.last_used = now;
-            pages.push(n.page);
-            cur = id;
+            }
+            if base + PAGE <= max_tokens {
+                if let Some(&id) = self.full.get(&(cur, Self::page_key(tokens, i))) {
+                    let n = self.node_mut(id);
+                    n.last_used = now;
+                    cells.extend_from_slice(&n.cells);
+                    cur = id;
+                    i += 1;
+                    continue;
+                }
+            }
+            // Off the indexed path: the child sharing the longest start, if any.
+            let want = &tokens[base..max_tokens];
+            let best = self
+                .kids(cur)
+                .iter()
+                .map(|&id| {
+                    let n = self.node(id);
+                    (id, common_len(&n.key[..n.len], want))
+                })
+                .max_by_key(|&(id, m)| (m, std::cmp::Reverse(id)));
+            if let Some((id, m)) = best.filter(|&(_, m)| m > 0) {
+                let n = self.node_mut(id);
+                n.last_used = now;
+                cells.extend_from_slice(&n.cells[..m]);
+            }
+            break;
         }
+        let pages = pages_of(&cells);
         for &p in &pages {
             pool.retain(p);
         }
-        pages
+        Reuse { cells, pages }
     }
 
-    /// Offers the first `n_full` full pages of a sequence (`pages[i]` holds the KV of
-    /// `tokens[i*PAGE..(i+1)*PAGE]`). New prefixes are adopted (the cache takes its own
-    /// reference); prefixes already cached keep their existing page. The caller still releases
+    /// Offers a sequence's computed prefix: `cells[k]` holds the KV of `tokens[k]`, for every
+    /// `k < cells.len()`. Stretches not cached yet are adopted (the cache takes its own
+    /// references); stretches already cached keep their existing cells; a partial last
+    /// stretch is kept unless a cached child already starts with it. The caller still releases
     /// its own references afterwards.
-    pub fn insert(
-        &mut self,
-        pool: &mut PagePool,
-        tokens: &[TokenId],
-        pages: &[u32],
-        n_full: usize,
-    ) {
+    pub fn insert(&mut self, pool: &mut PagePool, tokens: &[TokenId], cells: &[u32]) {
         self.clock += 1;
         let now = self.clock;
+        let n = cells.len().min(tokens.len());
         let mut cur = NO_NODE;
-        for (i, &page) in pages.iter().enumerate().take(n_full) {
+        for i in 0..n.div_ceil(PAGE) {
+            let base = i * PAGE;
+            let len = (n - base).min(PAGE);
             let key = Self::page_key(tokens, i);
-            let id = match self.children.get(&(cur, key)) {
-                Some(&id) => id,
+            let existing = if len == PAGE {
+                self.full.get(&(cur, key)).copied()
+            } else {
+                self.kids(cur).iter().copied().find(|&id| {
+                    let c = self.node(id);
+                    c.len >= len && c.key[..len] == key[..len]
+                })
+            };
+            let id = match existing {
+                Some(id) => id,
                 None => {
+                    let mut node_cells = [0; PAGE];
+                    node_cells[..len].copy_from_slice(&cells[base..base + len]);
+                    let pages = pages_of(&node_cells[..len]);
+                    for &p in &pages {
+                        pool.retain(p);
+                        if self.page_refs.len() <= p as usize {
+                            self.page_refs.resize(p as usize + 1, 0);
+                        }
+                        self.page_refs[p as usize] += 1;
+                    }
                     let node = Node {
-                        page,
                         parent: cur,
-                        n_children: 0,
                         last_used: now,
+                        len,
                         key,
+                        cells: node_cells,
+                        pages,
+                        children: Vec::new(),
                     };
                     let id = match self.free_ids.pop() {
                         Some(id) => {
@@ -192,106 +281,151 @@ impl PrefixCache {
                             self.nodes.len() as u32 - 1
                         }
                     };
-                    if cur != NO_NODE {
-                        self.node_mut(cur).n_children += 1;
+                    if cur == NO_NODE {
+                        self.roots.push(id);
+                    } else {
+                        self.node_mut(cur).children.push(id);
                     }
-                    self.children.insert((cur, key), id);
-                    pool.retain(page);
+                    if len == PAGE {
+                        self.full.insert((cur, key), id);
+                    }
                     id
                 }
             };
             self.node_mut(id).last_used = now;
+            if len < PAGE {
+                break;
+            }
             cur = id;
         }
     }
 
-    /// Frees the least recently used page that only the cache holds (a leaf, so its prefix
-    /// stays reachable). Returns false when nothing can be evicted.
+    /// Drops the least recently used leaf, preferring one whose removal frees a page (one
+    /// only it holds), else one whose pages no sequence holds (it may free pages together
+    /// with other nodes). Returns false when no node can help free a page.
     pub fn evict_one(&mut self, pool: &mut PagePool) -> bool {
-        let victim = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.as_ref().map(|n| (i as u32, n)))
-            .filter(|(_, n)| n.n_children == 0 && pool.refs(n.page) == 1)
+        let leaves = || {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.as_ref().map(|n| (i as u32, n)))
+                .filter(|(_, n)| n.children.is_empty())
+        };
+        let frees = leaves()
+            .filter(|(_, n)| n.pages.iter().any(|&p| pool.refs(p) == 1))
             .min_by_key(|(_, n)| n.last_used)
             .map(|(i, _)| i);
+        let victim = frees.or_else(|| {
+            leaves()
+                .filter(|(_, n)| n.pages.iter().all(|&p| pool.refs(p) == self.cache_refs(p)))
+                .min_by_key(|(_, n)| n.last_used)
+                .map(|(i, _)| i)
+        });
         let Some(id) = victim else {
             return false;
         };
         let node = self.nodes[id as usize].take().expect("live node");
-        self.children.remove(&(node.parent, node.key));
-        if node.parent != NO_NODE {
-            self.node_mut(node.parent).n_children -= 1;
+        if node.len == PAGE {
+            self.full.remove(&(node.parent, node.key));
         }
+        let siblings = if node.parent == NO_NODE {
+            &mut self.roots
+        } else {
+            &mut self.node_mut(node.parent).children
+        };
+        siblings.retain(|&k| k != id);
         self.free_ids.push(id);
-        pool.release(node.page);
+        for &p in &node.pages {
+            self.page_refs[p as usize] -= 1;
+            pool.release(p);
+        }
         true
     }
 
-    /// Pages held by the cache alone (what eviction could free right now, if every such page
-    /// were a leaf; inner ones become leaves as their children go).
+    /// Pages held by the cache alone (what eviction could free right now; inner nodes become
+    /// leaves as their children go).
     pub fn n_evictable(&self, pool: &PagePool) -> usize {
-        self.live().filter(|n| pool.refs(n.page) == 1).count()
+        self.page_refs
+            .iter()
+            .enumerate()
+            .filter(|&(p, &c)| c > 0 && pool.refs(p as u32) == c)
+            .count()
     }
 
+    #[cfg(test)]
     pub fn n_nodes(&self) -> usize {
         self.live().count()
     }
 
-    /// Adds one per cached page to `counts` (for the pool audit) and checks the trie's links.
+    /// Adds the cache's references to `counts` (for the pool audit) and checks the trie's links.
     pub fn count_refs(&self, counts: &mut [u32]) -> Result<(), String> {
-        let mut kids = vec![0u32; self.nodes.len()];
+        let mut mine = vec![0u32; counts.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
-            counts[n.page as usize] += 1;
-            if n.parent != NO_NODE {
-                match self.nodes.get(n.parent as usize) {
-                    Some(Some(_)) => kids[n.parent as usize] += 1,
-                    _ => return Err(format!("cache node {i} has a dead parent {}", n.parent)),
-                }
+            if n.len == 0 || n.len > PAGE {
+                return Err(format!("cache node {i} holds {} tokens", n.len));
             }
-            if self.children.get(&(n.parent, n.key)) != Some(&(i as u32)) {
+            if n.pages != pages_of(&n.cells[..n.len]) {
+                return Err(format!(
+                    "cache node {i}: page list does not match its cells"
+                ));
+            }
+            for &p in &n.pages {
+                let slot = mine
+                    .get_mut(p as usize)
+                    .ok_or_else(|| format!("cache node {i} holds page {p} outside the pool"))?;
+                *slot += 1;
+            }
+            if !self.node_alive(n.parent) {
+                return Err(format!("cache node {i} has a dead parent {}", n.parent));
+            }
+            if !self.kids(n.parent).contains(&(i as u32)) {
                 return Err(format!("cache node {i} is not reachable from its parent"));
             }
-        }
-        for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(n) = n {
-                if n.n_children != kids[i] {
+            if n.len == PAGE && self.full.get(&(n.parent, n.key)) != Some(&(i as u32)) {
+                return Err(format!("cache node {i} is missing from the index"));
+            }
+            if n.len < PAGE && !n.children.is_empty() {
+                return Err(format!("partial cache node {i} has children"));
+            }
+            for &k in &n.children {
+                if !self.node_alive(k) || self.node(k).parent != i as u32 {
                     return Err(format!(
-                        "cache node {i} counts {} children but has {}",
-                        n.n_children, kids[i]
+                        "cache node {i} lists a child {k} that is not its own"
                     ));
                 }
             }
         }
-        if self.children.len() != self.n_nodes() {
+        for &r in &self.roots {
+            if !self.node_alive(r) || self.node(r).parent != NO_NODE {
+                return Err(format!("cache root {r} is not a live root"));
+            }
+        }
+        let n_full = self.live().filter(|n| n.len == PAGE).count();
+        if self.full.len() != n_full {
             return Err(format!(
-                "cache index has {} entries for {} nodes",
-                self.children.len(),
-                self.n_nodes()
+                "cache index has {} entries for {n_full} full nodes",
+                self.full.len()
             ));
+        }
+        for (p, (&m, c)) in mine.iter().zip(counts.iter_mut()).enumerate() {
+            if m != self.cache_refs(p as u32) {
+                return Err(format!(
+                    "page {p}: the cache counts {} references but its nodes hold {m}",
+                    self.cache_refs(p as u32)
+                ));
+            }
+            *c += m;
         }
         Ok(())
     }
 
-    fn live(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().flatten()
+    fn node_alive(&self, id: u32) -> bool {
+        id == NO_NODE || matches!(self.nodes.get(id as usize), Some(Some(_)))
     }
 
-    #[cfg(test)]
-    fn depth_of_page(&self, page: u32) -> Option<usize> {
-        let mut id = (0..self.nodes.len() as u32).find(|&i| {
-            self.nodes[i as usize]
-                .as_ref()
-                .is_some_and(|n| n.page == page)
-        })?;
-        let mut d = 0;
-        while self.node(id).parent != NO_NODE {
-            id = self.node(id).parent;
-            d += 1;
-        }
-        Some(d)
+    fn live(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
     }
 }
 
@@ -336,34 +470,45 @@ mod tests {
         pool.audit(&want).unwrap();
     }
 
+    /// Cells of `pages`, `PAGE` per page, cut to `n`.
+    fn cells_of(pages: &[u32], n: usize) -> Vec<u32> {
+        let mut v: Vec<u32> = pages
+            .iter()
+            .flat_map(|&p| p * PAGE as u32..(p + 1) * PAGE as u32)
+            .collect();
+        v.truncate(n);
+        v
+    }
+
     #[test]
     fn prefix_lookup_insert_and_leaf_eviction() {
         let mut pool = PagePool::new(8);
         let mut cache = PrefixCache::default();
         let toks: Vec<u32> = (0..40).collect();
         let pages: Vec<u32> = (0..3).map(|_| pool.alloc().unwrap()).collect();
-        // Two full pages computed (32 tokens), the third is partial.
-        cache.insert(&mut pool, &toks, &pages, 2);
+        // 40 tokens computed: two full stretches and a partial one of 8.
+        cache.insert(&mut pool, &toks, &cells_of(&pages, 40));
         for &p in &pages {
             pool.release(p);
         }
         audit(&pool, &cache, &[]);
-        assert_eq!(pool.n_free(), 6);
-        assert_eq!(cache.n_nodes(), 2);
+        assert_eq!(pool.n_free(), 5);
+        assert_eq!(cache.n_nodes(), 3);
 
-        // Same first page, different second page: only one page is shared.
+        // Same first stretch, the second diverges at token 20: 16 + 4 tokens are shared.
         let mut other = toks.clone();
         other[20] = 999;
-        let got = cache.lookup(&mut pool, &other, 10);
-        assert_eq!(got, vec![pages[0]]);
-        audit(&pool, &cache, &[&got]);
-        // The shared page is held by someone else, so only the leaf can go; then nothing.
+        let got = cache.lookup(&mut pool, &other, 39);
+        assert_eq!(got.cells, cells_of(&pages, 20));
+        assert_eq!(got.pages, vec![pages[0], pages[1]]);
+        audit(&pool, &cache, &[&got.pages]);
+        // Only the partial leaf's page is the cache's alone; then nothing can go.
         assert!(cache.evict_one(&mut pool));
-        assert_eq!(cache.depth_of_page(pages[0]), Some(0));
         assert!(!cache.evict_one(&mut pool));
-        for &p in &got {
+        for &p in &got.pages {
             pool.release(p);
         }
+        assert!(cache.evict_one(&mut pool));
         assert!(cache.evict_one(&mut pool));
         assert_eq!(cache.n_nodes(), 0);
         audit(&pool, &cache, &[]);
@@ -371,22 +516,69 @@ mod tests {
     }
 
     #[test]
-    fn lookup_respects_the_page_limit_and_duplicates_are_not_adopted() {
+    fn short_prompts_reuse_partial_stretches_down_to_the_token() {
+        let mut pool = PagePool::new(8);
+        let mut cache = PrefixCache::default();
+        // A 10-token prompt plus 3 generated tokens.
+        let a: Vec<u32> = (100..113).collect();
+        let pa = pool.alloc().unwrap();
+        cache.insert(&mut pool, &a, &cells_of(&[pa], 13));
+        pool.release(pa);
+        audit(&pool, &cache, &[]);
+        // The same 10-token prompt again: all but the last token (its logits are needed).
+        let got = cache.lookup(&mut pool, &a[..10], 9);
+        assert_eq!(got.cells, cells_of(&[pa], 9));
+        // The reuser writes the rest of its stretch into a page of its own; its cells mix.
+        let pb = pool.alloc().unwrap();
+        let mut b = a[..10].to_vec();
+        b.extend([7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+        let mut cells = got.cells.clone();
+        cells.extend(pb * PAGE as u32 + 9..pb * PAGE as u32 + PAGE as u32);
+        assert_eq!(cells.len(), 16);
+        let pc = pool.alloc().unwrap();
+        cells.extend(pc * PAGE as u32..pc * PAGE as u32 + 4);
+        cache.insert(&mut pool, &b, &cells);
+        for p in got.pages.iter().chain(&[pb, pc]) {
+            pool.release(*p);
+        }
+        audit(&pool, &cache, &[]);
+        // a's partial stretch and b's full one (over two pages) plus b's tail.
+        assert_eq!(cache.n_nodes(), 3);
+        let again = cache.lookup(&mut pool, &b, 19);
+        assert_eq!(again.cells, cells[..19].to_vec());
+        assert_eq!(again.pages, vec![pa, pb, pc]);
+        audit(&pool, &cache, &[&again.pages]);
+        for &p in &again.pages {
+            pool.release(p);
+        }
+        // A partial stretch that a cached one already starts with is not added again.
+        cache.insert(&mut pool, &a[..5], &cells_of(&[pa], 5));
+        assert_eq!(cache.n_nodes(), 3);
+        while cache.evict_one(&mut pool) {}
+        assert_eq!(cache.n_nodes(), 0);
+        audit(&pool, &cache, &[]);
+        assert_eq!(pool.n_free(), 8);
+    }
+
+    #[test]
+    fn lookup_respects_the_token_limit_and_duplicates_are_not_adopted() {
         let mut pool = PagePool::new(8);
         let mut cache = PrefixCache::default();
         let toks: Vec<u32> = (0..32).collect();
         let a: Vec<u32> = (0..2).map(|_| pool.alloc().unwrap()).collect();
-        cache.insert(&mut pool, &toks, &a, 2);
+        cache.insert(&mut pool, &toks, &cells_of(&a, 32));
         // A second sequence computed the same prefix into its own pages.
         let b: Vec<u32> = (0..2).map(|_| pool.alloc().unwrap()).collect();
-        cache.insert(&mut pool, &toks, &b, 2);
+        cache.insert(&mut pool, &toks, &cells_of(&b, 32));
         for &p in a.iter().chain(&b) {
             pool.release(p);
         }
         assert_eq!(cache.n_nodes(), 2);
         assert_eq!(pool.n_free(), 6);
-        let got = cache.lookup(&mut pool, &toks, 1);
-        assert_eq!(got, vec![a[0]]);
-        audit(&pool, &cache, &[&got]);
+        let got = cache.lookup(&mut pool, &toks, 20);
+        assert_eq!(got.cells, cells_of(&a, 20));
+        audit(&pool, &cache, &[&got.pages]);
+        let none = cache.lookup(&mut pool, &[5, 6, 7], 2);
+        assert_eq!(none, Reuse::default());
     }
 }

@@ -16,9 +16,11 @@
 //!   the queue to be recomputed, invisibly to its client. The oldest sequence therefore always
 //!   progresses, so the engine never deadlocks; a sequence that alone fills the whole context
 //!   finishes with [`FinishReason::Length`].
-//! - **Prefix reuse**: full pages of finished sequences stay in a trie keyed by their tokens; a
-//!   new request reuses the longest cached prefix (pages shared read-only by reference count)
-//!   and recomputes only the rest.
+//! - **Prefix reuse**: the computed KV of finished sequences stays in a trie keyed by their
+//!   tokens in page-sized stretches (the last one may be partial); a new request reuses the
+//!   longest cached prefix down to the token (cells shared read-only by page reference count;
+//!   the rest of a partly reused page is written into a fresh page of its own) and recomputes
+//!   only the rest.
 
 mod error;
 mod kv;
@@ -28,7 +30,7 @@ mod text;
 pub use error::{EngineError, SubmitError};
 pub use kv::PAGE as PAGE_CELLS;
 pub use orchard_core::TokenId;
-pub use scheduler::Scheduler;
+pub use scheduler::{PassRun, Scheduler};
 
 use orchard_tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -254,6 +256,15 @@ pub struct Totals {
     pub gen_ms: f64,
     /// Scheduler steps that ran the model.
     pub steps: u64,
+    /// Wall time of those steps: admission, planning, pages, forward passes, sampling and
+    /// streaming to the sinks (publishing the stats afterwards is left out).
+    pub step_ms: f64,
+    /// Of `step_ms`, the time inside the model's forward passes; the rest is the engine's own
+    /// per-step overhead.
+    pub forward_ms: f64,
+    /// Of `step_ms`, sampling and handing each token to its sink (detokenizing, stop strings,
+    /// the sink's channel send).
+    pub sample_ms: f64,
     /// Sequences pushed back to the queue because the KV pool ran dry.
     pub preemptions: u64,
 }

@@ -3,7 +3,7 @@
 //! driven by [`Scheduler::step`], so tests can run it deterministically without a thread; the
 //! engine thread in `lib.rs` only feeds it messages and calls `step` in a loop.
 
-use crate::kv::{PagePool, PrefixCache, PAGE};
+use crate::kv::{pages_of, PagePool, PrefixCache, Reuse, PAGE};
 use crate::text::{Pushed, StopText};
 use crate::{
     EngineConfig, EngineError, EngineStats, Event, FinishReason, GenParams, ModelInfo, Pooling,
@@ -131,8 +131,11 @@ struct Seq {
     n_cached: usize,
     /// Positions `0..n_computed` have KV in `cells`.
     n_computed: usize,
+    /// The distinct pages the cells lie in (one reference held on each).
     pages: Vec<u32>,
-    /// Position -> KV cell, `pages.len() * PAGE` entries.
+    /// Position -> KV cell. Reused prefix cells come from the prefix cache (read only); from
+    /// there on the sequence's own pages, a fresh page serving the rest of a partly reused
+    /// stretch at the same offsets, so that later stretches are whole pages.
     cells: Vec<u32>,
     work: Work,
     /// Tokens planned for the current step.
@@ -155,10 +158,19 @@ impl Seq {
         self.tokens.len() - self.n_computed
     }
 
+    /// Extends the cell table to the next multiple of `PAGE` with cells of a fresh page.
     fn push_page(&mut self, page: u32) {
         self.pages.push(page);
         let base = page * PAGE as u32;
-        self.cells.extend(base..base + PAGE as u32);
+        let off = (self.cells.len() % PAGE) as u32;
+        self.cells.extend(base + off..base + PAGE as u32);
+    }
+
+    /// Takes over cells reused from the prefix cache (the caller holds their pages' references).
+    fn adopt(&mut self, reuse: Reuse) {
+        self.n_computed = reuse.cells.len();
+        self.cells = reuse.cells;
+        self.pages = reuse.pages;
     }
 }
 
@@ -218,11 +230,23 @@ pub struct Scheduler {
     b_rows: Vec<u32>,
     /// (slot, output row) for the sequences that sample or pool this step.
     b_out: Vec<(usize, usize)>,
+    /// End (exclusive) of each forward pass in `b_tokens`.
+    b_ends: Vec<usize>,
     ub_rows: Vec<u32>,
     ub_out: Vec<f32>,
     out: Vec<f32>,
     /// Forward-pass milliseconds charged to each slot this step.
     charge: Vec<f64>,
+    /// With [`Scheduler::record_passes`]: per forward pass, the runs of tokens it held.
+    pass_log: Option<Vec<Vec<PassRun>>>,
+}
+
+/// A run of consecutive tokens of one request inside a forward pass (tests and debugging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassRun {
+    pub request: u64,
+    pub first_pos: u32,
+    pub n_tokens: u32,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -296,10 +320,12 @@ impl Scheduler {
             b_slots: Vec::new(),
             b_rows: Vec::new(),
             b_out: Vec::new(),
+            b_ends: Vec::new(),
             ub_rows: Vec::new(),
             ub_out: Vec::new(),
             out: Vec::new(),
             charge: Vec::new(),
+            pass_log: None,
             cfg,
         };
         s.publish();
@@ -353,6 +379,19 @@ impl Scheduler {
                 .sum(),
             size_bytes: self.model.weight_bytes(),
         }
+    }
+
+    /// Starts (or stops) recording which tokens each forward pass holds.
+    pub fn record_passes(&mut self, on: bool) {
+        self.pass_log = on.then(Vec::new);
+    }
+
+    /// The passes recorded since the last call: each a list of runs, in batch order.
+    pub fn take_passes(&mut self) -> Vec<Vec<PassRun>> {
+        self.pass_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Validates and queues a request (the synchronous twin of `EngineHandle::submit`).
@@ -419,23 +458,22 @@ impl Scheduler {
             for &p in &s.pages {
                 counts[p as usize] += 1;
             }
-            if s.cells.len() != s.pages.len() * PAGE || s.n_computed > s.cells.len() {
+            if s.n_computed > s.cells.len() {
                 return Err(format!(
-                    "request {}: {} cells for {} pages, {} computed",
+                    "request {}: {} cells, {} computed",
                     s.id,
                     s.cells.len(),
-                    s.pages.len(),
                     s.n_computed
                 ));
             }
-            let ok = s
-                .cells
-                .iter()
-                .enumerate()
-                .all(|(k, &c)| c == s.pages[k / PAGE] * PAGE as u32 + (k % PAGE) as u32);
-            if !ok {
+            let mut distinct = s.cells.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut held = s.pages.clone();
+            held.sort_unstable();
+            if distinct.len() != s.cells.len() || held != pages_of(&distinct) {
                 return Err(format!(
-                    "request {}: cell table does not match its pages",
+                    "request {}: cell table repeats a cell or does not match its pages",
                     s.id
                 ));
             }
@@ -468,6 +506,7 @@ impl Scheduler {
     /// One scheduler step: admit waiting requests, plan at most `n_batch` tokens, run them and
     /// hand out the results. Returns whether the model ran.
     pub fn step(&mut self) -> bool {
+        let t0 = Instant::now();
         self.admit();
         self.plan();
         self.allocate();
@@ -482,6 +521,11 @@ impl Scheduler {
                 tracing::error!(error = %e, "KV accounting is inconsistent");
                 self.audit_error = Some(e);
             }
+        }
+        if ran {
+            // Publishing the stats and delivering final events (a lock and a few sends) are
+            // left out so that the figure is current in the stats it is published with.
+            self.totals.step_ms += ms(t0, Instant::now());
         }
         self.publish();
         self.deliver();
@@ -523,19 +567,18 @@ impl Scheduler {
                 };
             // At least the last token is recomputed: its logits are needed.
             let reused = if reuse_ok {
-                self.cache
-                    .lookup(&mut self.pool, tokens, (tokens.len() - 1) / PAGE)
+                self.cache.lookup(&mut self.pool, tokens, tokens.len() - 1)
             } else {
-                Vec::new()
+                Reuse::default()
             };
             // Beside the prompt, one page of headroom per running sequence: admitting into a
             // pool that the running sequences are about to fill would only get the newcomer
             // (the youngest) preempted again at once.
             let busy = self.busy();
-            let need = tokens.len().div_ceil(PAGE) - reused.len() + busy;
+            let need = tokens.len().div_ceil(PAGE) - reused.cells.len() / PAGE + busy;
             let have = self.pool.n_free() + self.cache.n_evictable(&self.pool);
             if need > have && busy > 0 {
-                for p in reused {
+                for &p in &reused.pages {
                     self.pool.release(p);
                 }
                 self.waiting.push_front(w);
@@ -543,10 +586,7 @@ impl Scheduler {
             }
             match w {
                 Waiting::Preempted(mut s) => {
-                    s.n_computed = reused.len() * PAGE;
-                    for p in reused {
-                        s.push_page(p);
-                    }
+                    s.adopt(reused);
                     s.order = self.next_order;
                     self.next_order += 1;
                     self.slots[free] = Some(*s);
@@ -560,10 +600,10 @@ impl Scheduler {
         }
     }
 
-    fn start_new(&mut self, slot: usize, r: Request, t_submit: Instant, reused: Vec<u32>) {
+    fn start_new(&mut self, slot: usize, r: Request, t_submit: Instant, reused: Reuse) {
         let now = Instant::now();
         let n_prompt = r.prompt.len();
-        let n_cached = reused.len() * PAGE;
+        let n_cached = reused.cells.len();
         let (work, zero_budget) = match r.kind {
             RequestKind::Generate(g) => match gen_state(g, &r.prompt) {
                 Ok(g) => {
@@ -571,7 +611,7 @@ impl Scheduler {
                     (Work::Gen(Box::new(g)), zero)
                 }
                 Err(e) => {
-                    for p in reused {
+                    for &p in &reused.pages {
                         self.pool.release(p);
                     }
                     let mut sink = r.sink;
@@ -608,9 +648,7 @@ impl Scheduler {
             device_ms: 0.0,
         };
         self.next_order += 1;
-        for p in reused {
-            seq.push_page(p);
-        }
+        seq.adopt(reused);
         self.totals.prompt_tokens += n_prompt as u64;
         self.totals.cached_prompt_tokens += n_cached as u64;
         let queue_ms = ms(t_submit, now);
@@ -654,8 +692,21 @@ impl Scheduler {
 
     // ---- planning and pages --------------------------------------------------------------
 
+    /// Most tokens of one prompt fed in one forward pass.
+    fn chunk_max(&self) -> usize {
+        self.cfg.n_ubatch.min(self.cfg.n_batch)
+    }
+
     /// Decode tokens first (one per running sequence, oldest first), then prompt chunks in age
     /// order with what is left of `n_batch`.
+    ///
+    /// A prompt is always fed in the chunks it would get alone: `chunk_max` tokens counted from
+    /// where its computation started, the last one shorter. A chunk that does not fit in what
+    /// is left of the step waits for the next step instead of being cut, so how a sequence is
+    /// split into forward passes never depends on what else runs (the CPU kernels choose their
+    /// float order from the number of a sequence's tokens in a pass, see `run`). Only when
+    /// decode tokens alone leave too little room for any chunk (`n_batch` below
+    /// `n_ubatch + n_parallel`) is the oldest prompt cut, so that it still progresses.
     fn plan(&mut self) {
         self.order.clear();
         self.order
@@ -663,6 +714,7 @@ impl Scheduler {
         let slots = &self.slots;
         self.order
             .sort_by_key(|&i| slots[i].as_ref().map_or(u64::MAX, |s| s.order));
+        let chunk_max = self.chunk_max();
         let mut left = self.cfg.n_batch;
         for &i in &self.order {
             let s = self.slots[i].as_mut().expect("active");
@@ -672,12 +724,27 @@ impl Scheduler {
                 left -= 1;
             }
         }
+        let mut prefilled = false;
+        let cramped = self.cfg.n_batch < chunk_max + self.slots.len();
         for &i in &self.order {
             let s = self.slots[i].as_mut().expect("active");
-            if s.plan == 0 && left > 0 {
-                s.plan = s.remaining().min(left);
-                left -= s.plan;
+            if s.plan > 0 || s.remaining() == 0 {
+                continue;
             }
+            while s.plan < s.remaining() {
+                let c = (s.remaining() - s.plan).min(chunk_max);
+                if c > left {
+                    let starved = !prefilled && s.plan == 0 && left > 0;
+                    if starved && cramped {
+                        s.plan = left;
+                        left = 0;
+                    }
+                    break;
+                }
+                s.plan += c;
+                left -= c;
+            }
+            prefilled |= s.plan > 0;
         }
     }
 
@@ -719,7 +786,7 @@ impl Scheduler {
         }
     }
 
-    /// Drops a sequence's KV (offering its full pages to the prefix cache) and puts it at the
+    /// Drops a sequence's KV (offering its computed prefix to the prefix cache) and puts it at the
     /// head of the queue to be recomputed.
     fn preempt(&mut self, i: usize) {
         let Some(mut s) = self.slots[i].take() else {
@@ -740,12 +807,11 @@ impl Scheduler {
         self.shared.busy.store(self.busy(), Ordering::Release);
     }
 
-    /// Gives up a sequence's pages; with `keep`, its computed full pages go to the prefix cache.
+    /// Gives up a sequence's pages; with `keep`, its computed prefix goes to the prefix cache.
     fn release_pages(&mut self, s: &mut Seq, keep: bool) {
         if keep && self.cfg.cache_prompt && matches!(s.work, Work::Gen(_)) {
-            let n_full = s.n_computed / PAGE;
             self.cache
-                .insert(&mut self.pool, &s.tokens, &s.pages, n_full);
+                .insert(&mut self.pool, &s.tokens, &s.cells[..s.n_computed]);
         }
         for p in s.pages.drain(..) {
             self.pool.release(p);
@@ -764,12 +830,28 @@ impl Scheduler {
         self.b_slots.clear();
         self.b_rows.clear();
         self.b_out.clear();
+        self.b_ends.clear();
+        // Forward passes hold whole chunks: a sequence's planned tokens are cut into the
+        // chunks it would get alone (`plan`), each chunk stays contiguous inside one pass, and
+        // a pass takes chunks in order while they fit in `n_ubatch`.
+        let chunk_max = self.chunk_max();
+        let mut in_pass = 0;
         for &i in &self.order {
             let Some(s) = self.slots[i].as_ref() else {
                 continue;
             };
             if s.plan == 0 || matches!(s.work, Work::Embed(_)) != hidden {
                 continue;
+            }
+            let mut rest = s.plan;
+            while rest > 0 {
+                let c = rest.min(chunk_max);
+                if in_pass > 0 && in_pass + c > self.cfg.n_ubatch {
+                    self.b_ends.push(self.b_tokens.len() + s.plan - rest);
+                    in_pass = 0;
+                }
+                in_pass += c;
+                rest -= c;
             }
             let end = s.n_computed + s.plan;
             let reaches_end = end == s.tokens.len();
@@ -790,6 +872,7 @@ impl Scheduler {
         if self.b_tokens.is_empty() {
             return false;
         }
+        self.b_ends.push(self.b_tokens.len());
         let res = self.forward(hidden);
         if let Err(e) = res {
             let msg = format!("model step failed: {e}");
@@ -816,7 +899,9 @@ impl Scheduler {
         if hidden {
             self.finish_embeddings();
         } else {
+            let t0 = Instant::now();
             self.sample_all();
+            self.totals.sample_ms += ms(t0, Instant::now());
         }
         true
     }
@@ -839,12 +924,32 @@ impl Scheduler {
         self.charge.clear();
         self.charge.resize(self.slots.len(), 0.0);
         let mut next_row = 0;
-        for start in (0..n).step_by(self.cfg.n_ubatch) {
-            let end = (start + self.cfg.n_ubatch).min(n);
+        let mut start = 0;
+        for k in 0..self.b_ends.len() {
+            let end = self.b_ends[k];
             self.ub_rows.clear();
             while next_row < self.b_rows.len() && (self.b_rows[next_row] as usize) < end {
                 self.ub_rows.push(self.b_rows[next_row] - start as u32);
                 next_row += 1;
+            }
+            if let Some(log) = self.pass_log.as_mut() {
+                let mut runs: Vec<PassRun> = Vec::new();
+                for t in &self.b_slots[start..end] {
+                    let request = self.slots[t.seq as usize]
+                        .as_ref()
+                        .map_or(u64::MAX, |s| s.id);
+                    match runs.last_mut() {
+                        Some(r) if r.request == request && r.first_pos + r.n_tokens == t.pos => {
+                            r.n_tokens += 1
+                        }
+                        _ => runs.push(PassRun {
+                            request,
+                            first_pos: t.pos,
+                            n_tokens: 1,
+                        }),
+                    }
+                }
+                log.push(runs);
             }
             let batch = Batch {
                 tokens: &self.b_tokens[start..end],
@@ -858,7 +963,9 @@ impl Scheduler {
             } else {
                 self.ctx.decode(&batch, &mut self.ub_out)?;
             }
-            let per_token = ms(t0, Instant::now()) / (end - start) as f64;
+            let pass_ms = ms(t0, Instant::now());
+            self.totals.forward_ms += pass_ms;
+            let per_token = pass_ms / (end - start) as f64;
             for s in &self.b_slots[start..end] {
                 self.charge[s.seq as usize] += per_token;
             }
@@ -870,7 +977,9 @@ impl Scheduler {
                 )));
             }
             self.out.extend_from_slice(&self.ub_out);
+            start = end;
         }
+        debug_assert_eq!(start, n);
         drop(tables);
         for (s, &c) in self.slots.iter_mut().zip(&self.charge) {
             if let Some(s) = s {

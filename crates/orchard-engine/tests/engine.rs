@@ -318,33 +318,34 @@ fn concurrent_greedy_with_large_passes_matches_where_margins_are_clear() {
 }
 
 #[test]
-fn prefix_cache_reuses_full_pages_and_keeps_output() {
+fn prefix_cache_reuses_prefixes_down_to_the_token_and_keeps_output() {
     let eng = start(small_pass_cfg(2));
     let prompt = encode(&chat("Name a colour."));
-    assert!(prompt.len() > 16, "prompt of {} tokens", prompt.len());
+    assert!(
+        prompt.len() > 16 && !prompt.len().is_multiple_of(16),
+        "prompt of {} tokens",
+        prompt.len()
+    );
     let first = run_alone(&eng, 1, prompt.clone(), greedy_params(4));
     assert_eq!(first.n_cached, 0);
     let cached_cells = eng.stats().kv_cached_cells;
-    assert!(cached_cells >= 16, "{cached_cells} cells cached");
+    assert!(cached_cells >= 32, "{cached_cells} cells cached");
 
+    // All but the last token (its logits are needed), including the partial last page.
     let second = run_alone(&eng, 2, prompt.clone(), greedy_params(4));
-    assert_eq!(second.n_cached, (prompt.len() - 1) / 16 * 16);
+    assert_eq!(second.n_cached, prompt.len() - 1);
     assert_eq!(second.tokens, first.tokens);
 
-    // A longer prompt with the same start reuses the shared pages (the first request's
-    // generated tokens are cached too, but they differ from this continuation).
+    // A longer prompt with the same start reuses the whole shared prompt (the first
+    // request's generated tokens are cached too, but they differ from this continuation).
     let mut longer = prompt.clone();
     longer.extend(encode("Blue."));
     let third = run_alone(&eng, 3, longer.clone(), greedy_params(4));
-    assert!(
-        third.n_cached >= prompt.len() / 16 * 16,
-        "{}",
-        third.n_cached
-    );
+    assert!(third.n_cached >= prompt.len(), "{}", third.n_cached);
     let uncached = run_alone(
         &eng,
         4,
-        longer,
+        longer.clone(),
         GenParams {
             cache_prompt: false,
             ..greedy_params(4)
@@ -353,12 +354,45 @@ fn prefix_cache_reuses_full_pages_and_keeps_output() {
     assert_eq!(uncached.n_cached, 0);
     assert_eq!(third.tokens, uncached.tokens);
 
+    // A prompt that diverges inside a page shares exactly the common tokens.
+    let mut forked = prompt.clone();
+    let at = prompt.len() - 3;
+    forked[at] = if forked[at] == 42 { 43 } else { 42 };
+    let fourth = run_alone(&eng, 5, forked.clone(), greedy_params(4));
+    assert_eq!(fourth.n_cached, at);
+    let fourth_uncached = run_alone(
+        &eng,
+        6,
+        forked,
+        GenParams {
+            cache_prompt: false,
+            ..greedy_params(4)
+        },
+    );
+    assert_eq!(fourth.tokens, fourth_uncached.tokens);
+
     let st = eng.stats();
     assert_eq!(st.kv_audit_error, None);
     assert_eq!(
         st.totals.cached_prompt_tokens as usize,
-        second.n_cached + third.n_cached
+        second.n_cached + third.n_cached + fourth.n_cached
     );
+    eng.shutdown();
+}
+
+/// The llama-server suite's `test_metrics_prompt_processed_and_cached`: a prompt shorter than
+/// a page is reused when sent again.
+#[test]
+fn a_prompt_shorter_than_a_page_is_reused() {
+    let eng = start(small_pass_cfg(1));
+    let prompt = encode("the quick brown fox jumps over the lazy dog");
+    assert!(prompt.len() < 16, "prompt of {} tokens", prompt.len());
+    let first = run_alone(&eng, 1, prompt.clone(), greedy_params(4));
+    let second = run_alone(&eng, 2, prompt.clone(), greedy_params(4));
+    assert_eq!(first.n_cached, 0);
+    assert_eq!(second.n_cached, prompt.len() - 1);
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(eng.stats().kv_audit_error, None);
     eng.shutdown();
 }
 

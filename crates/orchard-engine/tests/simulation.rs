@@ -305,3 +305,99 @@ fn random_traffic_leaks_no_pages_and_ends_every_request_once() {
     assert!(t.cached_prompt_tokens > 0, "the prefix cache was never hit");
     assert!(t.requests_cancelled > 0);
 }
+
+/// The engine's half of batch invariance: a prompt is fed in the same chunks (positions and
+/// sizes) whatever else runs, a chunk is never cut because others took the step's budget, and
+/// every request's tokens are contiguous in each forward pass.
+#[test]
+fn prompt_chunks_do_not_depend_on_other_traffic() {
+    let (model, tok) = tiny();
+    let cfg = EngineConfig {
+        n_ctx: 512,
+        n_parallel: 4,
+        n_batch: 24,
+        n_ubatch: 16,
+        cache_prompt: false,
+        audit_kv: true,
+        ..EngineConfig::default()
+    };
+    let probe: Vec<u32> = (0..50).map(|i| 5 + (i * 7) % 200).collect();
+    let gen = |id: u64, prompt: Vec<u32>, n: usize| {
+        let (sink, _log) = recording_sink(None);
+        Request {
+            id,
+            prompt,
+            kind: RequestKind::Generate(GenParams {
+                max_tokens: Some(n),
+                ignore_eos: true,
+                sampler: SamplerConfig {
+                    temperature: 0.0,
+                    ..SamplerConfig::default()
+                },
+                ..GenParams::default()
+            }),
+            sink,
+        }
+    };
+    let runs_of = |passes: &[Vec<orchard_engine::PassRun>], id: u64| -> Vec<(u32, u32)> {
+        passes
+            .iter()
+            .flatten()
+            .filter(|r| r.request == id)
+            .map(|r| (r.first_pos, r.n_tokens))
+            .collect()
+    };
+    let contiguous = |passes: &[Vec<orchard_engine::PassRun>]| {
+        for (k, p) in passes.iter().enumerate() {
+            let mut ids: Vec<u64> = p.iter().map(|r| r.request).collect();
+            let n = ids.len();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "pass {k} splits a request: {p:?}");
+            assert!(
+                p.iter().map(|r| r.n_tokens).sum::<u32>() <= 16,
+                "pass {k}: {p:?}"
+            );
+        }
+    };
+
+    // Alone.
+    let mut sched = Scheduler::new(model.clone(), tok.clone(), cfg.clone()).unwrap();
+    sched.record_passes(true);
+    sched.submit(gen(1, probe.clone(), 4)).unwrap();
+    while !sched.is_idle() {
+        sched.step();
+    }
+    let alone = sched.take_passes();
+    contiguous(&alone);
+    let solo = runs_of(&alone, 1);
+    assert_eq!(&solo[..4], &[(0, 16), (16, 16), (32, 16), (48, 2)]);
+
+    // Among two decoding requests and another long prompt that arrives first.
+    let mut sched = Scheduler::new(model, tok, cfg).unwrap();
+    sched.record_passes(true);
+    sched.submit(gen(10, vec![9, 8, 7], 40)).unwrap();
+    sched.submit(gen(11, vec![4, 5, 6, 7], 40)).unwrap();
+    sched.step();
+    sched.step();
+    sched
+        .submit(gen(12, (0..45).map(|i| 3 + i % 100).collect(), 6))
+        .unwrap();
+    sched.submit(gen(1, probe, 4)).unwrap();
+    while !sched.is_idle() {
+        sched.step();
+    }
+    let busy = sched.take_passes();
+    contiguous(&busy);
+    assert_eq!(runs_of(&busy, 1), solo, "the probe was fed differently");
+    // The others really shared steps with it: the decoders ran during its prompt.
+    let first = busy
+        .iter()
+        .position(|p| p.iter().any(|r| r.request == 1))
+        .unwrap();
+    assert!(busy[first..]
+        .iter()
+        .take(4)
+        .any(|p| p.iter().any(|r| r.request == 10)));
+    assert_eq!(sched.audit_kv(), Ok(()));
+}

@@ -387,6 +387,10 @@ pub struct Job {
     pub n_batch: usize,
     /// Responses API events are numbered.
     pub seq: std::cell::Cell<u64>,
+    /// Chat tool calling, when the request allows calls.
+    pub tools: Option<crate::tools::Tools>,
+    /// Per choice: the streamed answer split into content and calls, and the calls sent.
+    pub tool_streams: std::cell::RefCell<Vec<(crate::tools::Splitter, usize)>>,
 }
 
 fn sampler_keep(s: &orchard_sampler::SamplerConfig) -> usize {
@@ -443,7 +447,17 @@ pub fn submit(
                 // Distinct samples per choice, still reproducible for a fixed seed.
                 s.seed = s.seed.wrapping_add(k as u64);
             }
+            let tool_matcher = match &job.tools {
+                Some(t) => t.matcher()?,
+                None => None,
+            };
             let constraint: Option<Box<dyn TokenConstraint>> = match &job.gen.schema {
+                _ if tool_matcher.is_some() => {
+                    let m = tool_matcher.expect("checked");
+                    Some(Box::new(Hook(
+                        TextConstraint::with_matcher(m).with_keep(sampler_keep(&s)),
+                    )))
+                }
                 None => match &job.gen.grammar {
                     None => None,
                     Some(g) => {
@@ -696,11 +710,12 @@ fn final_body(job: &Job) -> Result<Value, ApiError> {
                 .choices
                 .iter()
                 .map(|c| {
+                    let (message, finish) = chat_message(job, c);
                     json!({
                         "index": c.index,
-                        "message": {"role": "assistant", "content": c.text},
+                        "message": message,
                         "logprobs": if job.gen.logprobs { chat_logprobs_json(tok, &c.probs) } else { Value::Null },
-                        "finish_reason": c.oai_finish(),
+                        "finish_reason": finish,
                     })
                 })
                 .collect();
@@ -878,6 +893,94 @@ fn progress_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
 }
 
 /// The chunks one event turns into for the job's API.
+/// A chat choice's `message` and `finish_reason`: with tools, the text split into content and
+/// `tool_calls` (`finish_reason: "tool_calls"` when the model called a tool).
+fn chat_message(job: &Job, c: &Choice) -> (Value, &'static str) {
+    let Some(t) = &job.tools else {
+        return (
+            json!({"role": "assistant", "content": c.text}),
+            c.oai_finish(),
+        );
+    };
+    let p = crate::tools::parse_output(t.format, &c.text);
+    if p.calls.is_empty() {
+        return (
+            json!({"role": "assistant", "content": p.content}),
+            c.oai_finish(),
+        );
+    }
+    let calls: Vec<Value> = p
+        .calls
+        .iter()
+        .enumerate()
+        .map(|(k, call)| tool_call_json(job, c.index, k, call))
+        .collect();
+    let content = if p.content.is_empty() {
+        Value::Null
+    } else {
+        Value::String(p.content)
+    };
+    let finish = match c.oai_finish() {
+        "stop" => "tool_calls",
+        other => other,
+    };
+    (
+        json!({"role": "assistant", "content": content, "tool_calls": calls}),
+        finish,
+    )
+}
+
+fn tool_call_json(job: &Job, choice: usize, k: usize, call: &crate::tools::Call) -> Value {
+    json!({
+        "id": format!("call_{}_{choice}_{k}", job.id.rsplit('-').next().unwrap_or("")),
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    })
+}
+
+/// Runs `f` on choice `i`'s answer splitter.
+fn tool_stream(
+    job: &Job,
+    i: usize,
+    f: impl FnOnce(&mut crate::tools::Splitter) -> Vec<crate::tools::Delta>,
+) -> Vec<crate::tools::Delta> {
+    let Some(t) = &job.tools else {
+        return Vec::new();
+    };
+    let mut streams = job.tool_streams.borrow_mut();
+    while streams.len() <= i {
+        streams.push((crate::tools::Splitter::new(t.format), 0));
+    }
+    f(&mut streams[i].0)
+}
+
+/// Chat chunks for streamed content and whole tool calls (one delta per call, `arguments`
+/// complete, as OpenAI clients accumulate them).
+fn tool_chunks(job: &Job, i: usize, deltas: Vec<crate::tools::Delta>, out: &mut Vec<Bytes>) {
+    for d in deltas {
+        let delta = match d {
+            crate::tools::Delta::Content(text) if text.is_empty() => continue,
+            crate::tools::Delta::Content(text) => json!({"content": text}),
+            crate::tools::Delta::Call(call) => {
+                let k = {
+                    let mut streams = job.tool_streams.borrow_mut();
+                    let n = &mut streams[i].1;
+                    *n += 1;
+                    *n - 1
+                };
+                let mut tc = tool_call_json(job, i, k, &call);
+                tc["index"] = json!(k);
+                json!({"tool_calls": [tc]})
+            }
+        };
+        out.push(sse(&json!({
+            "id": job.id, "object": "chat.completion.chunk", "created": job.created,
+            "model": job.loaded.public_name, "system_fingerprint": FINGERPRINT,
+            "choices": [{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}],
+        })));
+    }
+}
+
 fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
     let tok = &job.loaded.tokenizer;
     let model = &job.loaded.public_name;
@@ -930,6 +1033,10 @@ fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
                 "choices": [{"index": i, "delta": {"role": "assistant", "content": null}, "logprobs": null, "finish_reason": null}],
             })));
         }
+        (Api::Chat, Event::Token { text, .. }) if job.tools.is_some() => {
+            let deltas = tool_stream(job, i, |sp| sp.push(text));
+            tool_chunks(job, i, deltas, out);
+        }
         (Api::Chat, Event::Token { text, logprobs, .. }) => {
             let lp = match logprobs {
                 Some(lp) if job.gen.logprobs => chat_logprobs_json(tok, std::slice::from_ref(lp)),
@@ -954,10 +1061,19 @@ fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
             out.push(sse(&v));
         }
         (Api::Chat, Event::Done { .. }) => {
+            let mut finish = c.oai_finish();
+            if job.tools.is_some() {
+                let deltas = tool_stream(job, i, |sp| sp.finish());
+                tool_chunks(job, i, deltas, out);
+                let n_calls = job.tool_streams.borrow().get(i).map_or(0, |t| t.1);
+                if n_calls > 0 && finish == "stop" {
+                    finish = "tool_calls";
+                }
+            }
             out.push(sse(&json!({
                 "id": job.id, "object": "chat.completion.chunk", "created": job.created, "model": model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{"index": i, "delta": {}, "logprobs": null, "finish_reason": c.oai_finish()}],
+                "choices": [{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}],
             })));
         }
         (Api::Responses, Event::Started { .. }) => {
@@ -1258,7 +1374,7 @@ pub async fn run(
     let tok = l.tokenizer.clone();
     let (prompts, prompt_text): (Vec<Vec<TokenId>>, Vec<String>) = match api {
         Api::Chat | Api::Anthropic | Api::Responses => {
-            let toks = chat_prompt(&l, &o, api == Api::Anthropic)?;
+            let toks = chat_prompt_with(&l, &o, api == Api::Anthropic, api == Api::Chat)?;
             let shown = tok.decode(&toks, false);
             (vec![toks], vec![shown])
         }
@@ -1274,6 +1390,10 @@ pub async fn run(
         }
     };
     let verbose = gen.verbose || s.verbose;
+    let tools = match api {
+        Api::Chat => crate::tools::parse(&o, l.template.source())?,
+        _ => None,
+    };
     let mut job = Job {
         api,
         endpoint: match api {
@@ -1300,6 +1420,8 @@ pub async fn run(
         choices: Vec::new(),
         n_batch: s.batch_size,
         seq: std::cell::Cell::new(0),
+        tools,
+        tool_streams: std::cell::RefCell::new(Vec::new()),
     };
     let rx = submit(&state, &principal, &mut job, prompts)?;
     Ok(if job.gen.stream {
@@ -1312,7 +1434,18 @@ pub async fn run(
 /// The chat prompt's tokens: special tokens in the rendered text are parsed, and BOS is added by
 /// the tokenizer's rule only, never twice when the template wrote it already.
 pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId>, ApiError> {
-    let text = render_chat(l, o, allow_empty)?;
+    chat_prompt_with(l, o, allow_empty, true)
+}
+
+/// [`chat_prompt`]; `tool_calls: false` for APIs whose answers carry no OpenAI tool calls
+/// (Anthropic): their tools reach the template, but no tool-call instructions are added.
+pub fn chat_prompt_with(
+    l: &Loaded,
+    o: &Obj,
+    allow_empty: bool,
+    tool_calls: bool,
+) -> Result<Vec<TokenId>, ApiError> {
+    let text = render_chat_with(l, o, allow_empty, tool_calls)?;
     let stripped = text
         .strip_prefix(l.bos_text.as_str())
         .filter(|_| !l.bos_text.is_empty());
@@ -1321,7 +1454,21 @@ pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId
 
 /// Checks and renders `messages` with the chat template.
 pub fn render_chat(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<String, ApiError> {
-    let msgs = parse_messages(o, allow_empty)?;
+    render_chat_with(l, o, allow_empty, true)
+}
+
+fn render_chat_with(
+    l: &Loaded,
+    o: &Obj,
+    allow_empty: bool,
+    tool_calls: bool,
+) -> Result<String, ApiError> {
+    let mut msgs = parse_messages(o, allow_empty)?;
+    if tool_calls {
+        if let Some(t) = crate::tools::parse(o, l.template.source())? {
+            generic_tool_messages(&t, &mut msgs);
+        }
+    }
     let add_gen = opt_bool(o, "add_generation_prompt")?;
     let cont = opt_bool(o, "continue_final_message")?.unwrap_or(false);
     if cont && add_gen == Some(true) {
@@ -1375,6 +1522,31 @@ pub fn render_chat(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<String, Api
         close_thinking(l.template.source().unwrap_or(""), &mut text);
     }
     Ok(text)
+}
+
+/// Generic tool format (a template that knows no tools): the tools' description goes into the
+/// system message, and earlier calls read as the JSON the model is asked to write.
+fn generic_tool_messages(t: &crate::tools::Tools, msgs: &mut Vec<ChatMessage>) {
+    let Some(sys) = t.system_prompt() else {
+        return;
+    };
+    for m in msgs.iter_mut() {
+        if m.role == "assistant" && m.content.is_empty() {
+            if let Some(c) = m
+                .extra
+                .get("tool_calls")
+                .and_then(|tc| crate::tools::generic_history_content(tc, t.parallel))
+            {
+                m.content = c;
+            }
+        }
+    }
+    match msgs.first_mut() {
+        Some(m) if m.role == "system" => {
+            m.content = format!("{}\n\n{sys}", m.content);
+        }
+        _ => msgs.insert(0, ChatMessage::new("system", sys)),
+    }
 }
 
 /// Today's UTC date as strftime's "%b %d %Y".

@@ -15,6 +15,7 @@
 mod anthropic;
 mod args;
 mod auth;
+mod conn;
 mod error;
 mod generate;
 mod metrics;
@@ -22,6 +23,7 @@ mod params;
 mod responses;
 mod routes;
 mod state;
+mod tools;
 
 pub use args::{rewrite_argv, ServerArgs, Settings, SettingsError};
 pub use auth::{
@@ -146,6 +148,7 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let app = routes::router(self.state.clone());
+        let timeout = std::time::Duration::from_secs(self.state.settings.timeout_secs.max(1));
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut tasks = Vec::new();
         for l in self.listeners {
@@ -164,16 +167,7 @@ impl Server {
                         },
                         _ = rx.recv() => break,
                     };
-                    let _ = sock.set_nodelay(true);
-                    let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-                    tokio::spawn(async move {
-                        let mut b = hyper::server::conn::http1::Builder::new();
-                        // llama-server's clients look headers up case-sensitively.
-                        b.title_case_headers(true);
-                        let _ = b
-                            .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
-                            .await;
-                    });
+                    tokio::spawn(conn::serve(sock, app.clone(), timeout));
                 }
             }));
         }

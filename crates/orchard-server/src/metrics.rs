@@ -329,6 +329,34 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{model=\"{m}\"}} {v}");
         }
+        let t = stats.map(|s| s.totals).unwrap_or_default();
+        let engine: [(&str, &str, f64); 4] = [
+            (
+                "orchard_engine_steps_total",
+                "Scheduler steps that ran the model",
+                t.steps as f64,
+            ),
+            (
+                "orchard_engine_step_seconds_total",
+                "Wall time of those steps, forward passes included",
+                t.step_ms / 1000.0,
+            ),
+            (
+                "orchard_engine_forward_seconds_total",
+                "Of the step time, the time in forward passes (the rest is per-step overhead)",
+                t.forward_ms / 1000.0,
+            ),
+            (
+                "orchard_engine_sample_seconds_total",
+                "Of the step time, sampling and streaming each token to its request",
+                t.sample_ms / 1000.0,
+            ),
+        ];
+        for (name, help, v) in engine {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name}{{model=\"{m}\"}} {v}");
+        }
         #[allow(clippy::type_complexity)]
         let hists: [(&str, &str, fn(&PerKey) -> &Histogram); 3] = [
             (

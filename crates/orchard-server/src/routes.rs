@@ -641,7 +641,7 @@ async fn count_tokens(State(st): St, body: Body) -> Result<Json<Value>, ApiError
     let o = read_object(&st, body).await?;
     let l = st.model().await?;
     let chat = crate::anthropic::to_chat(&o)?;
-    let toks = generate::chat_prompt(&l, &chat, true)?;
+    let toks = generate::chat_prompt_with(&l, &chat, true, false)?;
     Ok(Json(json!({ "input_tokens": toks.len() })))
 }
 
