@@ -89,9 +89,11 @@ impl UsageMetrics {
                 "Prompt tokens served from cache.",
                 |s| vec![(None, s.cached_prompt_tokens.to_string())],
             ),
-            ("orchard_ledger_generated_tokens_total", "Generated tokens.", |s| {
-                vec![(None, s.generated_tokens.to_string())]
-            }),
+            (
+                "orchard_ledger_generated_tokens_total",
+                "Generated tokens.",
+                |s| vec![(None, s.generated_tokens.to_string())],
+            ),
             (
                 "orchard_ledger_device_seconds_total",
                 "Device time attributed to requests.",
@@ -151,15 +153,21 @@ mod tests {
         );
         assert!(text.contains("status=\"rejected\"} 1"), "{text}");
         assert!(
-            text.contains("orchard_ledger_prompt_tokens_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 20"),
+            text.contains(
+                "orchard_ledger_prompt_tokens_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 20"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("orchard_ledger_cost_usd_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 0.5"),
+            text.contains(
+                "orchard_ledger_cost_usd_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 0.5"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("orchard_ledger_device_seconds_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 3"),
+            text.contains(
+                "orchard_ledger_device_seconds_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 3"
+            ),
             "{text}"
         );
     }

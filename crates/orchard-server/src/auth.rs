@@ -78,6 +78,11 @@ pub trait Auth: Send + Sync {
     fn authenticate(&self, key: Option<&str>, path: &str) -> Result<Principal, AuthError>;
     /// Whether any key is required at all (false: everyone is `anonymous`).
     fn enabled(&self) -> bool;
+    /// Whether `authenticate` may block (a database lookup); the server then calls it on a
+    /// blocking thread.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// What is reported once per finished generation or embedding request (one per choice), and

@@ -181,7 +181,10 @@ impl Ledger {
     /// The ledger row for a server record.
     fn row(&self, rec: &UsageRecord) -> ol::UsageRecord {
         let p = &rec.principal;
-        let base = p.request_id.clone().unwrap_or_else(|| self.new_request_id());
+        let base = p
+            .request_id
+            .clone()
+            .unwrap_or_else(|| self.new_request_id());
         let id = if rec.choice == 0 {
             base
         } else {
@@ -239,14 +242,23 @@ impl Ledger {
                         format!("`by` must be tenant, key, model or day, got {v:?}"),
                     ))?
                 }
-                "since" => since = Some(ol::time::parse_time(&v).map_err(|e| (400, e.to_string()))?),
-                "until" => until = Some(ol::time::parse_time(&v).map_err(|e| (400, e.to_string()))?),
+                "since" => {
+                    since = Some(ol::time::parse_time(&v).map_err(|e| (400, e.to_string()))?)
+                }
+                "until" => {
+                    until = Some(ol::time::parse_time(&v).map_err(|e| (400, e.to_string()))?)
+                }
                 "format" => {
                     format = match v.as_str() {
                         "json" => "json",
                         "table" => "table",
                         "csv" => "csv",
-                        _ => return Err((400, format!("`format` must be json, table or csv, got {v:?}"))),
+                        _ => {
+                            return Err((
+                                400,
+                                format!("`format` must be json, table or csv, got {v:?}"),
+                            ))
+                        }
                     }
                 }
                 _ => return Err((400, format!("unknown parameter {k:?}"))),
@@ -255,7 +267,10 @@ impl Ledger {
         let rows = ol::usage_report(self.store.as_ref(), by, since, until)
             .map_err(|e| (500, e.to_string()))?;
         Ok(match format {
-            "table" => ("text/plain; charset=utf-8", ol::report::render_table(by, &rows)),
+            "table" => (
+                "text/plain; charset=utf-8",
+                ol::report::render_table(by, &rows),
+            ),
             "csv" => ("text/csv; charset=utf-8", ol::report::render_csv(by, &rows)),
             _ => ("application/json", ol::report::render_json(by, &rows)),
         })
@@ -282,7 +297,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            b'%' => match (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -346,6 +364,10 @@ impl Auth for Ledger {
     }
 
     fn enabled(&self) -> bool {
+        true
+    }
+
+    fn may_block(&self) -> bool {
         true
     }
 }
@@ -455,7 +477,8 @@ pub async fn usage_endpoint(
     RawQuery(query): RawQuery,
 ) -> Response {
     if p.request_id.is_none() {
-        return ApiError::not_found("no usage ledger: start the server with --ledger").into_response();
+        return ApiError::not_found("no usage ledger: start the server with --ledger")
+            .into_response();
     }
     if !p.admin {
         let mut e = ApiError::invalid("reading usage needs an admin key");
@@ -477,8 +500,9 @@ pub async fn usage_endpoint(
             e.status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             e.into_response()
         }
-        Ok(None) => ApiError::not_found("no usage ledger: start the server with --ledger")
-            .into_response(),
+        Ok(None) => {
+            ApiError::not_found("no usage ledger: start the server with --ledger").into_response()
+        }
         Err(e) => ApiError::server(format!("usage report failed: {e}")).into_response(),
     }
 }
@@ -489,7 +513,10 @@ mod tests {
 
     #[test]
     fn percent_decoding_and_endpoints() {
-        assert_eq!(percent_decode("2026-01-01T00%3A00%3A00Z"), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            percent_decode("2026-01-01T00%3A00%3A00Z"),
+            "2026-01-01T00:00:00Z"
+        );
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(endpoint_name("/v1/chat/completions"), "chat/completions");
         assert!(is_metered("/v1/chat/completions"));

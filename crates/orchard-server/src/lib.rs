@@ -66,7 +66,8 @@ impl Server {
                             .map(|f| f.to_string_lossy().into_owned())
                     })
                     .unwrap_or_default();
-                let (args2, url, keys) = (args.ledger.clone(), url.clone(), settings.api_keys.clone());
+                let (args2, url, keys) =
+                    (args.ledger.clone(), url.clone(), settings.api_keys.clone());
                 // Opening may migrate a database over the network: off the async workers.
                 let l = tokio::task::spawn_blocking(move || {
                     ledger::Ledger::open(&args2, &url, &keys, model_name)

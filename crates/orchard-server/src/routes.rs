@@ -211,7 +211,17 @@ async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let key = presented_key(req.headers());
-    match st.hooks.auth.authenticate(key.as_deref(), &path) {
+    let decision = if st.hooks.auth.may_block() {
+        // A database-backed key store may block (and PostgreSQL's client must not run on an
+        // async worker at all).
+        let (auth, path) = (st.hooks.auth.clone(), path.clone());
+        tokio::task::spawn_blocking(move || auth.authenticate(key.as_deref(), &path))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::Unavailable(format!("key check failed: {e}"))))
+    } else {
+        st.hooks.auth.authenticate(key.as_deref(), &path)
+    };
+    match decision {
         Ok(p) => {
             req.extensions_mut().insert(p.clone());
             let mut res = next.run(req).await;
@@ -224,8 +234,13 @@ async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
                     && !p.recorded.is_set()
                     && crate::ledger::is_metered(&path)
                 {
-                    st.record_usage(crate::ledger::refusal(&p, &path, res.status().as_u16(), "error"))
-                        .await;
+                    st.record_usage(crate::ledger::refusal(
+                        &p,
+                        &path,
+                        res.status().as_u16(),
+                        "error",
+                    ))
+                    .await;
                 }
             }
             res
@@ -247,15 +262,22 @@ async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
             code,
             record,
         }) => {
+            let mut request_id = None;
             if let Some(rec) = record {
-                st.metrics.record_rejected(&rec.principal.key_id, "rejected");
+                st.metrics
+                    .record_rejected(&rec.principal.key_id, "rejected");
+                request_id = rec.principal.request_id.clone();
                 st.record_usage(*rec).await;
             }
             let mut e = ApiError::invalid(message).with_code(code);
             e.status = StatusCode::TOO_MANY_REQUESTS;
             e.kind = "rate_limit_error";
             e.retry_after = retry_after_secs;
-            e.into_response()
+            let mut res = e.into_response();
+            if let Some(v) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                res.headers_mut().insert("x-request-id", v);
+            }
+            res
         }
     }
 }

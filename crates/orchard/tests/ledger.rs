@@ -27,7 +27,11 @@ fn model() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("models"));
     let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
 
@@ -116,7 +120,10 @@ impl Server {
                     break;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "server not healthy");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "server not healthy"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         s
@@ -128,8 +135,14 @@ impl Server {
         if let Some(a) = &auth {
             h.push(("Authorization", a.as_str()));
         }
-        try_http(self.addr, "POST", path, &h, Some(&serde_json::to_vec(body).unwrap()))
-            .expect("request")
+        try_http(
+            self.addr,
+            "POST",
+            path,
+            &h,
+            Some(&serde_json::to_vec(body).unwrap()),
+        )
+        .expect("request")
     }
 
     fn get(&self, path: &str, key: Option<&str>) -> Resp {
@@ -361,7 +374,14 @@ fn every_request_of_three_keys_in_two_tenants_is_one_ledger_row() {
     let a2 = create_key(&url, &["--tenant", "team-a", "--label", "second"]);
     let b1 = create_key(&url, &["--tenant", "team-b"]);
     let admin = create_key(&url, &["--tenant", "finance", "--admin"]);
-    let server = Server::start(&url, &["--metrics", "--cost-config", cost_config().to_str().unwrap()]);
+    let server = Server::start(
+        &url,
+        &[
+            "--metrics",
+            "--cost-config",
+            cost_config().to_str().unwrap(),
+        ],
+    );
 
     let keys: [(&str, &'static str); 3] = [(&a1, "team-a"), (&a2, "team-a"), (&b1, "team-b")];
     let mut got = Vec::new();
@@ -377,7 +397,11 @@ fn every_request_of_three_keys_in_two_tenants_is_one_ledger_row() {
     let n = got.len() as u64;
 
     let store = open_ledger(&url).unwrap();
-    assert_eq!(store.count_records().unwrap(), n, "exactly one row per request");
+    assert_eq!(
+        store.count_records().unwrap(),
+        n,
+        "exactly one row per request"
+    );
     for s in &got {
         let row = store
             .get_record(&s.request_id)
@@ -389,15 +413,26 @@ fn every_request_of_three_keys_in_two_tenants_is_one_ledger_row() {
         assert_eq!(row.http_status, 200);
         assert_eq!(row.node, "test-node");
         assert_eq!(row.prompt_tokens, s.prompt_tokens, "{}", s.request_id);
-        assert_eq!(row.cached_prompt_tokens, s.cached_tokens, "{}", s.request_id);
-        assert_eq!(row.generated_tokens, s.completion_tokens, "{}", s.request_id);
+        assert_eq!(
+            row.cached_prompt_tokens, s.cached_tokens,
+            "{}",
+            s.request_id
+        );
+        assert_eq!(
+            row.generated_tokens, s.completion_tokens,
+            "{}",
+            s.request_id
+        );
         assert!(row.device_ms > 0.0 && row.cost_usd > 0.0, "{row:?}");
         assert!(row.model.contains("SmolLM2"), "{}", row.model);
     }
 
     // The report's totals, from the library, the CLI and the HTTP endpoint.
     let sum = |t: Option<&str>, f: fn(&Seen) -> u64| -> u64 {
-        got.iter().filter(|s| t.is_none_or(|t| s.tenant == t)).map(f).sum()
+        got.iter()
+            .filter(|s| t.is_none_or(|t| s.tenant == t))
+            .map(f)
+            .sum()
     };
     let rows = orchard_ledger::usage_report(store.as_ref(), GroupBy::Tenant, None, None).unwrap();
     let by: std::collections::HashMap<_, _> = rows.iter().map(|r| (r.group.as_str(), r)).collect();
@@ -408,16 +443,27 @@ fn every_request_of_three_keys_in_two_tenants_is_one_ledger_row() {
         assert_eq!(r.generated_tokens, sum(Some(t), |s| s.completion_tokens));
         assert_eq!(r.rejected, 0);
     }
-    let cli: Value =
-        serde_json::from_str(&orchard(&["usage", "--ledger", &url, "--by", "key", "--format", "json"]))
-            .unwrap();
-    let want = (n, sum(None, |s| s.prompt_tokens), sum(None, |s| s.completion_tokens));
+    let cli: Value = serde_json::from_str(&orchard(&[
+        "usage", "--ledger", &url, "--by", "key", "--format", "json",
+    ]))
+    .unwrap();
+    let want = (
+        n,
+        sum(None, |s| s.prompt_tokens),
+        sum(None, |s| s.completion_tokens),
+    );
     assert_eq!(report_totals(&cli), want);
-    assert_eq!(cli["data"].as_array().unwrap().len(), 3, "three keys: {cli}");
+    assert_eq!(
+        cli["data"].as_array().unwrap().len(),
+        3,
+        "three keys: {cli}"
+    );
     let http = server.get("/v1/usage?by=tenant", Some(&admin));
     assert_eq!(http.status, 200, "{}", http.text);
     assert_eq!(report_totals(&http.json()), want);
-    let csv = orchard(&["usage", "--ledger", &url, "--by", "tenant", "--format", "csv"]);
+    let csv = orchard(&[
+        "usage", "--ledger", &url, "--by", "tenant", "--format", "csv",
+    ]);
     assert_eq!(csv.lines().count(), 3, "{csv}");
     // Only admin keys read reports.
     assert_eq!(server.get("/v1/usage", Some(&a1)).status, 403);
@@ -435,7 +481,9 @@ fn every_request_of_three_keys_in_two_tenants_is_one_ledger_row() {
         .unwrap_or_else(|| panic!("no team-b counter in {}", m.text));
     let v: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(v, sum(Some("team-b"), |s| s.completion_tokens));
-    assert!(m.text.contains("orchard_ledger_cost_usd_total{tenant=\"team-a\""));
+    assert!(m
+        .text
+        .contains("orchard_ledger_cost_usd_total{tenant=\"team-a\""));
 }
 
 #[test]
@@ -468,7 +516,11 @@ fn unknown_and_revoked_keys_get_401_and_are_never_recorded() {
     }
     let (id, _) = complete(&server, &good, 0, false);
     let store = open_ledger(&url).unwrap();
-    assert_eq!(store.count_records().unwrap(), 1, "only the good request is a row");
+    assert_eq!(
+        store.count_records().unwrap(),
+        1,
+        "only the good request is a row"
+    );
     assert!(store.get_record(&id).unwrap().is_some());
     assert_eq!(store.count_request("").unwrap(), 0);
 }
@@ -478,28 +530,56 @@ fn budget_exceeded_key_gets_429_with_retry_after_and_the_rejection_is_recorded()
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
     // One request costs far more than a nano-dollar, so the second is over the budget.
-    let k = create_key(&url, &["--tenant", "tiny", "--budget-usd", "0.000000001", "--period", "month"]);
+    let k = create_key(
+        &url,
+        &[
+            "--tenant",
+            "tiny",
+            "--budget-usd",
+            "0.000000001",
+            "--period",
+            "month",
+        ],
+    );
     let other = create_key(&url, &["--tenant", "other", "--rpm", "1"]);
     let server = Server::start(&url, &["--cost-config", cost_config().to_str().unwrap()]);
     let (first, _) = complete(&server, &k, 0, false);
-    let r = server.post("/v1/completions", Some(&k), &json!({"prompt": "hi", "max_tokens": 2}));
+    let r = server.post(
+        "/v1/completions",
+        Some(&k),
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    );
     assert_eq!(r.status, 429, "{}", r.text);
-    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!(retry >= 1 && retry <= 31 * 86_400, "{retry}");
     let e = r.json();
     assert_eq!(e["error"]["code"], "insufficient_quota", "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("budget"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("budget"),
+        "{e}"
+    );
     let rejected_id = r.header("x-request-id").expect("X-Request-Id").to_string();
 
     // A per-minute request limit: the second request within the minute is refused.
     let _ = complete(&server, &other, 1, false);
-    let r2 = server.post("/v1/completions", Some(&other), &json!({"prompt": "hi", "max_tokens": 2}));
+    let r2 = server.post(
+        "/v1/completions",
+        Some(&other),
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    );
     assert_eq!(r2.status, 429, "{}", r2.text);
     assert_eq!(r2.json()["error"]["code"], "rate_limit_exceeded");
     assert!(r2.header("retry-after").is_some());
 
     let store = open_ledger(&url).unwrap();
-    let row = store.get_record(&rejected_id).unwrap().expect("rejection recorded");
+    let row = store
+        .get_record(&rejected_id)
+        .unwrap()
+        .expect("rejection recorded");
     assert_eq!(row.status, RequestStatus::Rejected);
     assert_eq!(row.http_status, 429);
     assert_eq!(row.tenant, "tiny");
@@ -565,7 +645,10 @@ fn sigkill_under_load(url: &str, check_integrity: impl Fn(&dyn LedgerStore)) {
     // Let the load run until enough requests completed, then kill without warning.
     let t0 = Instant::now();
     while done.lock().unwrap().len() < 48 {
-        assert!(t0.elapsed() < Duration::from_secs(180), "load made no progress");
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "load made no progress"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     server.sigkill();
@@ -590,13 +673,26 @@ fn sigkill_under_load(url: &str, check_integrity: impl Fn(&dyn LedgerStore)) {
             n => panic!("{id} recorded {n} times"),
         }
     }
-    assert!(missing.is_empty(), "{} of {} completed requests lost: {missing:?}", missing.len(), completed.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} completed requests lost: {missing:?}",
+        missing.len(),
+        completed.len()
+    );
     assert_eq!(store.count_request(&after).unwrap(), 1);
     let total = store.count_records().unwrap();
     // Rows beyond the completed ones are requests that finished server-side as the kill hit
     // (at most one per client).
-    assert!(total > completed.len() as u64, "{total} rows, {} completed", completed.len());
-    assert!(total <= completed.len() as u64 + 1 + 16, "{total} rows for {} completed", completed.len());
+    assert!(
+        total > completed.len() as u64,
+        "{total} rows, {} completed",
+        completed.len()
+    );
+    assert!(
+        total <= completed.len() as u64 + 1 + 16,
+        "{total} rows for {} completed",
+        completed.len()
+    );
 }
 
 #[test]
@@ -613,7 +709,9 @@ const NEEDS_PG: &str = "needs PostgreSQL: export ORCHARD_TEST_POSTGRES_URL=$(cra
 fn pg_url(test: &str) -> String {
     let base = match std::env::var("ORCHARD_TEST_POSTGRES_URL") {
         Ok(u) if !u.is_empty() => u,
-        _ => panic!("PostgreSQL tests were asked to run but ORCHARD_TEST_POSTGRES_URL is unset. {NEEDS_PG}"),
+        _ => panic!(
+            "PostgreSQL tests were asked to run but ORCHARD_TEST_POSTGRES_URL is unset. {NEEDS_PG}"
+        ),
     };
     let schema = format!("orchard_e2e_{test}");
     let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
@@ -647,21 +745,40 @@ fn every_request_is_one_row_and_budgets_apply_on_postgres() {
     }
     let (id, u) = complete(&server, &b, 9, false);
     got.push(seen(id, &u, "team-b", &b));
-    let r = server.post("/v1/completions", Some(&b), &json!({"prompt": "x", "max_tokens": 2}));
+    let r = server.post(
+        "/v1/completions",
+        Some(&b),
+        &json!({"prompt": "x", "max_tokens": 2}),
+    );
     assert_eq!(r.status, 429, "{}", r.text);
-    assert_eq!(server.post("/v1/completions", Some("sk-orch-nope"), &json!({"prompt": "x"})).status, 401);
+    assert_eq!(
+        server
+            .post(
+                "/v1/completions",
+                Some("sk-orch-nope"),
+                &json!({"prompt": "x"})
+            )
+            .status,
+        401
+    );
     let store = open_ledger(&url).unwrap();
     assert_eq!(store.count_records().unwrap(), got.len() as u64 + 1);
     for s in &got {
         let row = store.get_record(&s.request_id).unwrap().unwrap();
-        assert_eq!((row.prompt_tokens, row.generated_tokens), (s.prompt_tokens, s.completion_tokens));
+        assert_eq!(
+            (row.prompt_tokens, row.generated_tokens),
+            (s.prompt_tokens, s.completion_tokens)
+        );
         assert_eq!(row.tenant, s.tenant);
     }
     let rej = store
         .get_record(r.header("x-request-id").unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!((rej.status, rej.http_status), (RequestStatus::Rejected, 429));
+    assert_eq!(
+        (rej.status, rej.http_status),
+        (RequestStatus::Rejected, 429)
+    );
 }
 
 #[test]
@@ -670,8 +787,18 @@ fn finops_tco_on_the_example_config_matches_the_hand_calculation() {
     let url = sqlite_url(dir.path());
     let cfg = cost_config();
     let out = orchard(&[
-        "finops", "tco", "--ledger", &url, "--config", cfg.to_str().unwrap(),
-        "--prompt-tps", "4000", "--gen-tps", "100", "--utilisation", "0.5",
+        "finops",
+        "tco",
+        "--ledger",
+        &url,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--prompt-tps",
+        "4000",
+        "--gen-tps",
+        "100",
+        "--utilisation",
+        "0.5",
     ]);
     let value = |label: &str| -> String {
         out.lines()
@@ -690,17 +817,41 @@ fn finops_tco_on_the_example_config_matches_the_hand_calculation() {
     let cloud_month = 1_314_000.0 / 1.5 * 2.0 / 3600.0;
     let money = |v: f64| format!("${v:.4}");
     assert_eq!(value("hardware / month"), money(hardware));
-    assert_eq!(value("energy / month"), format!("{} (149.65 kWh)", money(37.4125)));
-    assert_eq!(value("operating (energy x overhead) / month"), money(operating));
+    assert_eq!(
+        value("energy / month"),
+        format!("{} (149.65 kWh)", money(37.4125))
+    );
+    assert_eq!(
+        value("operating (energy x overhead) / month"),
+        money(operating)
+    );
     assert_eq!(value("owned node / month"), money(owned));
     assert_eq!(value("cost per busy device-second"), format!("${per_s:.8}"));
     assert_eq!(value("owned: per 1M prompt tokens"), money(250.0 * per_s));
-    assert_eq!(value("owned: per 1M generated tokens"), money(10_000.0 * per_s));
-    assert_eq!(value("cloud: per 1M prompt tokens"), money(250.0 / 1.5 * 2.0 / 3600.0));
-    assert_eq!(value("cloud: per 1M generated tokens"), money(10_000.0 / 1.5 * 2.0 / 3600.0));
-    assert_eq!(value("cloud at same throughput / month"), money(cloud_month));
-    assert_eq!(value("monthly saving vs cloud"), money(cloud_month - operating));
-    assert_eq!(value("break-even"), format!("{:.1} months", 2400.0 / (cloud_month - operating)));
+    assert_eq!(
+        value("owned: per 1M generated tokens"),
+        money(10_000.0 * per_s)
+    );
+    assert_eq!(
+        value("cloud: per 1M prompt tokens"),
+        money(250.0 / 1.5 * 2.0 / 3600.0)
+    );
+    assert_eq!(
+        value("cloud: per 1M generated tokens"),
+        money(10_000.0 / 1.5 * 2.0 / 3600.0)
+    );
+    assert_eq!(
+        value("cloud at same throughput / month"),
+        money(cloud_month)
+    );
+    assert_eq!(
+        value("monthly saving vs cloud"),
+        money(cloud_month - operating)
+    );
+    assert_eq!(
+        value("break-even"),
+        format!("{:.1} months", 2400.0 / (cloud_month - operating))
+    );
     // The round figures of the README's worked example.
     assert_eq!(value("owned: per 1M generated tokens"), "$0.8775");
     assert_eq!(value("cloud: per 1M generated tokens"), "$3.7037");

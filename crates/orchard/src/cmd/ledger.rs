@@ -12,7 +12,11 @@ use orchard_ledger as ol;
 #[derive(Args, Debug, Clone)]
 pub struct LedgerFlag {
     /// Usage ledger: a SQLite file or `postgres://user@host/db` (the server's `--ledger`).
-    #[arg(long = "ledger", env = "ORCHARD_LEDGER", default_value = "orchard-ledger.db")]
+    #[arg(
+        long = "ledger",
+        env = "ORCHARD_LEDGER",
+        default_value = "orchard-ledger.db"
+    )]
     pub ledger: String,
 }
 
