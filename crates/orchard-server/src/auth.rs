@@ -112,6 +112,9 @@ pub struct UsageRecord {
     pub device_ms: f64,
 }
 
+/// A usage report as `(content type, body)`, or why there is none as `(HTTP status, message)`.
+pub type UsageReport = Result<(&'static str, String), (u16, String)>;
+
 /// Receives one [`UsageRecord`] per finished request (a ledger writer, a billing queue). Must
 /// not block: it runs on the engine thread or the request's task.
 pub trait UsageSink: Send + Sync {
@@ -133,7 +136,7 @@ pub trait UsageSink: Send + Sync {
     /// `GET /v1/usage` with the URL's query string: `(content type, body)`, or `(HTTP status,
     /// message)` on failure; `None` when this sink keeps no reports (404). May block on a
     /// database: the server calls it off the async workers.
-    fn usage_report(&self, _query: &str) -> Option<Result<(&'static str, String), (u16, String)>> {
+    fn usage_report(&self, _query: &str) -> Option<UsageReport> {
         None
     }
 

@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use crate::auth::{Auth, AuthError, Principal, UsageRecord, UsageSink};
+use crate::auth::{Auth, AuthError, Principal, UsageRecord, UsageReport, UsageSink};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -228,7 +228,7 @@ impl Ledger {
     }
 
     /// `GET /v1/usage?by=tenant|key|model|day&since=..&until=..&format=json|table|csv`.
-    fn report(&self, query: &str) -> Result<(&'static str, String), (u16, String)> {
+    fn report(&self, query: &str) -> UsageReport {
         let mut by = ol::GroupBy::Tenant;
         let (mut since, mut until) = (None, None);
         let mut format = "json";
@@ -452,7 +452,7 @@ impl UsageSink for Ledger {
         self.metrics.render_prometheus()
     }
 
-    fn usage_report(&self, query: &str) -> Option<Result<(&'static str, String), (u16, String)>> {
+    fn usage_report(&self, query: &str) -> Option<UsageReport> {
         Some(self.report(query))
     }
 
