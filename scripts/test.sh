@@ -22,6 +22,8 @@ export ORCHARD_TEST_POSTGRES_URL="$(bash crates/orchard-ledger/scripts/start-tes
 cargo test --release --workspace
 step "ledger on PostgreSQL (the #[ignore]d tests that need a server)"
 cargo test --release -p orchard-ledger -- --ignored
+step "ledger end to end on PostgreSQL (orchard serve --ledger postgres://..., SIGKILL under load)"
+cargo test --release -p orchard --test ledger -- --ignored
 step "OpenAI client tests against orchard-server"
 ORCHARD_SERVER_BIN="$ROOT/target/release/orchard-server" bash tests/server/run.sh
 step "llama-server's own test suite against orchard-server"

@@ -1,5 +1,6 @@
 //! Prometheus counters of requests, tokens, device time and cost by tenant and model, kept in
-//! memory alongside the ledger so `/metrics` never queries the database.
+//! memory alongside the ledger so `/metrics` never queries the database. Named `orchard_ledger_*`
+//! so they never collide with the server's own per-key `orchard_*` families on one page.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -67,7 +68,7 @@ impl UsageMetrics {
         let by = self.by.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let families: [(&str, &str, Values); 6] = [
             (
-                "orchard_requests_total",
+                "orchard_ledger_requests_total",
                 "Requests recorded in the usage ledger.",
                 |s| {
                     STATUSES
@@ -79,25 +80,27 @@ impl UsageMetrics {
                 },
             ),
             (
-                "orchard_prompt_tokens_total",
+                "orchard_ledger_prompt_tokens_total",
                 "Prompt tokens, cached ones included.",
                 |s| vec![(None, s.prompt_tokens.to_string())],
             ),
             (
-                "orchard_cached_prompt_tokens_total",
+                "orchard_ledger_cached_prompt_tokens_total",
                 "Prompt tokens served from cache.",
                 |s| vec![(None, s.cached_prompt_tokens.to_string())],
             ),
-            ("orchard_generated_tokens_total", "Generated tokens.", |s| {
-                vec![(None, s.generated_tokens.to_string())]
-            }),
             (
-                "orchard_device_seconds_total",
+                "orchard_ledger_generated_tokens_total",
+                "Generated tokens.",
+                |s| vec![(None, s.generated_tokens.to_string())],
+            ),
+            (
+                "orchard_ledger_device_seconds_total",
                 "Device time attributed to requests.",
                 |s| vec![(None, format!("{}", s.device_ms / 1000.0))],
             ),
             (
-                "orchard_cost_usd_total",
+                "orchard_ledger_cost_usd_total",
                 "Cost charged to requests by the cost model.",
                 |s| vec![(None, format!("{}", s.cost_usd))],
             ),
@@ -144,21 +147,27 @@ mod tests {
         let text = m.render_prometheus();
         assert!(
             text.contains(
-                "orchard_requests_total{tenant=\"team \\\"a\\\"\",model=\"m1\",status=\"ok\"} 1"
+                "orchard_ledger_requests_total{tenant=\"team \\\"a\\\"\",model=\"m1\",status=\"ok\"} 1"
             ),
             "{text}"
         );
         assert!(text.contains("status=\"rejected\"} 1"), "{text}");
         assert!(
-            text.contains("orchard_prompt_tokens_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 20"),
+            text.contains(
+                "orchard_ledger_prompt_tokens_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 20"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("orchard_cost_usd_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 0.5"),
+            text.contains(
+                "orchard_ledger_cost_usd_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 0.5"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("orchard_device_seconds_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 3"),
+            text.contains(
+                "orchard_ledger_device_seconds_total{tenant=\"team \\\"a\\\"\",model=\"m1\"} 3"
+            ),
             "{text}"
         );
     }

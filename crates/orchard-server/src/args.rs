@@ -67,6 +67,9 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on /metrics.
     #[arg(long = "metrics", env = "LLAMA_ARG_ENDPOINT_METRICS")]
     pub metrics: bool,
+    /// FinOps usage ledger, cost model, node name and admin keys (`--ledger`, ...).
+    #[command(flatten)]
+    pub ledger: crate::ledger::LedgerArgs,
     /// Model name(s) reported by /v1/models and accepted in requests (comma-separated).
     #[arg(short = 'a', long = "alias", env = "LLAMA_ARG_ALIAS")]
     pub alias: Option<String>,

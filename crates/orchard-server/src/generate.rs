@@ -61,6 +61,7 @@ struct Tracker {
     principal: Principal,
     endpoint: &'static str,
     request_id: u64,
+    choice: usize,
     t0: Instant,
     first: Option<Instant>,
     last: Option<Instant>,
@@ -68,7 +69,26 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn observe(&mut self, ev: &Event) {
+    /// Passes an event on to the response. The final event goes out only once its usage record
+    /// is durable (`record_then`), so a response that ended is always in the ledger.
+    fn deliver(&mut self, ev: Event, tx: &mpsc::UnboundedSender<(usize, Event)>, i: usize) -> bool {
+        match self.observe(&ev) {
+            None => tx.send((i, ev)).is_ok(),
+            Some(rec) => {
+                let tx2 = tx.clone();
+                self.state.hooks.usage.record_then(
+                    &rec,
+                    Box::new(move || {
+                        let _ = tx2.send((i, ev));
+                    }),
+                );
+                !tx.is_closed()
+            }
+        }
+    }
+
+    /// Returns the usage record when `ev` ends the request.
+    fn observe(&mut self, ev: &Event) -> Option<UsageRecord> {
         match ev {
             Event::Token { .. } => {
                 let now = Instant::now();
@@ -79,11 +99,13 @@ impl Tracker {
                     self.gaps.push(now.duration_since(l).as_secs_f64() * 1e3);
                 }
                 self.last = Some(now);
+                None
             }
             Event::Embedding(_) => {
                 if self.first.is_none() {
                     self.first = Some(Instant::now());
                 }
+                None
             }
             Event::Done {
                 finish,
@@ -96,35 +118,31 @@ impl Tracker {
                 } else {
                     "ok"
                 };
-                self.finish(
+                Some(self.finish(
                     status,
                     usage.prompt_tokens,
                     usage.cached_tokens,
                     usage.completion_tokens,
-                    timings.queue_ms,
-                    timings.prompt_ms,
-                    timings.gen_ms,
-                );
+                    timings,
+                ))
             }
             Event::Error { message } => {
                 tracing::warn!(id = self.request_id, error = %message, "request failed");
-                self.finish("error", 0, 0, 0, 0.0, 0.0, 0.0);
+                Some(self.finish("error", 0, 0, 0, &Default::default()))
             }
-            Event::Started { .. } => {}
+            Event::Started { .. } => None,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         status: &'static str,
         prompt: usize,
         cached: usize,
         completion: usize,
-        queue_ms: f64,
-        prompt_ms: f64,
-        gen_ms: f64,
-    ) {
+        timings: &orchard_engine::Timings,
+    ) -> UsageRecord {
+        let (queue_ms, prompt_ms, gen_ms) = (timings.queue_ms, timings.prompt_ms, timings.gen_ms);
         let total_ms = self.t0.elapsed().as_secs_f64() * 1e3;
         let ttft = self
             .first
@@ -147,12 +165,14 @@ impl Tracker {
             .facts()
             .map(|f| f.public_name.clone())
             .unwrap_or_default();
-        self.state.hooks.usage.record(&UsageRecord {
+        let rec = UsageRecord {
             request_id: self.request_id,
+            choice: self.choice,
             principal: self.principal.clone(),
             model,
-            endpoint: self.endpoint,
+            endpoint: self.endpoint.to_string(),
             status,
+            http_status: 200,
             prompt_tokens: prompt,
             cached_tokens: cached,
             completion_tokens: completion,
@@ -161,7 +181,8 @@ impl Tracker {
             gen_ms,
             ttft_ms: ttft.unwrap_or(0.0),
             total_ms,
-        });
+            device_ms: timings.device_ms,
+        };
         tracing::info!(
             id = self.request_id,
             key_id = %self.principal.key_id,
@@ -177,6 +198,7 @@ impl Tracker {
             total_ms = format!("{total_ms:.1}"),
             "request"
         );
+        rec
     }
 }
 
@@ -489,6 +511,7 @@ pub fn submit(
                 principal: principal.clone(),
                 endpoint: job.endpoint,
                 request_id: rid,
+                choice: index,
                 t0: Instant::now(),
                 first: None,
                 last: None,
@@ -508,10 +531,7 @@ pub fn submit(
                     constraint,
                     cache_prompt: job.gen.cache_prompt,
                 }),
-                sink: Box::new(move |ev: Event| {
-                    tracker.observe(&ev);
-                    txc.send((i, ev)).is_ok()
-                }),
+                sink: Box::new(move |ev: Event| tracker.deliver(ev, &txc, i)),
             };
             if let Err(e) = l.engine.submit(req) {
                 for id in submitted {

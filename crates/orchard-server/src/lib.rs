@@ -18,6 +18,7 @@ mod auth;
 mod conn;
 mod error;
 mod generate;
+pub mod ledger;
 mod metrics;
 mod params;
 mod responses;
@@ -49,12 +50,41 @@ pub struct Server {
 
 impl Server {
     /// Resolves the settings, binds every `--host` address and starts loading the model in the
-    /// background. Runs the default hooks: the `--api-key` list and no usage sink.
+    /// background. Runs the default hooks: the `--api-key` list and no usage sink, or with
+    /// `--ledger` the usage ledger's keys, limits and recorder.
     pub async fn bind(args: ServerArgs) -> anyhow::Result<Server> {
         let settings = args.resolve()?;
-        let hooks = Hooks {
-            auth: Arc::new(StaticKeys::new(settings.api_keys.clone())),
-            usage: Arc::new(NoUsageSink),
+        let hooks = match &args.ledger.ledger {
+            Some(url) => {
+                let model_name = settings
+                    .aliases
+                    .iter()
+                    .min()
+                    .cloned()
+                    .or_else(|| {
+                        settings
+                            .model
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                    })
+                    .unwrap_or_default();
+                let (args2, url, keys) =
+                    (args.ledger.clone(), url.clone(), settings.api_keys.clone());
+                // Opening may migrate a database over the network: off the async workers.
+                let l = tokio::task::spawn_blocking(move || {
+                    ledger::Ledger::open(&args2, &url, &keys, model_name)
+                })
+                .await??;
+                let l = Arc::new(l);
+                Hooks {
+                    auth: l.clone(),
+                    usage: l,
+                }
+            }
+            None => Hooks {
+                auth: Arc::new(StaticKeys::new(settings.api_keys.clone())),
+                usage: Arc::new(NoUsageSink),
+            },
         };
         Server::bind_with(args, hooks).await
     }
@@ -182,6 +212,8 @@ impl Server {
         for t in tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
+        let usage = self.state.hooks.usage.clone();
+        let _ = tokio::task::spawn_blocking(move || usage.close()).await;
         Ok(())
     }
 

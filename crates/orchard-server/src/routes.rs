@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/props", get(props))
         .route("/slots", get(slots))
         .route("/metrics", get(metrics))
+        .route("/v1/usage", get(crate::ledger::usage_endpoint))
         .route("/cors-proxy", get(cors_proxy))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -210,11 +211,41 @@ async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let key = presented_key(req.headers());
-    match st.hooks.auth.authenticate(key.as_deref(), &path) {
+    let decision = if st.hooks.auth.may_block() {
+        // A database-backed key store may block (and PostgreSQL's client must not run on an
+        // async worker at all).
+        let (auth, path) = (st.hooks.auth.clone(), path.clone());
+        tokio::task::spawn_blocking(move || auth.authenticate(key.as_deref(), &path))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::Unavailable(format!("key check failed: {e}"))))
+    } else {
+        st.hooks.auth.authenticate(key.as_deref(), &path)
+    };
+    match decision {
         Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
+            req.extensions_mut().insert(p.clone());
+            let mut res = next.run(req).await;
+            if let Some(id) = &p.request_id {
+                if let Ok(v) = HeaderValue::from_str(id) {
+                    res.headers_mut().insert("x-request-id", v);
+                }
+                // Refused before the engine saw it (bad body, queue full): still one row.
+                if res.status().as_u16() >= 400
+                    && !p.recorded.is_set()
+                    && crate::ledger::is_metered(&path)
+                {
+                    st.record_usage(crate::ledger::refusal(
+                        &p,
+                        &path,
+                        res.status().as_u16(),
+                        "error",
+                    ))
+                    .await;
+                }
+            }
+            res
         }
+        Err(AuthError::Unavailable(m)) => ApiError::unavailable(m).into_response(),
         Err(AuthError::Unauthorized) => {
             st.metrics.record_rejected("unknown", "unauthorized");
             ApiError::unauthorized().into_response()
@@ -228,12 +259,25 @@ async fn auth_layer(State(st): St, mut req: Request, next: Next) -> Response {
         Err(AuthError::RateLimited {
             retry_after_secs,
             message,
+            code,
+            record,
         }) => {
-            let mut e = ApiError::invalid(message).with_code("rate_limit_exceeded");
+            let mut request_id = None;
+            if let Some(rec) = record {
+                st.metrics
+                    .record_rejected(&rec.principal.key_id, "rejected");
+                request_id = rec.principal.request_id.clone();
+                st.record_usage(*rec).await;
+            }
+            let mut e = ApiError::invalid(message).with_code(code);
             e.status = StatusCode::TOO_MANY_REQUESTS;
             e.kind = "rate_limit_error";
             e.retry_after = retry_after_secs;
-            e.into_response()
+            let mut res = e.into_response();
+            if let Some(v) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                res.headers_mut().insert("x-request-id", v);
+            }
+            res
         }
     }
 }
@@ -423,7 +467,8 @@ async fn metrics(State(st): St) -> Result<Response, ApiError> {
     // Scrapes never wake a sleeping model: they see the stats from when it went to sleep.
     let l = facts(&st)?;
     let stats = st.stats();
-    let text = st.metrics.render(&l.public_name, stats.as_ref());
+    let mut text = st.metrics.render(&l.public_name, stats.as_ref());
+    text.push_str(&st.hooks.usage.render_metrics());
     Ok((
         [
             (
@@ -762,6 +807,7 @@ async fn embeddings(
     drop(tx);
     let mut vecs: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
     let mut prompt_tokens = 0;
+    let mut device_ms = 0.0;
     let mut left = inputs.len();
     while left > 0 {
         let Some((i, ev)) = rx.recv().await else {
@@ -769,8 +815,9 @@ async fn embeddings(
         };
         match ev {
             Event::Embedding(v) => vecs[i] = Some(v),
-            Event::Done { usage, .. } => {
+            Event::Done { usage, timings, .. } => {
                 prompt_tokens += usage.prompt_tokens;
+                device_ms += timings.device_ms;
                 left -= 1;
             }
             Event::Error { message } => return Err(ApiError::server(message)),
@@ -783,6 +830,11 @@ async fn embeddings(
         prompt_tokens,
         ..Default::default()
     });
+    let mut rec = crate::ledger::refusal(&principal, "/v1/embeddings", 200, "ok");
+    rec.model = l.public_name.clone();
+    rec.prompt_tokens = prompt_tokens;
+    rec.device_ms = device_ms;
+    st.record_usage(rec).await;
     let data: Vec<Value> = vecs
         .into_iter()
         .enumerate()

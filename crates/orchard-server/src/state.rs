@@ -108,6 +108,18 @@ impl AppState {
         }
     }
 
+    /// Hands a usage record to the sink and waits until it is durable.
+    pub async fn record_usage(&self, rec: crate::auth::UsageRecord) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.hooks.usage.record_then(
+            &rec,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+        let _ = rx.await;
+    }
+
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -39,6 +39,12 @@ enum Command {
     Serve,
     /// Requantize a GGUF to another type or mix (Q8_0, Q4_K_M, F16, ...).
     Quantize(cmd::quantize::Args),
+    /// API keys and tenants of the usage ledger: create, list, revoke.
+    Keys(cmd::ledger::KeysArgs),
+    /// Usage report from the ledger by tenant, key, model or day (same as GET /v1/usage).
+    Usage(cmd::ledger::UsageArgs),
+    /// FinOps reports: `orchard finops tco` (owned cost per 1M tokens vs cloud, break-even).
+    Finops(cmd::ledger::FinopsArgs),
 }
 
 /// `orchard serve ...`: llama-server's command line (its multi-letter short flags included) goes
@@ -100,6 +106,9 @@ fn main() {
         Command::Bench(a) => cmd::bench::main(a),
         Command::Quantize(a) => cmd::quantize::main(a),
         Command::Plan(a) => orchard_plan::cli_main(a),
+        Command::Keys(a) => cmd::ledger::keys(a),
+        Command::Usage(a) => cmd::ledger::usage(a),
+        Command::Finops(a) => cmd::ledger::finops(a),
         Command::Serve => unreachable!("handled before clap"),
         Command::Devices => {
             let list = orchard_gpu::list_adapters();

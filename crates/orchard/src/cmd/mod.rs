@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod ledger;
 pub mod logits;
 pub mod perplexity;
 pub mod quantize;
