@@ -249,6 +249,72 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
     }
 }
 
+/// The PPL estimate `orchard perplexity` prints.
+fn ppl_of(o: &Output) -> f64 {
+    let out = stdout(o);
+    out.split("PPL = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate in {out}"))
+}
+
+/// `-ctk/-ctv q8_0` stays within 0.5% of the f16 cache's perplexity on the reference corpus and
+/// `q4_0` within 3% (issue 7), through the whole CLI path (flags, context, attention).
+#[test]
+fn quantized_kv_cache_perplexity_stays_close_to_f16() {
+    let corpus = root().join("testdata/parity/corpus.txt");
+    for m in [SMOL, GEMMA] {
+        let run = |t: &str| {
+            let o = orchard(&[
+                "perplexity",
+                "-m",
+                model(m).to_str().unwrap(),
+                "-f",
+                corpus.to_str().unwrap(),
+                "-c",
+                "512",
+                "--chunks",
+                "8",
+                "-ctk",
+                t,
+                "-ctv",
+                t,
+            ]);
+            assert!(o.status.success(), "{m} -ctk {t}: {}", stderr(&o));
+            ppl_of(&o)
+        };
+        let f16 = run("f16");
+        for (t, bound) in [("q8_0", 0.005), ("q4_0", 0.03)] {
+            let p = run(t);
+            eprintln!(
+                "{m}: PPL f16 {f16:.4}, {t} {p:.4} ({:+.2}%)",
+                (p / f16 - 1.0) * 100.0
+            );
+            assert!(
+                (p / f16 - 1.0).abs() < bound,
+                "{m}: PPL with {t} KV {p} vs f16 {f16}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_cache_type_is_refused_with_the_allowed_ones() {
+    let o = orchard(&[
+        "run",
+        "-m",
+        model(SMOL).to_str().unwrap(),
+        "-p",
+        "hi",
+        "-ctk",
+        "q4_K",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("q4_K") && err.contains("q8_0"), "{err}");
+}
+
 #[test]
 fn missing_and_corrupt_files_give_one_clear_line() {
     let o = orchard(&["run", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
