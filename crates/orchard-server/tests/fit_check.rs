@@ -38,6 +38,8 @@ fn under_limit(args: &[&str]) -> Command {
 
 /// Runs to the end (killed after `secs`) and returns its exit status, stderr and its own peak
 /// resident set (`wait4`'s rusage of this child alone, so tests running beside it do not count).
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(mut c: Command, secs: u64) -> (std::process::ExitStatus, String, u64) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
