@@ -1,6 +1,7 @@
 //! The CPU implementation of `Backend`: weights are borrowed from the mmap, activations are
 //! quantized to each weight type's `vec_dot_type` before a matmul (as ggml does, which is what
-//! makes our logits agree with llama.cpp's), and the KV cache is f16.
+//! makes our logits agree with llama.cpp's), and the KV cache is f16 (other `-ctk`/`-ctv`
+//! types: `attention_quant.rs`).
 
 use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache};
 use crate::*;
@@ -27,9 +28,11 @@ struct LayerKv {
     k_width: usize,
     v_width: usize,
     n_cells: usize,
+    /// The cache when K or V is not f16 (`k` and `v` are then empty).
+    quant: Option<crate::attention_quant::QuantKv>,
 }
 
-/// The CPU backend. Parallelism comes from rayon's global pool (sized by `-t`).
+/// The CPU backend. Parallelism comes from the global pool in `pool.rs` (sized by `-t`).
 pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Buf>,
@@ -437,6 +440,34 @@ impl Backend for CpuBackend {
             k_width,
             v_width,
             n_cells,
+            quant: None,
+        });
+        Ok(())
+    }
+
+    fn alloc_kv_typed(&mut self, layer: usize, l: &KvLayout) -> Result<(), BackendError> {
+        if l.type_k == DType::F16 && l.type_v == DType::F16 {
+            return self.alloc_kv(layer, l.n_cells, l.k_width, l.v_width);
+        }
+        use crate::attention_quant::{KvRows, QuantKv};
+        let name = self.name();
+        let quant = QuantKv::new(
+            KvRows::new(l.type_k, l.n_cells, l.k_width, l.head_dim_k, &name)?,
+            KvRows::new(l.type_v, l.n_cells, l.v_width, l.head_dim_v, &name)?,
+            l.n_cells,
+            l.head_dim_k,
+            l.head_dim_v,
+        );
+        if self.kv.len() <= layer {
+            self.kv.resize_with(layer + 1, || None);
+        }
+        self.kv[layer] = Some(LayerKv {
+            k: Vec::new(),
+            v: Vec::new(),
+            k_width: l.k_width,
+            v_width: l.v_width,
+            n_cells: l.n_cells,
+            quant: Some(quant),
         });
         Ok(())
     }
@@ -445,7 +476,7 @@ impl Backend for CpuBackend {
         self.kv
             .iter()
             .flatten()
-            .map(|l| (l.k.len() + l.v.len()) * 2)
+            .map(|l| (l.k.len() + l.v.len()) * 2 + l.quant.as_ref().map_or(0, |q| q.bytes()))
             .sum()
     }
 
@@ -727,6 +758,22 @@ impl Backend for CpuBackend {
             .get_mut(layer)
             .and_then(|l| l.as_mut())
             .ok_or(BackendError::NoKvCache { layer })?;
+        if let Some(qkv) = kv.quant.as_mut() {
+            let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
+            let r = crate::attention_quant::attention(
+                qkv,
+                &self.bufs[q.0 as usize].data,
+                &self.bufs[k.0 as usize].data,
+                &self.bufs[v.0 as usize].data,
+                batch,
+                p,
+                &mut o,
+            );
+            let ob = &mut self.bufs[out.0 as usize];
+            ob.data = o;
+            ob.n_tokens = n_tokens;
+            return r;
+        }
         let (kw, vw) = (kv.k_width, kv.v_width);
         debug_assert_eq!(kw, p.n_head_kv * p.head_dim_k);
         // 1. store this step's K and V (f16) in their cells

@@ -7,6 +7,7 @@
 //! or `download`. Layer offload (`-ngl`) runs some layers on one backend and the rest on another,
 //! moving the residual stream across with one `download`/`upload` at the boundary.
 
+mod attention_quant;
 mod cpu;
 mod ggml_order;
 mod ops;
@@ -126,6 +127,20 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
+/// One layer's KV storage: `n_cells` rows of K (`k_width` values, heads of `head_dim_k`) in
+/// `type_k` and of V in `type_v`. Block types need whole blocks per head (a head is read on
+/// its own), as in llama.cpp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub n_cells: usize,
+    pub k_width: usize,
+    pub v_width: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    pub type_k: DType,
+    pub type_v: DType,
+}
+
 /// Gated linear unit flavours of the feed-forward block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GluKind {
@@ -157,6 +172,12 @@ pub enum BackendError {
     CellOutOfRange { cell: u32, n_cells: usize },
     #[error("token at position {pos} of sequence {seq} has no KV cell")]
     MissingCell { seq: u32, pos: u32 },
+    #[error("KV cache type {dtype} is not supported by the {backend} backend: {reason}")]
+    UnsupportedKvType {
+        dtype: DType,
+        backend: String,
+        reason: String,
+    },
     #[error("{0}")]
     Device(String),
 }
@@ -179,6 +200,22 @@ pub trait Backend: Send {
         k_width: usize,
         v_width: usize,
     ) -> Result<(), BackendError>;
+    /// [`Backend::alloc_kv`] with K and V stored as `kv.type_k` / `kv.type_v` (`-ctk`/`-ctv`).
+    /// A backend that stores only f16 keeps this default, which refuses any other type with
+    /// [`BackendError::UnsupportedKvType`] rather than ignoring it.
+    fn alloc_kv_typed(&mut self, layer: usize, kv: &KvLayout) -> Result<(), BackendError> {
+        match [kv.type_k, kv.type_v]
+            .into_iter()
+            .find(|&t| t != DType::F16)
+        {
+            None => self.alloc_kv(layer, kv.n_cells, kv.k_width, kv.v_width),
+            Some(dtype) => Err(BackendError::UnsupportedKvType {
+                dtype,
+                backend: self.name(),
+                reason: "this backend stores the KV cache as f16 only".into(),
+            }),
+        }
+    }
     /// Bytes of KV storage allocated on this backend.
     fn kv_bytes(&self) -> usize;
 

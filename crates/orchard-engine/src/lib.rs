@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Checks the KV page accounting after every step and reports the first inconsistency as
     /// an error event (tests and debugging; costs a pass over all pages per step).
     pub audit_kv: bool,
+    /// Storage type of the K cache (`-ctk`).
+    pub type_k: orchard_core::DType,
+    /// Storage type of the V cache (`-ctv`).
+    pub type_v: orchard_core::DType,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +80,8 @@ impl Default for EngineConfig {
             cache_prompt: true,
             model_path: None,
             audit_kv: false,
+            type_k: orchard_core::DType::F16,
+            type_v: orchard_core::DType::F16,
         }
     }
 }

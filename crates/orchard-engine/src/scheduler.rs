@@ -288,7 +288,12 @@ impl Scheduler {
         }
         let n_pages = cfg.n_ctx.div_ceil(PAGE);
         cfg.n_ctx = n_pages * PAGE;
-        let ctx = Context::new(model.clone(), ContextOptions { n_ctx: cfg.n_ctx })?;
+        let opts = ContextOptions {
+            n_ctx: cfg.n_ctx,
+            type_k: cfg.type_k,
+            type_v: cfg.type_v,
+        };
+        let ctx = Context::new(model.clone(), opts)?;
         let limits = Limits {
             n_ctx: cfg.n_ctx,
             n_vocab,

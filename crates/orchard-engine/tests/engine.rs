@@ -658,7 +658,14 @@ fn stop_string_split_across_tokens_is_held_back_and_cut() {
 /// Final-norm hidden states of every prompt position, straight from a `Context`.
 fn context_hidden(prompt: &[u32]) -> Vec<Vec<f32>> {
     let (model, _) = smollm();
-    let mut ctx = Context::new(model.clone(), ContextOptions { n_ctx: 256 }).unwrap();
+    let mut ctx = Context::new(
+        model.clone(),
+        ContextOptions {
+            n_ctx: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let cells: Vec<u32> = (0..256).collect();
     let slots: Vec<orchard_backend::TokenSlot> = (0..prompt.len())
         .map(|p| orchard_backend::TokenSlot {

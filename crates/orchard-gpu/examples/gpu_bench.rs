@@ -90,7 +90,10 @@ fn bench_model(path: &str, a: &Args) {
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
         model.clone(),
-        ContextOptions { n_ctx },
+        ContextOptions {
+            n_ctx,
+            ..Default::default()
+        },
         Some((Box::new(gpu), a.ngl)),
     )
     .expect("context");

@@ -109,7 +109,10 @@ const N_GEN: usize = 16;
 
 fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
     let model = load(model_file);
-    let opts = ContextOptions { n_ctx: 128 };
+    let opts = ContextOptions {
+        n_ctx: 128,
+        ..Default::default()
+    };
     let mut cpu = Context::new(model.clone(), opts.clone()).unwrap();
     let (want, want_logits) = greedy(&mut cpu, prompt, N_GEN, None);
     for ngl in [999, partial_ngl] {

@@ -181,7 +181,10 @@ fn every_op_of_a_q4_k_m_forward_pass_matches_the_cpu() {
     };
     let mut ctx = Context::with_offload(
         model.clone(),
-        ContextOptions { n_ctx: 64 },
+        ContextOptions {
+            n_ctx: 64,
+            ..Default::default()
+        },
         Some((Box::new(dual), 999)),
     )
     .unwrap();

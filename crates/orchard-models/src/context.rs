@@ -5,8 +5,8 @@
 
 use crate::layers::{Scratch, Step};
 use crate::{Model, ModelError};
-use orchard_backend::{AttnBatch, Backend, BufId, CpuBackend, TokenSlot, WeightId};
-use orchard_core::TokenId;
+use orchard_backend::{AttnBatch, Backend, BufId, CpuBackend, KvLayout, TokenSlot, WeightId};
+use orchard_core::{DType, TokenId};
 use std::sync::Arc;
 
 /// How a context is built.
@@ -14,11 +14,19 @@ use std::sync::Arc;
 pub struct ContextOptions {
     /// KV cells (tokens of context) shared by all sequences.
     pub n_ctx: usize,
+    /// Storage type of the K cache (`-ctk`): f16, or a block type attention reads directly.
+    pub type_k: DType,
+    /// Storage type of the V cache (`-ctv`).
+    pub type_v: DType,
 }
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        ContextOptions { n_ctx: 4096 }
+        ContextOptions {
+            n_ctx: 4096,
+            type_k: DType::F16,
+            type_v: DType::F16,
+        }
     }
 }
 
@@ -105,8 +113,27 @@ impl Context {
                 }
             }
             for il in (0..n_layer).filter(|&il| layer_slot[il] == si) {
-                let (kw, vw) = model.arch.kv_width(il);
-                b.alloc_kv(il, n_cells, kw, vw)?;
+                let (k_width, v_width) = model.arch.kv_width(il);
+                let layout = KvLayout {
+                    n_cells,
+                    k_width,
+                    v_width,
+                    head_dim_k: model.hp.head_dim_k,
+                    head_dim_v: model.hp.head_dim_v,
+                    type_k: opts.type_k,
+                    type_v: opts.type_v,
+                };
+                b.alloc_kv_typed(il, &layout).map_err(|e| match e {
+                    orchard_backend::BackendError::UnsupportedKvType { .. } => ModelError::KvType {
+                        source: e,
+                        hint: if si > 0 {
+                            "use -ctk f16 -ctv f16 with -ngl, or keep these layers on the CPU"
+                        } else {
+                            "use -ctk/-ctv f16, q8_0 or q4_0"
+                        },
+                    },
+                    e => e.into(),
+                })?;
             }
             let x = b.alloc(1, model.hp.n_embd);
             slots.push(BackendSlot {

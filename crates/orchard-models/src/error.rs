@@ -23,6 +23,11 @@ pub enum ModelError {
     UnknownTensors { arch: String, names: Vec<String> },
     #[error("hyper-parameter {key}: {reason}")]
     BadHParam { key: String, reason: String },
+    #[error("{source} ({hint})")]
+    KvType {
+        source: orchard_backend::BackendError,
+        hint: &'static str,
+    },
     #[error("batch: {0}")]
     BadBatch(String),
 }

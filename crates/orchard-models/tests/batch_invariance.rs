@@ -25,6 +25,7 @@ fn run(model_file: &str, seqs: &[Vec<u32>]) -> Vec<(Vec<f32>, Vec<f32>)> {
         model.clone(),
         ContextOptions {
             n_ctx: per_seq * seqs.len(),
+            ..Default::default()
         },
     )
     .unwrap();

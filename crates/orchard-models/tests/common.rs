@@ -39,6 +39,7 @@ pub fn all_logits(model: &Arc<Model>, ids: &[u32]) -> Vec<Vec<f32>> {
         model.clone(),
         ContextOptions {
             n_ctx: ids.len().max(16),
+            ..Default::default()
         },
     )
     .unwrap();

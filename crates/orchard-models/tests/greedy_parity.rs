@@ -40,7 +40,14 @@ fn check(model_file: &str, greedy_file: &str) {
             .map(|x| x.as_f64().unwrap())
             .collect();
         let n_ctx = prompt.len() + want.len() + 1;
-        let mut ctx = Context::new(model.clone(), ContextOptions { n_ctx }).unwrap();
+        let mut ctx = Context::new(
+            model.clone(),
+            ContextOptions {
+                n_ctx,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let cells: Vec<u32> = (0..n_ctx as u32).collect();
         let tables = [cells.as_slice()];
         let mut logits = Vec::new();

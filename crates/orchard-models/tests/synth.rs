@@ -88,7 +88,14 @@ fn q4_k_m_mix_loads_and_runs() {
     assert_eq!(summary.n_params, expected_params as u64);
 
     // The model runs and its logits are finite and not constant.
-    let mut ctx = Context::new(m.clone(), ContextOptions { n_ctx: 16 }).unwrap();
+    let mut ctx = Context::new(
+        m.clone(),
+        ContextOptions {
+            n_ctx: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ids = [5u32, 300, 999, 42];
     let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
     let cells: Vec<u32> = (0..16).collect();

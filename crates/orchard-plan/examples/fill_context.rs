@@ -29,6 +29,12 @@ struct Args {
     /// Plan first and refuse (exit 3) when the plan does not fit.
     #[arg(long)]
     check: bool,
+    /// KV cache type of K (`-ctk`).
+    #[arg(long, default_value = "f16", value_parser = orchard_plan::parse_cache_type)]
+    ctk: orchard_core::DType,
+    /// KV cache type of V (`-ctv`).
+    #[arg(long, default_value = "f16", value_parser = orchard_plan::parse_cache_type)]
+    ctv: orchard_core::DType,
 }
 
 fn status_kib(key: &str) -> u64 {
@@ -60,6 +66,8 @@ fn main() {
             n_batch: a.ubatch,
             n_ubatch: a.ubatch,
             n_parallel: a.np,
+            cache_type_k: a.ctk,
+            cache_type_v: a.ctv,
             ..PlanRequest::default()
         };
         match check_or_refuse(&a.model, &req) {
@@ -90,7 +98,12 @@ fn main() {
         })
         .collect();
     let n_vocab = model.hp.n_vocab;
-    let mut ctx = Context::new(model.clone(), ContextOptions { n_ctx: a.ctx }).expect("context");
+    let opts = ContextOptions {
+        n_ctx: a.ctx,
+        type_k: a.ctk,
+        type_v: a.ctv,
+    };
+    let mut ctx = Context::new(model.clone(), opts).expect("context");
     phases.push(("context", status_kib("VmRSS:") * 1024));
 
     // Fill every cell: prompt processing in chunks of -ub with logits for each chunk's last

@@ -173,6 +173,15 @@ pub struct ServerArgs {
     /// accepts any name; so does Orchard without this flag).
     #[arg(long = "strict-model", env = "ORCHARD_STRICT_MODEL")]
     pub strict_model: bool,
+    /// KV cache type of K: f16 (default), q8_0 or q4_0; `-ctk`.
+    #[arg(long = "cache-type-k", env = "LLAMA_ARG_CACHE_TYPE_K")]
+    pub cache_type_k: Option<String>,
+    /// KV cache type of V: f16 (default), q8_0 or q4_0; `-ctv`.
+    #[arg(long = "cache-type-v", env = "LLAMA_ARG_CACHE_TYPE_V")]
+    pub cache_type_v: Option<String>,
+    /// Start even when the memory plan says the model and context do not fit.
+    #[arg(long = "no-fit-check")]
+    pub no_fit_check: bool,
     /// TOML file with any of the settings above (keys are the long flag names, `-` or `_`).
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
@@ -187,6 +196,8 @@ const SHORT_ALIASES: &[(&str, &str)] = &[
     ("-to", "--timeout"),
     ("-cb", "--cont-batching"),
     ("-nocb", "--no-cont-batching"),
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
 ];
 
 /// llama-server flags Orchard accepts without acting on them, with whether each takes a value.
@@ -201,10 +212,6 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("--cont-batching", false),
     ("--no-cont-batching", false),
     ("--offline", false),
-    ("-ctk", true),
-    ("-ctv", true),
-    ("--cache-type-k", true),
-    ("--cache-type-v", true),
     ("-fa", true),
     ("--flash-attn", true),
     ("--swa-full", false),
@@ -356,6 +363,12 @@ struct ConfigFile {
     pooling: Option<String>,
     #[serde(alias = "strict_model")]
     strict_model: Option<bool>,
+    #[serde(alias = "cache_type_k")]
+    cache_type_k: Option<String>,
+    #[serde(alias = "cache_type_v")]
+    cache_type_v: Option<String>,
+    #[serde(alias = "no_fit_check")]
+    no_fit_check: Option<bool>,
 }
 
 /// Everything the server needs, after flags, environment, config file and defaults were merged.
@@ -407,6 +420,11 @@ pub struct Settings {
     /// `-t`: CPU threads (None or <= 0: all cores).
     pub threads: Option<i64>,
     pub kv_unified: bool,
+    /// `-ctk` / `-ctv`: KV cache storage types.
+    pub cache_type_k: orchard_core::DType,
+    pub cache_type_v: orchard_core::DType,
+    /// Refuse to start when the memory plan does not fit (off with `--no-fit-check`).
+    pub fit_check: bool,
 }
 
 /// Why the settings could not be resolved.
@@ -537,6 +555,19 @@ impl ServerArgs {
                 })
             }
         };
+        let cache_type = |flag: &'static str, v: Option<String>| match v {
+            None => Ok(orchard_core::DType::F16),
+            Some(name) => orchard_plan::parse_cache_type(&name)
+                .map_err(|message| SettingsError::Invalid { flag, message }),
+        };
+        let cache_type_k = cache_type(
+            "--cache-type-k",
+            self.cache_type_k.clone().or(file.cache_type_k),
+        )?;
+        let cache_type_v = cache_type(
+            "--cache-type-v",
+            self.cache_type_v.clone().or(file.cache_type_v),
+        )?;
         Ok(Settings {
             model,
             ctx_size: self.ctx_size.or(file.ctx_size).unwrap_or(4096),
@@ -616,6 +647,9 @@ impl ServerArgs {
             kv_unified: bool_pair(self.kv_unified, self.no_kv_unified)
                 .or(file.kv_unified)
                 .unwrap_or(false),
+            cache_type_k,
+            cache_type_v,
+            fit_check: !(self.no_fit_check || file.no_fit_check.unwrap_or(false)),
         })
     }
 }
@@ -656,6 +690,28 @@ mod tests {
             "256",
         ]);
         assert_eq!(a.ctx_size, Some(256));
+    }
+
+    #[test]
+    fn cache_types_are_parsed_not_ignored() {
+        let s = parse(&[
+            "-m",
+            "x",
+            "-ctk",
+            "q8_0",
+            "--cache-type-v=q4_0",
+            "--no-fit-check",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.cache_type_k, orchard_core::DType::Q8_0);
+        assert_eq!(s.cache_type_v, orchard_core::DType::Q4_0);
+        assert!(!s.fit_check);
+        let s = parse(&["-m", "x"]).resolve().unwrap();
+        assert_eq!(s.cache_type_k, orchard_core::DType::F16);
+        assert!(s.fit_check);
+        let e = parse(&["-m", "x", "-ctv", "q4_K"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("--cache-type-v"), "{e}");
     }
 
     #[test]

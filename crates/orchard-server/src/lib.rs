@@ -92,6 +92,9 @@ impl Server {
     /// [`Server::bind`] with custom auth and usage hooks (the FinOps ledger).
     pub async fn bind_with(args: ServerArgs, hooks: Hooks) -> anyhow::Result<Server> {
         let settings = args.resolve()?;
+        if settings.fit_check {
+            fit_check(&settings)?;
+        }
         if let Some(t) = settings.threads {
             if t > 0 {
                 orchard_backend::init_threads(t as usize);
@@ -261,6 +264,34 @@ pub fn init_logging(verbose: bool) {
         .try_init();
 }
 
+/// Plans memory from the GGUF header (nothing is allocated: the file is only mapped) and
+/// refuses to start when the model and context will not fit, before binding or loading.
+/// A model that cannot be read is left to the background load to report, as before.
+fn fit_check(s: &Settings) -> anyhow::Result<()> {
+    let model = match orchard_models::Model::load(&s.model) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    let req = orchard_plan::PlanRequest {
+        // `-c 0` means the whole training context here (llama-server), not the plan's default.
+        n_ctx: if s.ctx_size == 0 {
+            model.hp.n_ctx_train
+        } else {
+            s.ctx_size
+        },
+        n_batch: s.batch_size,
+        n_ubatch: s.ubatch_size,
+        n_parallel: s.parallel,
+        cache_type_k: s.cache_type_k,
+        cache_type_v: s.cache_type_v,
+        ..Default::default()
+    };
+    let available = orchard_plan::available_memory(None);
+    let plan = orchard_plan::plan_for_model(&model, &s.model, &req, &available)?;
+    orchard_plan::refuse_unless_fits(plan)?;
+    Ok(())
+}
+
 pub(crate) fn load(st: &AppState) -> anyhow::Result<Loaded> {
     let s = &st.settings;
     let model = Arc::new(
@@ -283,6 +314,8 @@ pub(crate) fn load(st: &AppState) -> anyhow::Result<Loaded> {
         context_shift: s.context_shift,
         cache_prompt: s.cache_prompt,
         model_path: Some(s.model.clone()),
+        type_k: s.cache_type_k,
+        type_v: s.cache_type_v,
         ..EngineConfig::default()
     };
     let engine =

@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use orchard_backend::TokenSlot;
+use orchard_core::DType;
 use orchard_models::{Batch, Context, ContextOptions, Model};
 use orchard_tokenizer::Tokenizer;
 use std::path::Path;
@@ -19,11 +20,37 @@ pub fn load(
 }
 
 /// Where layers run: `-ngl N` (llama.cpp's meaning: the last N layers, and the output layer
-/// when N exceeds the layer count) on the GPU adapter `--device` (default: the first).
-#[derive(Debug, Clone, Default)]
+/// when N exceeds the layer count) on the GPU adapter `--device` (default: the first); and how
+/// the KV cache is stored (`-ctk`/`-ctv`).
+#[derive(Debug, Clone)]
 pub struct Offload {
     pub n_gpu_layers: usize,
     pub device: Option<usize>,
+    pub type_k: DType,
+    pub type_v: DType,
+}
+
+impl Default for Offload {
+    fn default() -> Self {
+        Offload {
+            n_gpu_layers: 0,
+            device: None,
+            type_k: DType::F16,
+            type_v: DType::F16,
+        }
+    }
+}
+
+/// `-ctk` / `-ctv` (long forms `--cache-type-k` / `--cache-type-v`), shared by the commands
+/// that build a context.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct CacheTypes {
+    /// KV cache type of K: f16, q8_0 or q4_0 (attention reads the quantized cache directly).
+    #[arg(long = "cache-type-k", alias = "ctk", default_value = "f16", value_parser = orchard_plan::parse_cache_type)]
+    pub cache_type_k: DType,
+    /// KV cache type of V: f16, q8_0 or q4_0.
+    #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16", value_parser = orchard_plan::parse_cache_type)]
+    pub cache_type_v: DType,
 }
 
 /// [`load`] with some or all layers on a GPU.
@@ -66,7 +93,12 @@ impl Session {
         } else {
             None
         };
-        let ctx = Context::with_offload(model, ContextOptions { n_ctx }, gpu)?;
+        let opts = ContextOptions {
+            n_ctx,
+            type_k: offload.type_k,
+            type_v: offload.type_v,
+        };
+        let ctx = Context::with_offload(model, opts, gpu)?;
         let cells = (0..n_ctx as u32).collect();
         Ok(Session {
             ctx,

@@ -249,6 +249,85 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
     }
 }
 
+/// The PPL estimate `orchard perplexity` prints.
+fn ppl_of(o: &Output) -> f64 {
+    let out = stdout(o);
+    out.split("PPL = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate in {out}"))
+}
+
+/// `-ctk/-ctv q8_0` stays within 0.5% of the f16 cache's perplexity on the reference corpus
+/// (issue 7), through the whole CLI path (flags, context, quantized attention), and every cache
+/// type gives llama-perplexity's figure: `llama-perplexity -m MODEL -f corpus.txt -c 512
+/// --chunks 2 -t 2 -fa on -ctk T -ctv T` (llama.cpp 0.25.3, the build of testdata/parity).
+/// q4_0 is checked against llama.cpp only: the issue's 3% bound is not met by llama.cpp itself
+/// on these small models (+4.1% SmolLM2, +9.6% Gemma here; +5.6% / +11.0% over 8 chunks).
+#[test]
+fn quantized_kv_cache_perplexity_matches_llama_cpp_and_q8_0_stays_close_to_f16() {
+    let corpus = root().join("testdata/parity/corpus.txt");
+    let cases = [
+        (
+            SMOL,
+            [("f16", 18.0898), ("q8_0", 18.0226), ("q4_0", 18.8332)],
+        ),
+        (
+            GEMMA,
+            [("f16", 18.3191), ("q8_0", 18.3400), ("q4_0", 20.0823)],
+        ),
+    ];
+    for (m, refs) in cases {
+        let mut ppl = Vec::new();
+        for (t, reference) in refs {
+            let o = orchard(&[
+                "perplexity",
+                "-m",
+                model(m).to_str().unwrap(),
+                "-f",
+                corpus.to_str().unwrap(),
+                "-c",
+                "512",
+                "--chunks",
+                "2",
+                "-t",
+                "2",
+                "-ctk",
+                t,
+                "-ctv",
+                t,
+            ]);
+            assert!(o.status.success(), "{m} -ctk {t}: {}", stderr(&o));
+            let p = ppl_of(&o);
+            eprintln!("{m} -ctk/-ctv {t}: PPL {p:.4} (llama.cpp {reference})");
+            assert!(
+                (p / reference - 1.0).abs() < 5e-4,
+                "{m} -ctk/-ctv {t}: PPL {p} vs llama.cpp {reference}"
+            );
+            ppl.push(p);
+        }
+        let q8 = ppl[1] / ppl[0] - 1.0;
+        assert!(q8.abs() < 0.005, "{m}: q8_0 KV changes PPL by {q8:+.4}");
+    }
+}
+
+#[test]
+fn an_unknown_cache_type_is_refused_with_the_allowed_ones() {
+    let o = orchard(&[
+        "run",
+        "-m",
+        model(SMOL).to_str().unwrap(),
+        "-p",
+        "hi",
+        "-ctk",
+        "q4_K",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("q4_K") && err.contains("q8_0"), "{err}");
+}
+
 #[test]
 fn missing_and_corrupt_files_give_one_clear_line() {
     let o = orchard(&["run", "-m", "/nonexistent/model.gguf", "-p", "hi"]);

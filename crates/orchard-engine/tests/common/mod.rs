@@ -157,7 +157,14 @@ pub fn wait(rx: &Rx) -> Outcome {
 pub fn context_greedy(prompt: &[TokenId], n: usize) -> Vec<TokenId> {
     let (model, _) = smollm();
     let n_ctx = prompt.len() + n + 16;
-    let mut ctx = Context::new(model.clone(), ContextOptions { n_ctx }).unwrap();
+    let mut ctx = Context::new(
+        model.clone(),
+        ContextOptions {
+            n_ctx,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let cells: Vec<u32> = (0..n_ctx as u32).collect();
     let tables = [cells.as_slice()];
     let mut out = Vec::new();

@@ -3,6 +3,7 @@
 
 use crate::session::Session;
 use anyhow::{Context, Result};
+use orchard_core::DType;
 use orchard_models::Model;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Args {
     /// Batch size for prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
     batch_size: usize,
+    #[command(flatten)]
+    cache: crate::session::CacheTypes,
 }
 
 struct Row {
@@ -87,6 +90,8 @@ pub fn main(a: Args) -> Result<()> {
         let offload = crate::session::Offload {
             n_gpu_layers: a.n_gpu_layers,
             device: a.device,
+            type_k: a.cache.cache_type_k,
+            type_v: a.cache.cache_type_v,
         };
         let mut s = Session::with_offload(model.clone(), n_ctx, &offload)?;
         let mut logits = Vec::new();
@@ -135,7 +140,8 @@ pub fn main(a: Args) -> Result<()> {
                     "build_commit": env!("CARGO_PKG_VERSION"), "model_filename": r.model.display().to_string(),
                     "model_type": r.model_type, "model_size": r.size_bytes, "model_n_params": r.n_params,
                     "n_batch": a.batch_size, "n_threads": threads, "n_prompt": r.n_prompt, "n_gen": r.n_gen,
-                    "backends": if a.n_gpu_layers > 0 { "Vulkan/Metal (wgpu)" } else { "CPU" }, "n_gpu_layers": a.n_gpu_layers, "avg_ts": avg, "stddev_ts": sd, "samples_ts": r.samples_ts,
+                    "backends": if a.n_gpu_layers > 0 { "Vulkan/Metal (wgpu)" } else { "CPU" }, "n_gpu_layers": a.n_gpu_layers,
+                    "type_k": a.cache.cache_type_k.name(), "type_v": a.cache.cache_type_v.name(), "avg_ts": avg, "stddev_ts": sd, "samples_ts": r.samples_ts,
                     "avg_ns": (r.n_prompt + r.n_gen) as f64 / avg * 1e9, "load_ms": r.load_ms,
                     "peak_rss_bytes": peak_rss,
                 })
@@ -144,8 +150,15 @@ pub fn main(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&arr)?);
         return Ok(());
     }
-    println!("| model                          |       size |     params | backend    | threads |            test |                  t/s |");
-    println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |");
+    // llama-bench adds the type_k / type_v columns when they are not the default.
+    let kv_cols = (a.cache.cache_type_k, a.cache.cache_type_v) != (DType::F16, DType::F16);
+    let (kv_head, kv_rule) = if kv_cols {
+        (" type_k | type_v |", " -----: | -----: |")
+    } else {
+        ("", "")
+    };
+    println!("| model                          |       size |     params | backend    | threads |{kv_head}            test |                  t/s |");
+    println!("| ------------------------------ | ---------: | ---------: | ---------- | ------: |{kv_rule} --------------: | -------------------: |");
     for r in &rows {
         let (avg, sd) = mean_sd(&r.samples_ts);
         let test = if r.n_prompt > 0 {
@@ -153,8 +166,17 @@ pub fn main(a: Args) -> Result<()> {
         } else {
             format!("tg{}", r.n_gen)
         };
+        let kv = if kv_cols {
+            format!(
+                " {:>6} | {:>6} |",
+                a.cache.cache_type_k.name(),
+                a.cache.cache_type_v.name()
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "| {:<30} | {:>6.2} MiB | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} |",
+            "| {:<30} | {:>6.2} MiB | {:>10} | {:<10} | {:>7} |{kv} {:>15} | {:>20} |",
             r.model_type,
             r.size_bytes as f64 / (1 << 20) as f64,
             human_params(r.n_params),

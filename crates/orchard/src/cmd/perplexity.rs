@@ -24,6 +24,8 @@ pub struct Args {
     batch_size: usize,
     #[arg(short = 't', long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    cache: session::CacheTypes,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -31,7 +33,12 @@ pub fn main(a: Args) -> Result<()> {
         .with_context(|| format!("reading {}", a.file.display()))?;
     let n_ctx = a.ctx_size;
     anyhow::ensure!(n_ctx >= 4, "-c must be at least 4");
-    let (model, tok, mut s) = session::load(&a.model, n_ctx, a.threads)?;
+    let offload = session::Offload {
+        type_k: a.cache.cache_type_k,
+        type_v: a.cache.cache_type_v,
+        ..Default::default()
+    };
+    let (model, tok, mut s) = session::load_offloaded(&a.model, n_ctx, a.threads, &offload)?;
     let tokens = tok.encode(&text, true, false);
     let n_chunk_max = tokens.len() / n_ctx;
     anyhow::ensure!(

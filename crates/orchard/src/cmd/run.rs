@@ -56,6 +56,8 @@ pub struct Args {
     /// System message for --chat.
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    cache: session::CacheTypes,
     /// Skip the memory check that refuses a model + context that will not fit.
     #[arg(long)]
     no_fit_check: bool,
@@ -69,6 +71,8 @@ pub fn main(a: Args) -> Result<()> {
         let req = orchard_plan::PlanRequest {
             n_ctx: a.ctx_size,
             n_batch: a.batch_size,
+            cache_type_k: a.cache.cache_type_k,
+            cache_type_v: a.cache.cache_type_v,
             ..Default::default()
         };
         orchard_plan::check_or_refuse(&a.model, &req)
@@ -78,6 +82,8 @@ pub fn main(a: Args) -> Result<()> {
     let offload = session::Offload {
         n_gpu_layers: a.n_gpu_layers,
         device: a.device,
+        type_k: a.cache.cache_type_k,
+        type_v: a.cache.cache_type_v,
     };
     let (model, tok, mut s) = session::load_offloaded(&a.model, a.ctx_size, a.threads, &offload)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;

@@ -1,0 +1,644 @@
+//! Attention over a KV cache stored in a type other than f16 for K and V both (`-ctk q8_0`,
+//! `-ctv q4_0`, ...): the rows stay in their block format and are read as ggml's CPU flash
+//! attention reads them (ggml/src/ggml-cpu/ops.cpp, `ggml_compute_forward_flash_attn_ext_f16_one_chunk`,
+//! llama.cpp 0.25.3): each query head is converted to K's `vec_dot_type` once and dotted with
+//! the quantized K rows by the type's `vec_dot`; V rows are dequantized one at a time and
+//! accumulated in f32 (in f16 when V itself is f16), with the same online softmax. ggml takes
+//! this per-query path at every batch size for such caches (its tiled path wants f16/f32 K and
+//! V of one type), so this module has no tiled variant. The all-f16 cache stays in `cpu.rs`.
+//!
+//! Like llama.cpp (src/llama-kv-cache.cpp `attn_rot_k`/`attn_rot_v`, src/llama-graph.cpp
+//! `build_attn`), a block-quantized K is stored rotated by an orthonormal Walsh-Hadamard
+//! transform (Q rotated alike, so Q·K is unchanged) and a block-quantized V too (the output
+//! rotated back): the rotation spreads outlier channels over the block, which is what keeps a
+//! q4_0 cache usable on small models. `LLAMA_ATTN_ROT_DISABLE=1` turns it off in both.
+
+use crate::{AttnBatch, AttnParams, BackendError, TokenSlot};
+use half::f16;
+use orchard_core::DType;
+use orchard_quant::{traits, TypeTraits};
+
+/// One of K or V of one layer: `n_cells` rows of `width` values in `dtype` blocks.
+pub(crate) struct KvRows {
+    dtype: DType,
+    traits: &'static TypeTraits,
+    /// The format a query row is quantized to before `vec_dot` with a K row.
+    q_traits: &'static TypeTraits,
+    width: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl KvRows {
+    /// Storage for `n_cells` rows of `width` values, each head (`head_dim` values) a whole
+    /// number of blocks so that a head can be addressed inside a row.
+    pub(crate) fn new(
+        dtype: DType,
+        n_cells: usize,
+        width: usize,
+        head_dim: usize,
+        backend: &str,
+    ) -> Result<KvRows, BackendError> {
+        let unsupported = |reason: String| BackendError::UnsupportedKvType {
+            dtype,
+            backend: backend.to_string(),
+            reason,
+        };
+        let t = traits(dtype)
+            .filter(|t| t.from_float.is_some() && t.to_float.is_some() && t.vec_dot.is_some())
+            .ok_or_else(|| unsupported("no CPU kernels for this type".into()))?;
+        let q_traits = traits(t.vec_dot_type)
+            .filter(|q| q.from_float.is_some())
+            .ok_or_else(|| unsupported(format!("cannot quantize queries to {}", t.vec_dot_type)))?;
+        let block = dtype.block_size();
+        if head_dim == 0 || !head_dim.is_multiple_of(block) || !width.is_multiple_of(head_dim) {
+            return Err(unsupported(format!(
+                "the head size {head_dim} is not a multiple of its block size {block}"
+            )));
+        }
+        let row_bytes = dtype
+            .row_bytes(width as u64)
+            .ok_or_else(|| unsupported(format!("a row of {width} values is not whole blocks")))?
+            as usize;
+        let len = row_bytes
+            .checked_mul(n_cells)
+            .ok_or_else(|| unsupported(format!("{n_cells} cells overflow the address space")))?;
+        Ok(KvRows {
+            dtype,
+            traits: t,
+            q_traits,
+            width,
+            row_bytes,
+            data: vec![0; len],
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Stores one row of f32 values in `cell` as ggml's `set_rows` does (the CPU `from_float`).
+    fn store(&mut self, cell: usize, row: &[f32]) {
+        let from_float = self.traits.from_float.expect("checked in new");
+        from_float(
+            &row[..self.width],
+            &mut self.data[cell * self.row_bytes..(cell + 1) * self.row_bytes],
+        );
+    }
+
+    /// The bytes of head `head` (of `head_dim` values) in `cell`.
+    fn head(&self, cell: u32, head: usize, head_dim: usize) -> &[u8] {
+        let per_head = head_dim / self.dtype.block_size() * self.dtype.block_bytes();
+        let start = cell as usize * self.row_bytes + head * per_head;
+        &self.data[start..start + per_head]
+    }
+}
+
+/// A layer's cache when K or V (or both) is not f16.
+pub(crate) struct QuantKv {
+    k: KvRows,
+    v: KvRows,
+    n_cells: usize,
+    /// Walsh-Hadamard size applied to Q and K (`None`: K is stored as computed).
+    rot_k: Option<usize>,
+    /// Walsh-Hadamard size applied to V and to the output.
+    rot_v: Option<usize>,
+}
+
+impl QuantKv {
+    pub(crate) fn new(
+        k: KvRows,
+        v: KvRows,
+        n_cells: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+    ) -> QuantKv {
+        let disabled = std::env::var("LLAMA_ATTN_ROT_DISABLE")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .is_some_and(|v| v != 0);
+        let quantized = |t: DType| t.block_size() > 1;
+        // llama.cpp: K uses the largest power of two (from 64) dividing the head, V always 64.
+        let rot_k =
+            (!disabled && quantized(k.dtype) && head_dim_k > 0 && head_dim_k.is_multiple_of(64))
+                .then(|| {
+                    let mut n = 64;
+                    while head_dim_k.is_multiple_of(n * 2) {
+                        n *= 2;
+                    }
+                    n
+                });
+        let rot_v =
+            (!disabled && quantized(v.dtype) && head_dim_v > 0 && head_dim_v.is_multiple_of(64))
+                .then_some(64);
+        QuantKv {
+            k,
+            v,
+            n_cells,
+            rot_k,
+            rot_v,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes()
+    }
+}
+
+/// In-place orthonormal Walsh-Hadamard transform of each `n`-value chunk of `x` (Sylvester
+/// order, its own inverse), as ggml's `ggml_compute_forward_fwht`: scale first, then the
+/// butterflies from stride 1 up.
+fn fwht(x: &mut [f32], n: usize) {
+    let scale = 1.0f32 / (n as f32).sqrt();
+    for c in x.chunks_exact_mut(n) {
+        c.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for i in (0..n).step_by(2 * len) {
+                for j in i..i + len {
+                    let (u, v) = (c[j], c[j + len]);
+                    c[j] = u + v;
+                    c[j + len] = u - v;
+                }
+            }
+            len <<= 1;
+        }
+    }
+}
+
+/// `AttnParams::scale` and soft-capping applied to a raw Q·K as ggml applies them.
+#[inline]
+fn score(s: f32, p: &AttnParams) -> f32 {
+    match p.softcap {
+        Some(cap) => cap * (s * (p.scale / cap)).tanh(),
+        None => s * p.scale,
+    }
+}
+
+/// The cell of a token, checked against the batch's tables and the cache size.
+fn cell_of(batch: &AttnBatch<'_>, tok: &TokenSlot, n_cells: usize) -> Result<usize, BackendError> {
+    let cell = *batch
+        .cells
+        .get(tok.seq as usize)
+        .and_then(|c| c.get(tok.pos as usize))
+        .ok_or(BackendError::MissingCell {
+            seq: tok.seq,
+            pos: tok.pos,
+        })?;
+    if cell as usize >= n_cells {
+        return Err(BackendError::CellOutOfRange { cell, n_cells });
+    }
+    Ok(cell as usize)
+}
+
+/// Stores this step's K and V rows (`[n, k_width]`, `[n, v_width]`) in their cells and writes
+/// attention for every token into `out` (`[n, n_head * head_dim_v]`).
+pub(crate) fn attention(
+    kv: &mut QuantKv,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: &AttnBatch<'_>,
+    p: &AttnParams,
+    out: &mut Vec<f32>,
+) -> Result<(), BackendError> {
+    let n_tokens = batch.tokens.len();
+    let (kw, vw) = (kv.k.width, kv.v.width);
+    debug_assert_eq!(kw, p.n_head_kv * p.head_dim_k);
+    debug_assert_eq!(vw, p.n_head_kv * p.head_dim_v);
+    let (mut k_row, mut v_row) = (vec![0.0f32; kw], vec![0.0f32; vw]);
+    for (t, tok) in batch.tokens.iter().enumerate() {
+        let c = cell_of(batch, tok, kv.n_cells)?;
+        k_row.copy_from_slice(&k[t * kw..(t + 1) * kw]);
+        v_row.copy_from_slice(&v[t * vw..(t + 1) * vw]);
+        if let Some(n) = kv.rot_k {
+            fwht(&mut k_row, n);
+        }
+        if let Some(n) = kv.rot_v {
+            fwht(&mut v_row, n);
+        }
+        kv.k.store(c, &k_row);
+        kv.v.store(c, &v_row);
+    }
+    // Every cell a token reads must exist too (the f16 path indexes them unchecked as well, but
+    // a quantized row is addressed by byte offset, so check once here rather than per dot).
+    for tok in batch.tokens {
+        let cells = batch
+            .cells
+            .get(tok.seq as usize)
+            .ok_or(BackendError::MissingCell {
+                seq: tok.seq,
+                pos: tok.pos,
+            })?;
+        let hi = tok.pos as usize;
+        if let Some(&bad) = cells[..=hi].iter().find(|&&c| c as usize >= kv.n_cells) {
+            return Err(BackendError::CellOutOfRange {
+                cell: bad,
+                n_cells: kv.n_cells,
+            });
+        }
+    }
+    let (dk, dv) = (p.head_dim_k, p.head_dim_v);
+    let qw = p.n_head * dk;
+    let group = (p.n_head / p.n_head_kv.max(1)).max(1);
+    out.clear();
+    out.resize(n_tokens * p.n_head * dv, 0.0);
+    let kv = &*kv;
+    let (rot_k, rot_v) = (kv.rot_k, kv.rot_v);
+    crate::pool::par_chunks_mut(out, dv, |i, oh| {
+        let (t, h) = (i / p.n_head, i % p.n_head);
+        let tok = batch.tokens[t];
+        let cells = batch.cells[tok.seq as usize];
+        let hi = tok.pos as usize;
+        let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+        let q_row = &q[t * qw + h * dk..t * qw + (h + 1) * dk];
+        match rot_k {
+            Some(n) => {
+                let mut q_rot = q_row.to_vec();
+                fwht(&mut q_rot, n);
+                attend_one(&q_rot, &cells[lo..=hi], kv, h / group, p, oh);
+            }
+            None => attend_one(q_row, &cells[lo..=hi], kv, h / group, p, oh),
+        }
+        if let Some(n) = rot_v {
+            fwht(oh, n);
+        }
+    });
+    Ok(())
+}
+
+/// One query head over `cells`, as ggml's per-query flash attention computes it.
+fn attend_one(q: &[f32], cells: &[u32], kv: &QuantKv, kvh: usize, p: &AttnParams, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
+        unsafe { attend_one_fma(q, cells, kv, kvh, p, out) };
+        return;
+    }
+    attend_one_body(q, cells, kv, kvh, p, out)
+}
+
+/// `attend_one_body` compiled with FMA so that `mul_add` is one instruction (ggml's
+/// `ggml_vec_mad_f32` is an FMA on x86).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn attend_one_fma(
+    q: &[f32],
+    cells: &[u32],
+    kv: &QuantKv,
+    kvh: usize,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    attend_one_body(q, cells, kv, kvh, p, out)
+}
+
+#[inline(always)]
+fn attend_one_body(
+    q: &[f32],
+    cells: &[u32],
+    kv: &QuantKv,
+    kvh: usize,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    let (dk, dv) = (p.head_dim_k, p.head_dim_v);
+    // Q in K's vec_dot type (q8_0 for q8_0/q4_0/q5_0 K), once per query head.
+    let q_bytes =
+        kv.k.q_traits
+            .dtype
+            .row_bytes(dk as u64)
+            .expect("head size checked at allocation") as usize;
+    let mut q_q = vec![0u8; q_bytes];
+    (kv.k.q_traits.from_float.expect("checked at allocation"))(q, &mut q_q);
+    let kq_dot = kv.k.traits.vec_dot.expect("checked at allocation");
+    let v_to_float = kv.v.traits.to_float.expect("checked at allocation");
+    let f16_acc = kv.v.dtype == DType::F16;
+    let mut v32 = vec![0.0f32; dv];
+    // ggml keeps an f16 accumulator when V is f16 (VKQ16) and an f32 one otherwise (VKQ32).
+    let mut acc16 = vec![f16::ZERO; if f16_acc { dv } else { 0 }];
+    let mut acc32 = vec![0.0f32; if f16_acc { 0 } else { dv }];
+    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    for &c in cells {
+        let s = score(kq_dot(dk, kv.k.head(c, kvh, dk), &q_q), p);
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        let new_max = s > max;
+        if new_max {
+            ms = (max - s).exp();
+            max = s;
+        } else {
+            vs = (s - max).exp();
+        }
+        v_to_float(kv.v.head(c, kvh, dv), &mut v32);
+        if f16_acc {
+            if new_max {
+                acc16
+                    .iter_mut()
+                    .for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+            }
+            for (a, &x) in acc16.iter_mut().zip(&v32) {
+                *a = f16::from_f32(x.mul_add(vs, a.to_f32()));
+            }
+        } else {
+            if new_max {
+                acc32.iter_mut().for_each(|a| *a *= ms);
+            }
+            for (a, &x) in acc32.iter_mut().zip(&v32) {
+                *a = x.mul_add(vs, *a);
+            }
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    if f16_acc {
+        out.iter_mut()
+            .zip(&acc16)
+            .for_each(|(o, a)| *o = a.to_f32() * inv);
+    } else {
+        out.iter_mut().zip(&acc32).for_each(|(o, &a)| *o = a * inv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{AttnBatch, AttnParams, Backend, BackendError, CpuBackend, KvLayout, TokenSlot};
+    use orchard_core::DType;
+
+    /// Deterministic values in [-1, 1) (xorshift; no test dependency needed).
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    struct Case {
+        n_head: usize,
+        n_head_kv: usize,
+        d: usize,
+        p: AttnParams,
+    }
+
+    fn case(window: Option<usize>, softcap: Option<f32>) -> Case {
+        let (n_head, n_head_kv, d) = (4, 2, 64);
+        Case {
+            n_head,
+            n_head_kv,
+            d,
+            p: AttnParams {
+                n_head,
+                n_head_kv,
+                head_dim_k: d,
+                head_dim_v: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                window,
+                softcap,
+            },
+        }
+    }
+
+    /// Softmax attention in f64 over the unrounded f32 inputs: what every cache type approximates.
+    fn reference(c: &Case, q: &[f32], k: &[f32], v: &[f32], n_tokens: usize) -> Vec<f32> {
+        let (d, kw) = (c.d, c.n_head_kv * c.d);
+        let mut out = vec![0.0f32; n_tokens * c.n_head * d];
+        for t in 0..n_tokens {
+            let lo = c.p.window.map_or(0, |w| (t + 1).saturating_sub(w));
+            for h in 0..c.n_head {
+                let kvh = h / (c.n_head / c.n_head_kv);
+                let qh = &q[(t * c.n_head + h) * d..][..d];
+                let scores: Vec<f64> = (lo..=t)
+                    .map(|j| {
+                        let kh = &k[j * kw + kvh * d..][..d];
+                        let s: f64 = qh.iter().zip(kh).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let s = s * c.p.scale as f64;
+                        match c.p.softcap {
+                            Some(cap) => cap as f64 * (s / cap as f64).tanh(),
+                            None => s,
+                        }
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for (i, j) in (lo..=t).enumerate() {
+                    let vh = &v[j * kw + kvh * d..][..d];
+                    for (o, &x) in out[(t * c.n_head + h) * d..][..d].iter_mut().zip(vh) {
+                        *o += (w[i] / total * x as f64) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs 70 tokens as one batch (ggml's tiled size for f16), then 2 single-token steps, with
+    /// cells in a scrambled order, and returns every output row and the backend's KV bytes.
+    fn run(c: &Case, type_k: DType, type_v: DType, n_cells: usize) -> (Vec<f32>, Vec<f32>, usize) {
+        let n_tokens = 72;
+        let (qw, kw) = (c.n_head * c.d, c.n_head_kv * c.d);
+        let q = values(1, n_tokens * qw);
+        // K scaled up so that the softmax is far from uniform.
+        let k: Vec<f32> = values(2, n_tokens * kw).iter().map(|x| 3.0 * x).collect();
+        let v = values(3, n_tokens * kw);
+        let cells: Vec<u32> = (0..n_cells as u32)
+            .map(|i| (i * 37 + 5) % n_cells as u32)
+            .collect();
+        let mut b = CpuBackend::new();
+        b.alloc_kv_typed(
+            3,
+            &KvLayout {
+                n_cells,
+                k_width: kw,
+                v_width: kw,
+                head_dim_k: c.d,
+                head_dim_v: c.d,
+                type_k,
+                type_v,
+            },
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        for (t0, t1) in [(0, 70), (70, 71), (71, 72)] {
+            let n = t1 - t0;
+            let bq = b.alloc(n, qw);
+            let bk = b.alloc(n, kw);
+            let bv = b.alloc(n, kw);
+            let bo = b.alloc(n, qw);
+            b.upload(bq, &q[t0 * qw..t1 * qw]);
+            b.upload(bk, &k[t0 * kw..t1 * kw]);
+            b.upload(bv, &v[t0 * kw..t1 * kw]);
+            let slots: Vec<TokenSlot> = (t0..t1)
+                .map(|p| TokenSlot {
+                    seq: 0,
+                    pos: p as u32,
+                })
+                .collect();
+            let tables = [cells.as_slice()];
+            let batch = AttnBatch {
+                tokens: &slots,
+                cells: &tables,
+            };
+            b.attention(3, bq, bk, bv, &batch, &c.p, bo).unwrap();
+            let mut o = Vec::new();
+            b.download(bo, &mut o);
+            got.extend(o);
+        }
+        (got, reference(c, &q, &k, &v, n_tokens), b.kv_bytes())
+    }
+
+    /// RMS of the error over RMS of the reference.
+    fn rel_rms(got: &[f32], want: &[f32]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        let e: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(&a, &b)| ((a - b) as f64).powi(2))
+            .sum();
+        let r: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+        (e / r).sqrt()
+    }
+
+    #[test]
+    fn quantized_kv_attention_is_close_to_f32_attention() {
+        let c = case(None, None);
+        // Bounds are about twice what these inputs give; a wrong head, cell or block offset
+        // gives errors of order 1.
+        for (tk, tv, bound) in [
+            (DType::F16, DType::F16, 0.005),
+            (DType::Q8_0, DType::Q8_0, 0.02),
+            (DType::Q4_0, DType::Q4_0, 0.2),
+            (DType::Q8_0, DType::F16, 0.02),
+            (DType::F16, DType::Q4_0, 0.25),
+            (DType::Q4_0, DType::Q8_0, 0.25),
+        ] {
+            let (got, want, _) = run(&c, tk, tv, 80);
+            let err = rel_rms(&got, &want);
+            eprintln!("K {tk} V {tv}: relative RMS error {err:.5}");
+            assert!(err < bound, "K {tk} V {tv}: relative RMS error {err}");
+        }
+    }
+
+    #[test]
+    fn quantized_kv_attention_masks_windows_and_softcaps_like_f16() {
+        let c = case(Some(16), Some(5.0));
+        let (f16_out, want, _) = run(&c, DType::F16, DType::F16, 72);
+        let (q8_out, _, _) = run(&c, DType::Q8_0, DType::Q8_0, 72);
+        assert!(rel_rms(&f16_out, &want) < 0.005);
+        let err = rel_rms(&q8_out, &want);
+        assert!(err < 0.02, "q8_0 with window and softcap: {err}");
+    }
+
+    #[test]
+    fn walsh_hadamard_is_orthonormal_and_its_own_inverse() {
+        for n in [64, 256] {
+            let x = values(7, 2 * n);
+            let y = values(8, 2 * n);
+            let (mut xr, mut yr) = (x.clone(), y.clone());
+            super::fwht(&mut xr, n);
+            super::fwht(&mut yr, n);
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum()
+            };
+            assert!((dot(&x, &y) - dot(&xr, &yr)).abs() < 1e-4, "n = {n}");
+            assert!(xr != x);
+            super::fwht(&mut xr, n);
+            let back = xr
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(back < 1e-5, "n = {n}: {back}");
+        }
+    }
+
+    #[test]
+    fn kv_bytes_follow_the_cache_type() {
+        let c = case(None, None);
+        let n_cells = 80;
+        let row_f16 = c.n_head_kv * c.d * 2;
+        for (t, per_row) in [
+            (DType::F16, row_f16),
+            (DType::Q8_0, row_f16 / 64 * 34),
+            (DType::Q4_0, row_f16 / 64 * 18),
+        ] {
+            let (_, _, bytes) = run(&c, t, t, n_cells);
+            assert_eq!(bytes, 2 * n_cells * per_row, "{t}");
+        }
+    }
+
+    #[test]
+    fn a_head_that_is_not_whole_blocks_is_refused() {
+        let mut b = CpuBackend::new();
+        let layout = KvLayout {
+            n_cells: 8,
+            k_width: 2 * 40,
+            v_width: 2 * 40,
+            head_dim_k: 40,
+            head_dim_v: 40,
+            type_k: DType::Q8_0,
+            type_v: DType::F16,
+        };
+        let e = b.alloc_kv_typed(0, &layout).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BackendError::UnsupportedKvType {
+                    dtype: DType::Q8_0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("head size 40"), "{e}");
+    }
+
+    #[test]
+    fn a_cell_outside_the_cache_is_an_error_not_a_panic() {
+        let c = case(None, None);
+        let kw = c.n_head_kv * c.d;
+        let mut b = CpuBackend::new();
+        b.alloc_kv_typed(
+            0,
+            &KvLayout {
+                n_cells: 4,
+                k_width: kw,
+                v_width: kw,
+                head_dim_k: c.d,
+                head_dim_v: c.d,
+                type_k: DType::Q4_0,
+                type_v: DType::Q4_0,
+            },
+        )
+        .unwrap();
+        let (bq, bk, bv, bo) = (
+            b.alloc(1, c.n_head * c.d),
+            b.alloc(1, kw),
+            b.alloc(1, kw),
+            b.alloc(1, c.n_head * c.d),
+        );
+        let table = [0u32, 9];
+        let tables = [&table[..]];
+        let slot = [TokenSlot { seq: 0, pos: 1 }];
+        let batch = AttnBatch {
+            tokens: &slot,
+            cells: &tables,
+        };
+        let e = b.attention(0, bq, bk, bv, &batch, &c.p, bo).unwrap_err();
+        assert!(
+            matches!(e, BackendError::CellOutOfRange { cell: 9, .. }),
+            "{e}"
+        );
+        let slot = [TokenSlot { seq: 0, pos: 2 }];
+        let batch = AttnBatch {
+            tokens: &slot,
+            cells: &tables,
+        };
+        let e = b.attention(0, bq, bk, bv, &batch, &c.p, bo).unwrap_err();
+        assert!(matches!(e, BackendError::MissingCell { .. }), "{e}");
+    }
+}
