@@ -64,20 +64,6 @@ const MATMUL_MIN_BIG_TILES: usize = 256;
 const Q8K_WG: u32 = 128;
 const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
-/// Units per thread and loop iteration of the integer-dot kernels, and whether Q4_K uses
-/// 16-byte units (one load per row and unit) rather than 32-byte ones
-/// (`ORCHARD_GPU_Q8K_UNROLL`, `ORCHARD_GPU_Q4K_UNIT=16|32` override them).
-const Q8K_UNROLL: u32 = 1;
-const Q4K_UNIT16: bool = false;
-
-/// Code variants of the integer-dot matrix-vector kernel (`shaders::source_q8k`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Q8kVariant {
-    /// Units per thread and loop iteration, all loads issued before the arithmetic (1-4).
-    unroll: u32,
-    /// Q4_K: 16-byte units (`UNIT_Q4_K16`) instead of 32-byte ones (`UNIT_Q4_K`).
-    q4k_unit16: bool,
-}
 /// Dispatches recorded before a step is submitted in part, so that the device starts on the
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
 const FLUSH_EVERY_DISPATCHES: usize = 160;
@@ -105,7 +91,7 @@ enum Kernel {
     MatMulRagged(DType),
     /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, subgroup
     /// reduction).
-    MatVecQ8K(DType, bool, bool, Q8kVariant),
+    MatVecQ8K(DType, bool, bool),
     /// Activations to packed Q8_K for `MatVecQ8K`.
     ActQ8K,
     Norm,
@@ -244,7 +230,6 @@ pub struct GpuBackend {
     subgroup: Option<u32>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
-    q8k_variant: Q8kVariant,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -352,10 +337,6 @@ impl GpuBackend {
             exact_activations: true,
             packed_dot: true,
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
-            q8k_variant: Q8kVariant {
-                unroll: Q8K_UNROLL,
-                q4k_unit16: Q4K_UNIT16,
-            },
             subgroup,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
@@ -389,14 +370,6 @@ impl GpuBackend {
         {
             me.q8k_shape = (wg, tpr, nr);
         }
-        if let Some(u) = env("ORCHARD_GPU_Q8K_UNROLL").filter(|u| (1..=4).contains(u)) {
-            me.q8k_variant.unroll = u;
-        }
-        match env("ORCHARD_GPU_Q4K_UNIT") {
-            Some(16) => me.q8k_variant.q4k_unit16 = true,
-            Some(32) => me.q8k_variant.q4k_unit16 = false,
-            _ => {}
-        }
         me.sync();
         Ok(me)
     }
@@ -429,13 +402,6 @@ impl GpuBackend {
     /// tested on lavapipe).
     pub fn set_packed_dot(&mut self, on: bool) {
         self.packed_dot = on;
-    }
-
-    /// Code variant of the integer-dot kernels: `unroll` units per thread and loop iteration
-    /// (1-4), and 16-byte Q4_K units (`q4k_unit16`) or 32-byte ones; tests run each.
-    pub fn set_q8k_variant(&mut self, unroll: u32, q4k_unit16: bool) {
-        assert!((1..=4).contains(&unroll), "unroll {unroll}: 1-4");
-        self.q8k_variant = Q8kVariant { unroll, q4k_unit16 };
     }
 
     /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (256 by default; 0
@@ -521,16 +487,15 @@ impl GpuBackend {
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
-                Kernel::MatVecQ8K(dt, packed, sg, var) => {
+                Kernel::MatVecQ8K(dt, packed, sg) => {
                     let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
                         _ if probe => shaders::UNIT_PROBE,
-                        DType::Q4_K if var.q4k_unit16 => shaders::UNIT_Q4_K16,
                         DType::Q4_K => shaders::UNIT_Q4_K,
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, var.unroll, packed, sg)
+                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed, sg)
                 }
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -1202,7 +1167,7 @@ impl Backend for GpuBackend {
             // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
             let (xq, d_off) = self.q8k_input(x);
             let sg = self.subgroup == Some(self.q8k_shape.1);
-            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, sg, self.q8k_variant);
+            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, sg);
             let (wg, tpr, nr) = self.q8k_shape;
             let rows_per_group = (nr * wg / tpr) as usize;
             for (res, row0, crow, scale_off) in chunks {

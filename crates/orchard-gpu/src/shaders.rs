@@ -788,8 +788,6 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// and each activation load serves NR rows; a shared-memory tree then reduces the partials.
 /// a = (rows, blocks per row, cols, out row stride)
 /// b = (out column offset, scale word offset, word offset of the activation scales, grid x)
-/// UNITS (`q8k_units`) is the loop body: UNROLL units per thread and iteration, all their loads
-/// written before their arithmetic, so that each thread has UNROLL * NR weight loads in flight.
 pub(crate) const MATVEC_Q8K: &str = r#"
 @group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> X: array<vec4<u32>>;
@@ -815,8 +813,13 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     var acc4 = vec4<f32>(0.0);
     let nu = nblk * UPB;
     let xb = tok * nblk;
-    for (var u = lane; u < nu; u += TPR * UNROLL) {
-        UNITS
+    for (var u = lane; u < nu; u += TPR) {
+        let b = u / UPB;
+        let v = u % UPB;
+        let dy = bitcast<f32>(xword(P.b.z + xb + b));
+        let xs = xload(v, (xb + b) * 16u);
+        acc4 += dy * vec4<f32>(unit(w0 + b, v, xs), unit(w1 + b, v, xs), unit(w2 + b, v, xs),
+                               unit(w3 + b, v, xs));
     }
     let acc = array<f32, NR>(acc4.x, acc4.y, acc4.z, acc4.w);
     REDUCE
@@ -898,33 +901,6 @@ fn unit(blk: u32, j: u32, xs: array<vec4<u32>, 4>) -> f32 {
 }
 "#;
 
-/// Q4_K unit of 16 bytes (`Q8kVariant::q4k_unit16`): half h of group j (v = 2j + h), whose
-/// low nibbles are elements 16h..16h+15 of sub-block 2j and high nibbles the same of sub-block
-/// 2j+1, so that consecutive threads read consecutive 16-byte runs with one load each. The two
-/// 16-element halves of a sub-block are scaled separately (float sums of integer dots).
-pub(crate) const UNIT_Q4_K16: &str = r#"
-const UPB: u32 = 8u;
-fn xload(v: u32, xv: u32) -> array<vec4<u32>, 2> {
-    let o = xv + 4u * (v >> 1u) + (v & 1u);
-    return array<vec4<u32>, 2>(X[o], X[o + 2u]);
-}
-fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 2>) -> f32 {
-    let j = v >> 1u;
-    let w = W[blk * 8u + v];
-    let h = P.b.y + 5u * blk;
-    let dm = unpack2x16float(wword(h));
-    let sh = 8u * ((2u * j) & 3u);
-    let scw = wword(h + 1u + (j >> 1u)) >> sh;
-    let mnw = wword(h + 3u + (j >> 1u)) >> sh;
-    let lo = vec4<u32>(0x0F0F0F0Fu);
-    let il = dot16(w & lo, xs[0]);
-    let ih = dot16((w >> vec4<u32>(4u)) & lo, xs[1]);
-    let s = i32(scw & 0xFFu) * il + i32((scw >> 8u) & 0xFFu) * ih;
-    let m = i32(mnw & 0xFFu) * sum16(xs[0]) + i32((mnw >> 8u) & 0xFFu) * sum16(xs[1]);
-    return dm.x * f32(s) - dm.y * f32(m);
-}
-"#;
-
 /// Q6_K unit: half n of the block (128 elements), 16-byte half h of its low-nibble and high-bit
 /// rows: 64 elements in four 16-element sub-blocks, each with its own int8 scale (ggml's
 /// `dequantize_row_q6_K` order). Body: 52 words (13 vec4), d in the half-scale region.
@@ -983,34 +959,11 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
 
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
 /// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin, `subgroup` the reduction.
-/// The loop body of `MATVEC_Q8K` for `unroll` units per iteration (see there); units past the
-/// row's end read the last unit again and count zero.
-fn q8k_units(unroll: u32) -> String {
-    let mut s = String::new();
-    for k in 0..unroll {
-        s.push_str(&format!(
-            "let u{k} = min(u + {k}u * TPR, nu - 1u);\n        \
-             let b{k} = u{k} / UPB;\n        \
-             let v{k} = u{k} % UPB;\n        \
-             let dy{k} = select(0.0, bitcast<f32>(xword(P.b.z + xb + b{k})), u + {k}u * TPR < nu);\n        \
-             let xs{k} = xload(v{k}, (xb + b{k}) * 16u);\n        "
-        ));
-    }
-    for k in 0..unroll {
-        s.push_str(&format!(
-            "acc4 += dy{k} * vec4<f32>(unit(w0 + b{k}, v{k}, xs{k}), unit(w1 + b{k}, v{k}, xs{k}),\n            \
-             unit(w2 + b{k}, v{k}, xs{k}), unit(w3 + b{k}, v{k}, xs{k}));\n        "
-        ));
-    }
-    s.trim_end().to_string()
-}
-
 pub(crate) fn source_q8k(
     unit: &str,
     wg: u32,
     tpr: u32,
     nr: u32,
-    unroll: u32,
     packed: bool,
     subgroup: bool,
 ) -> String {
@@ -1021,19 +974,14 @@ pub(crate) fn source_q8k(
     }
     s.push_str(PARAMS);
     s.push_str(&format!(
-        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n\
-         const UNROLL: u32 = {unroll}u;\n"
+        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n"
     ));
     let reduce = if subgroup {
         REDUCE_SUBGROUP
     } else {
         REDUCE_SHARED
     };
-    s.push_str(
-        &MATVEC_Q8K
-            .replace("    REDUCE\n", reduce)
-            .replace("UNITS", &q8k_units(unroll)),
-    );
+    s.push_str(&MATVEC_Q8K.replace("    REDUCE\n", reduce));
     s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
     s.push_str(DOT16);
     s.push_str(unit);
