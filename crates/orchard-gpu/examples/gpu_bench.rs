@@ -3,7 +3,9 @@
 //! format, tiled matmul throughput, buffer-copy bandwidth) that say what limits each kernel.
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
-//!        [--write-only] [--f32-act] [MODEL...]    (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs)
+//!        [--write-only] [--f32-act] [--shape COLSxROWS] [MODEL...]
+//!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
+//!        micro-benchmarks' weight, 4096x14336 by default)
 
 use orchard_backend::{Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
@@ -27,6 +29,8 @@ struct Args {
     no_matvec: bool,
     /// `--const-x`: a constant activation for the tiled matmul (as runs 1-4 did).
     const_x: bool,
+    /// `--shape COLSxROWS`: the micro-benchmarks' weight shape.
+    shape: (usize, usize),
     p: usize,
     n: usize,
     r: usize,
@@ -44,6 +48,7 @@ fn parse() -> Args {
         no_matmul: false,
         no_matvec: false,
         const_x: false,
+        shape: (4096, 14336),
         p: 512,
         n: 128,
         r: 3,
@@ -64,6 +69,11 @@ fn parse() -> Args {
             "--no-matvec" => a.no_matvec = true,
             "--const-x" => a.const_x = true,
             "--formats" => a.formats = it.next(),
+            "--shape" => {
+                let v = it.next().expect("COLSxROWS");
+                let (c, r) = v.split_once('x').expect("COLSxROWS");
+                a.shape = (c.parse().expect("COLS"), r.parse().expect("ROWS"));
+            }
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
                 let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
@@ -236,7 +246,7 @@ fn bench_kernels(a: &Args) {
         s * 1e3,
         2.0 * (n * 4) as f64 / s / 1e9
     );
-    let (cols, rows_w) = (4096, 14336);
+    let (cols, rows_w) = a.shape;
     for dtype in [
         DType::Q4_0,
         DType::Q4_1,
