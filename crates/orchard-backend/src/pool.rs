@@ -82,6 +82,11 @@ impl Pool {
         }
     }
 
+    /// Threads that work on a job: the caller and the workers.
+    pub(crate) fn threads(&self) -> usize {
+        self.workers + 1
+    }
+
     /// Runs `f(0)..f(n)` across the pool and returns when all have finished.
     pub(crate) fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         if n == 0 {

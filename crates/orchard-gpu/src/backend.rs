@@ -1395,11 +1395,23 @@ impl Backend for GpuBackend {
             table_off.insert(seq, o);
         }
         let mut ranges = Vec::with_capacity(2 * n);
-        for tok in batch.tokens {
-            let hi = tok.pos as usize;
-            let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
-            ranges.push(table_off[&tok.seq] + lo as u32);
-            ranges.push((hi + 1 - lo) as u32);
+        // The CPU's per-query f16 path below ggml's flash-attention tile of 64 queries, decided
+        // per sequence from its own queries in the step (as the CPU backend does).
+        let mut start = 0;
+        while start < n {
+            let seq = batch.tokens[start].seq;
+            let len = batch.tokens[start..]
+                .iter()
+                .take_while(|t| t.seq == seq)
+                .count();
+            let f16_flag = if len < 64 { 1u32 << 31 } else { 0 };
+            for tok in &batch.tokens[start..start + len] {
+                let hi = tok.pos as usize;
+                let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+                ranges.push(table_off[&tok.seq] + lo as u32);
+                ranges.push((hi + 1 - lo) as u32 | f16_flag);
+            }
+            start += len;
         }
         let ranges_off = self.push_aux(&ranges);
         let aux = self.aux_res.clone();
@@ -1424,8 +1436,7 @@ impl Backend for GpuBackend {
             (vw / 2) as u32,
             (p.n_head * p.head_dim_v) as u32,
             ranges_off,
-            // the CPU's per-query f16 path below ggml's flash-attention tile of 64 queries
-            u32::from(n < 64),
+            0,
             0,
             0,
         ]);

@@ -516,7 +516,8 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// The visible range is the token's (cell-list offset, count) in Aux: causal and sliding-window
 /// masks are expressed by the range the host computes.
 /// a = (n_head, group, dk, dv), b = (q row stride, K words per cell, V words per cell, out row
-/// stride), c = (aux offset of per-token ranges, _, _, _), f = (scale, softcap or 0).
+/// stride), c = (aux offset of per-token ranges (count's top bit: f16 mode), _, _, _),
+/// f = (scale, softcap or 0).
 pub(crate) const ATTENTION: &str = r#"
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
 @group(0) @binding(2) var<storage, read> K: array<u32>;
@@ -562,17 +563,19 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let dk = P.a.z;
     let dv = P.a.w;
     let kvh = h / P.a.y;
-    // Below 64 queries the CPU (as ggml) rounds Q to f16 and keeps an f16 V accumulator
-    // updated cell by cell; we follow it so that logits agree (P.c.y = 1).
-    let f16_mode = P.c.y != 0u;
+    if (lid == 0u) { range = vec2<u32>(A[P.c.x + 2u * t], A[P.c.x + 2u * t + 1u]); }
+    let rg = workgroupUniformLoad(&range);
+    let off = rg.x;
+    let cnt = rg.y & 0x7fffffffu;
+    // When the token's sequence has fewer than 64 queries in the step, the CPU (as ggml) rounds
+    // Q to f16 and keeps an f16 V accumulator updated cell by cell; we follow it so that logits
+    // agree (the top bit of the token's range count).
+    let f16_mode = (rg.y >> 31u) != 0u;
     for (var i = lid; i < dk; i += WG) {
         let qv = Q[t * P.b.x + h * dk + i];
         if (f16_mode) { qs[i] = round_f16(qv); } else { qs[i] = qv; }
     }
-    if (lid == 0u) { range = vec2<u32>(A[P.c.x + 2u * t], A[P.c.x + 2u * t + 1u]); }
-    let rg = workgroupUniformLoad(&range);
-    let off = rg.x;
-    let cnt = rg.y;
+    workgroupBarrier();
     var m = -3.0e38;
     var lsum = 0.0;
     var acc: array<f32, DPT>;
