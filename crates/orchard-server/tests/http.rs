@@ -941,7 +941,7 @@ fn read_until_closed(sock: &mut std::net::TcpStream, limit: Duration) -> (String
 #[test]
 fn timeout_closes_stalled_requests_but_not_slow_answers() {
     use std::io::Write;
-    let s = TestServer::start(&["-c", "1024", "-np", "2", "--timeout", "2"]);
+    let s = TestServer::start(&["-c", "4096", "-np", "2", "--timeout", "2"]);
 
     // Half a request head, then silence.
     let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
@@ -983,12 +983,13 @@ fn timeout_closes_stalled_requests_but_not_slow_answers() {
     // Computing for longer than the timeout is fine, streamed or not.
     let long = json!({
         "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 200, "temperature": 0, "ignore_eos": true,
+        // Long enough to outlast the 2 s timeout at any speed this machine reaches (~250 t/s).
+        "max_tokens": 1500, "temperature": 0, "ignore_eos": true,
     });
     let t0 = Instant::now();
     let r = s.post("/v1/chat/completions", &long);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.json()["usage"]["completion_tokens"], 200);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 1500);
     assert!(
         t0.elapsed() > Duration::from_secs(2),
         "the answer took only {:?}: it does not show that computing time is exempt",
