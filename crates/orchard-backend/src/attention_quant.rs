@@ -13,6 +13,7 @@
 //! rotated back): the rotation spreads outlier channels over the block, which is what keeps a
 //! q4_0 cache usable on small models. `LLAMA_ATTN_ROT_DISABLE=1` turns it off in both.
 
+use crate::cpu::score;
 use crate::{AttnBatch, AttnParams, BackendError, TokenSlot};
 use half::f16;
 use orchard_core::DType;
@@ -163,15 +164,6 @@ fn fwht(x: &mut [f32], n: usize) {
             }
             len <<= 1;
         }
-    }
-}
-
-/// `AttnParams::scale` and soft-capping applied to a raw Q·K as ggml applies them.
-#[inline]
-fn score(s: f32, p: &AttnParams) -> f32 {
-    match p.softcap {
-        Some(cap) => cap * (s * (p.scale / cap)).tanh(),
-        None => s * p.scale,
     }
 }
 

@@ -143,8 +143,6 @@ fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mu
     }
 }
 
-/// `out = silu(gate) * up` as ggml's AVX-512 `ggml_vec_swiglu_f32`: 16-lane blocks through
-/// `ggml_v_silu`, the tail through the plain formula.
 /// `silu(gate) * up` per row as ggml's `ggml_vec_swiglu_f32` computes it (rows are
 /// independent; its vector/tail split restarts at each row).
 fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
@@ -174,8 +172,10 @@ impl HeadKv<'_> {
     }
 }
 
+/// `AttnParams::scale` and soft-capping applied to a raw Q·K as ggml applies them (shared by
+/// the f16 and the quantized-cache attention).
 #[inline]
-fn score(s: f32, p: &AttnParams) -> f32 {
+pub(crate) fn score(s: f32, p: &AttnParams) -> f32 {
     match p.softcap {
         Some(cap) => cap * (s * (p.scale / cap)).tanh(),
         None => s * p.scale,
