@@ -590,7 +590,15 @@ impl Backend for CpuBackend {
         };
         let mut orders = std::mem::take(&mut self.orders);
         dot_orders(t.dtype, rows, &self.row_seqs, n_tokens, &mut orders);
-        let dot4 = t.vec_dot_4act;
+        // Four-activation kernels per order (the repacked GEMV order only ever runs on a
+        // sequence's last `len % 4` rows, so it needs none); the 4 x 4 tile for the plain order.
+        let dot4_of = |o: DotOrder| match o {
+            DotOrder::Plain => t.vec_dot_4act,
+            DotOrder::Gemm => t.vec_dot_interleaved_gemm_4act,
+            DotOrder::Tiled => t.vec_dot_tiled_4act,
+            DotOrder::Gemv => None,
+        };
+        let tile4 = t.vec_dot_tile;
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
@@ -627,34 +635,60 @@ impl Backend for CpuBackend {
             let act_of = |tk: usize| &act[tk * act_row..(tk + 1) * act_row];
             pool::par_chunks_mut(&mut tr, MATMUL_ROWS_PER_TASK * n_tokens, |ci, chunk| {
                 let r0 = ci * MATMUL_ROWS_PER_TASK;
-                for (i, row_out) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                    let r = r0 + i;
-                    let wr = &wbytes[r * w_row..(r + 1) * w_row];
-                    let mut tk = 0;
-                    while tk < n_tokens {
-                        if let Some(d4) = dot4.filter(|_| {
-                            tk + 4 <= n_tokens
-                                && orders[tk..tk + 4].iter().all(|&o| o == DotOrder::Plain)
-                        }) {
-                            let v = d4(
-                                cols,
-                                wr,
-                                [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)],
-                            );
-                            row_out[tk..tk + 4].copy_from_slice(&v);
-                            tk += 4;
-                        } else {
-                            row_out[tk] = dot_of(orders[tk])(cols, wr, act_of(tk));
-                            tk += 1;
+                let n_rows = chunk.len() / n_tokens;
+                let w_of = |i: usize| &wbytes[(r0 + i) * w_row..(r0 + i + 1) * w_row];
+                // Tokens outermost: a group of four activation rows stays in L1 while every
+                // weight row of the task (also L1-resident) passes over it. With rows outermost
+                // each weight row swept all activations from L2 and the kernel waited on those
+                // loads (pp512 spent most of its time on them).
+                let mut tk = 0;
+                while tk < n_tokens {
+                    let order = orders[tk];
+                    let four = tk + 4 <= n_tokens && orders[tk..tk + 4].iter().all(|&o| o == order);
+                    if let Some(d4) = dot4_of(order).filter(|_| four) {
+                        let acts = [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)];
+                        let mut i = 0;
+                        if let Some(tile) = tile4.filter(|_| order == DotOrder::Plain) {
+                            while i + 4 <= n_rows {
+                                let v = tile(
+                                    cols,
+                                    [w_of(i), w_of(i + 1), w_of(i + 2), w_of(i + 3)],
+                                    acts,
+                                );
+                                for (j, vr) in v.iter().enumerate() {
+                                    chunk[(i + j) * n_tokens + tk..][..4].copy_from_slice(vr);
+                                }
+                                i += 4;
+                            }
                         }
+                        while i < n_rows {
+                            let v = d4(cols, w_of(i), acts);
+                            chunk[i * n_tokens + tk..][..4].copy_from_slice(&v);
+                            i += 1;
+                        }
+                        tk += 4;
+                    } else {
+                        let dot = dot_of(orders[tk]);
+                        for i in 0..n_rows {
+                            chunk[i * n_tokens + tk] = dot(cols, w_of(i), act_of(tk));
+                        }
+                        tk += 1;
                     }
                 }
             });
-            for r in 0..rows {
-                for tk in 0..n_tokens {
-                    o[tk * rows + r] = tr[r * n_tokens + tk];
+            // Back to token-major, eight tokens per task: each task reads 32-byte runs of every
+            // row and owns its tokens' output (done serially, this held the other thread idle).
+            const TOKENS_PER_TASK: usize = 8;
+            pool::par_chunks_mut(&mut o, TOKENS_PER_TASK * rows, |ci, chunk| {
+                let tk0 = ci * TOKENS_PER_TASK;
+                let nt = chunk.len() / rows;
+                for r in 0..rows {
+                    let src = &tr[r * n_tokens + tk0..][..nt];
+                    for (t, &v) in src.iter().enumerate() {
+                        chunk[t * rows + r] = v;
+                    }
                 }
-            }
+            });
             self.out_scratch = tr;
         }
         self.bufs[out.0 as usize].data = o;

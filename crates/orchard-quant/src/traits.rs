@@ -23,6 +23,9 @@ pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
 /// `vec_dot_4act(n, weight_row, [four activation rows])`: four dots sharing one weight row.
 pub type VecDot4ActFn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
+/// `vec_dot_tile(n, [four weight rows], [four activation rows])`: the 4 x 4 dots of a register
+/// tile, `out[row][act]`.
+pub type VecDotTileFn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4];
 
 /// Row kernels of one type. Lengths are checked by the callers (see `crate::dequantize_row`);
 /// the kernels themselves process whole blocks only and never read past their slices (a short
@@ -50,6 +53,10 @@ pub struct TypeTraits {
     /// One weight row against four activation rows (prompt processing: the weight row is
     /// unpacked once for four tokens); each result bit-identical to `vec_dot` of that pair.
     pub vec_dot_4act: Option<VecDot4ActFn>,
+    /// Four weight rows against four activation rows, each of the 16 results bit-identical to
+    /// `vec_dot` of that pair: loads of both operands are shared across the tile, which is what
+    /// prompt processing needs once the operands sit in L1.
+    pub vec_dot_tile: Option<VecDotTileFn>,
     /// What llama.cpp's CPU backend computes for this type on x86 (AVX2 and up) after it has
     /// repacked the weight into 8-row interleaved blocks, which it does for every Q4_K matrix
     /// whose row count is a multiple of 8 (`ggml_repack_get_optimal_repack_type`); `None` where
@@ -61,10 +68,16 @@ pub struct TypeTraits {
     pub vec_dot_interleaved: Option<VecDotFn>,
     /// See `vec_dot_interleaved`.
     pub vec_dot_interleaved_gemm: Option<VecDotFn>,
+    /// `vec_dot_interleaved_gemm` for one weight row and four activation rows, each result
+    /// bit-identical to it.
+    pub vec_dot_interleaved_gemm_4act: Option<VecDot4ActFn>,
     /// What llama.cpp's x86 build computes for this (not repacked) type in its tiled K-quant
     /// matmul (`ggml-cpu/tiled/`), which it runs for batches of at least 8 activation rows:
     /// Q6_K only (see `vec_dot_q6_k_q8_k_tiled_scalar`).
     pub vec_dot_tiled: Option<VecDotFn>,
+    /// `vec_dot_tiled` for one weight row and four activation rows, each result bit-identical
+    /// to it.
+    pub vec_dot_tiled_4act: Option<VecDot4ActFn>,
 }
 
 /// A family of kernels, from the portable reference to the widest SIMD this build supports.
@@ -161,8 +174,11 @@ macro_rules! entry {
             vec_dot: $dot,
             vec_dot_x4: $dot4,
             vec_dot_4act: None,
+            vec_dot_tile: None,
             vec_dot_interleaved: None,
             vec_dot_interleaved_gemm: None,
+            vec_dot_interleaved_gemm_4act: None,
+            vec_dot_tiled_4act: None,
             vec_dot_tiled: None,
         }
     };

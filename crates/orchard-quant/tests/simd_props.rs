@@ -98,6 +98,14 @@ proptest! {
             for (r, a) in acts.iter().enumerate() {
                 prop_assert_eq!(four[r].to_bits(), dot(n, &rows[0][1..], &a[1..]).to_bits(), "{:?} {} 4act {}", tier, w, r);
             }
+            if let Some(tile) = t.vec_dot_tile {
+                let out = tile(n, std::array::from_fn(|r| &rows[r][1..]), std::array::from_fn(|c| &acts[c][1..]));
+                for (r, row) in rows.iter().enumerate() {
+                    for (c, a) in acts.iter().enumerate() {
+                        prop_assert_eq!(out[r][c].to_bits(), dot(n, &row[1..], &a[1..]).to_bits(), "{:?} {} tile {} {}", tier, w, r, c);
+                    }
+                }
+            }
         }
         for tier in simd_tiers() {
             let t = traits_for(tier, w).unwrap();
@@ -130,14 +138,27 @@ proptest! {
                 let (ours, theirs) = (ours.unwrap()(n, &w[1..], &a[1..]), theirs.unwrap()(n, &w[1..], &a[1..]));
                 prop_assert_eq!(ours.to_bits(), theirs.to_bits(), "{:?} n={}", tier, n);
             }
+            // The four-activation gemm order: each result equals the single-row gemm order.
+            let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
+            let four = t.vec_dot_interleaved_gemm_4act.unwrap()(n, &w[1..], std::array::from_fn(|c| &acts[c][1..]));
+            for (c, a) in acts.iter().enumerate() {
+                let one = s.vec_dot_interleaved_gemm.unwrap()(n, &w[1..], &a[1..]);
+                prop_assert_eq!(four[c].to_bits(), one.to_bits(), "{:?} gemm 4act {} n={}", tier, c, n);
+            }
         }
         // Q6_K's tiled order: SIMD against scalar, and the scalar against its definition.
         let w6 = misaligned(&random_blocks(DType::Q6_K, n, &mut rng));
         let tiled = traits_for(Tier::Scalar, DType::Q6_K).unwrap().vec_dot_tiled.unwrap()(n, &w6[1..], &a[1..]);
         prop_assert_eq!(tiled.to_bits(), q6_k_tiled_definition(n, &w6[1..], &a[1..]).to_bits());
+        let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
         for tier in simd_tiers() {
             let ours = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled.unwrap()(n, &w6[1..], &a[1..]);
             prop_assert_eq!(ours.to_bits(), tiled.to_bits(), "{:?} tiled Q6_K n={}", tier, n);
+            let four = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_4act.unwrap()(n, &w6[1..], std::array::from_fn(|c| &acts[c][1..]));
+            for (c, ac) in acts.iter().enumerate() {
+                let one = q6_k_tiled_definition(n, &w6[1..], &ac[1..]);
+                prop_assert_eq!(four[c].to_bits(), one.to_bits(), "{:?} tiled Q6_K 4act {} n={}", tier, c, n);
+            }
         }
     }
 

@@ -55,7 +55,10 @@ macro_rules! dot_sym {
             for i in 0..nb {
                 let xb = x.add(i * $wb);
                 prefetch(xb);
-                let dx = _mm_set1_ps(_mm_cvtss_f32(halves(u64::from(rd16(xb)))));
+                // d_x in all four lanes, converted from a full 64-bit move: a 16-bit insert
+                // here compiled to `vpinsrw` merging into an accumulator register, which chained
+                // every block on the previous block's last FMA.
+                let dx = halves(u64::from(rd16(xb)) * 0x0001_0001_0001_0001);
                 // The four activation scales in one conversion; lane r = d_x * d_y(r), the same
                 // product the single-row kernel forms.
                 let dy = |r: usize| u64::from(rd16(y[r].add(i * Q8_0))) << (16 * r);
@@ -683,6 +686,135 @@ macro_rules! shared_kernels {
             acc - acc_min
         }
 
+        /// Exact i32 totals of four vectors' lanes, `[sum(v0), sum(v1), sum(v2), sum(v3)]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn hsum_i32x4(v: [__m256i; 4]) -> __m128i {
+            let h = v.map(|x| {
+                _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x))
+            });
+            _mm_hadd_epi32(_mm_hadd_epi32(h[0], h[1]), _mm_hadd_epi32(h[2], h[3]))
+        }
+
+        /// Four activation scales (the f32 `d` at the start of each Q8_K block).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q8_k_d4(yb: [*const u8; 4]) -> __m128 {
+            let d = yb.map(|p| (p as *const f32).read_unaligned());
+            _mm_setr_ps(d[0], d[1], d[2], d[3])
+        }
+
+        /// `q4_k_q8_k_gemm` for four activation rows sharing one weight row: the weight's
+        /// nibbles and scales are unpacked once, and each activation's two scalar FMA chains
+        /// become one lane of two 4-lane chains (the same multiply and FMA per lane).
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_q8_k_gemm_4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            let nb = act
+                .iter()
+                .fold((n / QK_K).min(w.len() / Q4K), |m, a| m.min(a.len() / Q8K));
+            let x = w.as_ptr();
+            let y = act.map(|a| a.as_ptr());
+            let m4 = _mm256_set1_epi8(0xF);
+            let (mut acc, mut acc_min) = (_mm_setzero_ps(), _mm_setzero_ps());
+            for i in 0..nb {
+                let xb = x.add(i * Q4K);
+                let yb = y.map(|p| p.add(i * Q8K));
+                let yd = q8_k_d4(yb);
+                let dd = f16_pairs(xb, xb);
+                let d = _mm_mul_ps(_mm_shuffle_ps::<0>(dd, dd), yd);
+                let dmin = _mm_mul_ps(_mm_shuffle_ps::<0b01_01_01_01>(dd, dd), yd);
+                let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+                // mins[t] = the four pair products of activation t; transposed to pairs.
+                let mins = yb.map(|p| k4_min_prod(ms, p));
+                let m01 = _mm_unpacklo_epi32(mins[0], mins[1]);
+                let m23 = _mm_unpacklo_epi32(mins[2], mins[3]);
+                let n01 = _mm_unpackhi_epi32(mins[0], mins[1]);
+                let n23 = _mm_unpackhi_epi32(mins[2], mins[3]);
+                let min_pair = [
+                    _mm_unpacklo_epi64(m01, m23),
+                    _mm_unpackhi_epi64(m01, m23),
+                    _mm_unpacklo_epi64(n01, n23),
+                    _mm_unpackhi_epi64(n01, n23),
+                ];
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                for (j, mp) in min_pair.iter().enumerate() {
+                    let scale_l = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8));
+                    let scale_h = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8 + 1));
+                    let q4bits = load256(xb.add(16 + 32 * j));
+                    let ql = _mm256_and_si256(q4bits, m4);
+                    let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
+                    let sums = yb.map(|p| {
+                        let pl = _mm256_maddubs_epi16(ql, load256(p.add(4 + 64 * j)));
+                        let ph = _mm256_maddubs_epi16(qh, load256(p.add(4 + 64 * j + 32)));
+                        madd_acc(madd_acc(_mm256_setzero_si256(), scale_l, pl), scale_h, ph)
+                    });
+                    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum_i32x4(sums)), d, acc);
+                    acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(*mp), dmin, acc_min);
+                }
+            }
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(acc, acc_min));
+            out
+        }
+
+        /// `q6_k_q8_k_tiled` for four activation rows sharing one weight row: the 6-bit
+        /// quants and their scales are unpacked once per block; each activation's scalar
+        /// chain is one lane of a 4-lane chain.
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_q8_k_tiled_4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
+            let nb = act
+                .iter()
+                .fold((n / QK_K).min(w.len() / Q6K), |m, a| m.min(a.len() / Q8K));
+            let x = w.as_ptr();
+            let y = act.map(|a| a.as_ptr());
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let mut acc = _mm_setzero_ps();
+            for i in 0..nb {
+                let xb = x.add(i * Q6K);
+                let yb = y.map(|p| p.add(i * Q8K));
+                let scales = _mm_loadu_si128(xb.add(192) as *const __m128i);
+                let scales16 = _mm256_cvtepi8_epi16(scales);
+                let mut sumi = yb.map(|p| {
+                    _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        _mm256_slli_epi32::<5>(_mm256_madd_epi16(load256(p.add(260)), scales16)),
+                    )
+                });
+                for j in 0..QK_K / 128 {
+                    let b1 = load256(xb.add(64 * j));
+                    let b2 = load256(xb.add(64 * j + 32));
+                    let bh = load256(xb.add(128 + 32 * j));
+                    let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(bh, m3));
+                    let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(12)));
+                    let h2 = _mm256_and_si256(bh, _mm256_set1_epi8(48));
+                    let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(-64)));
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(b1, m15), h0),
+                        _mm256_or_si256(_mm256_and_si256(b2, m15), h1),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m15), h2),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m15), h3),
+                    ];
+                    for (k, qk) in q.iter().enumerate() {
+                        let sc =
+                            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, q6_shuffle(4 * j + k)));
+                        for t in 0..4 {
+                            let q8 = yb[t].add(4 + 128 * j + 32 * k);
+                            let p16 = _mm256_maddubs_epi16(*qk, load256(q8));
+                            sumi[t] = madd_acc(sumi[t], sc, p16);
+                        }
+                    }
+                }
+                let dx = _mm_set1_ps(f16_at(xb.add(208)));
+                let r = _mm_mul_ps(_mm_cvtepi32_ps(hsum_i32x4(sumi)), dx);
+                acc = _mm_fmadd_ps(r, q8_k_d4(yb), acc);
+            }
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), acc);
+            out
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn q4_k_q8_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
             q4_k_interleaved(n, w, act, false)
@@ -805,6 +937,8 @@ macro_rules! shared_kernels {
             dot4a_q6_k => dot_q6_k;
         }
         wrap4a! {
+            dot4a_q4_k_gemm => q4_k_q8_k_gemm_4a;
+            dot4a_q6_k_tiled => q6_k_q8_k_tiled_4a;
             dot4a_q4_0 => q4_0_q8_0_4a;
             dot4a_q4_1 => q4_1_q8_1_4a;
             dot4a_q5_0 => q5_0_q8_0_4a;
@@ -877,6 +1011,147 @@ mod avx2 {
 
 mod avx512 {
     shared_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni");
+
+    /// A weight block of the symmetric formats as unsigned bytes `q + OFFSET` (the stored
+    /// levels before the format subtracts its offset; Q8_0's with the sign bit flipped).
+    macro_rules! unpack_unsigned {
+        (q4_0, $xb:expr) => {
+            nibbles32($xb.add(2))
+        };
+        (q5_0, $xb:expr) => {
+            _mm256_or_si256(
+                nibbles32($xb.add(6)),
+                _mm256_and_si256(bits32($xb.add(2)), _mm256_set1_epi8(0x10)),
+            )
+        };
+        (q8_0, $xb:expr) => {
+            _mm256_xor_si256(load256($xb.add(2)), _mm256_set1_epi8(0x80u8 as i8))
+        };
+    }
+
+    /// 4 weight rows x 4 activation rows of a symmetric format against Q8_0, each result
+    /// bit-identical to the single-row kernel: the same integer lanes (exact sums of four byte
+    /// products), the same `d_x * d_y` and FMA per lane, the same final `hsum_float_8`.
+    ///
+    /// The lanes come from one `vpdpbusd` per pair instead of two `vpsignb` and one: the weight
+    /// is taken unsigned (`q + OFFSET`) and the accumulator starts at `-OFFSET` times the
+    /// activation's four-byte sums, computed once per activation block. That equals ggml's
+    /// `sign_epi8` lanes except where an activation byte is -128 against a negative weight
+    /// (ggml's negation wraps there); ggml's activation quantizer never writes -128, but any
+    /// block holding one goes through the `sign_epi8` lanes so the result stays identical.
+    macro_rules! tile_sym {
+        ($name:ident, $fmt:tt, $wb:expr, $offset:expr) => {
+            #[target_feature(
+                enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
+            )]
+            unsafe fn $name(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
+                let nb = w.iter().fold(
+                    act.iter().fold(n / 32, |m, a| m.min(a.len() / Q8_0)),
+                    |m, r| m.min(r.len() / $wb),
+                );
+                let x = w.map(|r| r.as_ptr());
+                let y = act.map(|a| a.as_ptr());
+                let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+                let offset = _mm256_set1_epi8($offset as u8 as i8);
+                let lane_idx = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
+                for i in 0..nb {
+                    let yb = y.map(|p| p.add(i * Q8_0));
+                    let qy = yb.map(|p| load256(p.add(2)));
+                    let min_byte = _mm256_set1_epi8(i8::MIN);
+                    let wraps = qy.iter().fold(_mm256_setzero_si256(), |m, &q| {
+                        _mm256_or_si256(m, _mm256_cmpeq_epi8(q, min_byte))
+                    });
+                    let exact = _mm256_testz_si256(wraps, wraps) != 0;
+                    let start = qy.map(|q| {
+                        _mm256_sub_epi32(
+                            _mm256_setzero_si256(),
+                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, q),
+                        )
+                    });
+                    let dy4 = halves(
+                        u64::from(rd16(yb[0]))
+                            | u64::from(rd16(yb[1])) << 16
+                            | u64::from(rd16(yb[2])) << 32
+                            | u64::from(rd16(yb[3])) << 48,
+                    );
+                    for r in 0..4 {
+                        let xb = x[r].add(i * $wb);
+                        prefetch(xb);
+                        let dx = halves(u64::from(rd16(xb)) * 0x0001_0001_0001_0001);
+                        let d4 = _mm256_castps128_ps256(_mm_mul_ps(dx, dy4));
+                        let ux = unpack_unsigned!($fmt, xb);
+                        for c in 0..4 {
+                            let lanes = if exact {
+                                _mm256_dpbusd_epi32(start[c], ux, qy[c])
+                            } else {
+                                let qx = _mm256_sub_epi8(ux, offset);
+                                dot_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy[c], qx))
+                            };
+                            let d = _mm256_permutevar8x32_ps(d4, lane_idx[c]);
+                            acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[r][c]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; 4]; 4];
+                for r in 0..4 {
+                    out[r] = hsum8x4(acc[r]);
+                }
+                out
+            }
+        };
+    }
+
+    /// `hsum_float_8` of four accumulators at once: the same additions per accumulator
+    /// (high half plus low half, then lanes two apart, then the pair), done lane-wise on the
+    /// transposed halves.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn hsum8x4(a: [__m256; 4]) -> [f32; 4] {
+        let h = a.map(|v| _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v)));
+        // Rows h[k] = [p0, p1, p2, p3] of accumulator k; columns after the transpose.
+        let t01 = _mm_unpacklo_ps(h[0], h[1]); // h0p0 h1p0 h0p1 h1p1
+        let t23 = _mm_unpacklo_ps(h[2], h[3]);
+        let u01 = _mm_unpackhi_ps(h[0], h[1]); // h0p2 h1p2 h0p3 h1p3
+        let u23 = _mm_unpackhi_ps(h[2], h[3]);
+        let p0 = _mm_movelh_ps(t01, t23);
+        let p1 = _mm_movehl_ps(t23, t01);
+        let p2 = _mm_movelh_ps(u01, u23);
+        let p3 = _mm_movehl_ps(u23, u01);
+        let s = _mm_add_ps(_mm_add_ps(p0, p2), _mm_add_ps(p1, p3));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+        out
+    }
+
+    tile_sym!(q4_0_q8_0_tile, q4_0, Q4_0, 8);
+    tile_sym!(q5_0_q8_0_tile, q5_0, Q5_0, 16);
+    tile_sym!(q8_0_q8_0_tile, q8_0, Q8_0, 128);
+
+    macro_rules! wrap_tile {
+        ($($dot:ident => $inner:ident;)*) => {$(
+            fn $dot(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
+                // SAFETY: only reachable through the AVX-512 table, built after feature
+                // detection; the kernel bounds its loads by the shortest slice.
+                unsafe { $inner(n, w, act) }
+            }
+        )*};
+    }
+    wrap_tile! {
+        tile_q4_0 => q4_0_q8_0_tile;
+        tile_q5_0 => q5_0_q8_0_tile;
+        tile_q8_0 => q8_0_q8_0_tile;
+    }
+
+    /// The 4 x 4 register-tile kernels (VNNI only: the unsigned-weight lanes need `vpdpbusd`'s
+    /// unsaturated sums).
+    pub(in crate::simd) fn kernels_tile(dtype: DType) -> Option<crate::traits::VecDotTileFn> {
+        match dtype {
+            DType::Q4_0 => Some(tile_q4_0),
+            DType::Q5_0 => Some(tile_q5_0),
+            DType::Q8_0 => Some(tile_q8_0),
+            _ => None,
+        }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -1035,10 +1310,20 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
             e.vec_dot_interleaved = Some(gemv);
             e.vec_dot_interleaved_gemm = Some(gemm);
         }
+        if e.dtype == DType::Q4_K {
+            e.vec_dot_interleaved_gemm_4act = Some(match tier {
+                Tier::Avx512 => avx512::dot4a_q4_k_gemm,
+                _ => avx2::dot4a_q4_k_gemm,
+            });
+        }
         if e.dtype == DType::Q6_K {
             e.vec_dot_tiled = Some(match tier {
                 Tier::Avx512 => avx512::dot_q6_k_tiled,
                 _ => avx2::dot_q6_k_tiled,
+            });
+            e.vec_dot_tiled_4act = Some(match tier {
+                Tier::Avx512 => avx512::dot4a_q6_k_tiled,
+                _ => avx2::dot4a_q6_k_tiled,
             });
         }
         let (dot, dot4, from) = match tier {
@@ -1060,6 +1345,9 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
         };
         if let Some(k) = k4a {
             e.vec_dot_4act = Some(k);
+        }
+        if tier == Tier::Avx512 {
+            e.vec_dot_tile = avx512::kernels_tile(e.dtype);
         }
         if e.dtype == DType::F16 {
             let (d, d4, d4a): (VecDotFn, VecDotX4Fn, VecDot4ActFn) = match tier {
