@@ -108,6 +108,12 @@ impl CpuBackend {
     }
 }
 
+thread_local! {
+    /// Each pool thread's scratch for weight rows unpacked for a tile kernel (grown once, then
+    /// reused by every matmul).
+    static UNPACKED_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
 
@@ -641,6 +647,18 @@ impl Backend for CpuBackend {
                 // weight row of the task (also L1-resident) passes over it. With rows outermost
                 // each weight row swept all activations from L2 and the kernel waited on those
                 // loads (pp512 spent most of its time on them).
+                // The task's weight rows in the tile kernel's layout, unpacked once for all
+                // tokens (into this thread's reusable scratch).
+                let tile = tile4.filter(|_| n_rows >= 4);
+                let mut unpacked = UNPACKED_ROWS.take();
+                let u_row = tile.map_or(0, |t| (t.unpacked_row_bytes)(cols));
+                if let Some(t) = tile {
+                    unpacked.resize(u_row * n_rows, 0);
+                    for (i, u) in unpacked.chunks_exact_mut(u_row).enumerate() {
+                        (t.unpack)(cols, w_of(i), u);
+                    }
+                }
+                let u_of = |i: usize| &unpacked[i * u_row..(i + 1) * u_row];
                 let mut tk = 0;
                 while tk < n_tokens {
                     let order = orders[tk];
@@ -648,11 +666,11 @@ impl Backend for CpuBackend {
                     if let Some(d4) = dot4_of(order).filter(|_| four) {
                         let acts = [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)];
                         let mut i = 0;
-                        if let Some(tile) = tile4.filter(|_| order == DotOrder::Plain) {
+                        if let Some(tile) = tile.filter(|_| order == DotOrder::Plain) {
                             while i + 4 <= n_rows {
-                                let v = tile(
+                                let v = (tile.dot)(
                                     cols,
-                                    [w_of(i), w_of(i + 1), w_of(i + 2), w_of(i + 3)],
+                                    [u_of(i), u_of(i + 1), u_of(i + 2), u_of(i + 3)],
                                     acts,
                                 );
                                 for (j, vr) in v.iter().enumerate() {
@@ -675,6 +693,7 @@ impl Backend for CpuBackend {
                         tk += 1;
                     }
                 }
+                UNPACKED_ROWS.set(unpacked);
             });
             // Back to token-major, eight tokens per task: each task reads 32-byte runs of every
             // row and owns its tokens' output (done serially, this held the other thread idle).

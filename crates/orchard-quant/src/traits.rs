@@ -23,9 +23,21 @@ pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
 /// `vec_dot_4act(n, weight_row, [four activation rows])`: four dots sharing one weight row.
 pub type VecDot4ActFn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
-/// `vec_dot_tile(n, [four weight rows], [four activation rows])`: the 4 x 4 dots of a register
-/// tile, `out[row][act]`.
+/// `dot(n, [four unpacked weight rows], [four activation rows])`: the 4 x 4 dots of a
+/// register tile, `out[row][act]`.
 pub type VecDotTileFn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4];
+/// `unpack(n, weight_row, out)`: a weight row in a tile kernel's working layout.
+pub type UnpackRowFn = fn(usize, &[u8], &mut [u8]);
+
+/// A register-tile matmul kernel for prompts: weight rows are unpacked once per task into a
+/// kernel-private layout (`unpacked_row_bytes(n)` bytes per row), then dotted 4 rows x 4
+/// activation rows at a time; each result is bit-identical to `vec_dot` of that pair.
+#[derive(Clone, Copy)]
+pub struct TileKernel {
+    pub unpacked_row_bytes: fn(usize) -> usize,
+    pub unpack: UnpackRowFn,
+    pub dot: VecDotTileFn,
+}
 
 /// Row kernels of one type. Lengths are checked by the callers (see `crate::dequantize_row`);
 /// the kernels themselves process whole blocks only and never read past their slices (a short
@@ -56,7 +68,7 @@ pub struct TypeTraits {
     /// Four weight rows against four activation rows, each of the 16 results bit-identical to
     /// `vec_dot` of that pair: loads of both operands are shared across the tile, which is what
     /// prompt processing needs once the operands sit in L1.
-    pub vec_dot_tile: Option<VecDotTileFn>,
+    pub vec_dot_tile: Option<TileKernel>,
     /// What llama.cpp's CPU backend computes for this type on x86 (AVX2 and up) after it has
     /// repacked the weight into 8-row interleaved blocks, which it does for every Q4_K matrix
     /// whose row count is a multiple of 8 (`ggml_repack_get_optimal_repack_type`); `None` where

@@ -99,7 +99,12 @@ proptest! {
                 prop_assert_eq!(four[r].to_bits(), dot(n, &rows[0][1..], &a[1..]).to_bits(), "{:?} {} 4act {}", tier, w, r);
             }
             if let Some(tile) = t.vec_dot_tile {
-                let out = tile(n, std::array::from_fn(|r| &rows[r][1..]), std::array::from_fn(|c| &acts[c][1..]));
+                let unpacked: Vec<Vec<u8>> = rows.iter().map(|r| {
+                    let mut u = vec![0u8; (tile.unpacked_row_bytes)(n) + 1];
+                    (tile.unpack)(n, &r[1..], &mut u[1..]);
+                    u
+                }).collect();
+                let out = (tile.dot)(n, std::array::from_fn(|r| &unpacked[r][1..]), std::array::from_fn(|c| &acts[c][1..]));
                 for (r, row) in rows.iter().enumerate() {
                     for (c, a) in acts.iter().enumerate() {
                         prop_assert_eq!(out[r][c].to_bits(), dot(n, &row[1..], &a[1..]).to_bits(), "{:?} {} tile {} {}", tier, w, r, c);

@@ -1029,76 +1029,115 @@ mod avx512 {
         };
     }
 
-    /// 4 weight rows x 4 activation rows of a symmetric format against Q8_0, each result
-    /// bit-identical to the single-row kernel: the same integer lanes (exact sums of four byte
-    /// products), the same `d_x * d_y` and FMA per lane, the same final `hsum_float_8`.
-    ///
-    /// The lanes come from one `vpdpbusd` per pair instead of two `vpsignb` and one: the weight
-    /// is taken unsigned (`q + OFFSET`) and the accumulator starts at `-OFFSET` times the
-    /// activation's four-byte sums, computed once per activation block. That equals ggml's
-    /// `sign_epi8` lanes except where an activation byte is -128 against a negative weight
-    /// (ggml's negation wraps there); ggml's activation quantizer never writes -128, but any
-    /// block holding one goes through the `sign_epi8` lanes so the result stays identical.
-    macro_rules! tile_sym {
+    /// Bytes of one block unpacked for the tile kernel: the weight's `d` as f32, then its 32
+    /// levels as unsigned bytes `q + 128`.
+    const UNPACKED: usize = 36;
+
+    /// Q4_0/Q5_0/Q8_0 weight rows unpacked to [`UNPACKED`] blocks, once per matmul task, so the
+    /// tile kernel neither unpacks bits nor converts an f16 scale per row per activation group.
+    macro_rules! unpack_row {
         ($name:ident, $fmt:tt, $wb:expr, $offset:expr) => {
             #[target_feature(
                 enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"
             )]
-            unsafe fn $name(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
-                let nb = w.iter().fold(
-                    act.iter().fold(n / 32, |m, a| m.min(a.len() / Q8_0)),
-                    |m, r| m.min(r.len() / $wb),
-                );
-                let x = w.map(|r| r.as_ptr());
-                let y = act.map(|a| a.as_ptr());
-                let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-                let offset = _mm256_set1_epi8($offset as u8 as i8);
-                let lane_idx = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
+            unsafe fn $name(n: usize, row: &[u8], out: &mut [u8]) {
+                let nb = (n / 32).min(row.len() / $wb).min(out.len() / UNPACKED);
+                let rebias = _mm256_set1_epi8((128 - $offset) as u8 as i8);
                 for i in 0..nb {
-                    let yb = y.map(|p| p.add(i * Q8_0));
-                    let qy = yb.map(|p| load256(p.add(2)));
-                    let min_byte = _mm256_set1_epi8(i8::MIN);
-                    let wraps = qy.iter().fold(_mm256_setzero_si256(), |m, &q| {
-                        _mm256_or_si256(m, _mm256_cmpeq_epi8(q, min_byte))
-                    });
-                    let exact = _mm256_testz_si256(wraps, wraps) != 0;
-                    let start = qy.map(|q| {
-                        _mm256_sub_epi32(
-                            _mm256_setzero_si256(),
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, q),
-                        )
-                    });
-                    let dy4 = halves(
-                        u64::from(rd16(yb[0]))
-                            | u64::from(rd16(yb[1])) << 16
-                            | u64::from(rd16(yb[2])) << 32
-                            | u64::from(rd16(yb[3])) << 48,
-                    );
-                    for r in 0..4 {
-                        let xb = x[r].add(i * $wb);
-                        prefetch(xb);
-                        let dx = halves(u64::from(rd16(xb)) * 0x0001_0001_0001_0001);
-                        let d4 = _mm256_castps128_ps256(_mm_mul_ps(dx, dy4));
-                        let ux = unpack_unsigned!($fmt, xb);
-                        for c in 0..4 {
-                            let lanes = if exact {
-                                _mm256_dpbusd_epi32(start[c], ux, qy[c])
-                            } else {
-                                let qx = _mm256_sub_epi8(ux, offset);
-                                dot_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy[c], qx))
-                            };
-                            let d = _mm256_permutevar8x32_ps(d4, lane_idx[c]);
-                            acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[r][c]);
-                        }
-                    }
+                    let xb = row.as_ptr().add(i * $wb);
+                    let ob = out.as_mut_ptr().add(i * UNPACKED);
+                    (ob as *mut f32).write_unaligned(f16_at(xb));
+                    let ux = _mm256_add_epi8(unpack_unsigned!($fmt, xb), rebias);
+                    _mm256_storeu_si256(ob.add(4) as *mut __m256i, ux);
                 }
-                let mut out = [[0f32; 4]; 4];
-                for r in 0..4 {
-                    out[r] = hsum8x4(acc[r]);
-                }
-                out
             }
         };
+    }
+    unpack_row!(unpack_q4_0, q4_0, Q4_0, 8);
+    unpack_row!(unpack_q5_0, q5_0, Q5_0, 16);
+    unpack_row!(unpack_q8_0, q8_0, Q8_0, 128);
+
+    /// 4 unpacked weight rows x 4 Q8_0 activation rows, each result bit-identical to the
+    /// single-row kernel of the weight's own format: the same integer lanes (exact sums of four
+    /// byte products), the same `d_x * d_y` and FMA per lane, the same final `hsum_float_8`.
+    ///
+    /// The lanes come from one `vpdpbusd` per pair instead of two `vpsignb` and one: the weight
+    /// is taken unsigned (`q + 128`) and the accumulator starts at `-128` times the
+    /// activation's four-byte sums, computed once per activation block. That equals ggml's
+    /// `sign_epi8` lanes except where an activation byte is -128 against a negative weight
+    /// (ggml's negation wraps there); ggml's activation quantizer never writes -128, but any
+    /// block holding one goes through the `sign_epi8` lanes so the result stays identical.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q8_unpacked_tile(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
+        let nb = w.iter().fold(
+            act.iter().fold(n / 32, |m, a| m.min(a.len() / Q8_0)),
+            |m, r| m.min(r.len() / UNPACKED),
+        );
+        let x = w.map(|r| r.as_ptr());
+        let y = act.map(|a| a.as_ptr());
+        // Two pairs per 512-bit register: acc[r][h] holds the 8 lanes of (row r, activation
+        // 2h) in its low half and of (r, 2h + 1) in its high half.
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        let offset = _mm512_set1_epi8(0x80u8 as i8);
+        let lo_hi = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        ];
+        let pair = |a: __m256i, b: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+        for i in 0..nb {
+            let yb = y.map(|p| p.add(i * Q8_0));
+            let qy = [
+                pair(load256(yb[0].add(2)), load256(yb[1].add(2))),
+                pair(load256(yb[2].add(2)), load256(yb[3].add(2))),
+            ];
+            let min_byte = _mm512_set1_epi8(i8::MIN);
+            let exact = (_mm512_cmpeq_epi8_mask(qy[0], min_byte)
+                | _mm512_cmpeq_epi8_mask(qy[1], min_byte))
+                == 0;
+            let start = qy.map(|q| {
+                _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, q),
+                )
+            });
+            let dy4 = _mm512_castps128_ps512(halves(
+                u64::from(rd16(yb[0]))
+                    | u64::from(rd16(yb[1])) << 16
+                    | u64::from(rd16(yb[2])) << 32
+                    | u64::from(rd16(yb[3])) << 48,
+            ));
+            let dy = lo_hi.map(|idx| _mm512_permutexvar_ps(idx, dy4));
+            for r in 0..4 {
+                let xb = x[r].add(i * UNPACKED);
+                let dx = _mm512_set1_ps((xb as *const f32).read_unaligned());
+                let ux = load256(xb.add(4));
+                let ux2 = _mm512_broadcast_i64x4(ux);
+                for h in 0..2 {
+                    let lanes = if exact {
+                        _mm512_dpbusd_epi32(start[h], ux2, qy[h])
+                    } else {
+                        let qx = _mm256_xor_si256(ux, _mm512_castsi512_si256(offset));
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        let signed =
+                            |c: usize| dot_us(ax, _mm256_sign_epi8(load256(yb[c].add(2)), qx));
+                        pair(signed(2 * h), signed(2 * h + 1))
+                    };
+                    // d_x * d_y per lane, the product the single-row kernel forms.
+                    let d = _mm512_mul_ps(dx, dy[h]);
+                    acc[r][h] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), acc[r][h]);
+                }
+            }
+        }
+        let mut out = [[0f32; 4]; 4];
+        for r in 0..4 {
+            out[r] = hsum8x4([
+                _mm512_castps512_ps256(acc[r][0]),
+                _mm512_extractf32x8_ps::<1>(acc[r][0]),
+                _mm512_castps512_ps256(acc[r][1]),
+                _mm512_extractf32x8_ps::<1>(acc[r][1]),
+            ]);
+        }
+        out
     }
 
     /// `hsum_float_8` of four accumulators at once: the same additions per accumulator
@@ -1123,34 +1162,44 @@ mod avx512 {
         out
     }
 
-    tile_sym!(q4_0_q8_0_tile, q4_0, Q4_0, 8);
-    tile_sym!(q5_0_q8_0_tile, q5_0, Q5_0, 16);
-    tile_sym!(q8_0_q8_0_tile, q8_0, Q8_0, 128);
+    fn tile_unpacked(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
+        // SAFETY: only reachable through the AVX-512 table, built after feature detection; the
+        // kernel bounds its loads by the shortest slice.
+        unsafe { q8_unpacked_tile(n, w, act) }
+    }
 
-    macro_rules! wrap_tile {
-        ($($dot:ident => $inner:ident;)*) => {$(
-            fn $dot(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
-                // SAFETY: only reachable through the AVX-512 table, built after feature
-                // detection; the kernel bounds its loads by the shortest slice.
-                unsafe { $inner(n, w, act) }
+    macro_rules! wrap_unpack {
+        ($($f:ident => $inner:ident;)*) => {$(
+            fn $f(n: usize, row: &[u8], out: &mut [u8]) {
+                // SAFETY: as `tile_unpacked`; loads and stores bounded by both slices.
+                unsafe { $inner(n, row, out) }
             }
         )*};
     }
-    wrap_tile! {
-        tile_q4_0 => q4_0_q8_0_tile;
-        tile_q5_0 => q5_0_q8_0_tile;
-        tile_q8_0 => q8_0_q8_0_tile;
+    wrap_unpack! {
+        unpack_row_q4_0 => unpack_q4_0;
+        unpack_row_q5_0 => unpack_q5_0;
+        unpack_row_q8_0 => unpack_q8_0;
+    }
+
+    fn unpacked_row_bytes(n: usize) -> usize {
+        n / 32 * UNPACKED
     }
 
     /// The 4 x 4 register-tile kernels (VNNI only: the unsigned-weight lanes need `vpdpbusd`'s
     /// unsaturated sums).
-    pub(in crate::simd) fn kernels_tile(dtype: DType) -> Option<crate::traits::VecDotTileFn> {
-        match dtype {
-            DType::Q4_0 => Some(tile_q4_0),
-            DType::Q5_0 => Some(tile_q5_0),
-            DType::Q8_0 => Some(tile_q8_0),
-            _ => None,
-        }
+    pub(in crate::simd) fn kernels_tile(dtype: DType) -> Option<crate::traits::TileKernel> {
+        let unpack: crate::traits::UnpackRowFn = match dtype {
+            DType::Q4_0 => unpack_row_q4_0,
+            DType::Q5_0 => unpack_row_q5_0,
+            DType::Q8_0 => unpack_row_q8_0,
+            _ => return None,
+        };
+        Some(crate::traits::TileKernel {
+            unpacked_row_bytes,
+            unpack,
+            dot: tile_unpacked,
+        })
     }
 
     #[inline]
