@@ -653,8 +653,13 @@ impl Backend for CpuBackend {
                 let mut unpacked = UNPACKED_ROWS.take();
                 let u_row = tile.map_or(0, |t| (t.unpacked_row_bytes)(cols));
                 if let Some(t) = tile {
-                    unpacked.resize(u_row * n_rows, 0);
-                    for (i, u) in unpacked.chunks_exact_mut(u_row).enumerate() {
+                    // Grow only: shrinking and regrowing between matrices of different widths
+                    // zero-filled tens of KiB per task.
+                    if unpacked.len() < u_row * n_rows {
+                        unpacked.resize(u_row * n_rows, 0);
+                    }
+                    let rows_area = &mut unpacked[..u_row * n_rows];
+                    for (i, u) in rows_area.chunks_exact_mut(u_row).enumerate() {
                         (t.unpack)(cols, w_of(i), u);
                     }
                 }
