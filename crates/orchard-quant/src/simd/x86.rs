@@ -100,11 +100,11 @@ macro_rules! dot_sym {
             let mut acc = [_mm256_setzero_ps(); 4];
             for i in 0..nb {
                 let yb = y.add(i * Q8_0);
-                let dy = _mm_cvtss_f32(halves(u64::from(rd16(yb))));
+                let dy = f16_at(yb);
                 let qy = load256(yb.add(2));
                 for r in 0..4 {
                     let xb = x[r].add(i * $wb);
-                    let d = _mm256_set1_ps(_mm_cvtss_f32(halves(u64::from(rd16(xb)))) * dy);
+                    let d = _mm256_set1_ps(f16_at(xb) * dy);
                     let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), qy));
                     acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
                 }
@@ -427,7 +427,21 @@ macro_rules! shared_kernels {
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn f16_at(p: *const u8) -> f32 {
-            _mm_cvtss_f32(halves(u64::from(rd16(p))))
+            // Through a general register and a full-width move: with only the low lane
+            // demanded, LLVM turned the plain form into a `vpinsrw` merging into whatever
+            // vector register was free, an accumulator included (a false dependency that
+            // chained every Q6_K block on the previous block's FMA).
+            let bits = i32::from(rd16(p));
+            let v: __m128i;
+            // SAFETY: a register-to-register move (`vmovd` zeroes the upper lanes); no memory,
+            // stack or flags are touched, and AVX is enabled for every caller.
+            std::arch::asm!(
+                "vmovd {v}, {b:e}",
+                b = in(reg) bits,
+                v = lateout(xmm_reg) v,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            _mm_cvtss_f32(_mm_cvtph_ps(v))
         }
 
         #[inline]
