@@ -257,6 +257,62 @@ pub(crate) fn par_chunks_mut<T: Send>(
     });
 }
 
+/// One task's columns `[c0, c1)` of every row of a row-major matrix (see
+/// [`par_column_blocks`]).
+pub(crate) struct Columns<'a, T> {
+    base: SendPtr<T>,
+    row_len: usize,
+    rows: usize,
+    c0: usize,
+    c1: usize,
+    _data: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> Columns<'_, T> {
+    /// Row `r`'s part: `c1 - c0` elements.
+    pub(crate) fn row_mut(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        // SAFETY: `r < rows` and `c1 <= row_len`, so the range lies inside the matrix, and no
+        // other task's `Columns` covers these columns (par_column_blocks hands each block out
+        // once); `&mut self` keeps two rows of this view from being borrowed at once.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.get().add(r * self.row_len + self.c0),
+                self.c1 - self.c0,
+            )
+        }
+    }
+}
+
+/// Runs `f(i, columns)` for every block of `block` columns of the row-major matrix `data`
+/// (`row_len` columns per row, the last block may be narrower) across the global pool: tasks
+/// that own columns write them in every row without a transpose afterwards.
+pub(crate) fn par_column_blocks<T: Send>(
+    data: &mut [T],
+    row_len: usize,
+    block: usize,
+    f: impl Fn(usize, Columns<'_, T>) + Sync,
+) {
+    let (row_len, block) = (row_len.max(1), block.max(1));
+    let rows = data.len() / row_len;
+    let n = row_len.div_ceil(block);
+    let base = SendPtr(data.as_mut_ptr());
+    global().run(n, &|i| {
+        let c0 = i * block;
+        f(
+            i,
+            Columns {
+                base,
+                row_len,
+                rows,
+                c0,
+                c1: (c0 + block).min(row_len),
+                _data: std::marker::PhantomData,
+            },
+        )
+    });
+}
+
 /// A raw pointer that tasks may share; only disjoint ranges are ever dereferenced.
 struct SendPtr<T>(*mut T);
 impl<T> Clone for SendPtr<T> {
@@ -265,8 +321,8 @@ impl<T> Clone for SendPtr<T> {
     }
 }
 impl<T> Copy for SendPtr<T> {}
-// SAFETY: the pointer is only used to build disjoint sub-slices in `par_chunks_mut`, whose
-// element type is `Send`.
+// SAFETY: the pointer is only used to build disjoint sub-slices in `par_chunks_mut` and
+// `Columns::row_mut`, whose element type is `Send`.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above; shared access never aliases a mutable range.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -302,6 +358,38 @@ mod tests {
             }
         });
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+    }
+
+    #[test]
+    fn column_blocks_are_disjoint_and_cover_the_matrix() {
+        for (rows, row_len, block) in [
+            (3usize, 10usize, 4usize),
+            (5, 16, 16),
+            (1, 7, 3),
+            (4, 33, 8),
+        ] {
+            let mut v = vec![0u32; rows * row_len];
+            par_column_blocks(&mut v, row_len, block, |ci, mut cols| {
+                for r in 0..rows {
+                    for (j, x) in cols.row_mut(r).iter_mut().enumerate() {
+                        *x += (r * row_len + ci * block + j) as u32 + 1;
+                    }
+                }
+            });
+            assert!(
+                v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1),
+                "{rows}x{row_len}/{block}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "row 2 of 2")]
+    fn column_rows_are_bounds_checked() {
+        let mut v = vec![0u8; 8];
+        par_column_blocks(&mut v, 4, 4, |_, mut cols| {
+            cols.row_mut(2);
+        });
     }
 
     #[test]
