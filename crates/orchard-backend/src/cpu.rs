@@ -674,10 +674,11 @@ impl Backend for CpuBackend {
                                     [u_of(i), u_of(i + 1), u_of(i + 2), u_of(i + 3)],
                                     acts,
                                 );
-                                for c in 0..4 {
-                                    let dst = &mut out_cols.row_mut(tk + c)[i..i + 4];
-                                    for (j, d) in dst.iter_mut().enumerate() {
-                                        *d = v[j][c];
+                                // v is [row][token]; each token's output row gets four rows.
+                                for (c, tok) in (tk..tk + 4).enumerate() {
+                                    let dst = &mut out_cols.row_mut(tok)[i..i + 4];
+                                    for (d, vr) in dst.iter_mut().zip(&v) {
+                                        *d = vr[c];
                                     }
                                 }
                                 i += 4;
