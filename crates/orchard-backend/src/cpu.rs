@@ -111,6 +111,9 @@ thread_local! {
     static UNPACKED_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Rows per parallel task of the gated activations.
+const GLU_ROWS_PER_TASK: usize = 16;
+
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
 
@@ -772,25 +775,37 @@ impl Backend for CpuBackend {
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
         let g = &self.bufs[gate.0 as usize].data;
         let u = &self.bufs[up.0 as usize].data;
-        match kind {
-            GluKind::SwiGlu => {
-                let w = self.bufs[gate.0 as usize].width;
-                for ((o, g), u) in o.chunks_mut(w).zip(g.chunks(w)).zip(u.chunks(w)) {
-                    swiglu(o, g, u);
-                }
-            }
-            GluKind::GeGlu => o
-                .iter_mut()
-                .zip(g)
-                .zip(u)
-                // ggml writes a plain +0 below -10 rather than 0 * up (which may be -0).
-                .for_each(|((o, &g), &u)| {
-                    *o = if g <= -10.0 {
-                        0.0
-                    } else {
-                        gelu_tanh_f16_rounded(g) * u
+        let w = self.bufs[gate.0 as usize].width.max(1);
+        // Rows in parallel (elementwise, so the split cannot change a result); run serially
+        // this was ~3 % of Gemma's prompt time with the other thread idle.
+        let apply = |ci: usize, oc: &mut [f32]| {
+            let at = ci * w * GLU_ROWS_PER_TASK;
+            let (g, u) = (&g[at..at + oc.len()], &u[at..at + oc.len()]);
+            match kind {
+                GluKind::SwiGlu => {
+                    for ((o, g), u) in oc.chunks_mut(w).zip(g.chunks(w)).zip(u.chunks(w)) {
+                        swiglu(o, g, u);
                     }
-                }),
+                }
+                GluKind::GeGlu => oc
+                    .iter_mut()
+                    .zip(g)
+                    .zip(u)
+                    // ggml writes a plain +0 below -10 rather than 0 * up (which may be -0).
+                    .for_each(|((o, &g), &u)| {
+                        *o = if g <= -10.0 {
+                            0.0
+                        } else {
+                            gelu_tanh_f16_rounded(g) * u
+                        }
+                    }),
+            }
+        };
+        if n > GLU_ROWS_PER_TASK {
+            pool::par_chunks_mut(&mut o, w * GLU_ROWS_PER_TASK, apply);
+        } else {
+            // Decode steps: too little work to be worth waking the pool.
+            apply(0, &mut o);
         }
         self.bufs[out.0 as usize].data = o;
     }
