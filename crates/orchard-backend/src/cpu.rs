@@ -605,6 +605,7 @@ impl Backend for CpuBackend {
             DotOrder::Gemv => None,
         };
         let tile4 = t.vec_dot_tile;
+        let rows_gemm = t.vec_dot_interleaved_gemm_rows;
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
@@ -662,10 +663,27 @@ impl Backend for CpuBackend {
                         (t.unpack)(cols, w_of(i), u);
                     }
                 }
+                // Q4_K rows packed together for the repacked GEMM order's row-block kernel,
+                // after the tile rows in the same scratch.
+                let u_end = u_row * if tile.is_some() { n_rows } else { 0 };
+                let block = rows_gemm.filter(|k| n_rows <= k.rows);
+                if let Some(k) = block {
+                    let need = u_end + (k.packed_bytes)(cols);
+                    if unpacked.len() < need {
+                        unpacked.resize(need, 0);
+                    }
+                    let refs: Vec<&[u8]> = (0..n_rows).map(w_of).collect();
+                    (k.pack)(cols, &refs, &mut unpacked[u_end..need]);
+                }
                 let u_of = |i: usize| &unpacked[i * u_row..(i + 1) * u_row];
                 let mut tk = 0;
                 while tk < n_tokens {
                     let order = orders[tk];
+                    if let Some(k) = block.filter(|_| order == DotOrder::Gemm) {
+                        (k.dot)(cols, &unpacked[u_end..], act_of(tk), out_cols.row_mut(tk));
+                        tk += 1;
+                        continue;
+                    }
                     let four = tk + 4 <= n_tokens && orders[tk..tk + 4].iter().all(|&o| o == order);
                     if let Some(d4) = dot4_of(order).filter(|_| four) {
                         let acts = [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)];

@@ -29,6 +29,17 @@ pub type VecDotTileFn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4];
 /// `unpack(n, weight_row, out)`: a weight row in a tile kernel's working layout.
 pub type UnpackRowFn = fn(usize, &[u8], &mut [u8]);
 
+/// A matmul kernel over a block of `rows` weight rows, packed together once per task
+/// (`packed_bytes(n)` bytes for the block), dotted with one activation row at a time:
+/// `dot(n, packed, act, out)` writes one result per row (`out.len()` of them, at most `rows`).
+#[derive(Clone, Copy)]
+pub struct RowBlockKernel {
+    pub rows: usize,
+    pub packed_bytes: fn(usize) -> usize,
+    pub pack: fn(usize, &[&[u8]], &mut [u8]),
+    pub dot: fn(usize, &[u8], &[u8], &mut [f32]),
+}
+
 /// A register-tile matmul kernel for prompts: weight rows are unpacked once per task into a
 /// kernel-private layout (`unpacked_row_bytes(n)` bytes per row), then dotted 4 rows x 4
 /// activation rows at a time; each result is bit-identical to `vec_dot` of that pair.
@@ -83,6 +94,9 @@ pub struct TypeTraits {
     /// `vec_dot_interleaved_gemm` for one weight row and four activation rows, each result
     /// bit-identical to it.
     pub vec_dot_interleaved_gemm_4act: Option<VecDot4ActFn>,
+    /// `vec_dot_interleaved_gemm` for a block of weight rows (packed together once) against
+    /// one activation row, each result bit-identical to it.
+    pub vec_dot_interleaved_gemm_rows: Option<RowBlockKernel>,
     /// What llama.cpp's x86 build computes for this (not repacked) type in its tiled K-quant
     /// matmul (`ggml-cpu/tiled/`), which it runs for batches of at least 8 activation rows:
     /// Q6_K only (see `vec_dot_q6_k_q8_k_tiled_scalar`).
@@ -190,6 +204,7 @@ macro_rules! entry {
             vec_dot_interleaved: None,
             vec_dot_interleaved_gemm: None,
             vec_dot_interleaved_gemm_4act: None,
+            vec_dot_interleaved_gemm_rows: None,
             vec_dot_tiled_4act: None,
             vec_dot_tiled: None,
         }

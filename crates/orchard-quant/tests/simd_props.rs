@@ -143,6 +143,20 @@ proptest! {
                 let (ours, theirs) = (ours.unwrap()(n, &w[1..], &a[1..]), theirs.unwrap()(n, &w[1..], &a[1..]));
                 prop_assert_eq!(ours.to_bits(), theirs.to_bits(), "{:?} n={}", tier, n);
             }
+            // The 16-row block kernel of the gemm order: each lane equals the single-row kernel.
+            if let Some(k) = t.vec_dot_interleaved_gemm_rows {
+                let n_rows = 1 + (seed % k.rows as u64) as usize;
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_blocks(DType::Q4_K, n, &mut rng)).collect();
+                let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+                let mut packed = vec![0u8; (k.packed_bytes)(n)];
+                (k.pack)(n, &refs, &mut packed);
+                let mut out = vec![0f32; n_rows];
+                (k.dot)(n, &packed, &a[1..], &mut out);
+                for (r, row) in rows.iter().enumerate() {
+                    let one = s.vec_dot_interleaved_gemm.unwrap()(n, row, &a[1..]);
+                    prop_assert_eq!(out[r].to_bits(), one.to_bits(), "{:?} gemm rows lane {} n={}", tier, r, n);
+                }
+            }
             // The four-activation gemm order: each result equals the single-row gemm order.
             let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
             let four = t.vec_dot_interleaved_gemm_4act.unwrap()(n, &w[1..], std::array::from_fn(|c| &acts[c][1..]));

@@ -1200,6 +1200,130 @@ mod avx512 {
         n / 32 * UNPACKED
     }
 
+    /// Bytes of one Q4_K block of [`Q4K_LANES`] rows packed for `q4_k_gemm_rows`: the rows'
+    /// `d` and `dmin` (f32), their 8 sub-block scales (i32 lanes), their mins paired per
+    /// sub-block pair (two i16 per lane), then the quants, each run of four consecutive
+    /// nibbles of a sub-block stored for all rows side by side (one lane per row).
+    const Q4K_PACKED: usize = 64 + 64 + 8 * 64 + 4 * 64 + 8 * 8 * 64;
+    /// Rows per packed group: one 512-bit lane each.
+    const Q4K_LANES: usize = 16;
+
+    fn q4_k_packed_bytes(n: usize) -> usize {
+        n / QK_K * Q4K_PACKED
+    }
+
+    /// Packs up to 16 Q4_K rows (missing rows are zero lanes) for `q4_k_gemm_rows`.
+    fn q4_k_pack_rows(n: usize, rows: &[&[u8]], out: &mut [u8]) {
+        use crate::BlockQ4K;
+        let nb = (n / QK_K).min(out.len() / Q4K_PACKED);
+        out[..nb * Q4K_PACKED].fill(0);
+        for (lane, row) in rows.iter().enumerate().take(Q4K_LANES) {
+            for b in 0..nb.min(row.len() / Q4K) {
+                let x = BlockQ4K::from_bytes(row[b * Q4K..][..Q4K].try_into().expect("sized"));
+                let o = &mut out[b * Q4K_PACKED..][..Q4K_PACKED];
+                let put = |o: &mut [u8], at: usize, v: [u8; 4]| o[at..at + 4].copy_from_slice(&v);
+                put(o, 4 * lane, x.d.to_f32().to_le_bytes());
+                put(o, 64 + 4 * lane, x.dmin.to_f32().to_le_bytes());
+                let sm: Vec<(u8, u8)> = (0..8)
+                    .map(|j| crate::get_scale_min_k4(j, &x.scales))
+                    .collect();
+                for (sub, &(sc, _)) in sm.iter().enumerate() {
+                    put(o, 128 + 64 * sub + 4 * lane, i32::from(sc).to_le_bytes());
+                }
+                for pair in 0..4 {
+                    let (lo, hi) = (i16::from(sm[2 * pair].1), i16::from(sm[2 * pair + 1].1));
+                    let v = (lo as u16 as u32) | (hi as u16 as u32) << 16;
+                    put(o, 640 + 64 * pair + 4 * lane, v.to_le_bytes());
+                }
+                for sub in 0..8 {
+                    let run = &x.qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
+                    for k in 0..8 {
+                        let q: [u8; 4] = std::array::from_fn(|e| {
+                            let byte = run[4 * k + e];
+                            if sub % 2 == 0 {
+                                byte & 0xF
+                            } else {
+                                byte >> 4
+                            }
+                        });
+                        put(o, 896 + 64 * (8 * sub + k) + 4 * lane, q);
+                    }
+                }
+            }
+        }
+    }
+
+    /// 16 packed Q4_K rows against one Q8_K activation row in the order of ggml's repacked
+    /// GEMM (see `q4_k_interleaved` with `per_pair`): each lane is one row, so the per-row
+    /// scalar chains (one FMA per sub-block pair for the scales, one for the mins) become
+    /// lanes of two 16-lane chains with the same exact integer sums and the same float steps.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q4_k_gemm_rows16(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
+        let nb = (n / QK_K)
+            .min(packed.len() / Q4K_PACKED)
+            .min(act.len() / Q8K);
+        let (x, y) = (packed.as_ptr(), act.as_ptr());
+        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
+        let (mut acc, mut acc_min) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for b in 0..nb {
+            let (xb, yb) = (x.add(b * Q4K_PACKED), y.add(b * Q8K));
+            let yd = _mm512_set1_ps((yb as *const f32).read_unaligned());
+            let d = _mm512_mul_ps(_mm512_loadu_ps(xb as *const f32), yd);
+            let dmin = _mm512_mul_ps(_mm512_loadu_ps(xb.add(64) as *const f32), yd);
+            let bsum = |i: usize| i32::from((yb.add(260 + 2 * i) as *const i16).read_unaligned());
+            for pair in 0..4 {
+                let mut sums = [_mm512_setzero_si512(); 4]; // [lo even, lo odd, hi even, hi odd]
+                for half in 0..2 {
+                    let sub = 2 * pair + half;
+                    let q = xb.add(896 + 64 * 8 * sub);
+                    let a = yb.add(4 + 32 * sub);
+                    for k in 0..8 {
+                        let yk = _mm512_set1_epi32((a.add(4 * k) as *const i32).read_unaligned());
+                        let s = &mut sums[2 * half + k % 2];
+                        *s = _mm512_dpbusd_epi32(*s, ld(q.add(64 * k)), yk);
+                    }
+                }
+                let lo = _mm512_add_epi32(sums[0], sums[1]);
+                let hi = _mm512_add_epi32(sums[2], sums[3]);
+                let isum = _mm512_add_epi32(
+                    _mm512_mullo_epi32(lo, ld(xb.add(128 + 64 * 2 * pair))),
+                    _mm512_mullo_epi32(hi, ld(xb.add(128 + 64 * (2 * pair + 1)))),
+                );
+                let (s_lo, s_hi) = (
+                    bsum(4 * pair) + bsum(4 * pair + 1),
+                    bsum(4 * pair + 2) + bsum(4 * pair + 3),
+                );
+                let bs =
+                    _mm512_set1_epi32(((s_lo as u16 as u32) | (s_hi as u16 as u32) << 16) as i32);
+                let imin = _mm512_madd_epi16(ld(xb.add(640 + 64 * pair)), bs);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
+                acc_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dmin, acc_min);
+            }
+        }
+        let mut r = [0f32; Q4K_LANES];
+        _mm512_storeu_ps(r.as_mut_ptr(), _mm512_sub_ps(acc, acc_min));
+        let k = out.len().min(Q4K_LANES);
+        out[..k].copy_from_slice(&r[..k]);
+    }
+
+    fn q4_k_gemm_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
+        // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
+        // by the block count both slices hold.
+        unsafe { q4_k_gemm_rows16(n, packed, act, out) }
+    }
+
+    /// Row-block kernels (16 rows in lanes) by weight type, for ggml's repacked GEMM order.
+    pub(in crate::simd) fn kernels_rows_gemm(
+        dtype: DType,
+    ) -> Option<crate::traits::RowBlockKernel> {
+        (dtype == DType::Q4_K).then_some(crate::traits::RowBlockKernel {
+            rows: Q4K_LANES,
+            packed_bytes: q4_k_packed_bytes,
+            pack: q4_k_pack_rows,
+            dot: q4_k_gemm_rows,
+        })
+    }
+
     /// The 4 x 4 register-tile kernels (VNNI only: the unsigned-weight lanes need `vpdpbusd`'s
     /// unsaturated sums).
     pub(in crate::simd) fn kernels_tile(dtype: DType) -> Option<crate::traits::TileKernel> {
@@ -1486,6 +1610,7 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
         }
         if tier == Tier::Avx512 {
             e.vec_dot_tile = avx512::kernels_tile(e.dtype);
+            e.vec_dot_interleaved_gemm_rows = avx512::kernels_rows_gemm(e.dtype);
         }
         if e.dtype == DType::F16 {
             let (d, d4, d4a): (VecDotFn, VecDotX4Fn, VecDot4ActFn) = match tier {
