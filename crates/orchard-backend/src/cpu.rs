@@ -606,6 +606,7 @@ impl Backend for CpuBackend {
         };
         let tile4 = t.vec_dot_tile;
         let rows_gemm = t.vec_dot_interleaved_gemm_rows;
+        let rows_tiled = t.vec_dot_tiled_rows;
 
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
@@ -663,10 +664,16 @@ impl Backend for CpuBackend {
                         (t.unpack)(cols, w_of(i), u);
                     }
                 }
-                // Q4_K rows packed together for the repacked GEMM order's row-block kernel,
-                // after the tile rows in the same scratch.
+                // Weight rows packed together for a row-block kernel of a ggml order
                 let u_end = u_row * if tile.is_some() { n_rows } else { 0 };
-                let block = rows_gemm.filter(|k| n_rows <= k.rows);
+                // (Q4_K's rows for the repacked GEMM order, Q6_K's for the tiled one, after the
+                // tile rows in the same scratch; a type has at most one of these kernels.)
+                let (block, block_order) = match (rows_gemm, rows_tiled) {
+                    (Some(k), _) => (Some(k), DotOrder::Gemm),
+                    (None, Some(k)) => (Some(k), DotOrder::Tiled),
+                    _ => (None, DotOrder::Plain),
+                };
+                let block = block.filter(|k| n_rows <= k.rows);
                 if let Some(k) = block {
                     let need = u_end + (k.packed_bytes)(cols);
                     if unpacked.len() < need {
@@ -679,7 +686,7 @@ impl Backend for CpuBackend {
                 let mut tk = 0;
                 while tk < n_tokens {
                     let order = orders[tk];
-                    if let Some(k) = block.filter(|_| order == DotOrder::Gemm) {
+                    if let Some(k) = block.filter(|_| order == block_order) {
                         (k.dot)(cols, &unpacked[u_end..], act_of(tk), out_cols.row_mut(tk));
                         tk += 1;
                         continue;

@@ -104,6 +104,9 @@ pub struct TypeTraits {
     /// `vec_dot_tiled` for one weight row and four activation rows, each result bit-identical
     /// to it.
     pub vec_dot_tiled_4act: Option<VecDot4ActFn>,
+    /// `vec_dot_tiled` for a block of weight rows packed together, each result bit-identical
+    /// to it.
+    pub vec_dot_tiled_rows: Option<RowBlockKernel>,
 }
 
 /// A family of kernels, from the portable reference to the widest SIMD this build supports.
@@ -206,6 +209,7 @@ macro_rules! entry {
             vec_dot_interleaved_gemm_4act: None,
             vec_dot_interleaved_gemm_rows: None,
             vec_dot_tiled_4act: None,
+            vec_dot_tiled_rows: None,
             vec_dot_tiled: None,
         }
     };

@@ -173,6 +173,18 @@ proptest! {
         for tier in simd_tiers() {
             let ours = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled.unwrap()(n, &w6[1..], &a[1..]);
             prop_assert_eq!(ours.to_bits(), tiled.to_bits(), "{:?} tiled Q6_K n={}", tier, n);
+            if let Some(k) = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_rows {
+                let n_rows = 1 + (seed % k.rows as u64) as usize;
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_blocks(DType::Q6_K, n, &mut rng)).collect();
+                let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+                let mut packed = vec![0u8; (k.packed_bytes)(n)];
+                (k.pack)(n, &refs, &mut packed);
+                let mut out = vec![0f32; n_rows];
+                (k.dot)(n, &packed, &a[1..], &mut out);
+                for (r, row) in rows.iter().enumerate() {
+                    prop_assert_eq!(out[r].to_bits(), q6_k_tiled_definition(n, row, &a[1..]).to_bits(), "{:?} tiled rows lane {} n={}", tier, r, n);
+                }
+            }
             let four = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_4act.unwrap()(n, &w6[1..], std::array::from_fn(|c| &acts[c][1..]));
             for (c, ac) in acts.iter().enumerate() {
                 let one = q6_k_tiled_definition(n, &w6[1..], &ac[1..]);

@@ -1312,6 +1312,103 @@ mod avx512 {
         unsafe { q4_k_gemm_rows16(n, packed, act, out) }
     }
 
+    /// Bytes of one Q6_K block of 16 rows packed for `q6_k_tiled_rows`: the rows' `d` (f32),
+    /// their 16 sub-block scales (i32 lanes), then the 6-bit quants as bytes, each run of four
+    /// consecutive quants stored for all rows side by side (one lane per row).
+    const Q6K_PACKED: usize = 64 + 16 * 64 + 64 * 64;
+
+    fn q6_k_packed_bytes(n: usize) -> usize {
+        n / QK_K * Q6K_PACKED
+    }
+
+    /// Packs up to 16 Q6_K rows (missing rows are zero lanes) for `q6_k_tiled_rows`.
+    fn q6_k_pack_rows(n: usize, rows: &[&[u8]], out: &mut [u8]) {
+        use crate::BlockQ6K;
+        let nb = (n / QK_K).min(out.len() / Q6K_PACKED);
+        out[..nb * Q6K_PACKED].fill(0);
+        for (lane, row) in rows.iter().enumerate().take(Q4K_LANES) {
+            for b in 0..nb.min(row.len() / Q6K) {
+                let x = BlockQ6K::from_bytes(row[b * Q6K..][..Q6K].try_into().expect("sized"));
+                let o = &mut out[b * Q6K_PACKED..][..Q6K_PACKED];
+                o[4 * lane..4 * lane + 4].copy_from_slice(&x.d.to_f32().to_le_bytes());
+                for sub in 0..16 {
+                    let at = 64 + 64 * sub + 4 * lane;
+                    o[at..at + 4].copy_from_slice(&i32::from(x.scales[sub] as i8).to_le_bytes());
+                }
+                let mut q = [0u8; 256];
+                for half in 0..2 {
+                    let (ql, qh) = (&x.ql[half * 64..], &x.qh[half * 32..]);
+                    for l in 0..32 {
+                        let base = half * 128 + l;
+                        q[base] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+                        q[base + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+                        q[base + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        q[base + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+                for k in 0..64 {
+                    let at = 64 + 16 * 64 + 64 * k + 4 * lane;
+                    o[at..at + 4].copy_from_slice(&q[4 * k..4 * k + 4]);
+                }
+            }
+        }
+    }
+
+    /// 16 packed Q6_K rows against one Q8_K activation row in the order of ggml's tiled
+    /// matmul (see `q6_k_q8_k_tiled`): per block the exact integer sum of every sub-block's
+    /// scale times (raw dot - 32 * activation sum), scaled by the row's `d`, then one FMA with
+    /// the activation's `d`; each lane is one row.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q6_k_tiled_rows16(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
+        let nb = (n / QK_K)
+            .min(packed.len() / Q6K_PACKED)
+            .min(act.len() / Q8K);
+        let (x, y) = (packed.as_ptr(), act.as_ptr());
+        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            let (xb, yb) = (x.add(b * Q6K_PACKED), y.add(b * Q8K));
+            let mut s1 = _mm512_setzero_si512();
+            for sub in 0..16 {
+                let q = xb.add(64 + 16 * 64 + 64 * 4 * sub);
+                let a = yb.add(4 + 16 * sub);
+                let bsum = i32::from((yb.add(260 + 2 * sub) as *const i16).read_unaligned());
+                // -32 * sum(y) seeds the raw dot: the tiled kernel's bias, exact in i32.
+                let mut raw = _mm512_set1_epi32(-32 * bsum);
+                for k in 0..4 {
+                    let yk = _mm512_set1_epi32((a.add(4 * k) as *const i32).read_unaligned());
+                    raw = _mm512_dpbusd_epi32(raw, ld(q.add(64 * k)), yk);
+                }
+                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(raw, ld(xb.add(64 + 64 * sub))));
+            }
+            let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), _mm512_loadu_ps(xb as *const f32));
+            let yd = _mm512_set1_ps((yb as *const f32).read_unaligned());
+            acc = _mm512_fmadd_ps(r, yd, acc);
+        }
+        let mut r = [0f32; Q4K_LANES];
+        _mm512_storeu_ps(r.as_mut_ptr(), acc);
+        let k = out.len().min(Q4K_LANES);
+        out[..k].copy_from_slice(&r[..k]);
+    }
+
+    fn q6_k_tiled_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
+        // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
+        // by the block count both slices hold.
+        unsafe { q6_k_tiled_rows16(n, packed, act, out) }
+    }
+
+    /// Row-block kernels (16 rows in lanes) for ggml's tiled K-quant order.
+    pub(in crate::simd) fn kernels_rows_tiled(
+        dtype: DType,
+    ) -> Option<crate::traits::RowBlockKernel> {
+        (dtype == DType::Q6_K).then_some(crate::traits::RowBlockKernel {
+            rows: Q4K_LANES,
+            packed_bytes: q6_k_packed_bytes,
+            pack: q6_k_pack_rows,
+            dot: q6_k_tiled_rows,
+        })
+    }
+
     /// Row-block kernels (16 rows in lanes) by weight type, for ggml's repacked GEMM order.
     pub(in crate::simd) fn kernels_rows_gemm(
         dtype: DType,
@@ -1611,6 +1708,7 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
         if tier == Tier::Avx512 {
             e.vec_dot_tile = avx512::kernels_tile(e.dtype);
             e.vec_dot_interleaved_gemm_rows = avx512::kernels_rows_gemm(e.dtype);
+            e.vec_dot_tiled_rows = avx512::kernels_rows_tiled(e.dtype);
         }
         if e.dtype == DType::F16 {
             let (d, d4, d4a): (VecDotFn, VecDotX4Fn, VecDot4ActFn) = match tier {
