@@ -1333,7 +1333,7 @@ mod avx512 {
                 o[4 * lane..4 * lane + 4].copy_from_slice(&x.d.to_f32().to_le_bytes());
                 for sub in 0..16 {
                     let at = 64 + 64 * sub + 4 * lane;
-                    o[at..at + 4].copy_from_slice(&i32::from(x.scales[sub] as i8).to_le_bytes());
+                    o[at..at + 4].copy_from_slice(&i32::from(x.scales[sub]).to_le_bytes());
                 }
                 let mut q = [0u8; 256];
                 for half in 0..2 {
