@@ -3,7 +3,8 @@
 //! format, tiled matmul throughput, buffer-copy bandwidth) that say what limits each kernel.
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
-//!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...] [MODEL...]
+//!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
+//!        [--warm-ms MS] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
 //!        micro-benchmarks' weight, 4096x14336 by default)
 
@@ -70,6 +71,7 @@ fn parse() -> Args {
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
+            "--warm-ms" => WARM_MS.store(num() as u64, std::sync::atomic::Ordering::Relaxed),
             "--no-matvec" => a.no_matvec = true,
             "--const-x" => a.const_x = true,
             "--formats" => a.formats = it.next(),
@@ -232,13 +234,33 @@ fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
     }
 }
 
+/// Milliseconds of warm-up before each timing (`--warm-ms`): the H200 of run 7 ran the same
+/// dispatches up to 4x faster after a second or so of load than right after an idle spell.
+static WARM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Set when the device may have idled (weights were just made on the CPU): the next timing
+/// warms 1.5 s more.
+static WARM_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Times `reps` repetitions of `f` recorded into one submission.
 fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend)) -> f64 {
     // warm-up: pipelines compile and clocks rise
-    for _ in 0..reps.min(20) {
-        f(g);
+    let ms = WARM_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let extra = if ms > 0 && WARM_FIRST.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        1500
+    } else {
+        0
+    };
+    let warm = std::time::Duration::from_millis(ms + extra);
+    let t = Instant::now();
+    loop {
+        for _ in 0..reps.min(20) {
+            f(g);
+        }
+        g.sync();
+        if t.elapsed() >= warm {
+            break;
+        }
     }
-    g.sync();
     let t = Instant::now();
     for _ in 0..reps {
         f(g);
@@ -300,6 +322,7 @@ fn bench_kernels(a: &Args) {
         let x = g.alloc(1, cols);
         g.upload(x, &xv);
         let o = g.alloc(1, rows_w);
+        WARM_FIRST.store(true, std::sync::atomic::Ordering::Relaxed);
         let s1 = if a.no_matvec {
             f64::NAN
         } else {
@@ -320,7 +343,7 @@ fn bench_kernels(a: &Args) {
             v
         };
         if matches!(dtype, DType::Q4_K | DType::Q6_K) && !a.q8k_shapes.is_empty() {
-            let keep = g.q8k_shape();
+            let keep = (g.q8k_shape(), g.q8k_auto());
             let order: Vec<_> = a
                 .q8k_shapes
                 .iter()
@@ -345,7 +368,8 @@ fn bench_kernels(a: &Args) {
                     nmse(&v, &want)
                 );
             }
-            g.set_q8k_shape(keep.0, keep.1, keep.2);
+            g.set_q8k_shape(keep.0 .0, keep.0 .1, keep.0 .2);
+            g.set_q8k_auto(keep.1);
         }
         let s512 = if a.no_matmul {
             f64::NAN

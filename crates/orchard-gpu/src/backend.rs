@@ -102,6 +102,8 @@ enum Kernel {
     Glu,
     Rope,
     KvStore,
+    /// K and V stored in one dispatch.
+    KvStore2,
     Attention,
     ActQuant,
 }
@@ -120,6 +122,7 @@ impl Kernel {
             | Kernel::Glu => &[false, false, true],
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
+            Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
@@ -235,9 +238,11 @@ pub struct GpuBackend {
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
     q6k_shape: Option<(u32, u32, u32)>,
+    /// Whether the shape is chosen per matrix (`q8k_auto_shape`) rather than fixed.
+    q8k_auto: bool,
     /// Whether RMS norms and GLUs of decode steps also write the Q8_K copy of their output
-    /// that the integer-dot kernels read (one dispatch instead of two); `ORCHARD_GPU_FUSE=0`
-    /// turns it off.
+    /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
+    /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
     fuse_q8k: bool,
 }
 
@@ -348,6 +353,7 @@ impl GpuBackend {
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
             q6k_shape: None,
+            q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
@@ -375,11 +381,14 @@ impl GpuBackend {
         }
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
         let (wg0, tpr0, nr0) = me.q8k_shape;
-        me.set_q8k_shape(
-            env("ORCHARD_GPU_Q8K_WG").unwrap_or(wg0),
-            env("ORCHARD_GPU_Q8K_TPR").unwrap_or(tpr0),
-            env("ORCHARD_GPU_Q8K_NR").unwrap_or(nr0),
+        let (wg, tpr, nr) = (
+            env("ORCHARD_GPU_Q8K_WG"),
+            env("ORCHARD_GPU_Q8K_TPR"),
+            env("ORCHARD_GPU_Q8K_NR"),
         );
+        if wg.is_some() || tpr.is_some() || nr.is_some() {
+            me.set_q8k_shape(wg.unwrap_or(wg0), tpr.unwrap_or(tpr0), nr.unwrap_or(nr0));
+        }
         // "WG/TPR/NR" for both formats, then Q6_K's own
         let shape = |k: &str| {
             let v = std::env::var(k).ok()?;
@@ -434,15 +443,47 @@ impl GpuBackend {
 
     /// Shape of the integer-dot (K-quant x Q8_K) matrix-vector kernels: `wg` threads per
     /// workgroup, `tpr` threads per row group, `nr` rows per group (powers of two, `nr` at
-    /// most 8, `nr <= tpr <= wg <= 1024`), for both formats. Returns whether the shape was
-    /// taken (otherwise the current one stays).
+    /// most 8, `nr <= tpr <= wg <= 1024`), for both formats, instead of the per-matrix choice
+    /// (`set_q8k_auto`). Returns whether the shape was taken (otherwise nothing changes).
     pub fn set_q8k_shape(&mut self, wg: u32, tpr: u32, nr: u32) -> bool {
         let ok = self.q8k_shape_ok(wg, tpr, nr);
         if ok {
             self.q8k_shape = (wg, tpr, nr);
             self.q6k_shape = None;
+            self.q8k_auto = false;
         }
         ok
+    }
+
+    /// Whether the integer-dot kernels' shape is chosen per matrix (the default; off with
+    /// `ORCHARD_GPU_Q8K_AUTO=0`, or once a fixed shape is set).
+    pub fn set_q8k_auto(&mut self, on: bool) {
+        self.q8k_auto = on;
+    }
+
+    pub fn q8k_auto(&self) -> bool {
+        self.q8k_auto
+    }
+
+    /// The integer-dot shape for a matrix of `rows` rows of `nblk` 256-element blocks, as
+    /// measured on an H200 through Vulkan (bench/README.md, round 3): row groups of at least
+    /// half the row's units (4 per block; two iterations per thread at most, 32-128 threads),
+    /// widened until the grid has 64k threads (small matrices: k/v projections), 4 rows per
+    /// group, 2 for Q6_K once the group is 64 threads or more (more live registers per unit).
+    fn q8k_auto_shape(dtype: DType, rows: usize, nblk: usize) -> (u32, u32, u32) {
+        let units = (nblk * 4) as u32;
+        let mut tpr = (units / 2).max(1).next_power_of_two().clamp(32, 128);
+        let nr_for = |tpr: u32| {
+            if dtype == DType::Q6_K && tpr >= 64 {
+                2
+            } else {
+                4
+            }
+        };
+        while (rows as u32 / nr_for(tpr)) * tpr < 65536 && tpr < 128 {
+            tpr *= 2;
+        }
+        (tpr.max(128), tpr, nr_for(tpr))
     }
 
     /// As `set_q8k_shape`, for the Q6_K kernel alone.
@@ -470,7 +511,7 @@ impl GpuBackend {
 
     /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
     /// blocks) also write the Q8_K copy of their output that the integer-dot kernels read,
-    /// in the same dispatch (on by default).
+    /// in the same dispatch, and K and V are stored in one dispatch (on by default).
     pub fn set_fuse_q8k(&mut self, on: bool) {
         self.fuse_q8k = on;
     }
@@ -549,6 +590,7 @@ impl GpuBackend {
                 Kernel::Glu => (shaders::GLU, 256, None),
                 Kernel::Rope => (shaders::ROPE, 256, None),
                 Kernel::KvStore => (shaders::KV_STORE, 256, None),
+                Kernel::KvStore2 => (shaders::KV_STORE2, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
@@ -1278,6 +1320,7 @@ impl Backend for GpuBackend {
             // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
             let (xq, d_off) = self.q8k_input(x);
             let shape = match (fmt.dtype, self.q6k_shape) {
+                _ if self.q8k_auto => Self::q8k_auto_shape(fmt.dtype, rows, bpr),
                 (DType::Q6_K, Some(s)) => s,
                 _ => self.q8k_shape,
             };
@@ -1545,13 +1588,27 @@ impl Backend for GpuBackend {
         }
         let ranges_off = self.push_aux(&ranges);
         let aux = self.aux_res.clone();
-        for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
-            let words = width / 2;
-            let (groups, gx) = self.grid(n * words, 256);
-            let s = self.res(src);
+        if self.fuse_q8k {
+            let (kwords, vwords) = (kw / 2, vw / 2);
+            let (groups, gx) = self.grid(n * (kwords + vwords), 256);
+            let (ks, vs) = (self.res(k), self.res(v));
             let mut pp = [0u32; 16];
-            pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
-            self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
+            pp[..5].copy_from_slice(&[n as u32, kwords as u32, cells_off, gx, vwords as u32]);
+            self.dispatch(
+                Kernel::KvStore2,
+                &[&ks, &vs, &kres, &vres, &aux],
+                pp,
+                groups,
+            );
+        } else {
+            for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
+                let words = width / 2;
+                let (groups, gx) = self.grid(n * words, 256);
+                let s = self.res(src);
+                let mut pp = [0u32; 16];
+                pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
+                self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
+            }
         }
         self.set_rows(out, n);
         let (qr, or) = (self.res(q), self.res(out));

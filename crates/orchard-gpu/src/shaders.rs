@@ -615,6 +615,37 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// `KV_STORE` for K and V in one dispatch: items below n * (K words per row) store K, the
+/// rest V. a = (n tokens, K words per row, cell table word offset, grid x), b.x = V words per
+/// row.
+pub(crate) const KV_STORE2: &str = r#"
+@group(0) @binding(1) var<storage, read> Sk: array<f32>;
+@group(0) @binding(2) var<storage, read> Sv: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Ck: array<u32>;
+@group(0) @binding(4) var<storage, read_write> Cv: array<u32>;
+@group(0) @binding(5) var<storage, read> A: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    let nk = P.a.x * P.a.y;
+    if (i < nk) {
+        let wpr = P.a.y;
+        let t = i / wpr;
+        let w = i % wpr;
+        let cell = A[P.a.z + t];
+        Ck[cell * wpr + w] = pack2x16float(vec2<f32>(Sk[t * wpr * 2u + 2u * w], Sk[t * wpr * 2u + 2u * w + 1u]));
+        return;
+    }
+    let wpr = P.b.x;
+    let j = i - nk;
+    if (j >= P.a.x * wpr) { return; }
+    let t = j / wpr;
+    let w = j % wpr;
+    let cell = A[P.a.z + t];
+    Cv[cell * wpr + w] = pack2x16float(vec2<f32>(Sv[t * wpr * 2u + 2u * w], Sv[t * wpr * 2u + 2u * w + 1u]));
+}
+"#;
+
 /// Attention of one (query head, token) per workgroup over its visible cells, split over the
 /// KV length in tiles of WG cells: each thread scores one cell of the tile, the tile's softmax
 /// terms are merged into a running (max, sum), and each thread accumulates its own V dims.

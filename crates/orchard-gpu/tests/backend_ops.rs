@@ -643,12 +643,16 @@ fn attention_decode_and_prefill() {
             steps: vec![vec![(0, 0..100)], vec![(0, 100..101)]],
         },
     ];
-    for (i, case) in cases.iter().enumerate() {
-        let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
-        let e = nmse(&got, &want);
-        // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
-        eprintln!("attention case {i}: NMSE {e:.2e}");
-        assert!(e < 5e-9, "attention case {i}: NMSE {e}");
+    // K and V stored in one dispatch (default) and in two
+    for fuse in [true, false] {
+        g.set_fuse_q8k(fuse);
+        for (i, case) in cases.iter().enumerate() {
+            let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
+            let e = nmse(&got, &want);
+            // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
+            eprintln!("attention case {i} fuse={fuse}: NMSE {e:.2e}");
+            assert!(e < 5e-9, "attention case {i} fuse={fuse}: NMSE {e}");
+        }
     }
 }
 
