@@ -58,10 +58,10 @@ B=$BIN/gpu_bench_base
 M="/tmp/smollm2-synth-q4km.gguf /tmp/llama8b-synth-q4km.gguf"
 timeout 120 $N --write-only --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
     --synth 8b=/tmp/llama8b-synth-q4km.gguf 2>&1 | tee "$OUT/orchard.txt"
-# Kernels: one process per format (in one process, formats timed late in the sequence ran
-# up to 4x slower in earlier runs, so their numbers were not trusted).
+# Kernels: one process per format, each timing after a warm-up (--warm-ms; run 8: the SM
+# clock idles at 345 MHz and the same dispatches ran up to 4x slower until it rose).
 for f in q4_K q6_K q5_K q8_0 q4_0 q5_0 f16; do
-    timeout 60 $N --kernels --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
+    timeout 60 $N --kernels --warm-ms 150 --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
 done
 echo "== round 1: orchard (this tree)" | tee -a "$OUT/orchard.txt"
 timeout 150 $N -r 3 $M 2>&1 | tee -a "$OUT/orchard.txt"

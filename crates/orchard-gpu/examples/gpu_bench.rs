@@ -3,7 +3,8 @@
 //! format, tiled matmul throughput, buffer-copy bandwidth) that say what limits each kernel.
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
-//!        [--write-only] [--f32-act] [--shape COLSxROWS] [MODEL...]
+//!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
+//!        [--warm-ms MS] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
 //!        micro-benchmarks' weight, 4096x14336 by default)
 
@@ -31,6 +32,9 @@ struct Args {
     const_x: bool,
     /// `--shape COLSxROWS`: the micro-benchmarks' weight shape.
     shape: (usize, usize),
+    /// `--q8k-shapes WG/TPR/NR,...`: integer-dot matrix-vector shapes timed side by side (in
+    /// that order, then again in reverse) on the K-quant formats.
+    q8k_shapes: Vec<(u32, u32, u32)>,
     p: usize,
     n: usize,
     r: usize,
@@ -49,6 +53,7 @@ fn parse() -> Args {
         no_matvec: false,
         const_x: false,
         shape: (4096, 14336),
+        q8k_shapes: Vec::new(),
         p: 512,
         n: 128,
         r: 3,
@@ -66,6 +71,7 @@ fn parse() -> Args {
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
+            "--warm-ms" => WARM_MS.store(num() as u64, std::sync::atomic::Ordering::Relaxed),
             "--no-matvec" => a.no_matvec = true,
             "--const-x" => a.const_x = true,
             "--formats" => a.formats = it.next(),
@@ -73,6 +79,17 @@ fn parse() -> Args {
                 let v = it.next().expect("COLSxROWS");
                 let (c, r) = v.split_once('x').expect("COLSxROWS");
                 a.shape = (c.parse().expect("COLS"), r.parse().expect("ROWS"));
+            }
+            "--q8k-shapes" => {
+                let v = it.next().expect("WG/TPR/NR,...");
+                a.q8k_shapes = v
+                    .split(',')
+                    .map(|t| {
+                        let n: Vec<u32> =
+                            t.split('/').map(|x| x.parse().expect("a number")).collect();
+                        (n[0], n[1], n[2])
+                    })
+                    .collect();
             }
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
@@ -217,19 +234,49 @@ fn quantized(dtype: DType, cols: usize, rows: usize) -> HostWeight {
     }
 }
 
+/// Milliseconds of warm-up before each timing (`--warm-ms`): the H200 of run 7 ran the same
+/// dispatches up to 4x faster after a second or so of load than right after an idle spell.
+static WARM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Set when the device may have idled (weights were just made on the CPU): the next timing
+/// warms 1.5 s more.
+static WARM_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Times `reps` repetitions of `f` recorded into one submission.
 fn time_ops(g: &mut GpuBackend, reps: usize, mut f: impl FnMut(&mut GpuBackend)) -> f64 {
     // warm-up: pipelines compile and clocks rise
-    for _ in 0..reps.min(20) {
-        f(g);
+    let ms = WARM_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let extra = if ms > 0 && WARM_FIRST.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        1500
+    } else {
+        0
+    };
+    let warm = std::time::Duration::from_millis(ms + extra);
+    let t = Instant::now();
+    loop {
+        for _ in 0..reps.min(20) {
+            f(g);
+        }
+        g.sync();
+        if t.elapsed() >= warm {
+            break;
+        }
     }
-    g.sync();
     let t = Instant::now();
     for _ in 0..reps {
         f(g);
     }
     g.sync();
     t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    let (num, den) = got
+        .iter()
+        .zip(want)
+        .fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
+            (n + ((a - b) as f64).powi(2), d + (b as f64).powi(2))
+        });
+    num / den.max(1e-30)
 }
 
 fn bench_kernels(a: &Args) {
@@ -275,6 +322,7 @@ fn bench_kernels(a: &Args) {
         let x = g.alloc(1, cols);
         g.upload(x, &xv);
         let o = g.alloc(1, rows_w);
+        WARM_FIRST.store(true, std::sync::atomic::Ordering::Relaxed);
         let s1 = if a.no_matvec {
             f64::NAN
         } else {
@@ -294,12 +342,35 @@ fn bench_kernels(a: &Args) {
             c.download(co, &mut v);
             v
         };
-        let (num, den) = got
-            .iter()
-            .zip(&want)
-            .fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
-                (n + ((a - b) as f64).powi(2), d + (b as f64).powi(2))
-            });
+        if matches!(dtype, DType::Q4_K | DType::Q6_K) && !a.q8k_shapes.is_empty() {
+            let keep = (g.q8k_shape(), g.q8k_auto());
+            let order: Vec<_> = a
+                .q8k_shapes
+                .iter()
+                .chain(a.q8k_shapes.iter().rev())
+                .copied()
+                .collect();
+            for (wg, tpr, nr) in order {
+                if !g.set_q8k_shape(wg, tpr, nr) {
+                    println!("q8k {dtype} {wg}/{tpr}/{nr}: shape refused");
+                    continue;
+                }
+                let s = time_ops(&mut g, 300, |g| g.matmul(wid, x, o));
+                // parity from a fresh output, so that a shape that skips rows shows
+                g.upload(o, &vec![0.0; rows_w]);
+                g.matmul(wid, x, o);
+                let mut v = Vec::new();
+                g.download(o, &mut v);
+                println!(
+                    "q8k {dtype:>4} {cols}x{rows_w} {wg}/{tpr}/{nr}: {:.4} ms {:.0} GB/s (NMSE vs CPU {:.1e})",
+                    s * 1e3,
+                    bytes / s / 1e9,
+                    nmse(&v, &want)
+                );
+            }
+            g.set_q8k_shape(keep.0 .0, keep.0 .1, keep.0 .2);
+            g.set_q8k_auto(keep.1);
+        }
         let s512 = if a.no_matmul {
             f64::NAN
         } else {
@@ -319,7 +390,7 @@ fn bench_kernels(a: &Args) {
             "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s (NMSE vs CPU {:.1e}) | matmul n=512 {:.2} ms {:.2} TFLOP/s",
             s1 * 1e3,
             bytes / s1 / 1e9,
-            num / den.max(1e-30),
+            nmse(&got, &want),
             s512 * 1e3,
             2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12
         );

@@ -59,8 +59,7 @@ const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 const MATMUL_MIN_BIG_TILES: usize = 256;
 /// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
 /// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
-/// `ORCHARD_GPU_Q8K_{WG,TPR}` override them (powers of two, 4 <= TPR <= WG) for tuning; the
-/// kernel is written for NR = 4.
+/// `ORCHARD_GPU_Q8K_{WG,TPR,NR}` override them for tuning (see `set_q8k_shape`).
 const Q8K_WG: u32 = 128;
 const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
@@ -89,17 +88,22 @@ enum Kernel {
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
-    /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, subgroup
-    /// reduction).
-    MatVecQ8K(DType, bool, bool),
+    /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, reduction,
+    /// (workgroup size, threads per row group, rows per group)).
+    MatVecQ8K(DType, bool, shaders::Q8kReduce, (u32, u32, u32)),
     /// Activations to packed Q8_K for `MatVecQ8K`.
     ActQ8K,
+    /// RMS norm and GLU writing a packed Q8_K copy of their output too (decode).
+    NormQ8K,
+    GluQ8K,
     Norm,
     NormInplace,
     Elementwise,
     Glu,
     Rope,
     KvStore,
+    /// K and V stored in one dispatch.
+    KvStore2,
     Attention,
     ActQuant,
 }
@@ -118,8 +122,10 @@ impl Kernel {
             | Kernel::Glu => &[false, false, true],
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
+            Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
+            Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
         }
     }
 }
@@ -230,6 +236,14 @@ pub struct GpuBackend {
     subgroup: Option<u32>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
+    /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
+    q6k_shape: Option<(u32, u32, u32)>,
+    /// Whether the shape is chosen per matrix (`q8k_auto_shape`) rather than fixed.
+    q8k_auto: bool,
+    /// Whether RMS norms and GLUs of decode steps also write the Q8_K copy of their output
+    /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
+    /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
+    fuse_q8k: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -337,6 +351,9 @@ impl GpuBackend {
             exact_activations: true,
             packed_dot: true,
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
+            fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
+            q6k_shape: None,
+            q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
@@ -363,12 +380,26 @@ impl GpuBackend {
             me.packed_dot = false;
         }
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
-        let wg = env("ORCHARD_GPU_Q8K_WG").unwrap_or(Q8K_WG);
-        let tpr = env("ORCHARD_GPU_Q8K_TPR").unwrap_or(Q8K_TPR);
-        let nr = env("ORCHARD_GPU_Q8K_NR").unwrap_or(Q8K_NR);
-        if [wg, tpr].iter().all(|v| v.is_power_of_two()) && nr == Q8K_NR && tpr <= wg && wg <= 1024
-        {
-            me.q8k_shape = (wg, tpr, nr);
+        let (wg0, tpr0, nr0) = me.q8k_shape;
+        let (wg, tpr, nr) = (
+            env("ORCHARD_GPU_Q8K_WG"),
+            env("ORCHARD_GPU_Q8K_TPR"),
+            env("ORCHARD_GPU_Q8K_NR"),
+        );
+        if wg.is_some() || tpr.is_some() || nr.is_some() {
+            me.set_q8k_shape(wg.unwrap_or(wg0), tpr.unwrap_or(tpr0), nr.unwrap_or(nr0));
+        }
+        // "WG/TPR/NR" for both formats, then Q6_K's own
+        let shape = |k: &str| {
+            let v = std::env::var(k).ok()?;
+            let n: Vec<u32> = v.split('/').filter_map(|x| x.parse().ok()).collect();
+            (n.len() == 3).then(|| (n[0], n[1], n[2]))
+        };
+        if let Some((wg, tpr, nr)) = shape("ORCHARD_GPU_Q8K_SHAPE") {
+            me.set_q8k_shape(wg, tpr, nr);
+        }
+        if let Some((wg, tpr, nr)) = shape("ORCHARD_GPU_Q6K_SHAPE") {
+            me.set_q6k_shape(wg, tpr, nr);
         }
         me.sync();
         Ok(me)
@@ -408,6 +439,81 @@ impl GpuBackend {
     /// makes every tiled product use the big tiles, which tests use on small shapes).
     pub fn set_min_big_tiles(&mut self, n: usize) {
         self.min_big_tiles = n;
+    }
+
+    /// Shape of the integer-dot (K-quant x Q8_K) matrix-vector kernels: `wg` threads per
+    /// workgroup, `tpr` threads per row group, `nr` rows per group (powers of two, `nr` at
+    /// most 8, `nr <= tpr <= wg <= 1024`), for both formats, instead of the per-matrix choice
+    /// (`set_q8k_auto`). Returns whether the shape was taken (otherwise nothing changes).
+    pub fn set_q8k_shape(&mut self, wg: u32, tpr: u32, nr: u32) -> bool {
+        let ok = self.q8k_shape_ok(wg, tpr, nr);
+        if ok {
+            self.q8k_shape = (wg, tpr, nr);
+            self.q6k_shape = None;
+            self.q8k_auto = false;
+        }
+        ok
+    }
+
+    /// Whether the integer-dot kernels' shape is chosen per matrix (the default; off with
+    /// `ORCHARD_GPU_Q8K_AUTO=0`, or once a fixed shape is set).
+    pub fn set_q8k_auto(&mut self, on: bool) {
+        self.q8k_auto = on;
+    }
+
+    pub fn q8k_auto(&self) -> bool {
+        self.q8k_auto
+    }
+
+    /// The integer-dot shape for a matrix of `rows` rows of `nblk` 256-element blocks, as
+    /// measured on an H200 through Vulkan (bench/README.md, round 3): row groups of at least
+    /// half the row's units (4 per block; two iterations per thread at most, 32-128 threads),
+    /// widened until the grid has 64k threads (small matrices: k/v projections), 4 rows per
+    /// group, 2 for Q6_K once the group is 64 threads or more (more live registers per unit).
+    fn q8k_auto_shape(dtype: DType, rows: usize, nblk: usize) -> (u32, u32, u32) {
+        let units = (nblk * 4) as u32;
+        let mut tpr = (units / 2).max(1).next_power_of_two().clamp(32, 128);
+        let nr_for = |tpr: u32| {
+            if dtype == DType::Q6_K && tpr >= 64 {
+                2
+            } else {
+                4
+            }
+        };
+        while (rows as u32 / nr_for(tpr)) * tpr < 65536 && tpr < 128 {
+            tpr *= 2;
+        }
+        (tpr.max(128), tpr, nr_for(tpr))
+    }
+
+    /// As `set_q8k_shape`, for the Q6_K kernel alone.
+    pub fn set_q6k_shape(&mut self, wg: u32, tpr: u32, nr: u32) -> bool {
+        let ok = self.q8k_shape_ok(wg, tpr, nr);
+        if ok {
+            self.q6k_shape = Some((wg, tpr, nr));
+        }
+        ok
+    }
+
+    fn q8k_shape_ok(&self, wg: u32, tpr: u32, nr: u32) -> bool {
+        [wg, tpr, nr].iter().all(|v| v.is_power_of_two())
+            && nr <= 8
+            && nr <= tpr
+            && tpr <= wg
+            && wg <= 1024.min(self.limits.max_compute_invocations_per_workgroup)
+            && nr * wg <= 4096
+    }
+
+    /// The integer-dot kernels' shape (workgroup size, threads per row group, rows per group).
+    pub fn q8k_shape(&self) -> (u32, u32, u32) {
+        self.q8k_shape
+    }
+
+    /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
+    /// blocks) also write the Q8_K copy of their output that the integer-dot kernels read,
+    /// in the same dispatch, and K and V are stored in one dispatch (on by default).
+    pub fn set_fuse_q8k(&mut self, on: bool) {
+        self.fuse_q8k = on;
     }
 
     /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
@@ -468,10 +574,11 @@ impl GpuBackend {
 
     fn pipeline(&mut self, k: Kernel) -> &Pipeline {
         if !self.pipelines.contains_key(&k) {
-            let (q8k_wg, q8k_tpr, q8k_nr) = self.q8k_shape;
             let (body, wg, fmt) = match k {
-                Kernel::MatVecQ8K(..) => (shaders::MATVEC_Q8K, q8k_wg, None),
+                Kernel::MatVecQ8K(_, _, _, (wg, _, _)) => (shaders::MATVEC_Q8K, wg, None),
                 Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
+                Kernel::NormQ8K => (shaders::NORM_Q8K, 256, None),
+                Kernel::GluQ8K => (shaders::GLU_Q8K, 256, None),
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
@@ -483,11 +590,12 @@ impl GpuBackend {
                 Kernel::Glu => (shaders::GLU, 256, None),
                 Kernel::Rope => (shaders::ROPE, 256, None),
                 Kernel::KvStore => (shaders::KV_STORE, 256, None),
+                Kernel::KvStore2 => (shaders::KV_STORE2, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
-                Kernel::MatVecQ8K(dt, packed, sg) => {
+                Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr)) => {
                     let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
                         _ if probe => shaders::UNIT_PROBE,
@@ -495,8 +603,10 @@ impl GpuBackend {
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, q8k_tpr, q8k_nr, packed, sg)
+                    shaders::source_q8k(unit, wg, tpr, nr, packed, reduce)
                 }
+                Kernel::Glu => shaders::glu_source(body, false),
+                Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
             let desc = wgpu::ShaderModuleDescriptor {
@@ -716,6 +826,40 @@ impl GpuBackend {
         } else {
             Kernel::MatMulK(dt)
         }
+    }
+
+    /// Where a fused kernel writing `x` (about to be `n_tokens` x `width`) should put its
+    /// Q8_K copy, when fusion applies: the buffer (and its capacity in words) and the word
+    /// offset of the scales. Register it with `q8k_written` after the dispatch.
+    fn q8k_fused_target(
+        &mut self,
+        x: BufId,
+        n_tokens: usize,
+        width: usize,
+    ) -> Option<(Res, usize, u32)> {
+        const MODE: u32 = 3;
+        if !self.fuse_q8k
+            || !self.exact_activations
+            || n_tokens > MATVEC_MAX_TOKENS
+            || !width.is_multiple_of(256)
+        {
+            return None;
+        }
+        let n = n_tokens * width;
+        let words = n / 4 + n / 256;
+        let (res, cap) = match self.act_q.remove(&(x.0, MODE)) {
+            Some(q) if q.cap >= words => (q.res, q.cap),
+            _ => (self.storage("act_q8k", (words * 4) as u64), words),
+        };
+        Some((res, cap, (n / 4) as u32))
+    }
+
+    /// Records that `res` holds the Q8_K copy of `x` as `x` is now.
+    fn q8k_written(&mut self, x: BufId, res: Res, cap: usize) {
+        const MODE: u32 = 3;
+        let xr = self.res(x);
+        let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
+        self.act_q.insert((x.0, MODE), ActQ { src, res, cap });
     }
 
     /// `x` quantized to packed Q8_K (int8 words, then one f32 scale per 256 values) for the
@@ -1122,6 +1266,15 @@ impl Backend for GpuBackend {
         let (groups, gx) = self.grid(n, 1);
         let wr = w.map_or_else(|| self.dummy.clone(), |w| self.vector(w));
         let (xr, or) = (self.res(x), self.res(out));
+        if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
+            let mut p = [0u32; 16];
+            p[..4].copy_from_slice(&[width as u32, d_off, w.is_some() as u32, 0]);
+            p[12] = eps.to_bits();
+            let groups = [(width / 256) as u32, n as u32, 1];
+            self.dispatch(Kernel::NormQ8K, &[&xr, &wr, &or, &q], p, groups);
+            self.q8k_written(out, q, cap);
+            return;
+        }
         let mut p = [0u32; 16];
         p[..4].copy_from_slice(&[width as u32, n as u32, w.is_some() as u32, gx]);
         p[12] = eps.to_bits();
@@ -1166,9 +1319,20 @@ impl Backend for GpuBackend {
         {
             // Integer dots on Q8_K activations: the CPU's own arithmetic, and the fast path.
             let (xq, d_off) = self.q8k_input(x);
-            let sg = self.subgroup == Some(self.q8k_shape.1);
-            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, sg);
-            let (wg, tpr, nr) = self.q8k_shape;
+            let shape = match (fmt.dtype, self.q6k_shape) {
+                _ if self.q8k_auto => Self::q8k_auto_shape(fmt.dtype, rows, bpr),
+                (DType::Q6_K, Some(s)) => s,
+                _ => self.q8k_shape,
+            };
+            let (wg, tpr, nr) = shape;
+            let reduce = match self.subgroup {
+                Some(sg) if tpr == sg => shaders::Q8kReduce::Subgroup(sg),
+                Some(sg) if tpr > sg && tpr.is_multiple_of(sg) => {
+                    shaders::Q8kReduce::SubgroupShared(sg)
+                }
+                _ => shaders::Q8kReduce::Shared,
+            };
+            let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, reduce, shape);
             let rows_per_group = (nr * wg / tpr) as usize;
             for (res, row0, crow, scale_off) in chunks {
                 let (mut groups, gx) = self.grid(crow.div_ceil(rows_per_group), 1);
@@ -1322,6 +1486,15 @@ impl Backend for GpuBackend {
         self.set_rows(out, n);
         let (groups, gx) = self.grid(total, 256);
         let (g, u, o) = (self.res(gate), self.res(up), self.res(out));
+        let width = self.buf(gate).width;
+        if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
+            let mut p = [0u32; 16];
+            p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, d_off, 0]);
+            let groups = [(total / 256) as u32, 1, 1];
+            self.dispatch(Kernel::GluQ8K, &[&g, &u, &o, &q], p, groups);
+            self.q8k_written(out, q, cap);
+            return;
+        }
         let mut p = [0u32; 16];
         p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, 0, gx]);
         self.dispatch(Kernel::Glu, &[&g, &u, &o], p, groups);
@@ -1415,13 +1588,27 @@ impl Backend for GpuBackend {
         }
         let ranges_off = self.push_aux(&ranges);
         let aux = self.aux_res.clone();
-        for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
-            let words = width / 2;
-            let (groups, gx) = self.grid(n * words, 256);
-            let s = self.res(src);
+        if self.fuse_q8k {
+            let (kwords, vwords) = (kw / 2, vw / 2);
+            let (groups, gx) = self.grid(n * (kwords + vwords), 256);
+            let (ks, vs) = (self.res(k), self.res(v));
             let mut pp = [0u32; 16];
-            pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
-            self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
+            pp[..5].copy_from_slice(&[n as u32, kwords as u32, cells_off, gx, vwords as u32]);
+            self.dispatch(
+                Kernel::KvStore2,
+                &[&ks, &vs, &kres, &vres, &aux],
+                pp,
+                groups,
+            );
+        } else {
+            for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
+                let words = width / 2;
+                let (groups, gx) = self.grid(n * words, 256);
+                let s = self.res(src);
+                let mut pp = [0u32; 16];
+                pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
+                self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
+            }
         }
         self.set_rows(out, n);
         let (qr, or) = (self.res(q), self.res(out));

@@ -435,20 +435,13 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
-/// `O = act(G) * U`. a = (n elements, kind (0 SwiGLU, 1 GeGLU), _, grid x).
-/// GeGLU rounds the input and the GELU result through f16 as ggml's CPU table does.
-pub(crate) const GLU: &str = r#"
-@group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read> U: array<f32>;
-@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+/// `act(g) * u` of one element (SwiGLU for kind 0, else GeGLU, which rounds the input and the
+/// GELU result through f16 as ggml's CPU table does).
+const GLU_ELEM: &str = r#"
 fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (g.y * P.a.w + g.x) * 256u + lid;
-    if (i >= P.a.x) { return; }
-    let x = G[i];
+fn glu_elem(x: f32, u: f32, kind: u32) -> f32 {
     var a: f32;
-    if (P.a.y == 0u) {
+    if (kind == 0u) {
         a = x / (1.0 + exp(-x));
     } else if (x <= -10.0) {
         a = 0.0;
@@ -458,9 +451,121 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let h = round_f16(x);
         a = round_f16(0.5 * h * (1.0 + tanh(0.7978845608 * h * (1.0 + 0.044715 * h * h))));
     }
-    O[i] = a * U[i];
+    return a * u;
 }
 "#;
+
+/// `O = act(G) * U`. a = (n elements, kind (0 SwiGLU, 1 GeGLU), _, grid x).
+pub(crate) const GLU: &str = r#"
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    if (i >= P.a.x) { return; }
+    O[i] = glu_elem(G[i], U[i], P.a.y);
+}
+"#;
+
+/// Q8_K quantization of one 256-value block held one value per thread, by `ACT_Q8K`'s rule,
+/// for the fused kernels below: the packed words go to `Q[64 blk ..]`, the scale to
+/// `Q[d_off + blk]`. Every thread of the workgroup must call it.
+const Q8K_BLOCK: &str = r#"
+var<workgroup> am: array<f32, 256>;
+var<workgroup> ai: array<u32, 256>;
+var<workgroup> av: array<f32, 256>;
+var<workgroup> qv: array<u32, 256>;
+fn q8k_block(lid: u32, v: f32, blk: u32, d_off: u32) {
+    am[lid] = abs(v);
+    ai[lid] = lid;
+    av[lid] = v;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) {
+            let o = lid + st;
+            if (am[o] > am[lid]) { am[lid] = am[o]; ai[lid] = ai[o]; }
+        }
+        workgroupBarrier();
+    }
+    let amax = am[0];
+    var q = 0;
+    var d = 0.0;
+    if (amax != 0.0) {
+        let iscale = -127.0 / av[ai[0]];
+        q = i32(min(round(iscale * v), 127.0));
+        d = 1.0 / iscale;
+    }
+    qv[lid] = bitcast<u32>(q) & 0xFFu;
+    workgroupBarrier();
+    if (lid < 64u) {
+        let k = 4u * lid;
+        Q[blk * 64u + lid] = qv[k] | (qv[k + 1u] << 8u) | (qv[k + 2u] << 16u) | (qv[k + 3u] << 24u);
+    }
+    if (lid == 0u) { Q[d_off + blk] = bitcast<u32>(d); }
+}
+"#;
+
+/// `GLU` fused with `ACT_Q8K` on its output (decode, for the integer-dot matrix-vector product
+/// that reads it next): one workgroup per 256-value block. a = (n elements, kind, word offset
+/// of the Q8_K scales, _).
+pub(crate) const GLU_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Q: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = g.x * 256u + lid;
+    let v = glu_elem(G[i], U[i], P.a.y);
+    O[i] = v;
+    q8k_block(lid, v, g.x, P.a.z);
+}
+"#;
+
+/// `NORM` fused with `ACT_Q8K` on its output, for rows of whole 256-value blocks: workgroup
+/// (x, y) normalizes block x of row y (every workgroup of a row sums the whole row's squares in
+/// `NORM`'s order, so O is bit-identical to `NORM`'s) and quantizes it.
+/// a = (len, word offset of the Q8_K scales, has weight, _), f.x = eps.
+pub(crate) const NORM_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Wn: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Q: array<u32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = P.a.x;
+    let base = g.y * n;
+    var s = 0.0;
+    for (var i = lid; i < n; i += 256u) { let v = X[base + i]; s += v * v; }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    let i = g.x * 256u + lid;
+    var v = X[base + i] * scale;
+    if (P.a.z != 0u) { v = v * Wn[i]; }
+    O[base + i] = v;
+    q8k_block(lid, v, g.y * (n / 256u) + g.x, P.a.y);
+}
+"#;
+
+/// The fused kernels' sources with their helpers.
+pub(crate) fn glu_source(body: &str, q8k: bool) -> String {
+    let mut s = String::from(PARAMS);
+    s.push_str(body);
+    if body.contains("glu_elem(") {
+        s.push_str(GLU_ELEM);
+    }
+    if q8k {
+        s.push_str(Q8K_BLOCK);
+    }
+    s
+}
 
 /// RoPE in place with a host-computed cos/sin table per token (so the angles round exactly as
 /// the CPU's `rope_cache` does). One thread per rotated pair.
@@ -507,6 +612,37 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let w = i % wpr;
     let cell = A[P.a.z + t];
     C[cell * wpr + w] = pack2x16float(vec2<f32>(S[t * wpr * 2u + 2u * w], S[t * wpr * 2u + 2u * w + 1u]));
+}
+"#;
+
+/// `KV_STORE` for K and V in one dispatch: items below n * (K words per row) store K, the
+/// rest V. a = (n tokens, K words per row, cell table word offset, grid x), b.x = V words per
+/// row.
+pub(crate) const KV_STORE2: &str = r#"
+@group(0) @binding(1) var<storage, read> Sk: array<f32>;
+@group(0) @binding(2) var<storage, read> Sv: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Ck: array<u32>;
+@group(0) @binding(4) var<storage, read_write> Cv: array<u32>;
+@group(0) @binding(5) var<storage, read> A: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    let nk = P.a.x * P.a.y;
+    if (i < nk) {
+        let wpr = P.a.y;
+        let t = i / wpr;
+        let w = i % wpr;
+        let cell = A[P.a.z + t];
+        Ck[cell * wpr + w] = pack2x16float(vec2<f32>(Sk[t * wpr * 2u + 2u * w], Sk[t * wpr * 2u + 2u * w + 1u]));
+        return;
+    }
+    let wpr = P.b.x;
+    let j = i - nk;
+    if (j >= P.a.x * wpr) { return; }
+    let t = j / wpr;
+    let w = j % wpr;
+    let cell = A[P.a.z + t];
+    Cv[cell * wpr + w] = pack2x16float(vec2<f32>(Sv[t * wpr * 2u + 2u * w], Sv[t * wpr * 2u + 2u * w + 1u]));
 }
 "#;
 
@@ -785,10 +921,11 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// Matrix-vector product for decode on K-quant weights and Q8_K activations (`ACT_Q8K`), with
 /// integer dot products as the CPU's `vec_dot_q*_K_q8_K`: every 16- or 32-element sub-block
 /// sums exactly in integers and only the per-unit scaling is float, so results agree with the
-/// CPU to f32 rounding of a few terms per block. A workgroup computes NR (= 4) * WG / TPR rows:
-/// each group of TPR threads owns NR rows and walks their units (16-byte runs of quants), so that
-/// consecutive threads read consecutive memory, every thread keeps NR weight loads in flight
-/// and each activation load serves NR rows; a shared-memory tree then reduces the partials.
+/// CPU to f32 rounding of a few terms per block. A workgroup computes NR * WG / TPR rows: each
+/// group of TPR threads owns NR rows and walks their units (16- or 32-byte runs of quants), so
+/// that consecutive threads read consecutive memory, every thread keeps NR weight loads in
+/// flight and each activation load serves NR rows; the partials are then reduced (`Q8kReduce`).
+/// The per-row statements (`ROWS_*`) and the reduction are generated by `source_q8k`.
 /// a = (rows, blocks per row, cols, out row stride)
 /// b = (out column offset, scale word offset, word offset of the activation scales, grid x)
 pub(crate) const MATVEC_Q8K: &str = r#"
@@ -806,14 +943,10 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let tok = g.z;
     let rows = P.a.x;
     let nblk = P.a.y;
-    // Four rows per group, written out so that accumulators and row offsets stay in registers
-    // whatever the driver's unrolling. Rows past the end re-read the last row (in bounds,
-    // results dropped): no branch per unit.
-    let w0 = min(row0, rows - 1u) * nblk;
-    let w1 = min(row0 + 1u, rows - 1u) * nblk;
-    let w2 = min(row0 + 2u, rows - 1u) * nblk;
-    let w3 = min(row0 + 3u, rows - 1u) * nblk;
-    var acc4 = vec4<f32>(0.0);
+    // The rows written out so that accumulators and row offsets stay in registers whatever
+    // the driver's unrolling. Rows past the end re-read the last row (in bounds, results
+    // dropped): no branch per unit.
+ROWS_DECL
     let nu = nblk * UPB;
     let xb = tok * nblk;
     for (var u = lane; u < nu; u += TPR) {
@@ -821,37 +954,24 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let v = u % UPB;
         let dy = bitcast<f32>(xword(P.b.z + xb + b));
         let xs = xload(v, (xb + b) * 16u);
-        acc4 += dy * vec4<f32>(unit(w0 + b, v, xs), unit(w1 + b, v, xs), unit(w2 + b, v, xs),
-                               unit(w3 + b, v, xs));
+ROWS_STEP
     }
-    let acc = array<f32, NR>(acc4.x, acc4.y, acc4.z, acc4.w);
-    REDUCE
+REDUCE
 }
 "#;
 
-/// The row group's reduction in shared memory (any subgroup size).
-pub(crate) const REDUCE_SHARED: &str = r#"
-    for (var r = 0u; r < NR; r++) { red[r * WG + lid] = acc[r]; }
-    workgroupBarrier();
-    for (var st = TPR / 2u; st > 0u; st >>= 1u) {
-        if (lane < st) {
-            for (var r = 0u; r < NR; r++) { red[r * WG + lid] += red[r * WG + lid + st]; }
-        }
-        workgroupBarrier();
-    }
-    if (lane < NR && row0 + lane < rows) {
-        O[tok * P.a.w + P.b.x + row0 + lane] = red[lane * WG + lid - lane];
-    }
-"#;
-
-/// The row group's reduction when it is exactly one subgroup (TPR = the device's fixed
-/// subgroup size, subgroups made of consecutive invocations): no barriers.
-pub(crate) const REDUCE_SUBGROUP: &str = r#"
-    for (var r = 0u; r < NR; r++) {
-        let t = subgroupAdd(acc[r]);
-        if (lane == r && row0 + r < rows) { O[tok * P.a.w + P.b.x + row0 + r] = t; }
-    }
-"#;
+/// How an integer-dot matrix-vector kernel reduces the partial sums of a row group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Q8kReduce {
+    /// A shared-memory tree (any subgroup size).
+    Shared,
+    /// The row group is exactly one subgroup of this size (fixed, made of consecutive
+    /// invocations): `subgroupAdd`, no barriers.
+    Subgroup(u32),
+    /// The row group spans several subgroups of this size: `subgroupAdd` in each, then one
+    /// barrier and a sum of the per-subgroup totals from shared memory.
+    SubgroupShared(u32),
+}
 
 /// `dot4`: the signed 8-bit dot product of two packed words, through the WGSL built-in or, for
 /// Metal (where naga emulates it slowly) and as a portable fallback, by unpacking.
@@ -961,30 +1081,119 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
 "#;
 
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
-/// `UNIT_Q6_K`): `tpr` threads per group of `nr` rows, `packed` selecting `dot4I8Packed` or its unpacked twin, `subgroup` the reduction.
+/// `UNIT_Q6_K`): workgroups of `wg` threads, `tpr` threads per group of `nr` rows (1, 2, 4 or
+/// 8; `nr <= tpr`), `packed` selecting `dot4I8Packed` or its unpacked twin, `reduce` the
+/// reduction.
 pub(crate) fn source_q8k(
     unit: &str,
     wg: u32,
     tpr: u32,
     nr: u32,
     packed: bool,
-    subgroup: bool,
+    reduce: Q8kReduce,
 ) -> String {
+    use std::fmt::Write;
     let mut s = String::with_capacity(8192);
     if packed {
         // A language extension: the directive must precede every declaration.
         s.push_str("requires packed_4x8_integer_dot_product;\n");
     }
     s.push_str(PARAMS);
-    s.push_str(&format!(
-        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;\n"
-    ));
-    let reduce = if subgroup {
-        REDUCE_SUBGROUP
+    let _ = writeln!(
+        s,
+        "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;"
+    );
+    // Accumulators: vectors of up to four rows (row r is component r % 4 of acc{r / 4}).
+    let nacc = nr.div_ceil(4);
+    let width = nr.min(4);
+    let ty = if width == 1 {
+        "f32".to_string()
     } else {
-        REDUCE_SHARED
+        format!("vec{width}<f32>")
     };
-    s.push_str(&MATVEC_Q8K.replace("    REDUCE\n", reduce));
+    let row = |r: u32| {
+        if width == 1 {
+            format!("acc{}", r / 4)
+        } else {
+            format!("acc{}.{}", r / 4, ["x", "y", "z", "w"][(r % 4) as usize])
+        }
+    };
+    let mut decl = String::new();
+    for r in 0..nr {
+        let _ = writeln!(decl, "    let w{r} = min(row0 + {r}u, rows - 1u) * nblk;");
+    }
+    for a in 0..nacc {
+        let _ = writeln!(decl, "    var acc{a} = {ty}(0.0);");
+    }
+    let mut step = String::new();
+    for a in 0..nacc {
+        let units: Vec<String> = (4 * a..(4 * a + width).min(nr))
+            .map(|r| format!("unit(w{r} + b, v, xs)"))
+            .collect();
+        let _ = writeln!(step, "        acc{a} += dy * {ty}({});", units.join(", "));
+    }
+    let out = |r: &str| format!("O[tok * P.a.w + P.b.x + row0 + {r}]");
+    let mut red = String::new();
+    match reduce {
+        Q8kReduce::Shared => {
+            for r in 0..nr {
+                let _ = writeln!(red, "    red[{r}u * WG + lid] = {};", row(r));
+            }
+            let _ = write!(
+                red,
+                "    workgroupBarrier();
+    for (var st = TPR / 2u; st > 0u; st >>= 1u) {{
+        if (lane < st) {{
+            for (var r = 0u; r < NR; r++) {{ red[r * WG + lid] += red[r * WG + lid + st]; }}
+        }}
+        workgroupBarrier();
+    }}
+    if (lane < NR && row0 + lane < rows) {{
+        {} = red[lane * WG + lid - lane];
+    }}
+",
+                out("lane")
+            );
+        }
+        Q8kReduce::Subgroup(_) => {
+            for r in 0..nr {
+                let _ = writeln!(
+                    red,
+                    "    {{ let t = subgroupAdd({}); if (lane == {r}u && row0 + {r}u < rows) {{ {} = t; }} }}",
+                    row(r),
+                    out(&format!("{r}u"))
+                );
+            }
+        }
+        Q8kReduce::SubgroupShared(sg) => {
+            let _ = writeln!(red, "    let nsg = WG / {sg}u;");
+            for r in 0..nr {
+                let _ = writeln!(
+                    red,
+                    "    {{ let t = subgroupAdd({}); if (lid % {sg}u == 0u) {{ red[{r}u * nsg + lid / {sg}u] = t; }} }}",
+                    row(r)
+                );
+            }
+            let _ = write!(
+                red,
+                "    workgroupBarrier();
+    if (lane < NR && row0 + lane < rows) {{
+        let s0 = (lid - lane) / {sg}u;
+        var t = 0.0;
+        for (var i = 0u; i < TPR / {sg}u; i++) {{ t += red[lane * nsg + s0 + i]; }}
+        {} = t;
+    }}
+",
+                out("lane")
+            );
+        }
+    }
+    s.push_str(
+        &MATVEC_Q8K
+            .replace("ROWS_DECL\n", &decl)
+            .replace("ROWS_STEP\n", &step)
+            .replace("REDUCE\n", &red),
+    );
     s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
     s.push_str(DOT16);
     s.push_str(unit);

@@ -278,6 +278,104 @@ fn matvec_integer_dot_both_variants() {
     }
 }
 
+/// The integer-dot kernel's other shapes (rows per group 1-8, row groups smaller than, equal
+/// to and larger than a subgroup, each reduction), on rows that do not fill the last group.
+#[test]
+fn matvec_integer_dot_shapes() {
+    let mut g = gpu();
+    let mut rng = Rng(0x5a9e);
+    for (wg, tpr, nr) in [
+        (128, 32, 4),
+        (64, 64, 1),
+        (128, 32, 2),
+        (256, 16, 8),
+        (64, 8, 8),
+        (64, 4, 4),
+        (256, 64, 2),
+    ] {
+        for subgroups in [true, false] {
+            let mut g2 = gpu();
+            g2.set_subgroups(subgroups);
+            assert!(
+                g2.set_q8k_shape(wg, tpr, nr),
+                "shape {wg}/{tpr}/{nr} refused"
+            );
+            for dtype in [DType::Q4_K, DType::Q6_K] {
+                let (cols, rows) = (1280, 45);
+                let wv = rng.vec(cols * rows, 1.0);
+                let w = weight("w", dtype, cols, rows, &wv);
+                let xv = rng.vec(2 * cols, 1.0);
+                let (got, want) = both(&mut g2, |b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, 2, cols, &xv);
+                    let o = b.alloc(2, rows);
+                    b.matmul(wid, x, o);
+                    read(b, o)
+                });
+                let e = nmse(&got, &want);
+                assert!(
+                    e < 1e-11,
+                    "{dtype} {wg}/{tpr}/{nr} sg={subgroups}: NMSE {e}"
+                );
+            }
+        }
+    }
+    assert!(
+        !g.set_q8k_shape(64, 4, 8),
+        "rows per group above threads per group"
+    );
+    assert!(!g.set_q8k_shape(96, 32, 4), "workgroup not a power of two");
+}
+
+/// RMS norm and GLU fused with the Q8_K quantization of their output (decode, rows of whole
+/// 256-value blocks): the output itself and the integer-dot product that reads the fused
+/// copy, with fusion on and off.
+#[test]
+fn fused_norm_and_glu_feed_integer_dots() {
+    let mut rng = Rng(0xf05e);
+    let (cols, rows) = (512, 40);
+    let wv = rng.vec(cols * rows, 1.0);
+    let nv = rng.vec(cols, 1.0);
+    for fuse in [true, false] {
+        let mut g = gpu();
+        g.set_fuse_q8k(fuse);
+        for dtype in [DType::Q4_K, DType::Q6_K] {
+            let w = weight("w", dtype, cols, rows, &wv);
+            let nw = weight("norm", DType::F32, cols, 1, &nv);
+            for n in [1usize, 3] {
+                let xv = rng.vec(n * cols, 2.0);
+                let yv = rng.vec(n * cols, 2.0);
+                let (got, want) = both(&mut g, |b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let nid = b.add_weight(&nw).unwrap();
+                    let x = buf(b, n, cols, &xv);
+                    let y = buf(b, n, cols, &yv);
+                    let h = b.alloc(n, cols);
+                    let o1 = b.alloc(n, rows);
+                    b.rms_norm(x, Some(nid), 1e-5, h);
+                    b.matmul(wid, h, o1);
+                    let mut v = read(b, h);
+                    v.extend(read(b, o1));
+                    let a = b.alloc(n, cols);
+                    let o2 = b.alloc(n, rows);
+                    b.glu(x, y, GluKind::SwiGlu, a);
+                    b.matmul(wid, a, o2);
+                    // the GLU output written again (add) must not reuse the stale copy
+                    b.add(a, y);
+                    let o3 = b.alloc(n, rows);
+                    b.matmul(wid, a, o3);
+                    v.extend(read(b, a));
+                    v.extend(read(b, o2));
+                    v.extend(read(b, o3));
+                    v
+                });
+                let e = nmse(&got, &want);
+                assert!(e < 1e-11, "{dtype} n={n} fuse={fuse}: NMSE {e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn unsupported_weight_types_are_refused() {
     let mut g = gpu();
@@ -545,12 +643,16 @@ fn attention_decode_and_prefill() {
             steps: vec![vec![(0, 0..100)], vec![(0, 100..101)]],
         },
     ];
-    for (i, case) in cases.iter().enumerate() {
-        let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
-        let e = nmse(&got, &want);
-        // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
-        eprintln!("attention case {i}: NMSE {e:.2e}");
-        assert!(e < 5e-9, "attention case {i}: NMSE {e}");
+    // K and V stored in one dispatch (default) and in two
+    for fuse in [true, false] {
+        g.set_fuse_q8k(fuse);
+        for (i, case) in cases.iter().enumerate() {
+            let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
+            let e = nmse(&got, &want);
+            // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
+            eprintln!("attention case {i} fuse={fuse}: NMSE {e:.2e}");
+            assert!(e < 5e-9, "attention case {i} fuse={fuse}: NMSE {e}");
+        }
     }
 }
 
