@@ -29,6 +29,11 @@ pub struct WriterConfig {
     pub max_backoff: Duration,
     /// Commit attempts made at shutdown before giving up on rows the database will not take.
     pub shutdown_attempts: u32,
+    /// How long a row's waiter (a response held until its row is durable) is held through an
+    /// outage: after this it is released with [`LedgerError::CommitTimeout`] while the row stays
+    /// queued and is committed once the database answers again, so an unreachable database
+    /// delays finished responses by at most this much instead of holding them indefinitely.
+    pub max_commit_wait: Duration,
 }
 
 impl Default for WriterConfig {
@@ -38,6 +43,7 @@ impl Default for WriterConfig {
             max_delay: Duration::from_millis(5),
             max_backoff: Duration::from_secs(1),
             shutdown_attempts: 3,
+            max_commit_wait: Duration::from_secs(5),
         }
     }
 }
@@ -58,6 +64,8 @@ pub struct WriterStats {
     pub failed_attempts: u64,
     /// Rows handed to the writer and not yet committed or rejected.
     pub pending: u64,
+    /// Waiters released with `CommitTimeout` during an outage (their rows stayed queued).
+    pub released_waiters: u64,
 }
 
 #[derive(Default)]
@@ -68,6 +76,7 @@ struct Counters {
     batches: AtomicU64,
     failed_attempts: AtomicU64,
     pending: AtomicU64,
+    released_waiters: AtomicU64,
     /// Set by `close`, so a commit stuck retrying through an outage stops after its last attempts.
     closing: AtomicBool,
 }
@@ -192,6 +201,7 @@ impl LedgerWriter {
             batches: c.batches.load(Ordering::Relaxed),
             failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
             pending: c.pending.load(Ordering::Relaxed),
+            released_waiters: c.released_waiters.load(Ordering::Relaxed),
         }
     }
 
@@ -326,6 +336,9 @@ fn commit(
         callbacks,
         flushes,
     } = batch;
+    let started = Instant::now();
+    let mut callbacks: Vec<(usize, Option<CommitCallback>)> =
+        callbacks.into_iter().map(|(i, cb)| (i, Some(cb))).collect();
     let mut outcome: Vec<Option<Result<()>>> = (0..rows.len()).map(|_| None).collect();
     // Indices of rows not yet stored or rejected; the happy path never looks at it.
     let mut remaining: Vec<usize> = (0..rows.len()).collect();
@@ -404,7 +417,20 @@ fn commit(
             break;
         }
         // Outage (unreachable, locked, disk full): keep the rows and retry; stats().pending
-        // shows the backlog meanwhile.
+        // shows the backlog meanwhile. Waiters held longer than max_commit_wait are released
+        // (their rows stay in this batch and are still committed when the database returns).
+        let waited = started.elapsed();
+        if waited >= cfg.max_commit_wait {
+            let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            for (i, cb) in callbacks.iter_mut() {
+                if let Some(cb) = cb.take() {
+                    cb(outcome[*i]
+                        .take()
+                        .unwrap_or(Err(LedgerError::CommitTimeout { waited_ms })));
+                    counters.released_waiters.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(cfg.max_backoff.max(Duration::from_millis(10)));
     }
@@ -412,8 +438,9 @@ fn commit(
         .pending
         .fetch_sub(rows.len() as u64, Ordering::Relaxed);
     for (i, cb) in callbacks {
-        let r = outcome[i].take().unwrap_or(Err(LedgerError::WriterClosed));
-        cb(r);
+        if let Some(cb) = cb {
+            cb(outcome[i].take().unwrap_or(Err(LedgerError::WriterClosed)));
+        }
     }
     for cb in flushes {
         cb(Ok(()));

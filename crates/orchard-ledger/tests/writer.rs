@@ -146,6 +146,38 @@ fn outage_is_ridden_out_without_loss() {
 }
 
 #[test]
+fn waiters_are_released_after_max_commit_wait_and_their_rows_still_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(&dir, None);
+    store.down.store(true, Ordering::SeqCst);
+    let w = LedgerWriter::spawn_with(
+        store.clone(),
+        WriterConfig {
+            max_backoff: Duration::from_millis(20),
+            max_commit_wait: Duration::from_millis(150),
+            ..WriterConfig::default()
+        },
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let h = w.record_and_wait(row("held")).unwrap();
+    // The waiter is released with CommitTimeout, neither at once nor never.
+    match h.wait_timeout(Duration::from_secs(10)) {
+        Err(LedgerError::CommitTimeout { waited_ms }) => assert!(waited_ms >= 150, "{waited_ms}"),
+        other => panic!("expected CommitTimeout, got {other:?}"),
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(150));
+    assert_eq!(w.stats().released_waiters, 1);
+    assert_eq!(w.stats().pending, 1, "the row stays queued");
+    // The database comes back: the row is committed, once.
+    store.down.store(false, Ordering::SeqCst);
+    w.flush().unwrap();
+    let s = w.close();
+    assert_eq!((s.committed, s.rejected, s.pending), (1, 0, 0), "{s:?}");
+    assert_eq!(store.count_request("held").unwrap(), 1);
+}
+
+#[test]
 fn poison_row_is_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let store = flaky(&dir, Some("bad"));

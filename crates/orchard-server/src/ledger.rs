@@ -437,8 +437,14 @@ impl UsageSink for Ledger {
         let then = Arc::new(Mutex::new(Some(then)));
         let then2 = then.clone();
         let cb: ol::CommitCallback = Box::new(move |r| {
-            if let Err(e) = r {
-                tracing::error!(request_id = %id, error = %e, "usage row not committed");
+            match r {
+                Ok(()) => {}
+                // The database is unavailable: the response goes out now and the row stays
+                // queued in the writer, committed when the database answers again.
+                Err(e @ ol::LedgerError::CommitTimeout { .. }) => {
+                    tracing::warn!(request_id = %id, error = %e, "usage row still queued: ledger database unavailable")
+                }
+                Err(e) => tracing::error!(request_id = %id, error = %e, "usage row not committed"),
             }
             run_once(&then2);
         });
