@@ -114,6 +114,10 @@ thread_local! {
 /// Rows per parallel task of the gated activations.
 const GLU_ROWS_PER_TASK: usize = 16;
 
+/// Fewest tokens of one float order in a step for which the 16-row block kernels pack
+/// their rows.
+const PACK_MIN_TOKENS: usize = 8;
+
 /// Rows per parallel task in a matmul: enough work per task to amortise scheduling.
 const MATMUL_ROWS_PER_TASK: usize = 16;
 
@@ -644,44 +648,49 @@ impl Backend for CpuBackend {
                 let r0 = ci * MATMUL_ROWS_PER_TASK;
                 let n_rows = MATMUL_ROWS_PER_TASK.min(rows - r0);
                 let w_of = |i: usize| &wbytes[(r0 + i) * w_row..(r0 + i + 1) * w_row];
-                // Tokens outermost: a group of four activation rows stays in L1 while every
-                // weight row of the task (also L1-resident) passes over it. With rows outermost
-                // each weight row swept all activations from L2 and the kernel waited on those
-                // loads (pp512 spent most of its time on them).
                 // The task's weight rows in the tile kernel's layout, unpacked once for all
-                // tokens (into this thread's reusable scratch).
+                // tokens into this thread's reusable scratch (grown only: shrinking and
+                // regrowing between matrices of different widths zero-filled tens of KiB).
                 let tile = tile4.filter(|_| n_rows >= 4);
                 let mut unpacked = UNPACKED_ROWS.take();
                 let u_row = tile.map_or(0, |t| (t.unpacked_row_bytes)(cols));
+                let u_end = u_row * if tile.is_some() { n_rows } else { 0 };
                 if let Some(t) = tile {
-                    // Grow only: shrinking and regrowing between matrices of different widths
-                    // zero-filled tens of KiB per task.
-                    if unpacked.len() < u_row * n_rows {
-                        unpacked.resize(u_row * n_rows, 0);
+                    if unpacked.len() < u_end {
+                        unpacked.resize(u_end, 0);
                     }
-                    let rows_area = &mut unpacked[..u_row * n_rows];
-                    for (i, u) in rows_area.chunks_exact_mut(u_row).enumerate() {
+                    for (i, u) in unpacked[..u_end].chunks_exact_mut(u_row).enumerate() {
                         (t.unpack)(cols, w_of(i), u);
                     }
                 }
-                // Weight rows packed together for a row-block kernel of a ggml order
-                let u_end = u_row * if tile.is_some() { n_rows } else { 0 };
-                // (Q4_K's rows for the repacked GEMM order, Q6_K's for the tiled one, after the
-                // tile rows in the same scratch; a type has at most one of these kernels.)
+                // Q4_K's rows for the repacked GEMM order, Q6_K's for the tiled one, packed
+                // together after the tile rows (a type has at most one such kernel). Packing
+                // is scalar, so only for steps with enough tokens in that order to repay it
+                // (a few sequences decoding together keep the per-token kernels).
                 let (block, block_order) = match (rows_gemm, rows_tiled) {
                     (Some(k), _) => (Some(k), DotOrder::Gemm),
                     (None, Some(k)) => (Some(k), DotOrder::Tiled),
                     _ => (None, DotOrder::Plain),
                 };
-                let block = block.filter(|k| n_rows <= k.rows);
+                let block = block.filter(|k| {
+                    n_rows <= k.rows.min(MATMUL_ROWS_PER_TASK)
+                        && orders.iter().filter(|&&o| o == block_order).count() >= PACK_MIN_TOKENS
+                });
                 if let Some(k) = block {
                     let need = u_end + (k.packed_bytes)(cols);
                     if unpacked.len() < need {
                         unpacked.resize(need, 0);
                     }
-                    let refs: Vec<&[u8]> = (0..n_rows).map(w_of).collect();
-                    (k.pack)(cols, &refs, &mut unpacked[u_end..need]);
+                    let mut refs: [&[u8]; MATMUL_ROWS_PER_TASK] = [&[]; MATMUL_ROWS_PER_TASK];
+                    for (i, r) in refs.iter_mut().enumerate().take(n_rows) {
+                        *r = w_of(i);
+                    }
+                    (k.pack)(cols, &refs[..n_rows], &mut unpacked[u_end..need]);
                 }
+                // Tokens outermost: a group of four activation rows stays in L1 while every
+                // weight row of the task (also L1-resident) passes over it. With rows outermost
+                // each weight row swept all activations from L2 and the kernel waited on those
+                // loads.
                 let u_of = |i: usize| &unpacked[i * u_row..(i + 1) * u_row];
                 let mut tk = 0;
                 while tk < n_tokens {
