@@ -696,8 +696,19 @@ impl Backend for CpuBackend {
                 while tk < n_tokens {
                     let order = orders[tk];
                     if let Some(k) = block.filter(|_| order == block_order) {
-                        (k.dot)(cols, &unpacked[u_end..], act_of(tk), out_cols.row_mut(tk));
-                        tk += 1;
+                        let four =
+                            tk + 4 <= n_tokens && orders[tk..tk + 4].iter().all(|&o| o == order);
+                        if let Some(dot4) = k.dot4.filter(|_| four) {
+                            let acts = [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)];
+                            let v = dot4(cols, &unpacked[u_end..], acts);
+                            for (c, vt) in v.iter().enumerate() {
+                                out_cols.row_mut(tk + c).copy_from_slice(&vt[..n_rows]);
+                            }
+                            tk += 4;
+                        } else {
+                            (k.dot)(cols, &unpacked[u_end..], act_of(tk), out_cols.row_mut(tk));
+                            tk += 1;
+                        }
                         continue;
                     }
                     let four = tk + 4 <= n_tokens && orders[tk..tk + 4].iter().all(|&o| o == order);

@@ -38,6 +38,8 @@ pub struct RowBlockKernel {
     pub packed_bytes: fn(usize) -> usize,
     pub pack: fn(usize, &[&[u8]], &mut [u8]),
     pub dot: fn(usize, &[u8], &[u8], &mut [f32]),
+    /// The same for four activation rows at once, `out[act][row]` (16 rows).
+    pub dot4: Option<fn(usize, &[u8], [&[u8]; 4]) -> [[f32; 16]; 4]>,
 }
 
 /// A register-tile matmul kernel for prompts: weight rows are unpacked once per task into a

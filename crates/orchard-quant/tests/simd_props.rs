@@ -156,6 +156,16 @@ proptest! {
                     let one = s.vec_dot_interleaved_gemm.unwrap()(n, row, &a[1..]);
                     prop_assert_eq!(out[r].to_bits(), one.to_bits(), "{:?} gemm rows lane {} n={}", tier, r, n);
                 }
+                if let Some(dot4) = k.dot4 {
+                    let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
+                    let four = dot4(n, &packed, std::array::from_fn(|c| &acts[c][1..]));
+                    for (c, ac) in acts.iter().enumerate() {
+                        for (r, row) in rows.iter().enumerate() {
+                            let one = s.vec_dot_interleaved_gemm.unwrap()(n, row, &ac[1..]);
+                            prop_assert_eq!(four[c][r].to_bits(), one.to_bits(), "{:?} gemm rows x4 act {} lane {} n={}", tier, c, r, n);
+                        }
+                    }
+                }
             }
             // The four-activation gemm order: each result equals the single-row gemm order.
             let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
@@ -183,6 +193,14 @@ proptest! {
                 (k.dot)(n, &packed, &a[1..], &mut out);
                 for (r, row) in rows.iter().enumerate() {
                     prop_assert_eq!(out[r].to_bits(), q6_k_tiled_definition(n, row, &a[1..]).to_bits(), "{:?} tiled rows lane {} n={}", tier, r, n);
+                }
+                if let Some(dot4) = k.dot4 {
+                    let four = dot4(n, &packed, std::array::from_fn(|c| &acts[c][1..]));
+                    for (c, ac) in acts.iter().enumerate() {
+                        for (r, row) in rows.iter().enumerate() {
+                            prop_assert_eq!(four[c][r].to_bits(), q6_k_tiled_definition(n, row, &ac[1..]).to_bits(), "{:?} tiled rows x4 act {} lane {} n={}", tier, c, r, n);
+                        }
+                    }
                 }
             }
             let four = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_4act.unwrap()(n, &w6[1..], std::array::from_fn(|c| &acts[c][1..]));

@@ -1306,6 +1306,82 @@ mod avx512 {
         out[..k].copy_from_slice(&r[..k]);
     }
 
+    /// `q4_k_gemm_rows16` for four activation rows at once: each packed weight vector is
+    /// loaded once for the four (the single-token kernel is bound by its loads).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q4_k_gemm_rows16_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+        let nb = act
+            .iter()
+            .fold((n / QK_K).min(packed.len() / Q4K_PACKED), |m, a| {
+                m.min(a.len() / Q8K)
+            });
+        let x = packed.as_ptr();
+        let y = act.map(|a| a.as_ptr());
+        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc_min = [_mm512_setzero_ps(); 4];
+        for b in 0..nb {
+            let xb = x.add(b * Q4K_PACKED);
+            let yb = y.map(|p| p.add(b * Q8K));
+            let dx = _mm512_loadu_ps(xb as *const f32);
+            let dminx = _mm512_loadu_ps(xb.add(64) as *const f32);
+            for pair in 0..4 {
+                let mut sums = [[_mm512_setzero_si512(); 2]; 4]; // [token][half]
+                for half in 0..2 {
+                    let sub = 2 * pair + half;
+                    let q = xb.add(896 + 64 * 8 * sub);
+                    for k in 0..8 {
+                        let wv = ld(q.add(64 * k));
+                        for t in 0..4 {
+                            let at = yb[t].add(4 + 32 * sub + 4 * k);
+                            let yk = _mm512_set1_epi32((at as *const i32).read_unaligned());
+                            sums[t][half] = _mm512_dpbusd_epi32(sums[t][half], wv, yk);
+                        }
+                    }
+                }
+                let sc_lo = ld(xb.add(128 + 64 * 2 * pair));
+                let sc_hi = ld(xb.add(128 + 64 * (2 * pair + 1)));
+                let mins = ld(xb.add(640 + 64 * pair));
+                for t in 0..4 {
+                    let isum = _mm512_add_epi32(
+                        _mm512_mullo_epi32(sums[t][0], sc_lo),
+                        _mm512_mullo_epi32(sums[t][1], sc_hi),
+                    );
+                    let bsum = |i: usize| {
+                        i32::from((yb[t].add(260 + 2 * i) as *const i16).read_unaligned())
+                    };
+                    let (s_lo, s_hi) = (
+                        bsum(4 * pair) + bsum(4 * pair + 1),
+                        bsum(4 * pair + 2) + bsum(4 * pair + 3),
+                    );
+                    let bs = _mm512_set1_epi32(
+                        ((s_lo as u16 as u32) | (s_hi as u16 as u32) << 16) as i32,
+                    );
+                    let imin = _mm512_madd_epi16(mins, bs);
+                    let yd = _mm512_set1_ps((yb[t] as *const f32).read_unaligned());
+                    // d_x * d_y and dmin_x * d_y per lane, as the single-row kernel forms them.
+                    acc[t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dx, yd), acc[t]);
+                    acc_min[t] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(imin),
+                        _mm512_mul_ps(dminx, yd),
+                        acc_min[t],
+                    );
+                }
+            }
+        }
+        let mut out = [[0f32; 16]; 4];
+        for t in 0..4 {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_sub_ps(acc[t], acc_min[t]));
+        }
+        out
+    }
+
+    fn q4_k_gemm_rows_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+        // SAFETY: as `q4_k_gemm_rows`.
+        unsafe { q4_k_gemm_rows16_x4(n, packed, act) }
+    }
+
     fn q4_k_gemm_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
         // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
         // by the block count both slices hold.
@@ -1391,6 +1467,60 @@ mod avx512 {
         out[..k].copy_from_slice(&r[..k]);
     }
 
+    /// `q6_k_tiled_rows16` for four activation rows, each packed weight vector loaded once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q6_k_tiled_rows16_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+        let nb = act
+            .iter()
+            .fold((n / QK_K).min(packed.len() / Q6K_PACKED), |m, a| {
+                m.min(a.len() / Q8K)
+            });
+        let x = packed.as_ptr();
+        let y = act.map(|a| a.as_ptr());
+        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for b in 0..nb {
+            let xb = x.add(b * Q6K_PACKED);
+            let yb = y.map(|p| p.add(b * Q8K));
+            let mut s1 = [_mm512_setzero_si512(); 4];
+            for sub in 0..16 {
+                let q = xb.add(64 + 16 * 64 + 64 * 4 * sub);
+                let mut raw = yb.map(|p| {
+                    let bsum = i32::from((p.add(260 + 2 * sub) as *const i16).read_unaligned());
+                    _mm512_set1_epi32(-32 * bsum)
+                });
+                for k in 0..4 {
+                    let wv = ld(q.add(64 * k));
+                    for t in 0..4 {
+                        let at = yb[t].add(4 + 16 * sub + 4 * k);
+                        let yk = _mm512_set1_epi32((at as *const i32).read_unaligned());
+                        raw[t] = _mm512_dpbusd_epi32(raw[t], wv, yk);
+                    }
+                }
+                let sc = ld(xb.add(64 + 64 * sub));
+                for t in 0..4 {
+                    s1[t] = _mm512_add_epi32(s1[t], _mm512_mullo_epi32(raw[t], sc));
+                }
+            }
+            let dx = _mm512_loadu_ps(xb as *const f32);
+            for t in 0..4 {
+                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), dx);
+                let yd = _mm512_set1_ps((yb[t] as *const f32).read_unaligned());
+                acc[t] = _mm512_fmadd_ps(r, yd, acc[t]);
+            }
+        }
+        let mut out = [[0f32; 16]; 4];
+        for t in 0..4 {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+        out
+    }
+
+    fn q6_k_tiled_rows_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+        // SAFETY: as `q6_k_tiled_rows`.
+        unsafe { q6_k_tiled_rows16_x4(n, packed, act) }
+    }
+
     fn q6_k_tiled_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
         // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
         // by the block count both slices hold.
@@ -1406,6 +1536,7 @@ mod avx512 {
             packed_bytes: q6_k_packed_bytes,
             pack: q6_k_pack_rows,
             dot: q6_k_tiled_rows,
+            dot4: Some(q6_k_tiled_rows_x4),
         })
     }
 
@@ -1418,6 +1549,7 @@ mod avx512 {
             packed_bytes: q4_k_packed_bytes,
             pack: q4_k_pack_rows,
             dot: q4_k_gemm_rows,
+            dot4: Some(q4_k_gemm_rows_x4),
         })
     }
 
