@@ -39,8 +39,11 @@ pub struct RowBlockKernel {
     pub pack: fn(usize, &[&[u8]], &mut [u8]),
     pub dot: fn(usize, &[u8], &[u8], &mut [f32]),
     /// The same for four activation rows at once, `out[act][row]` (16 rows).
-    pub dot4: Option<fn(usize, &[u8], [&[u8]; 4]) -> [[f32; 16]; 4]>,
+    pub dot4: Option<RowBlockDot4Fn>,
 }
+
+/// `dot4(n, packed, [four activation rows])` of a [`RowBlockKernel`] of 16 rows.
+pub type RowBlockDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [[f32; 16]; 4];
 
 /// A register-tile matmul kernel for prompts: weight rows are unpacked once per task into a
 /// kernel-private layout (`unpacked_row_bytes(n)` bytes per row), then dotted 4 rows x 4
