@@ -716,6 +716,18 @@ impl Backend for CpuBackend {
                         let acts = [act_of(tk), act_of(tk + 1), act_of(tk + 2), act_of(tk + 3)];
                         let mut i = 0;
                         if let Some(tile) = tile.filter(|_| order == DotOrder::Plain) {
+                            if let Some(dot8) = tile.dot8 {
+                                while i + 8 <= n_rows {
+                                    let v = dot8(cols, std::array::from_fn(|j| u_of(i + j)), acts);
+                                    for (c, tok) in (tk..tk + 4).enumerate() {
+                                        let dst = &mut out_cols.row_mut(tok)[i..i + 8];
+                                        for (d, vr) in dst.iter_mut().zip(&v) {
+                                            *d = vr[c];
+                                        }
+                                    }
+                                    i += 8;
+                                }
+                            }
                             while i + 4 <= n_rows {
                                 let v = (tile.dot)(
                                     cols,

@@ -23,7 +23,7 @@ pub use lanes::*;
 pub use legacy::*;
 pub use traits::{
     active_tier, traits, traits_for, FromFloatFn, RowBlockKernel, Tier, TileKernel, ToFloatFn,
-    TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotTileFn, VecDotX4Fn,
+    TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotTile8Fn, VecDotTileFn, VecDotX4Fn,
 };
 
 use orchard_core::DType;

@@ -53,7 +53,13 @@ pub struct TileKernel {
     pub unpacked_row_bytes: fn(usize) -> usize,
     pub unpack: UnpackRowFn,
     pub dot: VecDotTileFn,
+    /// The same with 8 unpacked weight rows (where the kernel has registers for it: the
+    /// activation-side work of a block is then shared by twice the rows).
+    pub dot8: Option<VecDotTile8Fn>,
 }
+
+/// `dot8(n, [eight unpacked weight rows], [four activation rows])`, `out[row][act]`.
+pub type VecDotTile8Fn = fn(usize, [&[u8]; 8], [&[u8]; 4]) -> [[f32; 4]; 8];
 
 /// Row kernels of one type. Lengths are checked by the callers (see `crate::dequantize_row`);
 /// the kernels themselves process whole blocks only and never read past their slices (a short

@@ -1082,7 +1082,11 @@ mod avx512 {
     /// (ggml's negation wraps there); ggml's activation quantizer never writes -128, but any
     /// block holding one goes through the `sign_epi8` lanes so the result stays identical.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    unsafe fn q8_unpacked_tile(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    unsafe fn q8_unpacked_tile<const R: usize>(
+        n: usize,
+        w: [&[u8]; R],
+        act: [&[u8]; 4],
+    ) -> [[f32; 4]; R] {
         let nb = w.iter().fold(
             act.iter().fold(n / 32, |m, a| m.min(a.len() / Q8_0)),
             |m, r| m.min(r.len() / UNPACKED),
@@ -1091,7 +1095,7 @@ mod avx512 {
         let y = act.map(|a| a.as_ptr());
         // Two pairs per 512-bit register: acc[r][h] holds the 8 lanes of (row r, activation
         // 2h) in its low half and of (r, 2h + 1) in its high half.
-        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let offset = _mm512_set1_epi8(0x80u8 as i8);
         let lo_hi = [
             _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -1121,7 +1125,7 @@ mod avx512 {
                     | u64::from(rd16(yb[3])) << 48,
             ));
             let dy = lo_hi.map(|idx| _mm512_permutexvar_ps(idx, dy4));
-            for r in 0..4 {
+            for r in 0..R {
                 let xb = x[r].add(i * UNPACKED);
                 let dx = _mm512_set1_ps((xb as *const f32).read_unaligned());
                 let ux = load256(xb.add(4));
@@ -1142,8 +1146,8 @@ mod avx512 {
                 }
             }
         }
-        let mut out = [[0f32; 4]; 4];
-        for r in 0..4 {
+        let mut out = [[0f32; 4]; R];
+        for r in 0..R {
             out[r] = hsum8x4([
                 _mm512_castps512_ps256(acc[r][0]),
                 _mm512_extractf32x8_ps::<1>(acc[r][0]),
@@ -1179,6 +1183,11 @@ mod avx512 {
     fn tile_unpacked(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
         // SAFETY: only reachable through the AVX-512 table, built after feature detection; the
         // kernel bounds its loads by the shortest slice.
+        unsafe { q8_unpacked_tile(n, w, act) }
+    }
+
+    fn tile_unpacked8(n: usize, w: [&[u8]; 8], act: [&[u8]; 4]) -> [[f32; 4]; 8] {
+        // SAFETY: as `tile_unpacked`.
         unsafe { q8_unpacked_tile(n, w, act) }
     }
 
@@ -1566,6 +1575,7 @@ mod avx512 {
             unpacked_row_bytes,
             unpack,
             dot: tile_unpacked,
+            dot8: Some(tile_unpacked8),
         })
     }
 
@@ -1855,6 +1865,7 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
                     unpacked_row_bytes: |n| 4 * n,
                     unpack: unpack_f16_avx512,
                     dot: tile_f16_avx512,
+                    dot8: None,
                 });
             }
         }
