@@ -1262,63 +1262,18 @@ mod avx512 {
         }
     }
 
-    /// 16 packed Q4_K rows against one Q8_K activation row in the order of ggml's repacked
+    /// 16 packed Q4_K rows against `T` Q8_K activation rows in the order of ggml's repacked
     /// GEMM (see `q4_k_interleaved` with `per_pair`): each lane is one row, so the per-row
     /// scalar chains (one FMA per sub-block pair for the scales, one for the mins) become
-    /// lanes of two 16-lane chains with the same exact integer sums and the same float steps.
+    /// lanes of two 16-lane chains per activation with the same exact integer sums and the same
+    /// float steps. Each packed weight vector is loaded once for the `T` activations (one at a
+    /// time, the kernel is bound by its loads).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    unsafe fn q4_k_gemm_rows16(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
-        let nb = (n / QK_K)
-            .min(packed.len() / Q4K_PACKED)
-            .min(act.len() / Q8K);
-        let (x, y) = (packed.as_ptr(), act.as_ptr());
-        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
-        let (mut acc, mut acc_min) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for b in 0..nb {
-            let (xb, yb) = (x.add(b * Q4K_PACKED), y.add(b * Q8K));
-            let yd = _mm512_set1_ps((yb as *const f32).read_unaligned());
-            let d = _mm512_mul_ps(_mm512_loadu_ps(xb as *const f32), yd);
-            let dmin = _mm512_mul_ps(_mm512_loadu_ps(xb.add(64) as *const f32), yd);
-            let bsum = |i: usize| i32::from((yb.add(260 + 2 * i) as *const i16).read_unaligned());
-            for pair in 0..4 {
-                let mut sums = [_mm512_setzero_si512(); 4]; // [lo even, lo odd, hi even, hi odd]
-                for half in 0..2 {
-                    let sub = 2 * pair + half;
-                    let q = xb.add(896 + 64 * 8 * sub);
-                    let a = yb.add(4 + 32 * sub);
-                    for k in 0..8 {
-                        let yk = _mm512_set1_epi32((a.add(4 * k) as *const i32).read_unaligned());
-                        let s = &mut sums[2 * half + k % 2];
-                        *s = _mm512_dpbusd_epi32(*s, ld(q.add(64 * k)), yk);
-                    }
-                }
-                let lo = _mm512_add_epi32(sums[0], sums[1]);
-                let hi = _mm512_add_epi32(sums[2], sums[3]);
-                let isum = _mm512_add_epi32(
-                    _mm512_mullo_epi32(lo, ld(xb.add(128 + 64 * 2 * pair))),
-                    _mm512_mullo_epi32(hi, ld(xb.add(128 + 64 * (2 * pair + 1)))),
-                );
-                let (s_lo, s_hi) = (
-                    bsum(4 * pair) + bsum(4 * pair + 1),
-                    bsum(4 * pair + 2) + bsum(4 * pair + 3),
-                );
-                let bs =
-                    _mm512_set1_epi32(((s_lo as u16 as u32) | (s_hi as u16 as u32) << 16) as i32);
-                let imin = _mm512_madd_epi16(ld(xb.add(640 + 64 * pair)), bs);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
-                acc_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dmin, acc_min);
-            }
-        }
-        let mut r = [0f32; Q4K_LANES];
-        _mm512_storeu_ps(r.as_mut_ptr(), _mm512_sub_ps(acc, acc_min));
-        let k = out.len().min(Q4K_LANES);
-        out[..k].copy_from_slice(&r[..k]);
-    }
-
-    /// `q4_k_gemm_rows16` for four activation rows at once: each packed weight vector is
-    /// loaded once for the four (the single-token kernel is bound by its loads).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    unsafe fn q4_k_gemm_rows16_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+    unsafe fn q4_k_gemm_rows16<const T: usize>(
+        n: usize,
+        packed: &[u8],
+        act: [&[u8]; T],
+    ) -> [[f32; 16]; T] {
         let nb = act
             .iter()
             .fold((n / QK_K).min(packed.len() / Q4K_PACKED), |m, a| {
@@ -1327,21 +1282,21 @@ mod avx512 {
         let x = packed.as_ptr();
         let y = act.map(|a| a.as_ptr());
         let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc_min = [_mm512_setzero_ps(); 4];
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acc_min = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let xb = x.add(b * Q4K_PACKED);
             let yb = y.map(|p| p.add(b * Q8K));
             let dx = _mm512_loadu_ps(xb as *const f32);
             let dminx = _mm512_loadu_ps(xb.add(64) as *const f32);
             for pair in 0..4 {
-                let mut sums = [[_mm512_setzero_si512(); 2]; 4]; // [token][half]
+                let mut sums = [[_mm512_setzero_si512(); 2]; T]; // [token][half]
                 for half in 0..2 {
                     let sub = 2 * pair + half;
                     let q = xb.add(896 + 64 * 8 * sub);
                     for k in 0..8 {
                         let wv = ld(q.add(64 * k));
-                        for t in 0..4 {
+                        for t in 0..T {
                             let at = yb[t].add(4 + 32 * sub + 4 * k);
                             let yk = _mm512_set1_epi32((at as *const i32).read_unaligned());
                             sums[t][half] = _mm512_dpbusd_epi32(sums[t][half], wv, yk);
@@ -1351,7 +1306,7 @@ mod avx512 {
                 let sc_lo = ld(xb.add(128 + 64 * 2 * pair));
                 let sc_hi = ld(xb.add(128 + 64 * (2 * pair + 1)));
                 let mins = ld(xb.add(640 + 64 * pair));
-                for t in 0..4 {
+                for t in 0..T {
                     let isum = _mm512_add_epi32(
                         _mm512_mullo_epi32(sums[t][0], sc_lo),
                         _mm512_mullo_epi32(sums[t][1], sc_hi),
@@ -1379,8 +1334,8 @@ mod avx512 {
                 }
             }
         }
-        let mut out = [[0f32; 16]; 4];
-        for t in 0..4 {
+        let mut out = [[0f32; 16]; T];
+        for t in 0..T {
             _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_sub_ps(acc[t], acc_min[t]));
         }
         out
@@ -1388,13 +1343,15 @@ mod avx512 {
 
     fn q4_k_gemm_rows_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
         // SAFETY: as `q4_k_gemm_rows`.
-        unsafe { q4_k_gemm_rows16_x4(n, packed, act) }
+        unsafe { q4_k_gemm_rows16(n, packed, act) }
     }
 
     fn q4_k_gemm_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
         // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
         // by the block count both slices hold.
-        unsafe { q4_k_gemm_rows16(n, packed, act, out) }
+        let [r] = unsafe { q4_k_gemm_rows16(n, packed, [act]) };
+        let k = out.len().min(r.len());
+        out[..k].copy_from_slice(&r[..k]);
     }
 
     /// Bytes of one Q6_K block of 16 rows packed for `q6_k_tiled_rows`: the rows' `d` (f32),
@@ -1439,46 +1396,17 @@ mod avx512 {
         }
     }
 
-    /// 16 packed Q6_K rows against one Q8_K activation row in the order of ggml's tiled
+    /// 16 packed Q6_K rows against `T` Q8_K activation rows in the order of ggml's tiled
     /// matmul (see `q6_k_q8_k_tiled`): per block the exact integer sum of every sub-block's
     /// scale times (raw dot - 32 * activation sum), scaled by the row's `d`, then one FMA with
-    /// the activation's `d`; each lane is one row.
+    /// the activation's `d`; each lane is one row, each packed weight vector loaded once for
+    /// the `T` activations.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    unsafe fn q6_k_tiled_rows16(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
-        let nb = (n / QK_K)
-            .min(packed.len() / Q6K_PACKED)
-            .min(act.len() / Q8K);
-        let (x, y) = (packed.as_ptr(), act.as_ptr());
-        let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
-        let mut acc = _mm512_setzero_ps();
-        for b in 0..nb {
-            let (xb, yb) = (x.add(b * Q6K_PACKED), y.add(b * Q8K));
-            let mut s1 = _mm512_setzero_si512();
-            for sub in 0..16 {
-                let q = xb.add(64 + 16 * 64 + 64 * 4 * sub);
-                let a = yb.add(4 + 16 * sub);
-                let bsum = i32::from((yb.add(260 + 2 * sub) as *const i16).read_unaligned());
-                // -32 * sum(y) seeds the raw dot: the tiled kernel's bias, exact in i32.
-                let mut raw = _mm512_set1_epi32(-32 * bsum);
-                for k in 0..4 {
-                    let yk = _mm512_set1_epi32((a.add(4 * k) as *const i32).read_unaligned());
-                    raw = _mm512_dpbusd_epi32(raw, ld(q.add(64 * k)), yk);
-                }
-                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(raw, ld(xb.add(64 + 64 * sub))));
-            }
-            let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), _mm512_loadu_ps(xb as *const f32));
-            let yd = _mm512_set1_ps((yb as *const f32).read_unaligned());
-            acc = _mm512_fmadd_ps(r, yd, acc);
-        }
-        let mut r = [0f32; Q4K_LANES];
-        _mm512_storeu_ps(r.as_mut_ptr(), acc);
-        let k = out.len().min(Q4K_LANES);
-        out[..k].copy_from_slice(&r[..k]);
-    }
-
-    /// `q6_k_tiled_rows16` for four activation rows, each packed weight vector loaded once.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-    unsafe fn q6_k_tiled_rows16_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
+    unsafe fn q6_k_tiled_rows16<const T: usize>(
+        n: usize,
+        packed: &[u8],
+        act: [&[u8]; T],
+    ) -> [[f32; 16]; T] {
         let nb = act
             .iter()
             .fold((n / QK_K).min(packed.len() / Q6K_PACKED), |m, a| {
@@ -1487,11 +1415,11 @@ mod avx512 {
         let x = packed.as_ptr();
         let y = act.map(|a| a.as_ptr());
         let ld = |p: *const u8| _mm512_loadu_si512(p as *const __m512i);
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let xb = x.add(b * Q6K_PACKED);
             let yb = y.map(|p| p.add(b * Q8K));
-            let mut s1 = [_mm512_setzero_si512(); 4];
+            let mut s1 = [_mm512_setzero_si512(); T];
             for sub in 0..16 {
                 let q = xb.add(64 + 16 * 64 + 64 * 4 * sub);
                 let mut raw = yb.map(|p| {
@@ -1500,26 +1428,26 @@ mod avx512 {
                 });
                 for k in 0..4 {
                     let wv = ld(q.add(64 * k));
-                    for t in 0..4 {
+                    for t in 0..T {
                         let at = yb[t].add(4 + 16 * sub + 4 * k);
                         let yk = _mm512_set1_epi32((at as *const i32).read_unaligned());
                         raw[t] = _mm512_dpbusd_epi32(raw[t], wv, yk);
                     }
                 }
                 let sc = ld(xb.add(64 + 64 * sub));
-                for t in 0..4 {
+                for t in 0..T {
                     s1[t] = _mm512_add_epi32(s1[t], _mm512_mullo_epi32(raw[t], sc));
                 }
             }
             let dx = _mm512_loadu_ps(xb as *const f32);
-            for t in 0..4 {
+            for t in 0..T {
                 let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), dx);
                 let yd = _mm512_set1_ps((yb[t] as *const f32).read_unaligned());
                 acc[t] = _mm512_fmadd_ps(r, yd, acc[t]);
             }
         }
-        let mut out = [[0f32; 16]; 4];
-        for t in 0..4 {
+        let mut out = [[0f32; 16]; T];
+        for t in 0..T {
             _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
         out
@@ -1527,13 +1455,15 @@ mod avx512 {
 
     fn q6_k_tiled_rows_x4(n: usize, packed: &[u8], act: [&[u8]; 4]) -> [[f32; 16]; 4] {
         // SAFETY: as `q6_k_tiled_rows`.
-        unsafe { q6_k_tiled_rows16_x4(n, packed, act) }
+        unsafe { q6_k_tiled_rows16(n, packed, act) }
     }
 
     fn q6_k_tiled_rows(n: usize, packed: &[u8], act: &[u8], out: &mut [f32]) {
         // SAFETY: only reachable through the AVX-512 table (features detected); loads bounded
         // by the block count both slices hold.
-        unsafe { q6_k_tiled_rows16(n, packed, act, out) }
+        let [r] = unsafe { q6_k_tiled_rows16(n, packed, [act]) };
+        let k = out.len().min(r.len());
+        out[..k].copy_from_slice(&r[..k]);
     }
 
     /// Row-block kernels (16 rows in lanes) for ggml's tiled K-quant order.
