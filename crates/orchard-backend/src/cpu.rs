@@ -114,6 +114,9 @@ thread_local! {
 /// Rows per parallel task of the gated activations.
 const GLU_ROWS_PER_TASK: usize = 16;
 
+/// Rows per parallel task of a prompt's RMS norms.
+const NORM_ROWS_PER_TASK: usize = 16;
+
 /// Fewest tokens of one float order in a step for which the 16-row block kernels pack
 /// their rows.
 const PACK_MIN_TOKENS: usize = 8;
@@ -251,24 +254,44 @@ fn attend_block_f32_body(
         .map(|(_, t)| t.pos as usize / T + 1)
         .max()
         .unwrap_or(0);
-    let mut m = vec![f32::NEG_INFINITY; queries.len()];
-    let mut s = vec![0.0f32; queries.len()];
+    let nq = queries.len();
+    let mut m = vec![f32::NEG_INFINITY; nq];
+    let mut s = vec![0.0f32; nq];
     out.iter_mut().for_each(|v| *v = 0.0);
     let mut k_t = vec![0.0f32; dk * T]; // [dk][T]: transposed so the score loop runs across cells
     let mut v_t = vec![0.0f32; T * dv]; // [T][dv]
-    let mut kq = [0.0f32; T];
-    let mut w = [0.0f32; T];
+                                        // Scores and weights of up to four queries handled together ([query][T]).
+    let mut kq = [0.0f32; 4 * T];
+    let mut w = [0.0f32; 4 * T];
     let mut k_row = vec![0.0f32; dk];
+    let sees = |tok: &TokenSlot, t0: usize| {
+        let (lo, hi) = span(tok);
+        t0 <= hi && t0 + T > lo
+    };
     for tile in 0..n_tiles {
         let t0 = tile * T;
         let mut loaded: Option<u32> = None;
-        for (qi, (q, tok)) in queries.iter().enumerate() {
-            let (lo, hi) = span(tok);
-            if t0 > hi || t0 + T <= lo {
+        let mut qi = 0;
+        while qi < nq {
+            let (_, tok) = &queries[qi];
+            if !sees(tok, t0) {
+                qi += 1;
                 continue;
             }
+            // Four queries of one sequence that all see this tile share every load of K and
+            // V; each element's chain of operations is the one it gets alone.
+            let g = if qi + 4 <= nq
+                && queries[qi + 1..qi + 4]
+                    .iter()
+                    .all(|(_, t)| t.seq == tok.seq && sees(t, t0))
+            {
+                4
+            } else {
+                1
+            };
             let seq_cells = cells[tok.seq as usize];
             if loaded != Some(tok.seq) {
+                let hi = span(tok).1;
                 // Cells past what this sequence holds are masked for every query of it.
                 for tk in 0..T {
                     match seq_cells.get(t0 + tk) {
@@ -284,43 +307,82 @@ fn attend_block_f32_body(
                 }
                 loaded = Some(tok.seq);
             }
-            kq.iter_mut().for_each(|v| *v = 0.0);
-            vec_math::gemv_acc(&mut kq, &q[..dk], &k_t, dk, T);
-            let mut tile_max = f32::NEG_INFINITY;
-            for (tk, v) in kq.iter_mut().enumerate() {
-                let pos = t0 + tk;
-                if pos < lo || pos > hi {
-                    *v = f32::NEG_INFINITY;
+            kq[..g * T].iter_mut().for_each(|v| *v = 0.0);
+            if g == 4 {
+                let q4 = std::array::from_fn(|i| &queries[qi + i].0[..dk]);
+                vec_math::gemv_acc4(&mut kq, T, q4, &k_t, dk, T);
+            } else {
+                vec_math::gemv_acc(&mut kq[..T], &queries[qi].0[..dk], &k_t, dk, T);
+            }
+            // Per query: mask, scale, running max and exp sum; `ranges[i]` is the span of
+            // cells whose V it adds (None: the whole tile is masked for it).
+            let mut ranges = [None; 4];
+            for (i, range) in ranges[..g].iter_mut().enumerate() {
+                let q = qi + i;
+                let (lo, hi) = span(&queries[q].1);
+                let kq = &mut kq[i * T..(i + 1) * T];
+                // Cells [a, b) of the tile are in this query's span (`sees` made it non-empty).
+                let a = lo.max(t0) - t0;
+                let b = (hi + 1).min(t0 + T) - t0;
+                kq[..a].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                kq[b..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                match softcap {
+                    Some(cap) => kq[a..b]
+                        .iter_mut()
+                        .for_each(|v| *v = (*v * scale).tanh() * cap),
+                    None => kq[a..b].iter_mut().for_each(|v| *v *= scale),
+                }
+                // The maximum is the same in any order; 16 lanes let it vectorize.
+                let mut lanes = [f32::NEG_INFINITY; 16];
+                let chunks = kq[a..b].chunks_exact(16);
+                let rest = chunks.remainder();
+                for c in chunks {
+                    for (l, &x) in lanes.iter_mut().zip(c) {
+                        *l = l.max(x);
+                    }
+                }
+                let tile_max = lanes
+                    .iter()
+                    .chain(rest)
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                if tile_max == f32::NEG_INFINITY {
                     continue;
                 }
-                let mut x = *v * scale;
-                if let Some(cap) = softcap {
-                    x = x.tanh() * cap;
+                let o = &mut out[q * dv..(q + 1) * dv];
+                let m_new = m[q].max(tile_max);
+                if m_new > m[q] {
+                    let ms = (m[q] - m_new).exp();
+                    o.iter_mut().for_each(|v| *v *= ms);
+                    s[q] *= ms;
                 }
-                *v = x;
-                tile_max = tile_max.max(x);
+                m[q] = m_new;
+                // ggml_vec_soft_max_f32: exp per lane, one f32 partial sum per vector, in f64.
+                let sum = vec_math::soft_max_f32(&mut w[i * T..(i + 1) * T], kq, m_new);
+                s[q] = (s[q] as f64 + sum) as f32;
+                // Cells outside [lo, hi] (w == 0) are skipped: ggml's fma(0, v, acc) leaves
+                // acc unchanged (up to the sign of a zero, which skipping keeps).
+                *range = Some((a, b));
             }
-            if tile_max == f32::NEG_INFINITY {
-                continue;
+            if g == 4 && ranges.iter().all(|r| r.is_some() && *r == ranges[0]) {
+                let (a, b) = ranges[0].expect("checked just above");
+                let w4 = std::array::from_fn(|i| &w[i * T + a..i * T + b]);
+                let o = &mut out[qi * dv..(qi + 4) * dv];
+                vec_math::gemv_acc4(o, dv, w4, &v_t[a * dv..b * dv], b - a, dv);
+            } else {
+                for (i, range) in ranges[..g].iter().enumerate() {
+                    if let Some((a, b)) = *range {
+                        let q = qi + i;
+                        vec_math::gemv_acc(
+                            &mut out[q * dv..(q + 1) * dv],
+                            &w[i * T + a..i * T + b],
+                            &v_t[a * dv..b * dv],
+                            b - a,
+                            dv,
+                        );
+                    }
+                }
             }
-            let o = &mut out[qi * dv..(qi + 1) * dv];
-            let m_new = m[qi].max(tile_max);
-            if m_new > m[qi] {
-                let ms = (m[qi] - m_new).exp();
-                o.iter_mut().for_each(|v| *v *= ms);
-                s[qi] *= ms;
-            }
-            m[qi] = m_new;
-            // ggml_vec_soft_max_f32: exp per lane, one f32 partial sum per vector, in f64.
-            let sum = vec_math::soft_max_f32(&mut w, &kq, m_new);
-            s[qi] = (s[qi] as f64 + sum) as f32;
-            // Cells outside [lo, hi] (w == 0) are skipped: ggml's fma(0, v, acc) leaves acc
-            // unchanged (up to the sign of a zero, which skipping keeps).
-            let a = lo.max(t0) - t0;
-            let b = (hi + 1).min(t0 + T) - t0;
-            if a < b {
-                vec_math::gemv_acc(o, &w[a..b], &v_t[a * dv..b * dv], b - a, dv);
-            }
+            qi += g;
         }
     }
     for (qi, o) in out.chunks_exact_mut(dv).enumerate() {
@@ -533,20 +595,30 @@ impl Backend for CpuBackend {
         self.set_rows(out, n);
         self.with_pair(x, out, |me, x, o| {
             let wv = w.map(|w| me.vector(w));
-            for (xr, or) in x
-                .data
-                .chunks_exact(x.width)
-                .zip(o.data.chunks_exact_mut(o.width))
-            {
-                let s = rms_scale(xr, eps);
-                match wv {
-                    Some(wv) => or
-                        .iter_mut()
-                        .zip(xr)
-                        .zip(wv)
-                        .for_each(|((o, &x), &w)| *o = (x * s) * w),
-                    None => or.iter_mut().zip(xr).for_each(|(o, &x)| *o = x * s),
+            let (xw, ow) = (x.width, o.width);
+            let norm_rows = |r0: usize, oc: &mut [f32]| {
+                for (i, or) in oc.chunks_exact_mut(ow).enumerate() {
+                    let xr = &x.data[(r0 + i) * xw..(r0 + i + 1) * xw];
+                    let s = rms_scale(xr, eps);
+                    match wv {
+                        Some(wv) => or
+                            .iter_mut()
+                            .zip(xr)
+                            .zip(wv)
+                            .for_each(|((o, &x), &w)| *o = (x * s) * w),
+                        None => or.iter_mut().zip(xr).for_each(|(o, &x)| *o = x * s),
+                    }
                 }
+            };
+            // Rows are independent: a prompt's rows in parallel (serial, this was ~1 % of
+            // prompt time with the other thread waiting).
+            let rows = &mut o.data[..n * ow];
+            if n > NORM_ROWS_PER_TASK {
+                pool::par_chunks_mut(rows, ow * NORM_ROWS_PER_TASK, |ci, oc| {
+                    norm_rows(ci * NORM_ROWS_PER_TASK, oc)
+                });
+            } else {
+                norm_rows(0, rows);
             }
         });
     }
@@ -557,11 +629,22 @@ impl Backend for CpuBackend {
             .clone()
             .expect("head norm weight is a vector");
         let b = &mut self.bufs[x.0 as usize];
-        for head in b.data.chunks_exact_mut(head_dim) {
-            let s = rms_scale(head, eps);
-            head.iter_mut()
-                .zip(&wv)
-                .for_each(|(v, &w)| *v = (*v * s) * w);
+        let norm_heads = |_: usize, rows: &mut [f32]| {
+            for head in rows.chunks_exact_mut(head_dim) {
+                let s = rms_scale(head, eps);
+                head.iter_mut()
+                    .zip(&wv)
+                    .for_each(|(v, &w)| *v = (*v * s) * w);
+            }
+        };
+        let row_w = b.width.max(1);
+        if b.n_tokens > NORM_ROWS_PER_TASK
+            && row_w.is_multiple_of(head_dim)
+            && b.data.len() == b.n_tokens * row_w
+        {
+            pool::par_chunks_mut(&mut b.data, row_w * NORM_ROWS_PER_TASK, norm_heads);
+        } else {
+            norm_heads(0, &mut b.data);
         }
     }
 
@@ -955,6 +1038,9 @@ impl Backend for CpuBackend {
             }
             start += len;
         }
+        // Longest first (a block's cost grows with its last position), so that the last task
+        // handed out is a short one and no thread waits long for another at the end.
+        units.sort_by_key(|&(h, t0, t1)| (std::cmp::Reverse(batch.tokens[t1 - 1].pos), t0, h));
         if !units.is_empty() {
             // One task per (head, block of FA_TILE_Q queries), as ggml tiles it: each KV tile is
             // converted to f32 once per block instead of once per query.

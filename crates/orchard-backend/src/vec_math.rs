@@ -405,6 +405,25 @@ pub fn gemv_acc(c: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize) {
     simd_gemm(c, a, b, 1, k, n)
 }
 
+/// [`gemv_acc`] for four rows at once: `c[i * ldc + j] = fma(a[i][kk], b[kk * n + j], ..)` for
+/// `kk` in `0..k` in order, for `i < 4` and `j < n`. Every element gets the chain that
+/// `gemv_acc` would give it; each `b` row is loaded once for the four (attention's Q·Kᵀ and V
+/// sums for four queries against one KV tile).
+pub fn gemv_acc4(c: &mut [f32], ldc: usize, a: [&[f32]; 4], b: &[f32], k: usize, n: usize) {
+    assert!(
+        ldc >= n && c.len() >= 3 * ldc + n && a.iter().all(|r| r.len() >= k) && b.len() >= k * n,
+        "gemv_acc4 shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if runnable(VecPath::Avx512) {
+        // SAFETY: AVX-512F and FMA checked by runnable(); the shapes were checked above.
+        return unsafe { x86::gemv_acc4_avx512(c, ldc, a, b, k, n) };
+    }
+    for (i, a) in a.iter().enumerate() {
+        gemv_acc(&mut c[i * ldc..i * ldc + n], a, b, k, n);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // x86 kernels
 
@@ -668,6 +687,66 @@ mod x86 {
         }
     }
 
+    /// Caller: `gemv_acc4` (shapes checked there).
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn gemv_acc4_avx512(
+        c: &mut [f32],
+        ldc: usize,
+        a: [&[f32]; 4],
+        b: &[f32],
+        k: usize,
+        n: usize,
+    ) {
+        let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
+        let ap = a.map(|r| r.as_ptr());
+        let mut j = 0;
+        // 4 rows x 64 columns: 16 accumulators, four loads of `b` per 16 FMAs.
+        while j + 64 <= n {
+            let mut acc: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+                std::array::from_fn(|v| _mm512_loadu_ps(cp.add(i * ldc + j + 16 * v)))
+            });
+            for kk in 0..k {
+                let row = bp.add(kk * n + j);
+                let bv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(16 * v)));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*ap[i].add(kk));
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(x, bv[v], *acc);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(cp.add(i * ldc + j + 16 * v), *acc);
+                }
+            }
+            j += 64;
+        }
+        while j + 16 <= n {
+            let mut acc: [__m512; 4] =
+                std::array::from_fn(|i| _mm512_loadu_ps(cp.add(i * ldc + j)));
+            for kk in 0..k {
+                let bv = _mm512_loadu_ps(bp.add(kk * n + j));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ap[i].add(kk)), bv, *acc);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(cp.add(i * ldc + j), *acc);
+            }
+            j += 16;
+        }
+        for i in 0..4 {
+            for jj in j..n {
+                let mut acc = c[i * ldc + jj];
+                for kk in 0..k {
+                    acc = a[i][kk].mul_add(b[kk * n + jj], acc);
+                }
+                c[i * ldc + jj] = acc;
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemv_acc_avx2(c: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize) {
         let (cp, bp) = (c.as_mut_ptr(), b.as_ptr());
@@ -923,6 +1002,36 @@ mod tests {
                 }
             }
             assert_eq!(bits(&c_out), bits(&want), "k={k} n={n}");
+        }
+    }
+
+    #[test]
+    fn gemv_acc4_gives_each_row_the_chain_of_gemv_acc() {
+        for (k, n, ldc) in [
+            (64usize, 64usize, 64usize),
+            (3, 19, 19),
+            (5, 136, 140),
+            (64, 256, 256),
+            (7, 80, 96),
+        ] {
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|i| inputs(k + i)[i..].iter().map(|v| v * 0.3).collect())
+                .collect();
+            let b: Vec<f32> = inputs(k * n + 7)[7..].iter().map(|v| v * 0.1).collect();
+            let mut c_out: Vec<f32> = inputs(4 * ldc + 3)[3..].to_vec();
+            let mut want = c_out.clone();
+            gemv_acc4(
+                &mut c_out,
+                ldc,
+                std::array::from_fn(|i| &rows[i][..]),
+                &b,
+                k,
+                n,
+            );
+            for (i, a) in rows.iter().enumerate() {
+                gemv_acc(&mut want[i * ldc..i * ldc + n], a, &b, k, n);
+            }
+            assert_eq!(bits(&c_out), bits(&want), "k={k} n={n} ldc={ldc}");
         }
     }
 
