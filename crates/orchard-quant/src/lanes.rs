@@ -512,10 +512,25 @@ fn q6k_lanes(x: &BlockQ6K, y: &BlockQ8K) -> [i32; 8] {
 // ---------------------------------------------------------------------------------------------
 // F16
 
-/// ggml_vec_dot_f16 as the AVX-512 build computes it: four 16-lane FMA accumulators over runs of
-/// 64, folded pairwise, reduced as gcc's `_mm512_reduce_add_ps`, then the tail added in f64.
+/// The F16 dot as our AVX-512 build computes it: one 16-lane FMA chain over runs of 16
+/// (ggml's AVX-512 build keeps four chains over runs of 64; one chain is what lets the prompt
+/// tile stream its operands, and the results differ from ggml's only in rounding), reduced as
+/// gcc's `_mm512_reduce_add_ps`, then the tail added in f64.
 pub fn vec_dot_f16_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    f16_dot_lanes::<16>(n, w, act, reduce_add_16)
+    let n = n.min(w.len() / 2).min(act.len() / 2);
+    let at = |b: &[u8], i: usize| f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32();
+    let np = n - n % 16;
+    let mut sum = [0f32; 16];
+    for i in (0..np).step_by(16) {
+        for (l, v) in sum.iter_mut().enumerate() {
+            *v = at(w, i + l).mul_add(at(act, i + l), *v);
+        }
+    }
+    let mut sumf = f64::from(reduce_add_16(&sum));
+    for k in np..n {
+        sumf += f64::from(at(w, k) * at(act, k));
+    }
+    sumf as f32
 }
 
 /// ggml_vec_dot_f16 as the AVX2 build computes it: four 8-lane accumulators over runs of 32,

@@ -56,6 +56,17 @@ pub struct TileKernel {
     /// The same with 8 unpacked weight rows (where the kernel has registers for it: the
     /// activation-side work of a block is then shared by twice the rows).
     pub dot8: Option<VecDotTile8Fn>,
+    /// Where `dot`/`dot8` take activation rows in a layout of their own too (F16: widened to
+    /// f32, so that no tile converts them again), how to convert one row; the caller converts
+    /// each row once per task. `None`: they take `vec_dot_type` rows as they are.
+    pub unpack_act: Option<ActUnpack>,
+}
+
+/// An activation row's conversion for a [`TileKernel`]: `row_bytes(n)` bytes per row.
+#[derive(Clone, Copy)]
+pub struct ActUnpack {
+    pub row_bytes: fn(usize) -> usize,
+    pub unpack: UnpackRowFn,
 }
 
 /// `dot8(n, [eight unpacked weight rows], [four activation rows])`, `out[row][act]`.

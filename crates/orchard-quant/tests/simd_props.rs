@@ -104,15 +104,24 @@ proptest! {
                     (tile.unpack)(n, &r[1..], &mut u[1..]);
                     u
                 }).collect();
+                // The tile's own activation layout where it has one.
+                let tile_acts: Vec<Vec<u8>> = acts.iter().map(|a| match tile.unpack_act {
+                    Some(ua) => {
+                        let mut u = vec![0u8; (ua.row_bytes)(n) + 1];
+                        (ua.unpack)(n, &a[1..], &mut u[1..]);
+                        u
+                    }
+                    None => a.clone(),
+                }).collect();
                 if let Some(dot8) = tile.dot8 {
-                    let out8 = dot8(n, std::array::from_fn(|r| &unpacked[r % 4][1..]), std::array::from_fn(|c| &acts[c][1..]));
+                    let out8 = dot8(n, std::array::from_fn(|r| &unpacked[r % 4][1..]), std::array::from_fn(|c| &tile_acts[c][1..]));
                     for r in 0..8 {
                         for (c, a) in acts.iter().enumerate() {
                             prop_assert_eq!(out8[r][c].to_bits(), dot(n, &rows[r % 4][1..], &a[1..]).to_bits(), "{:?} {} tile8 {} {}", tier, w, r, c);
                         }
                     }
                 }
-                let out = (tile.dot)(n, std::array::from_fn(|r| &unpacked[r][1..]), std::array::from_fn(|c| &acts[c][1..]));
+                let out = (tile.dot)(n, std::array::from_fn(|r| &unpacked[r][1..]), std::array::from_fn(|c| &tile_acts[c][1..]));
                 for (r, row) in rows.iter().enumerate() {
                     for (c, a) in acts.iter().enumerate() {
                         prop_assert_eq!(out[r][c].to_bits(), dot(n, &row[1..], &a[1..]).to_bits(), "{:?} {} tile {} {}", tier, w, r, c);

@@ -1506,6 +1506,7 @@ mod avx512 {
             unpack,
             dot: tile_unpacked,
             dot8: Some(tile_unpacked8),
+            unpack_act: None,
         })
     }
 
@@ -1578,30 +1579,33 @@ unsafe fn ld16(p: *const u8, k: usize) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * k) as *const __m256i))
 }
 
+/// The end of the AVX-512 F16 order: the chain's 16 lanes reduced as gcc's
+/// `_mm512_reduce_add_ps`, then the tail (`np..n`) added in f64.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-unsafe fn f16_fold_512(sum: &[__m512; 4], x: *const u8, y: *const u8, np: usize, n: usize) -> f32 {
-    let s0 = _mm512_add_ps(_mm512_add_ps(sum[0], sum[2]), _mm512_add_ps(sum[1], sum[3]));
-    let mut sumf = f64::from(reduce_add_512(s0));
+unsafe fn f16_fold_512(sum: __m512, x: *const u8, y: *const u8, np: usize, n: usize) -> f32 {
+    let mut sumf = f64::from(reduce_add_512(sum));
     for k in np..n {
         sumf += f64::from(f16_scalar(x, k) * f16_scalar(y, k));
     }
     sumf as f32
 }
 
-/// ggml's AVX-512 build: 16-lane accumulators over runs of 64.
+/// The AVX-512 F16 order (`vec_dot_f16_scalar`): one 16-lane FMA chain over the row, not
+/// ggml's four interleaved chains, so that the prompt tile (`f16_tile_avx512`) can give each
+/// of its 16 pairs one register and stream both operands in order (with four chains per pair
+/// it needed four passes over strided quarters and ran at ~60 % of FMA peak). A matrix-vector
+/// product is bound by memory bandwidth, not by this chain's latency.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_dot_avx512(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let n = n.min(w.len() / 2).min(act.len() / 2);
-    let np = n - n % 64;
+    let np = n - n % 16;
     let (x, y) = (w.as_ptr(), act.as_ptr());
-    let mut sum = [_mm512_setzero_ps(); 4];
-    for i in (0..np).step_by(64) {
-        for (j, s) in sum.iter_mut().enumerate() {
-            *s = _mm512_fmadd_ps(ld16(x, i + 16 * j), ld16(y, i + 16 * j), *s);
-        }
+    let mut sum = _mm512_setzero_ps();
+    for k in (0..np).step_by(16) {
+        sum = _mm512_fmadd_ps(ld16(x, k), ld16(y, k), sum);
     }
-    f16_fold_512(&sum, x, y, np, n)
+    f16_fold_512(sum, x, y, np, n)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -1609,26 +1613,20 @@ unsafe fn f16_dot_avx512_x4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
     let n = w
         .iter()
         .fold(n.min(act.len() / 2), |m, r| m.min(r.len() / 2));
-    let np = n - n % 64;
+    let np = n - n % 16;
     let x = w.map(|r| r.as_ptr());
     let y = act.as_ptr();
-    let mut sum = [[_mm512_setzero_ps(); 4]; 4];
-    for i in (0..np).step_by(64) {
-        for j in 0..4 {
-            let ay = ld16(y, i + 16 * j);
-            for r in 0..4 {
-                sum[r][j] = _mm512_fmadd_ps(ld16(x[r], i + 16 * j), ay, sum[r][j]);
-            }
+    let mut sum = [_mm512_setzero_ps(); 4];
+    for k in (0..np).step_by(16) {
+        let ay = ld16(y, k);
+        for r in 0..4 {
+            sum[r] = _mm512_fmadd_ps(ld16(x[r], k), ay, sum[r]);
         }
     }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        out[r] = f16_fold_512(&sum[r], x[r], y, np, n);
-    }
-    out
+    std::array::from_fn(|r| f16_fold_512(sum[r], x[r], y, np, n))
 }
 
-/// F16 weight row widened to f32 (exact) for `f16_tile_avx512`.
+/// F16 row widened to f32 (exact): weight rows for `f16_tile_avx512`, and its activation rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_unpack_avx512(n: usize, row: &[u8], out: &mut [u8]) {
     let n = n.min(row.len() / 2).min(out.len() / 4);
@@ -1643,49 +1641,35 @@ unsafe fn f16_unpack_avx512(n: usize, row: &[u8], out: &mut [u8]) {
     }
 }
 
-/// 4 widened F16 weight rows x 4 F16 activation rows, each result bit-identical to
-/// `f16_dot_avx512`: that kernel's four 16-lane accumulators are independent chains (one per
-/// 16-element quarter of every 64-element step), so the tile runs them one quarter at a time,
-/// 16 pairs at once, and folds the four partial sums per pair exactly as it does.
+/// 4 widened F16 weight rows x 4 widened F16 activation rows (`ActUnpack`), each result
+/// bit-identical to `f16_dot_avx512`: one accumulator per pair (16 in registers), both
+/// operands streamed in order, 8 loads per 16 FMAs.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_tile_avx512(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]; 4] {
     let n = w
         .iter()
-        .fold(act.iter().fold(n, |m, a| m.min(a.len() / 2)), |m, r| {
+        .fold(act.iter().fold(n, |m, a| m.min(a.len() / 4)), |m, r| {
             m.min(r.len() / 4)
         });
-    let np = n - n % 64;
+    let np = n - n % 16;
     let x = w.map(|r| r.as_ptr() as *const f32);
-    let y = act.map(|a| a.as_ptr());
-    // [quarter][row][act]; not zero-filled first (that memset was 7 % of F16 prompt time).
-    let mut part = std::mem::MaybeUninit::<[[[__m512; 4]; 4]; 4]>::uninit();
-    let quarters = part.as_mut_ptr() as *mut [[__m512; 4]; 4];
-    for j in 0..4 {
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for i in (0..np).step_by(64) {
-            let k = i + 16 * j;
-            let ay = y.map(|p| ld16(p, k));
-            for r in 0..4 {
-                let wx = _mm512_loadu_ps(x[r].add(k));
-                for c in 0..4 {
-                    acc[r][c] = _mm512_fmadd_ps(wx, ay[c], acc[r][c]);
-                }
+    let y = act.map(|a| a.as_ptr() as *const f32);
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    for k in (0..np).step_by(16) {
+        let ay = y.map(|p| _mm512_loadu_ps(p.add(k)));
+        for r in 0..4 {
+            let wx = _mm512_loadu_ps(x[r].add(k));
+            for c in 0..4 {
+                acc[r][c] = _mm512_fmadd_ps(wx, ay[c], acc[r][c]);
             }
         }
-        quarters.add(j).write(acc);
     }
-    // SAFETY: the loop above wrote all four quarters.
-    let part = part.assume_init();
     let mut out = [[0f32; 4]; 4];
     for r in 0..4 {
         for c in 0..4 {
-            let s0 = _mm512_add_ps(
-                _mm512_add_ps(part[0][r][c], part[2][r][c]),
-                _mm512_add_ps(part[1][r][c], part[3][r][c]),
-            );
-            let mut sumf = f64::from(reduce_add_512(s0));
+            let mut sumf = f64::from(reduce_add_512(acc[r][c]));
             for k in np..n {
-                sumf += f64::from(x[r].add(k).read_unaligned() * f16_scalar(y[c], k));
+                sumf += f64::from(x[r].add(k).read_unaligned() * y[c].add(k).read_unaligned());
             }
             out[r][c] = sumf as f32;
         }
@@ -1796,6 +1780,12 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
                     unpack: unpack_f16_avx512,
                     dot: tile_f16_avx512,
                     dot8: None,
+                    // Activations widened once per task: converting them inside every tile
+                    // took a quarter of the tile's issue slots (a `vcvtph2ps` per 4 FMAs).
+                    unpack_act: Some(crate::traits::ActUnpack {
+                        row_bytes: |n| 4 * n,
+                        unpack: unpack_f16_avx512,
+                    }),
                 });
             }
         }
