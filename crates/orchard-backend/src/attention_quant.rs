@@ -237,63 +237,108 @@ pub(crate) fn attention(
     out.resize(n_tokens * p.n_head * dv, 0.0);
     let kv = &*kv;
     let (rot_k, rot_v) = (kv.rot_k, kv.rot_v);
-    crate::pool::par_chunks_mut(out, dv, |i, oh| {
-        let (t, h) = (i / p.n_head, i % p.n_head);
-        let tok = batch.tokens[t];
-        let cells = batch.cells[tok.seq as usize];
-        let hi = tok.pos as usize;
-        let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
-        let q_row = &q[t * qw + h * dk..t * qw + (h + 1) * dk];
-        match rot_k {
-            Some(n) => {
-                let mut q_rot = q_row.to_vec();
-                fwht(&mut q_rot, n);
-                attend_one(&q_rot, &cells[lo..=hi], kv, h / group, p, oh);
+    // Tasks of up to QUERY_GROUP consecutive tokens of one sequence and one head: they read the
+    // same K/V rows, so each row is dequantized (V) and dotted (K, `vec_dot_4act`) once for all.
+    let mut units: Vec<(usize, usize, usize)> = Vec::new(); // (head, first token, end)
+    let mut start = 0;
+    while start < n_tokens {
+        let seq = batch.tokens[start].seq;
+        let end = (start..n_tokens)
+            .take(QUERY_GROUP)
+            .take_while(|&t| batch.tokens[t].seq == seq)
+            .last()
+            .map_or(start + 1, |t| t + 1);
+        units.extend((0..p.n_head).map(|h| (h, start, end)));
+        start = end;
+    }
+    let mut blocks: Vec<Vec<f32>> = units
+        .iter()
+        .map(|&(_, t0, t1)| vec![0.0; (t1 - t0) * dv])
+        .collect();
+    crate::pool::par_chunks_mut(&mut blocks, 1, |u, local| {
+        let (h, t0, t1) = units[u];
+        let cells = batch.cells[batch.tokens[t0].seq as usize];
+        let n = t1 - t0;
+        let mut qs = vec![0.0f32; n * dk];
+        let mut spans = [(0usize, 0usize); QUERY_GROUP];
+        for (i, t) in (t0..t1).enumerate() {
+            let hi = batch.tokens[t].pos as usize;
+            spans[i] = (p.window.map_or(0, |w| (hi + 1).saturating_sub(w)), hi);
+            let qi = &mut qs[i * dk..(i + 1) * dk];
+            qi.copy_from_slice(&q[t * qw + h * dk..t * qw + (h + 1) * dk]);
+            if let Some(nr) = rot_k {
+                fwht(qi, nr);
             }
-            None => attend_one(q_row, &cells[lo..=hi], kv, h / group, p, oh),
         }
-        if let Some(n) = rot_v {
-            fwht(oh, n);
+        let q_refs: Vec<&[f32]> = qs.chunks_exact(dk).collect();
+        attend_group(&q_refs, &spans[..n], cells, kv, h / group, p, &mut local[0]);
+        if let Some(nr) = rot_v {
+            for o in local[0].chunks_exact_mut(dv) {
+                fwht(o, nr);
+            }
         }
     });
+    for (&(h, t0, _), local) in units.iter().zip(&blocks) {
+        for (i, row) in local.chunks_exact(dv).enumerate() {
+            let t = t0 + i;
+            let at = (t * p.n_head + h) * dv;
+            out[at..at + dv].copy_from_slice(row);
+        }
+    }
     Ok(())
 }
 
-/// One query head over `cells`, as ggml's per-query flash attention computes it.
-fn attend_one(q: &[f32], cells: &[u32], kv: &QuantKv, kvh: usize, p: &AttnParams, out: &mut [f32]) {
+/// Tokens of one sequence attended together by one task (see `attention`).
+const QUERY_GROUP: usize = 4;
+
+/// Query heads `qs` (already rotated where K is) over their `spans` of positions in `cells`,
+/// each as ggml's per-query flash attention computes it: the cells in order, an online softmax,
+/// V accumulated in f32 (in f16 when V itself is f16). The queries only share the loads.
+fn attend_group(
+    qs: &[&[f32]],
+    spans: &[(usize, usize)],
+    cells: &[u32],
+    kv: &QuantKv,
+    kvh: usize,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports FMA (checked just above), the only feature the function enables.
-        unsafe { attend_one_fma(q, cells, kv, kvh, p, out) };
+        unsafe { attend_group_fma(qs, spans, cells, kv, kvh, p, out) };
         return;
     }
-    attend_one_body(q, cells, kv, kvh, p, out)
+    attend_group_body(qs, spans, cells, kv, kvh, p, out)
 }
 
-/// `attend_one_body` compiled with FMA so that `mul_add` is one instruction (ggml's
+/// `attend_group_body` compiled with FMA so that `mul_add` is one instruction (ggml's
 /// `ggml_vec_mad_f32` is an FMA on x86).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn attend_one_fma(
-    q: &[f32],
+unsafe fn attend_group_fma(
+    qs: &[&[f32]],
+    spans: &[(usize, usize)],
     cells: &[u32],
     kv: &QuantKv,
     kvh: usize,
     p: &AttnParams,
     out: &mut [f32],
 ) {
-    attend_one_body(q, cells, kv, kvh, p, out)
+    attend_group_body(qs, spans, cells, kv, kvh, p, out)
 }
 
 #[inline(always)]
-fn attend_one_body(
-    q: &[f32],
+fn attend_group_body(
+    qs: &[&[f32]],
+    spans: &[(usize, usize)],
     cells: &[u32],
     kv: &QuantKv,
     kvh: usize,
     p: &AttnParams,
     out: &mut [f32],
 ) {
+    let n = qs.len();
     let (dk, dv) = (p.head_dim_k, p.head_dim_v);
     // Q in K's vec_dot type (q8_0 for q8_0/q4_0/q5_0 K), once per query head.
     let q_bytes =
@@ -301,53 +346,82 @@ fn attend_one_body(
             .dtype
             .row_bytes(dk as u64)
             .expect("head size checked at allocation") as usize;
-    let mut q_q = vec![0u8; q_bytes];
-    (kv.k.q_traits.from_float.expect("checked at allocation"))(q, &mut q_q);
+    let mut q_q = vec![0u8; n * q_bytes];
+    for (q, dst) in qs.iter().zip(q_q.chunks_exact_mut(q_bytes)) {
+        (kv.k.q_traits.from_float.expect("checked at allocation"))(q, dst);
+    }
+    let q_of = |i: usize| &q_q[i * q_bytes..(i + 1) * q_bytes];
     let kq_dot = kv.k.traits.vec_dot.expect("checked at allocation");
+    let kq_dot4 = kv.k.traits.vec_dot_4act.filter(|_| n == 4);
     let v_to_float = kv.v.traits.to_float.expect("checked at allocation");
     let f16_acc = kv.v.dtype == DType::F16;
     let mut v32 = vec![0.0f32; dv];
     // ggml keeps an f16 accumulator when V is f16 (VKQ16) and an f32 one otherwise (VKQ32).
-    let mut acc16 = vec![f16::ZERO; if f16_acc { dv } else { 0 }];
-    let mut acc32 = vec![0.0f32; if f16_acc { 0 } else { dv }];
-    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-    for &c in cells {
-        let s = score(kq_dot(dk, kv.k.head(c, kvh, dk), &q_q), p);
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        let new_max = s > max;
-        if new_max {
-            ms = (max - s).exp();
-            max = s;
-        } else {
-            vs = (s - max).exp();
+    let mut acc16 = vec![f16::ZERO; if f16_acc { n * dv } else { 0 }];
+    let mut acc32 = vec![0.0f32; if f16_acc { 0 } else { n * dv }];
+    let mut sum = [0.0f32; QUERY_GROUP];
+    let mut max = [f32::NEG_INFINITY; QUERY_GROUP];
+    let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    for (j, &c) in cells.iter().enumerate().take(last + 1).skip(first) {
+        let sees = |i: usize| spans[i].0 <= j && j <= spans[i].1;
+        let k_head = kv.k.head(c, kvh, dk);
+        let mut raw = [0.0f32; QUERY_GROUP];
+        match kq_dot4 {
+            Some(dot4) if (0..n).all(sees) => {
+                raw = dot4(dk, k_head, std::array::from_fn(|i| q_of(i)));
+            }
+            _ => {
+                for (i, r) in raw.iter_mut().enumerate().take(n) {
+                    if sees(i) {
+                        *r = kq_dot(dk, k_head, q_of(i));
+                    }
+                }
+            }
         }
         v_to_float(kv.v.head(c, kvh, dv), &mut v32);
-        if f16_acc {
+        for i in (0..n).filter(|&i| sees(i)) {
+            let s = score(raw[i], p);
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            let new_max = s > max[i];
             if new_max {
-                acc16
-                    .iter_mut()
-                    .for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+                ms = (max[i] - s).exp();
+                max[i] = s;
+            } else {
+                vs = (s - max[i]).exp();
             }
-            for (a, &x) in acc16.iter_mut().zip(&v32) {
-                *a = f16::from_f32(x.mul_add(vs, a.to_f32()));
+            if f16_acc {
+                let acc = &mut acc16[i * dv..(i + 1) * dv];
+                if new_max {
+                    acc.iter_mut()
+                        .for_each(|a| *a = f16::from_f32(a.to_f32() * ms));
+                }
+                for (a, &x) in acc.iter_mut().zip(&v32) {
+                    *a = f16::from_f32(x.mul_add(vs, a.to_f32()));
+                }
+            } else {
+                let acc = &mut acc32[i * dv..(i + 1) * dv];
+                if new_max {
+                    acc.iter_mut().for_each(|a| *a *= ms);
+                }
+                for (a, &x) in acc.iter_mut().zip(&v32) {
+                    *a = x.mul_add(vs, *a);
+                }
             }
-        } else {
-            if new_max {
-                acc32.iter_mut().for_each(|a| *a *= ms);
-            }
-            for (a, &x) in acc32.iter_mut().zip(&v32) {
-                *a = x.mul_add(vs, *a);
-            }
+            sum[i] = sum[i].mul_add(ms, vs);
         }
-        sum = sum.mul_add(ms, vs);
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    if f16_acc {
-        out.iter_mut()
-            .zip(&acc16)
-            .for_each(|(o, a)| *o = a.to_f32() * inv);
-    } else {
-        out.iter_mut().zip(&acc32).for_each(|(o, &a)| *o = a * inv);
+    for (i, o) in out.chunks_exact_mut(dv).enumerate().take(n) {
+        let inv = if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] };
+        if f16_acc {
+            o.iter_mut()
+                .zip(&acc16[i * dv..(i + 1) * dv])
+                .for_each(|(o, a)| *o = a.to_f32() * inv);
+        } else {
+            o.iter_mut()
+                .zip(&acc32[i * dv..(i + 1) * dv])
+                .for_each(|(o, &a)| *o = a * inv);
+        }
     }
 }
 
