@@ -369,7 +369,7 @@ fn attend_group_body(
         let mut raw = [0.0f32; QUERY_GROUP];
         match kq_dot4 {
             Some(dot4) if (0..n).all(sees) => {
-                raw = dot4(dk, k_head, std::array::from_fn(|i| q_of(i)));
+                raw = dot4(dk, k_head, std::array::from_fn(q_of));
             }
             _ => {
                 for (i, r) in raw.iter_mut().enumerate().take(n) {
