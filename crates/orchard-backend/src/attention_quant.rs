@@ -5,7 +5,9 @@
 //! the quantized K rows by the type's `vec_dot`; V rows are dequantized one at a time and
 //! accumulated in f32 (in f16 when V itself is f16), with the same online softmax. ggml takes
 //! this per-query path at every batch size for such caches (its tiled path wants f16/f32 K and
-//! V of one type), so this module has no tiled variant. The all-f16 cache stays in `cpu.rs`.
+//! V of one type), so this module has no tiled variant; it only lets up to four consecutive
+//! tokens of a sequence share each K row's dot (`vec_dot_4act`) and each V row's
+//! dequantization, every query keeping its own order. The all-f16 cache stays in `cpu.rs`.
 //!
 //! Like llama.cpp (src/llama-kv-cache.cpp `attn_rot_k`/`attn_rot_v`, src/llama-graph.cpp
 //! `build_attn`), a block-quantized K is stored rotated by an orthonormal Walsh-Hadamard

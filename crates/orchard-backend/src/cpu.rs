@@ -113,6 +113,9 @@ thread_local! {
     static UNPACKED_ACTS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Rotated dimensions whose RoPE angles fit on the stack (heads up to 512).
+const ROPE_STACK: usize = 512;
+
 /// Rows per parallel task of the gated activations.
 const GLU_ROWS_PER_TASK: usize = 16;
 
@@ -942,10 +945,19 @@ impl Backend for CpuBackend {
         let width = b.width;
         pool::par_chunks_mut(&mut b.data, width, |t, row| {
             let tok = &tokens[t];
-            let mut cache = vec![0.0f32; p.n_rot];
-            rope_cache(tok.pos as f32, p, ff.as_deref(), &mut cache);
+            // The angles of this position, on the stack for every head size in use (no
+            // allocation per token in the decode loop).
+            let mut stack = [0.0f32; ROPE_STACK];
+            let mut heap = Vec::new();
+            let cache = if p.n_rot <= ROPE_STACK {
+                &mut stack[..p.n_rot]
+            } else {
+                heap.resize(p.n_rot, 0.0);
+                &mut heap[..]
+            };
+            rope_cache(tok.pos as f32, p, ff.as_deref(), cache);
             for head in row.chunks_exact_mut(p.head_dim) {
-                rope_apply(head, &cache, p.n_rot, p.neox);
+                rope_apply(head, cache, p.n_rot, p.neox);
             }
         });
     }

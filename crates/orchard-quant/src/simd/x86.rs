@@ -1209,13 +1209,13 @@ mod avx512 {
         n / 32 * UNPACKED
     }
 
-    /// Bytes of one Q4_K block of [`Q4K_LANES`] rows packed for `q4_k_gemm_rows`: the rows'
+    /// Bytes of one Q4_K block of [`ROW_BLOCK_LANES`] rows packed for `q4_k_gemm_rows`: the rows'
     /// `d` and `dmin` (f32), their 8 sub-block scales (i32 lanes), their mins paired per
     /// sub-block pair (two i16 per lane), then the quants, each run of four consecutive
     /// nibbles of a sub-block stored for all rows side by side (one lane per row).
     const Q4K_PACKED: usize = 64 + 64 + 8 * 64 + 4 * 64 + 8 * 8 * 64;
-    /// Rows per packed group: one 512-bit lane each.
-    const Q4K_LANES: usize = 16;
+    /// Rows per packed group of the 16-row block kernels (Q4_K and Q6_K): one 512-bit lane each.
+    const ROW_BLOCK_LANES: usize = 16;
 
     fn q4_k_packed_bytes(n: usize) -> usize {
         n / QK_K * Q4K_PACKED
@@ -1226,7 +1226,7 @@ mod avx512 {
         use crate::BlockQ4K;
         let nb = (n / QK_K).min(out.len() / Q4K_PACKED);
         out[..nb * Q4K_PACKED].fill(0);
-        for (lane, row) in rows.iter().enumerate().take(Q4K_LANES) {
+        for (lane, row) in rows.iter().enumerate().take(ROW_BLOCK_LANES) {
             for b in 0..nb.min(row.len() / Q4K) {
                 let x = BlockQ4K::from_bytes(row[b * Q4K..][..Q4K].try_into().expect("sized"));
                 let o = &mut out[b * Q4K_PACKED..][..Q4K_PACKED];
@@ -1368,7 +1368,7 @@ mod avx512 {
         use crate::BlockQ6K;
         let nb = (n / QK_K).min(out.len() / Q6K_PACKED);
         out[..nb * Q6K_PACKED].fill(0);
-        for (lane, row) in rows.iter().enumerate().take(Q4K_LANES) {
+        for (lane, row) in rows.iter().enumerate().take(ROW_BLOCK_LANES) {
             for b in 0..nb.min(row.len() / Q6K) {
                 let x = BlockQ6K::from_bytes(row[b * Q6K..][..Q6K].try_into().expect("sized"));
                 let o = &mut out[b * Q6K_PACKED..][..Q6K_PACKED];
@@ -1471,7 +1471,7 @@ mod avx512 {
         dtype: DType,
     ) -> Option<crate::traits::RowBlockKernel> {
         (dtype == DType::Q6_K).then_some(crate::traits::RowBlockKernel {
-            rows: Q4K_LANES,
+            rows: ROW_BLOCK_LANES,
             packed_bytes: q6_k_packed_bytes,
             pack: q6_k_pack_rows,
             dot: q6_k_tiled_rows,
@@ -1484,7 +1484,7 @@ mod avx512 {
         dtype: DType,
     ) -> Option<crate::traits::RowBlockKernel> {
         (dtype == DType::Q4_K).then_some(crate::traits::RowBlockKernel {
-            rows: Q4K_LANES,
+            rows: ROW_BLOCK_LANES,
             packed_bytes: q4_k_packed_bytes,
             pack: q4_k_pack_rows,
             dot: q4_k_gemm_rows,
