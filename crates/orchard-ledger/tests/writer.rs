@@ -145,20 +145,34 @@ fn outage_is_ridden_out_without_loss() {
     assert_eq!(store.count_records().unwrap(), 51);
 }
 
-#[test]
-fn waiters_are_released_after_max_commit_wait_and_their_rows_still_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = flaky(&dir, None);
+/// A writer over a flaky store that is down from the start, retrying every 20 ms at most.
+fn writer_during_outage(
+    dir: &tempfile::TempDir,
+    config: WriterConfig,
+) -> (Arc<Flaky>, LedgerWriter) {
+    let store = flaky(dir, None);
     store.down.store(true, Ordering::SeqCst);
     let w = LedgerWriter::spawn_with(
         store.clone(),
         WriterConfig {
             max_backoff: Duration::from_millis(20),
-            max_commit_wait: Duration::from_millis(150),
-            ..WriterConfig::default()
+            ..config
         },
     )
     .unwrap();
+    (store, w)
+}
+
+#[test]
+fn waiters_are_released_after_max_commit_wait_and_their_rows_still_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, w) = writer_during_outage(
+        &dir,
+        WriterConfig {
+            max_commit_wait: Duration::from_millis(150),
+            ..WriterConfig::default()
+        },
+    );
     let t0 = std::time::Instant::now();
     let h = w.record_and_wait(row("held")).unwrap();
     // The waiter is released with CommitTimeout, neither at once nor never.
@@ -207,16 +221,7 @@ fn poison_row_is_isolated() {
 #[test]
 fn close_during_outage_gives_up_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let store = flaky(&dir, None);
-    store.down.store(true, Ordering::SeqCst);
-    let w = LedgerWriter::spawn_with(
-        store.clone(),
-        WriterConfig {
-            max_backoff: Duration::from_millis(20),
-            ..WriterConfig::default()
-        },
-    )
-    .unwrap();
+    let (_store, w) = writer_during_outage(&dir, WriterConfig::default());
     let h = w.record_and_wait(row("lost")).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let s = w.close();
