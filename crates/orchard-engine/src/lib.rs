@@ -340,7 +340,18 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         cfg: EngineConfig,
     ) -> Result<EngineHandle, EngineError> {
-        let sched = Scheduler::new(model, tokenizer, cfg)?;
+        Engine::start_offloaded(model, tokenizer, cfg, None)
+    }
+
+    /// [`Engine::start`] with layers offloaded to a GPU backend (`-ngl`: the last `n` layers,
+    /// and the output layer when `n` exceeds the layer count).
+    pub fn start_offloaded(
+        model: Arc<orchard_models::Model>,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        gpu: Option<(Box<dyn orchard_backend::Backend>, usize)>,
+    ) -> Result<EngineHandle, EngineError> {
+        let sched = Scheduler::with_offload(model, tokenizer, cfg, gpu)?;
         let shared = sched.shared();
         let info = sched.model_info();
         let limits = sched.limits();

@@ -264,7 +264,18 @@ impl Scheduler {
     pub fn new(
         model: Arc<Model>,
         tok: Arc<Tokenizer>,
+        cfg: EngineConfig,
+    ) -> Result<Scheduler, EngineError> {
+        Scheduler::with_offload(model, tok, cfg, None)
+    }
+
+    /// [`Scheduler::new`] with the last `n` layers (and the output layer when `n` exceeds the
+    /// layer count, llama.cpp's `-ngl`) on `gpu`.
+    pub fn with_offload(
+        model: Arc<Model>,
+        tok: Arc<Tokenizer>,
         mut cfg: EngineConfig,
+        gpu: Option<(Box<dyn orchard_backend::Backend>, usize)>,
     ) -> Result<Scheduler, EngineError> {
         for (field, v) in [
             ("n_ctx", cfg.n_ctx),
@@ -293,7 +304,7 @@ impl Scheduler {
             type_k: cfg.type_k,
             type_v: cfg.type_v,
         };
-        let ctx = Context::new(model.clone(), opts)?;
+        let ctx = Context::with_offload(model.clone(), opts, gpu)?;
         let limits = Limits {
             n_ctx: cfg.n_ctx,
             n_vocab,

@@ -37,11 +37,13 @@ pub struct ServerArgs {
         allow_hyphen_values = true
     )]
     pub threads: Option<i64>,
-    /// Layers to offload to an accelerator; `-ngl` (CPU-only build: accepted and ignored).
+    /// `-ngl`: layers to run on the GPU (the last N repeating layers, then the output layer;
+    /// `all` or `999`: everything; `auto`: everything if a GPU opens, else the CPU).
     #[arg(
         long = "gpu-layers",
         alias = "n-gpu-layers",
-        env = "LLAMA_ARG_N_GPU_LAYERS"
+        env = "LLAMA_ARG_N_GPU_LAYERS",
+        allow_negative_numbers = true
     )]
     pub gpu_layers: Option<String>,
     /// Default number of tokens to predict (-1 = until the context is full).
@@ -182,6 +184,10 @@ pub struct ServerArgs {
     /// Start even when the memory plan says the model and context do not fit.
     #[arg(long = "no-fit-check")]
     pub no_fit_check: bool,
+    /// `-dev`: the GPU adapter for `-ngl`, as `orchard devices` numbers them (`0`), or a
+    /// llama.cpp device name ending in that number (`Vulkan0`); `none`: no GPU.
+    #[arg(long = "device")]
+    pub device: Option<String>,
     /// TOML file with any of the settings above (keys are the long flag names, `-` or `_`).
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
@@ -191,6 +197,7 @@ pub struct ServerArgs {
 const SHORT_ALIASES: &[(&str, &str)] = &[
     ("-np", "--parallel"),
     ("-ngl", "--gpu-layers"),
+    ("-dev", "--device"),
     ("-ub", "--ubatch-size"),
     ("-kvu", "--kv-unified"),
     ("-to", "--timeout"),
@@ -312,10 +319,9 @@ struct ConfigFile {
     #[serde(alias = "ubatch_size")]
     ubatch_size: Option<usize>,
     threads: Option<i64>,
-    /// Accepted for llama-server configs; the CPU build has nothing to offload.
-    #[serde(alias = "gpu_layers")]
-    #[allow(dead_code)]
+    #[serde(alias = "gpu_layers", alias = "n-gpu-layers", alias = "n_gpu_layers")]
     gpu_layers: Option<String>,
+    device: Option<String>,
     #[serde(alias = "n_predict")]
     n_predict: Option<i64>,
     host: Option<String>,
@@ -425,6 +431,53 @@ pub struct Settings {
     pub cache_type_v: orchard_core::DType,
     /// Refuse to start when the memory plan does not fit (off with `--no-fit-check`).
     pub fit_check: bool,
+    /// `-ngl`: layers on the GPU (0: CPU only).
+    pub n_gpu_layers: usize,
+    /// `-ngl auto`: fall back to the CPU when no GPU opens instead of refusing to start.
+    pub gpu_optional: bool,
+    /// `-dev`: GPU adapter index (None: the first).
+    pub device: Option<usize>,
+}
+
+/// `-ngl` as llama-server takes it: a layer count, `all`, or `auto`. Returns the count and
+/// whether the GPU is optional (`auto`).
+fn parse_gpu_layers(v: Option<&str>) -> Result<(usize, bool), SettingsError> {
+    match v.map(str::trim) {
+        None => Ok((0, false)),
+        Some("auto") => Ok((ALL_LAYERS, true)),
+        Some("all") => Ok((ALL_LAYERS, false)),
+        Some(n) => match n.parse::<i64>() {
+            Ok(n) if n < 0 => Ok((ALL_LAYERS, false)),
+            Ok(n) => Ok((n as usize, false)),
+            Err(_) => Err(SettingsError::Invalid {
+                flag: "--gpu-layers",
+                message: format!("`{n}` (a number of layers, `all` or `auto`)"),
+            }),
+        },
+    }
+}
+
+/// Layers meaning "all of them and the output layer".
+const ALL_LAYERS: usize = 999;
+
+/// `-dev`: `none`, an adapter index, or a name ending in one (llama.cpp's `Vulkan0`).
+fn parse_device(v: Option<&str>) -> Result<Option<Option<usize>>, SettingsError> {
+    let Some(v) = v.map(str::trim) else {
+        return Ok(Some(None));
+    };
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let digits = v.trim_start_matches(|c: char| !c.is_ascii_digit());
+    digits
+        .parse::<usize>()
+        .ok()
+        .filter(|_| !digits.is_empty())
+        .map(|i| Some(Some(i)))
+        .ok_or_else(|| SettingsError::Invalid {
+            flag: "--device",
+            message: format!("`{v}` (an adapter number from `orchard devices`, or `none`)"),
+        })
 }
 
 /// Why the settings could not be resolved.
@@ -568,6 +621,15 @@ impl ServerArgs {
             "--cache-type-v",
             self.cache_type_v.clone().or(file.cache_type_v),
         )?;
+        let (mut n_gpu_layers, gpu_optional) =
+            parse_gpu_layers(self.gpu_layers.as_deref().or(file.gpu_layers.as_deref()))?;
+        let device = match parse_device(self.device.as_deref().or(file.device.as_deref()))? {
+            Some(d) => d,
+            None => {
+                n_gpu_layers = 0; // `-dev none`
+                None
+            }
+        };
         Ok(Settings {
             model,
             ctx_size: self.ctx_size.or(file.ctx_size).unwrap_or(4096),
@@ -650,6 +712,9 @@ impl ServerArgs {
             cache_type_k,
             cache_type_v,
             fit_check: !(self.no_fit_check || file.no_fit_check.unwrap_or(false)),
+            n_gpu_layers,
+            gpu_optional,
+            device,
         })
     }
 }
@@ -712,6 +777,35 @@ mod tests {
         assert!(s.fit_check);
         let e = parse(&["-m", "x", "-ctv", "q4_K"]).resolve().unwrap_err();
         assert!(e.to_string().contains("--cache-type-v"), "{e}");
+    }
+
+    #[test]
+    fn gpu_layers_and_device_are_parsed() {
+        let s = |a: &[&str]| parse(a).resolve();
+        let r = s(&["-m", "x", "-ngl", "12", "-dev", "Vulkan1"]).unwrap();
+        assert_eq!(
+            (r.n_gpu_layers, r.gpu_optional, r.device),
+            (12, false, Some(1))
+        );
+        let r = s(&["-m", "x", "-ngl", "all"]).unwrap();
+        assert_eq!(
+            (r.n_gpu_layers, r.gpu_optional, r.device),
+            (999, false, None)
+        );
+        let r = s(&["-m", "x", "-ngl", "auto", "--device", "0"]).unwrap();
+        assert_eq!(
+            (r.n_gpu_layers, r.gpu_optional, r.device),
+            (999, true, Some(0))
+        );
+        let r = s(&["-m", "x", "-ngl", "-1"]).unwrap();
+        assert_eq!(r.n_gpu_layers, 999);
+        let r = s(&["-m", "x", "-ngl", "99", "-dev", "none"]).unwrap();
+        assert_eq!(r.n_gpu_layers, 0);
+        assert_eq!(s(&["-m", "x"]).unwrap().n_gpu_layers, 0);
+        let e = s(&["-m", "x", "-ngl", "many"]).unwrap_err();
+        assert!(e.to_string().contains("--gpu-layers"), "{e}");
+        let e = s(&["-m", "x", "-dev", "gpu"]).unwrap_err();
+        assert!(e.to_string().contains("--device"), "{e}");
     }
 
     #[test]

@@ -284,12 +284,37 @@ fn fit_check(s: &Settings) -> anyhow::Result<()> {
         n_parallel: s.parallel,
         cache_type_k: s.cache_type_k,
         cache_type_v: s.cache_type_v,
+        n_gpu_layers: s.n_gpu_layers,
         ..Default::default()
     };
     let available = orchard_plan::available_memory(None);
     let plan = orchard_plan::plan_for_model(&model, &s.model, &req, &available)?;
     orchard_plan::refuse_unless_fits(plan)?;
     Ok(())
+}
+
+/// The GPU backend for `-ngl`, with its layer count; `None` for the CPU only. A GPU that will
+/// not open is an error unless `-ngl auto` made it optional.
+fn open_gpu(s: &Settings) -> anyhow::Result<Option<(Box<dyn orchard_backend::Backend>, usize)>> {
+    if s.n_gpu_layers == 0 {
+        return Ok(None);
+    }
+    match orchard_gpu::GpuBackend::new(s.device) {
+        Ok(g) => {
+            tracing::info!(
+                n_gpu_layers = s.n_gpu_layers,
+                adapter = %orchard_backend::Backend::name(&g),
+                "offloading layers to the GPU"
+            );
+            Ok(Some((Box::new(g), s.n_gpu_layers)))
+        }
+        Err(e) if s.gpu_optional => {
+            tracing::warn!(error = %e, "no GPU opened for -ngl auto: running on the CPU");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("opening the GPU for -ngl (`orchard devices` lists the adapters)")),
+    }
 }
 
 pub(crate) fn load(st: &AppState) -> anyhow::Result<Loaded> {
@@ -318,8 +343,9 @@ pub(crate) fn load(st: &AppState) -> anyhow::Result<Loaded> {
         type_v: s.cache_type_v,
         ..EngineConfig::default()
     };
-    let engine =
-        Engine::start(model.clone(), tokenizer.clone(), cfg).context("starting the engine")?;
+    let gpu = open_gpu(s)?;
+    let engine = Engine::start_offloaded(model.clone(), tokenizer.clone(), cfg, gpu)
+        .context("starting the engine")?;
     let info = engine.model_info();
     let file_name = s
         .model

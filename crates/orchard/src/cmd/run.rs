@@ -73,6 +73,7 @@ pub fn main(a: Args) -> Result<()> {
             n_batch: a.batch_size,
             cache_type_k: a.cache.cache_type_k,
             cache_type_v: a.cache.cache_type_v,
+            n_gpu_layers: a.n_gpu_layers,
             ..Default::default()
         };
         orchard_plan::check_or_refuse(&a.model, &req)
