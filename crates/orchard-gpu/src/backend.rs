@@ -55,8 +55,11 @@ const MATVEC_WG: u32 = 64;
 const MATVEC_ROWS: usize = 4;
 /// Below this many rows the one-row-per-workgroup matrix-vector kernel is used.
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
-/// Below this many 128x128 tiles the 64x64-tile matmul is used.
-const MATMUL_MIN_BIG_TILES: usize = 256;
+/// Below this many 128x128 tiles the 64x64-tile matmul is used (the portable kernels). 64:
+/// the 8B shape's 4096-row products at n = 512 (128 tiles on 132 SMs of an H200) run 1.8x
+/// faster in 128x128 tiles (run 10: pp512 1162 -> 1524 tok/s), while SmolLM2's (at most 48
+/// tiles) stay on 64x64, where they are faster (all on 128x128: 19.4k -> 15.5k tok/s).
+const MATMUL_MIN_BIG_TILES: usize = 64;
 /// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
 /// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
 /// `ORCHARD_GPU_Q8K_{WG,TPR,NR}` override them for tuning (see `set_q8k_shape`).
@@ -486,7 +489,7 @@ impl GpuBackend {
         self.packed_dot = on;
     }
 
-    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (256 by default; 0
+    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (64 by default; 0
     /// makes every tiled product use the big tiles, which tests use on small shapes).
     pub fn set_min_big_tiles(&mut self, n: usize) {
         self.min_big_tiles = n;
@@ -1460,7 +1463,13 @@ impl Backend for GpuBackend {
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
                 if self.coop && ragged == 0 {
-                    let (tn, bk) = self.coop_tile;
+                    let (mut tn, bk) = self.coop_tile;
+                    // Few tiles (K and V of the 8B shape: 32 of 128 x 128 on 132 SMs): halve
+                    // the token tile for twice the workgroups (run 10: 0.16-0.21 ms against
+                    // 0.21-0.25 for 4096 x 1024 at n = 512; at 128 tiles the wide tile wins).
+                    if tn == 128 && crow.div_ceil(128) * n.div_ceil(128) < 64 {
+                        tn = 64;
+                    }
                     let groups = [crow.div_ceil(128) as u32, n.div_ceil(tn as usize) as u32, 1];
                     self.dispatch(Kernel::MatMulCoop(dt, tn, bk), &[&res, &xr, &or], p, groups);
                     continue;

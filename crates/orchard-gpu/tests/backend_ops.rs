@@ -211,7 +211,7 @@ fn matmul_splits_weights_larger_than_a_binding() {
     }
 }
 
-/// The 128x128-tile matmul (used from 256 tiles up, so never by the small shapes above) on
+/// The 128x128-tile matmul (used from 64 tiles up, so never by the small shapes above) on
 /// every format, with rows and tokens that do not fill the last tile.
 #[test]
 fn matmul_big_tiles_every_format() {
