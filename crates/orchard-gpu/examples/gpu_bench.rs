@@ -4,7 +4,7 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [MODEL...]
+//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
 //!        micro-benchmarks' weight, 4096x14336 by default)
 
@@ -35,6 +35,8 @@ struct Args {
     /// `--q8k-shapes WG/TPR/NR,...`: integer-dot matrix-vector shapes timed side by side (in
     /// that order, then again in reverse) on the K-quant formats.
     q8k_shapes: Vec<(u32, u32, u32)>,
+    /// `--coop-tiles TN/BK,...`: cooperative-matrix matmul tiles timed side by side.
+    coop_tiles: Vec<(u32, u32)>,
     p: usize,
     n: usize,
     r: usize,
@@ -54,6 +56,7 @@ fn parse() -> Args {
         const_x: false,
         shape: (4096, 14336),
         q8k_shapes: Vec::new(),
+        coop_tiles: Vec::new(),
         p: 512,
         n: 128,
         r: 3,
@@ -91,6 +94,16 @@ fn parse() -> Args {
                     })
                     .collect();
             }
+            "--coop-tiles" => {
+                let v = it.next().expect("TN/BK,...");
+                a.coop_tiles = v
+                    .split(',')
+                    .map(|t| {
+                        let (x, y) = t.split_once('/').expect("TN/BK");
+                        (x.parse().expect("TN"), y.parse().expect("BK"))
+                    })
+                    .collect();
+            }
             "--synth" => {
                 let v = it.next().expect("SHAPE=PATH");
                 let (shape, path) = v.split_once('=').expect("SHAPE=PATH");
@@ -114,6 +127,7 @@ fn bench_model(path: &str, a: &Args) {
     let mut gpu = GpuBackend::new(None).expect("a GPU");
     gpu.set_exact_activations(!a.f32_act);
     let dev = gpu.adapter().clone();
+    let coop = gpu.coop();
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
         model.clone(),
@@ -193,7 +207,7 @@ fn bench_model(path: &str, a: &Args) {
             0
         }) as f64;
     println!(
-        "| {}{} | {:.2} GiB | {} | ngl {} | pp{} {:.1} ± {:.1} | tg{} {:.1} ± {:.1} | decode {:.0} GB/s | load {:.1} s |",
+        "| {}{} | {:.2} GiB | {} | ngl {} | matmul {} | pp{} {:.1} ± {:.1} | tg{} {:.1} ± {:.1} | decode {:.0} GB/s | load {:.1} s |",
         std::path::Path::new(path)
             .file_name()
             .map_or(path.into(), |f| f.to_string_lossy()),
@@ -201,6 +215,7 @@ fn bench_model(path: &str, a: &Args) {
         gib,
         dev.name,
         a.ngl,
+        if coop { "coop" } else { "f32" },
         a.p,
         ppm,
         pps,
@@ -371,29 +386,81 @@ fn bench_kernels(a: &Args) {
             g.set_q8k_shape(keep.0 .0, keep.0 .1, keep.0 .2);
             g.set_q8k_auto(keep.1);
         }
-        let s512 = if a.no_matmul {
-            f64::NAN
-        } else {
-            let xb = g.alloc(512, cols);
-            let xbv: Vec<f32> = if a.const_x {
-                vec![0.25; 512 * cols]
-            } else {
-                (0..512 * cols)
-                    .map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0))
-                    .collect()
-            };
-            g.upload(xb, &xbv);
-            let ob = g.alloc(512, rows_w);
-            time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob))
-        };
         println!(
-            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s (NMSE vs CPU {:.1e}) | matmul n=512 {:.2} ms {:.2} TFLOP/s",
+            "{dtype:>5} {cols}x{rows_w}: matvec {:.3} ms {:.0} GB/s (NMSE vs CPU {:.1e})",
             s1 * 1e3,
             bytes / s1 / 1e9,
             nmse(&got, &want),
-            s512 * 1e3,
-            2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12
         );
+        if a.no_matmul {
+            continue;
+        }
+        // Tiled products: n = 512 timed, and n = 77 (not a multiple of any tile) checked
+        // against the CPU backend, with each kernel this device has (the portable f32 tiles,
+        // then cooperative matrices where available), alternating twice.
+        let xb = g.alloc(512, cols);
+        let xbv: Vec<f32> = if a.const_x {
+            vec![0.25; 512 * cols]
+        } else {
+            (0..512 * cols)
+                .map(|i| xv[i % cols] * (1.0 + (i / cols) as f32 / 512.0))
+                .collect()
+        };
+        g.upload(xb, &xbv);
+        let ob = g.alloc(512, rows_w);
+        let nc = 77;
+        let xc = g.alloc(nc, cols);
+        g.upload(xc, &xbv[..nc * cols]);
+        let oc = g.alloc(nc, rows_w);
+        let want_c = {
+            let mut c = CpuBackend::new();
+            let cw = c.add_weight(&w).unwrap();
+            let cx = c.alloc(nc, cols);
+            c.upload(cx, &xbv[..nc * cols]);
+            let co = c.alloc(nc, rows_w);
+            c.matmul(cw, cx, co);
+            let mut v = Vec::new();
+            c.download(co, &mut v);
+            v
+        };
+        let coop_default = g.coop();
+        let variants: Vec<Option<(u32, u32)>> = if !g.coop_available() {
+            vec![None]
+        } else if a.coop_tiles.is_empty() {
+            vec![None, Some(g.coop_tile()), None, Some(g.coop_tile())]
+        } else {
+            let t = a.coop_tiles.iter().map(|&t| Some(t));
+            std::iter::once(None)
+                .chain(t.clone())
+                .chain(t.rev())
+                .chain(std::iter::once(None))
+                .collect()
+        };
+        for var in variants {
+            g.set_coop(var.is_some());
+            if let Some((tn, bk)) = var {
+                if !g.set_coop_tile(tn, bk) {
+                    println!("coop tile {tn}/{bk} refused");
+                    continue;
+                }
+            }
+            let s512 = time_ops(&mut g, 5, |g| g.matmul(wid, xb, ob));
+            g.upload(oc, &vec![0.0; nc * rows_w]);
+            g.matmul(wid, xc, oc);
+            let mut v = Vec::new();
+            g.download(oc, &mut v);
+            println!(
+                "{dtype:>5} {cols}x{rows_w}: matmul {} n=512 {:.3} ms {:.2} TFLOP/s (n={nc} NMSE vs CPU {:.1e})",
+                match var {
+                    None => "f32       ".to_string(),
+                    Some((tn, bk)) => format!("coop {tn:>3}/{bk}"),
+                },
+                s512 * 1e3,
+                2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12,
+                nmse(&v, &want_c)
+            );
+        }
+        g.set_coop(coop_default);
     }
 }
 

@@ -55,8 +55,11 @@ const MATVEC_WG: u32 = 64;
 const MATVEC_ROWS: usize = 4;
 /// Below this many rows the one-row-per-workgroup matrix-vector kernel is used.
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
-/// Below this many 128x128 tiles the 64x64-tile matmul is used.
-const MATMUL_MIN_BIG_TILES: usize = 256;
+/// Below this many 128x128 tiles the 64x64-tile matmul is used (the portable kernels). 64:
+/// the 8B shape's 4096-row products at n = 512 (128 tiles on 132 SMs of an H200) run 1.8x
+/// faster in 128x128 tiles (run 10: pp512 1162 -> 1524 tok/s), while SmolLM2's (at most 48
+/// tiles) stay on 64x64, where they are faster (all on 128x128: 19.4k -> 15.5k tok/s).
+const MATMUL_MIN_BIG_TILES: usize = 64;
 /// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
 /// group, rows per group; a workgroup computes `Q8K_NR * Q8K_WG / Q8K_TPR` rows.
 /// `ORCHARD_GPU_Q8K_{WG,TPR,NR}` override them for tuning (see `set_q8k_shape`).
@@ -66,6 +69,11 @@ const Q8K_NR: u32 = 4;
 /// Dispatches recorded before a step is submitted in part, so that the device starts on the
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
 const FLUSH_EVERY_DISPATCHES: usize = 160;
+/// Default (TN, BK) of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
+/// run 10: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
+/// used where the device's shared memory cannot hold the default.
+const COOP_TILE: (u32, u32) = (128, 64);
+const COOP_TILE_MIN: (u32, u32) = (64, 32);
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -85,6 +93,9 @@ enum Kernel {
     MatMul(DType),
     /// `MATMUL_KMAJOR`: the 128x128 tile with k-contiguous shared tiles.
     MatMulK(DType),
+    /// `MATMUL_COOP`: 128 x TN tiles on cooperative matrices (f16 x f16 -> f32), K steps of
+    /// BK: (format, TN, BK).
+    MatMulCoop(DType, u32, u32),
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
@@ -115,6 +126,7 @@ impl Kernel {
             Kernel::MatVec(_)
             | Kernel::MatMul(_)
             | Kernel::MatMulK(_)
+            | Kernel::MatMulCoop(..)
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
             | Kernel::MatVecQ8K(..)
@@ -234,6 +246,13 @@ pub struct GpuBackend {
     flush_every: usize,
     /// The device's fixed subgroup size, when subgroup operations are enabled.
     subgroup: Option<u32>,
+    /// Whether the device was opened with cooperative matrices (16x16x16 f16 x f16 -> f32 in
+    /// subgroups of 32) and f16 shaders, so that `MATMUL_COOP` can run.
+    coop_available: bool,
+    /// Whether prompt matmuls use `MATMUL_COOP` (`ORCHARD_GPU_COOP=0` turns it off).
+    coop: bool,
+    /// (TN, BK) of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TN/BK`).
+    coop_tile: (u32, u32),
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
@@ -275,15 +294,39 @@ impl GpuBackend {
             && ainfo.subgroup_min_size == ainfo.subgroup_max_size
             && (8..=64).contains(&ainfo.subgroup_min_size))
         .then_some(ainfo.subgroup_min_size);
+        // Cooperative matrices (tensor cores on NVIDIA): the one configuration `MATMUL_COOP`
+        // is written for, with the 8 subgroups of 32 its tiling assumes.
+        let coop_features =
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        let coop_available = subgroup == Some(32)
+            && adapter.features().contains(coop_features)
+            && limits.max_compute_workgroup_storage_size
+                >= shaders::coop_shared_bytes(COOP_TILE_MIN.0, COOP_TILE_MIN.1)
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            });
+        let mut required_features = wgpu::Features::empty();
+        if subgroup.is_some() {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
+        if coop_available {
+            required_features |= coop_features;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orchard"),
-            required_features: if subgroup.is_some() {
-                wgpu::Features::SUBGROUP
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            // SAFETY: the experimental feature requested is cooperative matrices, used by one
+            // kernel (`MATMUL_COOP`) in uniform control flow with in-bounds shared-memory
+            // loads and stores; it is checked against the CPU on the device by `gpu_bench
+            // --kernels` and can be turned off with ORCHARD_GPU_COOP=0.
+            experimental_features: if coop_available {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -355,6 +398,9 @@ impl GpuBackend {
             q6k_shape: None,
             q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
+            coop_available,
+            coop: coop_available && std::env::var("ORCHARD_GPU_COOP").as_deref() != Ok("0"),
+            coop_tile: COOP_TILE_MIN,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
                 .ok()
@@ -401,6 +447,14 @@ impl GpuBackend {
         if let Some((wg, tpr, nr)) = shape("ORCHARD_GPU_Q6K_SHAPE") {
             me.set_q6k_shape(wg, tpr, nr);
         }
+        me.set_coop_tile(COOP_TILE.0, COOP_TILE.1);
+        if let Ok(v) = std::env::var("ORCHARD_GPU_COOP_TILE") {
+            if let Some((tn, bk)) = v.split_once('/') {
+                if let (Ok(tn), Ok(bk)) = (tn.parse(), bk.parse()) {
+                    me.set_coop_tile(tn, bk);
+                }
+            }
+        }
         me.sync();
         Ok(me)
     }
@@ -435,7 +489,7 @@ impl GpuBackend {
         self.packed_dot = on;
     }
 
-    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (256 by default; 0
+    /// Below how many 128x128 tiles a matmul uses 64x64 tiles instead (64 by default; 0
     /// makes every tiled product use the big tiles, which tests use on small shapes).
     pub fn set_min_big_tiles(&mut self, n: usize) {
         self.min_big_tiles = n;
@@ -516,6 +570,39 @@ impl GpuBackend {
         self.fuse_q8k = on;
     }
 
+    /// Whether prompt matmuls run on cooperative matrices (`MATMUL_COOP`); returns whether
+    /// that is now the case (never where the device lacks them).
+    pub fn set_coop(&mut self, on: bool) -> bool {
+        self.coop = on && self.coop_available;
+        self.coop
+    }
+
+    /// Sets `MATMUL_COOP`'s token tile and K step (one of `shaders::COOP_TILES` that fits the
+    /// device's shared memory); returns whether it was taken.
+    pub fn set_coop_tile(&mut self, tn: u32, bk: u32) -> bool {
+        let ok = shaders::COOP_TILES.contains(&(tn, bk))
+            && shaders::coop_shared_bytes(tn, bk) <= self.limits.max_compute_workgroup_storage_size;
+        if ok {
+            self.coop_tile = (tn, bk);
+        }
+        ok
+    }
+
+    /// (TN, BK) of the cooperative-matrix matmul.
+    pub fn coop_tile(&self) -> (u32, u32) {
+        self.coop_tile
+    }
+
+    /// Whether prompt matmuls run on cooperative matrices now.
+    pub fn coop(&self) -> bool {
+        self.coop
+    }
+
+    /// Whether the device was opened with the cooperative matrices `MATMUL_COOP` needs.
+    pub fn coop_available(&self) -> bool {
+        self.coop_available
+    }
+
     /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
     /// has a fixed subgroup size equal to their threads per row); tests turn it off to run
     /// the shared-memory reduction too.
@@ -582,6 +669,7 @@ impl GpuBackend {
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
+                Kernel::MatMulCoop(dt, ..) => ("", 256, format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
                 Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm => (shaders::NORM, 256, None),
@@ -606,6 +694,7 @@ impl GpuBackend {
                     shaders::source_q8k(unit, wg, tpr, nr, packed, reduce)
                 }
                 Kernel::Glu => shaders::glu_source(body, false),
+                Kernel::MatMulCoop(_, tn, bk) => shaders::coop_source(tn, bk, fmt.as_ref()),
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -619,10 +708,15 @@ impl GpuBackend {
             // fixed by its parameters with a non-zero constant stride. Bounds checks on
             // buffer accesses stay on unless ORCHARD_GPU_SHADER_CHECKS=none (a measurement
             // knob; indices stay inside their bindings, covered by the parity tests).
-            let module = unsafe {
-                self.device
-                    .create_shader_module_trusted(desc, self.shader_checks)
+            // `MATMUL_COOP` runs without them (run 10: its products 10-17 % faster): its
+            // shared-memory indices are bounded by constants, and every storage access is
+            // guarded by the row, chunk and token counts of the dispatch (the weight reads are
+            // those of `deq` for row < rows and chunk < chunks per row, as in every kernel).
+            let checks = match k {
+                Kernel::MatMulCoop(..) => wgpu::ShaderRuntimeChecks::unchecked(),
+                _ => self.shader_checks,
             };
+            let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -1373,6 +1467,18 @@ impl Backend for GpuBackend {
                 self.dispatch(k, &[&res, &xr, &or], p, groups);
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
+                if self.coop && ragged == 0 {
+                    let (mut tn, bk) = self.coop_tile;
+                    // Few tiles (K and V of the 8B shape: 32 of 128 x 128 on 132 SMs): halve
+                    // the token tile for twice the workgroups (run 10: 0.16-0.21 ms against
+                    // 0.21-0.25 for 4096 x 1024 at n = 512; at 128 tiles the wide tile wins).
+                    if tn == 128 && crow.div_ceil(128) * n.div_ceil(128) < 64 {
+                        tn = 64;
+                    }
+                    let groups = [crow.div_ceil(128) as u32, n.div_ceil(tn as usize) as u32, 1];
+                    self.dispatch(Kernel::MatMulCoop(dt, tn, bk), &[&res, &xr, &or], p, groups);
+                    continue;
+                }
                 // Small products: 64x64 tiles fill the device where 128x128 would not.
                 let big_tiles = crow.div_ceil(128) * n.div_ceil(128);
                 let (k, tile) = if ragged != 0 || big_tiles < self.min_big_tiles {

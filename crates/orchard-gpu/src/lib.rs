@@ -12,9 +12,11 @@
 //! Steps longer than 160 dispatches (`GpuBackend::set_flush_every`) are submitted in parts at op boundaries, so the
 //! device starts on the first layers while the host encodes the rest.
 //!
-//! `unsafe` lives in one place: shader modules are created with
+//! `unsafe` lives in two places: the opt-in to wgpu's experimental cooperative matrices
+//! (`GpuBackend::new`, for the tensor-core prompt matmul), and shader modules, created with
 //! `create_shader_module_trusted` (backend.rs) to turn off naga's loop bounding, which cost
-//! 2-6x on the matrix kernels; buffer bounds checks stay on.
+//! 2-6x on the matrix kernels; buffer bounds checks stay on except in the cooperative-matrix
+//! matmul, whose accesses are all guarded by its dispatch counts (backend.rs says why).
 
 mod backend;
 mod formats;

@@ -357,6 +357,145 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// Tiled matrix-matrix product on cooperative matrices (tensor cores where the device has
+/// them; only used when the adapter reports 16x16x16 f16 x f16 -> f32 products and subgroups
+/// of 32): a 256-thread workgroup (8 subgroups) computes a 128 x TN tile (weight rows x
+/// tokens, TN = 64 or 128); per K step of BK (32 or 64) the threads dequantize the weight
+/// tile's 16-element chunks and convert the activations to f16 into shared memory (k
+/// contiguous, rows padded by 8 halves), then each subgroup multiplies its 32 x TN/2 corner as
+/// 2 x TN/32 accumulators of 16 x 16 (f32). Outputs go through a per-subgroup 16 x 16 f32
+/// scratch so that ragged edges are masked. Weights and activations are rounded to f16
+/// (11-bit significand; the CPU rounds activations of K-quant products to 8-bit Q8_K levels,
+/// which this kernel reads when exact activations are on), products accumulate in f32.
+/// Parameters as `MATMUL`. `coop_source` writes the body for one (TN, BK).
+const MATMUL_COOP_HEAD: &str = r#"
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+const TM: u32 = 128u;
+const LD: u32 = BK + 8u; // halves per tile row
+var<workgroup> As: array<f16, TM * LD>; // [TM][LD]
+var<workgroup> Bs: array<f16, TN * LD>; // [TN][LD]
+var<workgroup> Cs: array<f32, 2048>; // [8 subgroups][16 tokens][16 rows]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = g.x * TM;
+    let n0 = g.y * TN;
+    let rows = P.a.x;
+    let nblk = P.a.y;
+    let cols4 = P.a.z / 4u;
+    let ntok = P.c.x;
+    let nch = P.c.y;
+    let sm = (sg & 3u) * 32u; // this subgroup's rows within the tile
+    let sn = (sg >> 2u) * (TN / 2u); // and tokens
+ACC_DECL
+    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
+        for (var q = 0u; q < BK / 32u; q++) {
+            let c = lid + 256u * q;
+            let r = c / (BK / 16u);
+            let sc = c % (BK / 16u);
+            let ch = (k0 >> 4u) + sc;
+            let row = m0 + r;
+            var w: array<vec4<f32>, 4>;
+            if (row < rows && ch < nch) {
+                w = deq(row * nblk + ch / CPB, ch % CPB);
+            }
+            let base = r * LD + sc * 16u;
+            for (var k = 0u; k < 4u; k++) {
+                let h = vec4<f16>(w[k]);
+                As[base + 4u * k] = h.x;
+                As[base + 4u * k + 1u] = h.y;
+                As[base + 4u * k + 2u] = h.z;
+                As[base + 4u * k + 3u] = h.w;
+            }
+        }
+        for (var q = 0u; q < TN * BK / 1024u; q++) {
+            let i = lid + 256u * q;
+            let t = i / (BK / 4u);
+            let kq = i % (BK / 4u);
+            let tok = n0 + t;
+            let e4 = (k0 >> 2u) + kq;
+            var v = vec4<f32>(0.0);
+            if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
+            let h = vec4<f16>(v);
+            let base = t * LD + 4u * kq;
+            Bs[base] = h.x;
+            Bs[base + 1u] = h.y;
+            Bs[base + 2u] = h.z;
+            Bs[base + 3u] = h.w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[sm * LD + kk], LD);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(sm + 16u) * LD + kk], LD);
+MMA
+        }
+        workgroupBarrier();
+    }
+STORE
+}
+"#;
+
+/// The 16 x 16 accumulator `c{i}{j}` (rows 16 i, tokens 16 j of the subgroup's corner) written
+/// out through the subgroup's scratch.
+const COOP_STORE_ONE: &str = r#"
+    coopStore(cIJ, &Cs[sg * 256u], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        let row = m0 + sm + 16u * I + (e & 15u);
+        let tok = n0 + sn + 16u * J + (e >> 4u);
+        if (row < rows && tok < ntok) { O[tok * P.a.w + P.b.x + row] = Cs[sg * 256u + e]; }
+    }
+    workgroupBarrier();
+"#;
+
+/// Token and K tile sizes `MATMUL_COOP` is written for.
+pub(crate) const COOP_TILES: [(u32, u32); 4] = [(64, 32), (128, 32), (64, 64), (128, 64)];
+
+/// Shared memory of the `MATMUL_COOP` tile (TN, BK), in bytes.
+pub(crate) fn coop_shared_bytes(tn: u32, bk: u32) -> u32 {
+    (128 + tn) * (bk + 8) * 2 + 2048 * 4
+}
+
+/// The `MATMUL_COOP` module for tile (TN, BK) and a weight format (`enable` directives first).
+pub(crate) fn coop_source(tn: u32, bk: u32, fmt: Option<&Format>) -> String {
+    assert!(COOP_TILES.contains(&(tn, bk)), "coop tile {tn}/{bk}");
+    let nj = tn / 32; // 16-token accumulators per subgroup
+    let mut decl = String::new();
+    let mut mma = String::new();
+    let mut store = String::new();
+    for j in 0..nj {
+        mma.push_str(&format!(
+            "            let b{j} = coopLoad<coop_mat16x16<f16, B>>(&Bs[(sn + {}u) * LD + kk], LD);\n",
+            16 * j
+        ));
+    }
+    for i in 0..2 {
+        for j in 0..nj {
+            decl.push_str(&format!("    var c{i}{j} = coop_mat16x16<f32, C>();\n"));
+            mma.push_str(&format!(
+                "            c{i}{j} = coopMultiplyAdd(a{i}, b{j}, c{i}{j});\n"
+            ));
+            store.push_str(
+                &COOP_STORE_ONE
+                    .replace("cIJ", &format!("c{i}{j}"))
+                    .replace("16u * I", &format!("{}u", 16 * i))
+                    .replace("16u * J", &format!("{}u", 16 * j)),
+            );
+        }
+    }
+    let body = MATMUL_COOP_HEAD
+        .replace("ACC_DECL\n", &decl)
+        .replace("MMA\n", &mma)
+        .replace("STORE\n", &store);
+    format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\nconst TN: u32 = {tn}u;\nconst BK: u32 = {bk}u;\n{}",
+        source(&body, 256, fmt)
+    )
+}
+
 /// RMS norm over segments of `len` values (whole rows, or heads for Q/K norms): one workgroup
 /// per segment. a = (len, n segments, has weight, grid x), f.x = eps.
 /// The in-place variant (`NORM_INPLACE`) binds X read-write and writes back into it.
@@ -1198,4 +1337,48 @@ pub(crate) fn source_q8k(
     s.push_str(DOT16);
     s.push_str(unit);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchard_core::DType;
+
+    /// lavapipe has no cooperative matrices, so the device tests never compile `MATMUL_COOP`:
+    /// this parses, validates and translates it to SPIR-V with naga for every weight format
+    /// (what wgpu does before handing it to the driver), so a syntax or typing error shows here.
+    #[test]
+    fn coop_matmul_compiles_for_every_format() {
+        for dt in [
+            DType::F32,
+            DType::F16,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            for (tn, bk) in COOP_TILES {
+                let fmt = crate::formats::format(dt);
+                let src = coop_source(tn, bk, fmt.as_ref());
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{dt}: {}", e.emit_to_string(&src)));
+                let info = naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{dt}: {e:?}"));
+                let opts = naga::back::spv::Options {
+                    lang_version: (1, 3),
+                    ..Default::default()
+                };
+                let words = naga::back::spv::write_vec(&module, &info, &opts, None)
+                    .unwrap_or_else(|e| panic!("{dt}: {e:?}"));
+                assert!(words.len() > 100, "{dt}: SPIR-V written");
+            }
+        }
+    }
 }

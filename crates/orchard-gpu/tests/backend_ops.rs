@@ -211,7 +211,7 @@ fn matmul_splits_weights_larger_than_a_binding() {
     }
 }
 
-/// The 128x128-tile matmul (used from 256 tiles up, so never by the small shapes above) on
+/// The 128x128-tile matmul (used from 64 tiles up, so never by the small shapes above) on
 /// every format, with rows and tokens that do not fill the last tile.
 #[test]
 fn matmul_big_tiles_every_format() {
@@ -238,6 +238,50 @@ fn matmul_big_tiles_every_format() {
                 e < tol,
                 "big-tile matmul {dtype} {cols}x{rows} n={n}: NMSE {e}"
             );
+        }
+    }
+}
+
+/// The cooperative-matrix matmul (f16 x f16 -> f32 tiles of 128 x 64) on every format, with
+/// rows and tokens that do not fill the last tile and K of one to three steps of 32 beyond the
+/// first block. lavapipe has no cooperative matrices: there the test checks that the backend
+/// says so and that asking for them leaves the portable kernels on; on a device that has them
+/// (an NVIDIA GPU) it compares with the CPU. f16 rounding of weights and activations: NMSE
+/// bound 1e-5 (the f32 kernels are held to 1e-9).
+#[test]
+fn matmul_coop_every_format() {
+    let mut g = gpu();
+    if !g.coop_available() {
+        assert!(
+            !g.set_coop(true),
+            "coop reported on without the device feature"
+        );
+        eprintln!("no cooperative matrices on this adapter: coop parity not run");
+        return;
+    }
+    assert!(g.set_coop(true));
+    let mut rng = Rng(0xc00b);
+    for dtype in MATMUL_TYPES {
+        let bs = dtype.block_size().max(16);
+        for (cols, rows) in [(bs * 2, 130), (bs * 6, 257), (bs, 9)] {
+            let cols = if cols % 32 == 16 { cols + 16 } else { cols };
+            let wv = rng.vec(cols * rows, 1.0);
+            let w = weight("w", dtype, cols, rows, &wv);
+            for n in [9usize, 70, 131] {
+                let xv = rng.vec(n * cols, 1.0);
+                let (got, want) = both(&mut g, |b| {
+                    let wid = b.add_weight(&w).unwrap();
+                    let x = buf(b, n, cols, &xv);
+                    let o = b.alloc(n, rows);
+                    b.matmul(wid, x, o);
+                    read(b, o)
+                });
+                let e = nmse(&got, &want);
+                assert!(
+                    e < 1e-5,
+                    "coop matmul {dtype} {cols}x{rows} n={n}: NMSE {e}"
+                );
+            }
         }
     }
 }
