@@ -57,7 +57,7 @@ const MATVEC_ROWS: usize = 4;
 const MATVEC_MIN_BLOCKED_ROWS: usize = 2048;
 /// Below this many 128x128 tiles the 64x64-tile matmul is used (the portable kernels). 64:
 /// the 8B shape's 4096-row products at n = 512 (128 tiles on 132 SMs of an H200) run 1.8x
-/// faster in 128x128 tiles (run 10: pp512 1162 -> 1524 tok/s), while SmolLM2's (at most 48
+/// faster in 128x128 tiles (run 13: pp512 1162 -> 1524 tok/s), while SmolLM2's (at most 48
 /// tiles) stay on 64x64, where they are faster (all on 128x128: 19.4k -> 15.5k tok/s).
 const MATMUL_MIN_BIG_TILES: usize = 64;
 /// Shape of an integer-dot (K-quant x Q8_K) matrix-vector workgroup: threads, threads per row
@@ -70,7 +70,7 @@ const Q8K_NR: u32 = 4;
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
 const FLUSH_EVERY_DISPATCHES: usize = 160;
 /// Default (TN, BK) of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
-/// run 10: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
+/// run 13: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
 /// used where the device's shared memory cannot hold the default.
 const COOP_TILE: (u32, u32) = (128, 64);
 const COOP_TILE_MIN: (u32, u32) = (64, 32);
@@ -708,7 +708,7 @@ impl GpuBackend {
             // fixed by its parameters with a non-zero constant stride. Bounds checks on
             // buffer accesses stay on unless ORCHARD_GPU_SHADER_CHECKS=none (a measurement
             // knob; indices stay inside their bindings, covered by the parity tests).
-            // `MATMUL_COOP` runs without them (run 10: its products 10-17 % faster): its
+            // `MATMUL_COOP` runs without them (run 13: its products 10-17 % faster): its
             // shared-memory indices are bounded by constants, and every storage access is
             // guarded by the row, chunk and token counts of the dispatch (the weight reads are
             // those of `deq` for row < rows and chunk < chunks per row, as in every kernel).
@@ -1470,7 +1470,7 @@ impl Backend for GpuBackend {
                 if self.coop && ragged == 0 {
                     let (mut tn, bk) = self.coop_tile;
                     // Few tiles (K and V of the 8B shape: 32 of 128 x 128 on 132 SMs): halve
-                    // the token tile for twice the workgroups (run 10: 0.16-0.21 ms against
+                    // the token tile for twice the workgroups (run 13: 0.16-0.21 ms against
                     // 0.21-0.25 for 4096 x 1024 at n = 512; at 128 tiles the wide tile wins).
                     if tn == 128 && crow.div_ceil(128) * n.div_ceil(128) < 64 {
                         tn = 64;
