@@ -280,6 +280,11 @@ pub struct GpuBackend {
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
     recent: Vec<(usize, Fusable)>,
+    /// Each of the three round-4 fusions alone, for measurement: `ORCHARD_GPU_FUSE_ADD_NORM`,
+    /// `ORCHARD_GPU_FUSE_ROPE_KV`, `ORCHARD_GPU_FUSE_MULTI` = 0 turn one off.
+    fuse_add_norm: bool,
+    fuse_rope_kv: bool,
+    fuse_multi: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -390,6 +395,9 @@ impl GpuBackend {
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
             recent: Vec::new(),
+            fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
+            fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
+            fuse_multi: std::env::var("ORCHARD_GPU_FUSE_MULTI").as_deref() != Ok("0"),
             q6k_shape: None,
             q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
@@ -597,7 +605,12 @@ impl GpuBackend {
 
     /// Marks the dispatch just recorded as fusable.
     fn mark_fusable(&mut self, f: Fusable) {
-        if !self.fuse_q8k {
+        let on = match f {
+            Fusable::Add { .. } => self.fuse_add_norm,
+            Fusable::Rope { .. } => self.fuse_rope_kv,
+            Fusable::MatVec { .. } => self.fuse_multi,
+        };
+        if !self.fuse_q8k || !on {
             return;
         }
         if let Some(idx) = self.cmds.len().checked_sub(1) {

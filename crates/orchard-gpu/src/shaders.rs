@@ -557,9 +557,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// A residual add folded into the RMS norm that follows it (`x += y; o = norm(x) * w`): one
 /// workgroup per row, each thread adding, writing back and squaring the elements it later
 /// normalizes (`NORM`'s summation order, so X and O are bit-identical to `ELEMENTWISE` add then
-/// `NORM`). With `Q8K` defined (the `ADD_NORM_Q8K` source) it also writes the packed Q8_K copy
-/// of O, block by block (rows of whole 256-value blocks).
-/// a = (len, n rows, has weight, grid x), b.x = word offset of the Q8_K scales, f.x = eps.
+/// `NORM`). a = (len, n rows, has weight, grid x), f.x = eps.
 pub(crate) const ADD_NORM: &str = r#"
 @group(0) @binding(1) var<storage, read_write> X: array<f32>;
 @group(0) @binding(2) var<storage, read> Y: array<f32>;
@@ -585,16 +583,10 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         workgroupBarrier();
     }
     let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
-    let nb = (n + 255u) / 256u;
-    for (var b = 0u; b < nb; b++) {
-        let i = b * 256u + lid;
-        var v = 0.0;
-        if (i < n) {
-            v = X[base + i] * scale;
-            if (P.a.z != 0u) { v = v * Wn[i]; }
-            O[base + i] = v;
-        }
-        QUANT
+    for (var i = lid; i < n; i += 256u) {
+        var v = X[base + i] * scale;
+        if (P.a.z != 0u) { v = v * Wn[i]; }
+        O[base + i] = v;
     }
 }
 "#;
@@ -695,15 +687,113 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
-/// `ADD_NORM`'s source, with or without its Q8_K output.
+/// `ADD_NORM` with the packed Q8_K copy of O, for decode rows of whole 256-value blocks. The
+/// add and the sum of squares run as in `ADD_NORM` (strided, `NORM`'s order); the normalizing
+/// and quantizing then give each block to 16 threads of 16 consecutive values (16 blocks at
+/// a time), so that one workgroup quantizes a row in one pass instead of block after block.
+/// Quantization follows `ACT_Q8K` (first signed extreme, levels rounded half to even, capped at
+/// 127). a = (len, n rows, has weight, grid x), b.x = word offset of the Q8_K scales, f.x = eps.
+pub(crate) const ADD_NORM_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> Wn: array<f32>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<storage, read_write> Q: array<u32>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> sv: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = g.y * P.a.w + g.x;
+    if (seg >= P.a.y) { return; }
+    let n = P.a.x;
+    let base = seg * n;
+    let nb = n / 256u;
+    // 16 values per thread at a time, all loads issued before the first use (a loop over
+    // the row one value at a time waits out a memory round trip per value); the sum runs in
+    // `NORM`'s order all the same.
+    var s = 0.0;
+    for (var b0 = 0u; b0 < nb; b0 += 16u) {
+        var xv: array<f32, 16>;
+        for (var k = 0u; k < 16u; k++) {
+            if (b0 + k < nb) {
+                let i = base + (b0 + k) * 256u + lid;
+                xv[k] = X[i] + Y[i];
+            }
+        }
+        for (var k = 0u; k < 16u; k++) {
+            if (b0 + k < nb) {
+                X[base + (b0 + k) * 256u + lid] = xv[k];
+                s += xv[k] * xv[k];
+            }
+        }
+    }
+    red[lid] = s;
+    storageBarrier();
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    let sub = lid & 15u;
+    for (var b0 = 0u; b0 < nb; b0 += 16u) {
+        let blk = b0 + (lid >> 4u);
+        let live = blk < nb;
+        var v: array<f32, 16>;
+        var m = 0.0;
+        var mv = 0.0;
+        if (live) {
+            let i0 = blk * 256u + sub * 16u;
+            for (var k = 0u; k < 16u; k++) { v[k] = X[base + i0 + k] * scale; }
+            if (P.a.z != 0u) {
+                for (var k = 0u; k < 16u; k++) { v[k] = v[k] * Wn[i0 + k]; }
+            }
+            for (var k = 0u; k < 16u; k++) {
+                O[base + i0 + k] = v[k];
+                if (abs(v[k]) > m) { m = abs(v[k]); mv = v[k]; }
+            }
+        }
+        am[lid] = m;
+        sv[lid] = mv;
+        workgroupBarrier();
+        for (var st = 8u; st > 0u; st >>= 1u) {
+            if (sub < st && am[lid + st] > am[lid]) { am[lid] = am[lid + st]; sv[lid] = sv[lid + st]; }
+            workgroupBarrier();
+        }
+        let amax = am[lid & ~15u];
+        let smax = sv[lid & ~15u];
+        workgroupBarrier();
+        if (live) {
+            var iscale = 0.0;
+            var d = 0.0;
+            if (amax != 0.0) {
+                iscale = -127.0 / smax;
+                d = 1.0 / iscale;
+            }
+            let qb = (seg * nb + blk) * 64u + sub * 4u;
+            for (var w = 0u; w < 4u; w++) {
+                var word = 0u;
+                for (var j = 0u; j < 4u; j++) {
+                    var q = 0;
+                    if (amax != 0.0) { q = i32(min(round(iscale * v[4u * w + j]), 127.0)); }
+                    word |= (bitcast<u32>(q) & 0xFFu) << (8u * j);
+                }
+                Q[qb + w] = word;
+            }
+            if (sub == 0u) { Q[P.b.x + seg * nb + blk] = bitcast<u32>(d); }
+        }
+    }
+}
+"#;
+
+/// `ADD_NORM`'s source, or `ADD_NORM_Q8K`'s.
 pub(crate) fn add_norm_source(q8k: bool) -> String {
     let mut s = String::from(PARAMS);
     if q8k {
-        s.push_str("@group(0) @binding(5) var<storage, read_write> Q: array<u32>;\n");
-        s.push_str(&ADD_NORM.replace("QUANT", "q8k_block(lid, v, seg * (n / 256u) + b, P.b.x);"));
-        s.push_str(Q8K_BLOCK);
+        s.push_str(ADD_NORM_Q8K);
     } else {
-        s.push_str(&ADD_NORM.replace("QUANT", ""));
+        s.push_str(ADD_NORM);
     }
     s
 }

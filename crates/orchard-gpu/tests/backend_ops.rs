@@ -757,7 +757,7 @@ fn adapters_are_listed() {
 #[test]
 fn residual_add_folds_into_the_norm() {
     let mut rng = Rng(0xadd);
-    for (cols, rows) in [(512usize, 40usize), (576, 24), (100, 8)] {
+    for (cols, rows) in [(512usize, 40usize), (4352, 8), (576, 24), (100, 8)] {
         let wv = rng.vec(cols * rows, 1.0);
         let nv = rng.vec(cols, 1.0);
         let dtype = if cols.is_multiple_of(256) {
@@ -883,6 +883,7 @@ fn rope_folds_into_the_kv_store() {
         };
         let want = run(&mut CpuBackend::new());
         let mut counts = Vec::new();
+        let mut outs = Vec::new();
         for fuse in [true, false] {
             let mut g = gpu();
             g.set_fuse_q8k(fuse);
@@ -891,7 +892,14 @@ fn rope_folds_into_the_kv_store() {
             counts.push(g.dispatches() - before);
             let errs = g.take_errors();
             assert!(errs.is_empty(), "GPU errors: {errs:?}");
-            let e = nmse(&got, &want);
+            outs.push(got);
+        }
+        // the fused RoPE and store against the separate ones on the same device (same
+        // attention kernel), then both against the CPU
+        let e = nmse(&outs[0], &outs[1]);
+        assert!(e < 1e-12, "case {i}: fused vs separate NMSE {e}");
+        for (fuse, got) in [true, false].iter().zip(&outs) {
+            let e = nmse(got, &want);
             assert!(e < 5e-9, "case {i} fuse={fuse}: NMSE {e}");
         }
         // fused: one dispatch for both RoPEs and the store; unfused: two RoPEs and one or two
