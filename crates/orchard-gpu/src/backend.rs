@@ -65,7 +65,7 @@ const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
 /// Dispatches recorded before a step is submitted in part, so that the device starts on the
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
-const FLUSH_EVERY_DISPATCHES: usize = 160;
+const FLUSH_EVERY_DISPATCHES: usize = 80;
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Largest head dimension the attention kernel holds in shared memory.
@@ -93,6 +93,8 @@ enum Kernel {
     MatVecQ8K(DType, bool, shaders::Q8kReduce, (u32, u32, u32)),
     /// `MatVecQ8K` over 2 or 3 matrices that read the same activations (last field).
     MatVecQ8KMulti(DType, bool, shaders::Q8kReduce, (u32, u32, u32), u32),
+    /// `MatVecQ8K` whose output is also added into a fourth binding (residual add folded in).
+    MatVecQ8KAdd(DType, bool, shaders::Q8kReduce, (u32, u32, u32)),
     /// Activations to packed Q8_K for `MatVecQ8K`.
     ActQ8K,
     /// RMS norm and GLU writing a packed Q8_K copy of their output too (decode).
@@ -135,6 +137,7 @@ impl Kernel {
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
             Kernel::RopeKv => &[true, true, false, true, true, false],
+            Kernel::MatVecQ8KAdd(..) => &[false, false, true, true],
             Kernel::MatVecQ8KMulti(.., 2) => &[false, false, false, true, true],
             Kernel::MatVecQ8KMulti(..) => &[false, false, false, false, true, true, true],
         }
@@ -210,6 +213,8 @@ enum Fusable {
         n: u32,
         nblk: u32,
         mats: Vec<(Res, u32, u32, Res)>,
+        /// The parameters and grid of the dispatch when it is one matrix's.
+        single: Option<([u32; 16], [u32; 3])>,
     },
 }
 
@@ -285,6 +290,12 @@ pub struct GpuBackend {
     fuse_add_norm: bool,
     fuse_rope_kv: bool,
     fuse_multi: bool,
+    /// Residual adds folded into the integer-dot product whose output they add
+    /// (`MatVecQ8KAdd`; `ORCHARD_GPU_FUSE_MATVEC_ADD=0` turns it off), and whether a residual
+    /// add may fold into a decode norm's Q8_K variant (`ADD_NORM_Q8K`: off by default, one
+    /// workgroup per row made the 8B decode slower on an H200; `ORCHARD_GPU_FUSE_ADD_NORM_Q8K=1`).
+    fuse_matvec_add: bool,
+    fuse_add_norm_q8k: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -398,6 +409,8 @@ impl GpuBackend {
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
             fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
             fuse_multi: std::env::var("ORCHARD_GPU_FUSE_MULTI").as_deref() != Ok("0"),
+            fuse_matvec_add: std::env::var("ORCHARD_GPU_FUSE_MATVEC_ADD").as_deref() != Ok("0"),
+            fuse_add_norm_q8k: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM_Q8K").as_deref() == Ok("1"),
             q6k_shape: None,
             q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
@@ -562,6 +575,14 @@ impl GpuBackend {
         self.fuse_q8k = on;
     }
 
+    /// Whether a residual add may fold into the decode RMS norm's Q8_K variant
+    /// (`ADD_NORM_Q8K`, off by default: slower than the add plus the parallel `NORM_Q8K` on an
+    /// H200, bench/README.md round 4). The plain `ADD_NORM` (prompts, rows not of whole
+    /// 256-value blocks) is on with the other fusions.
+    pub fn set_fuse_add_norm_q8k(&mut self, on: bool) {
+        self.fuse_add_norm_q8k = on;
+    }
+
     /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
     /// has a fixed subgroup size equal to their threads per row); tests turn it off to run
     /// the shared-memory reduction too.
@@ -572,7 +593,7 @@ impl GpuBackend {
     }
 
     /// After how many recorded dispatches the next op submits the work recorded so far
-    /// (default 160; 0 keeps one submission per step). Part submissions let the device run
+    /// (default 80; 0 keeps one submission per step). Part submissions let the device run
     /// the first layers of a step while the host encodes the rest.
     pub fn set_flush_every(&mut self, dispatches: usize) {
         self.flush_every = dispatches;
@@ -608,7 +629,7 @@ impl GpuBackend {
         let on = match f {
             Fusable::Add { .. } => self.fuse_add_norm,
             Fusable::Rope { .. } => self.fuse_rope_kv,
-            Fusable::MatVec { .. } => self.fuse_multi,
+            Fusable::MatVec { .. } => self.fuse_multi || self.fuse_matvec_add,
         };
         if !self.fuse_q8k || !on {
             return;
@@ -666,6 +687,7 @@ impl GpuBackend {
         if !self.pipelines.contains_key(&k) {
             let (body, wg, fmt) = match k {
                 Kernel::MatVecQ8K(_, _, _, (wg, _, _))
+                | Kernel::MatVecQ8KAdd(_, _, _, (wg, _, _))
                 | Kernel::MatVecQ8KMulti(_, _, _, (wg, _, _), _) => (shaders::MATVEC_Q8K, wg, None),
                 Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
                 Kernel::NormQ8K => (shaders::NORM_Q8K, 256, None),
@@ -688,7 +710,8 @@ impl GpuBackend {
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
-                Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr)) => {
+                Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr))
+                | Kernel::MatVecQ8KAdd(dt, packed, reduce, (_, tpr, nr)) => {
                     let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
                         _ if probe => shaders::UNIT_PROBE,
@@ -696,7 +719,8 @@ impl GpuBackend {
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, tpr, nr, packed, reduce)
+                    let acc = matches!(k, Kernel::MatVecQ8KAdd(..));
+                    shaders::source_q8k(unit, wg, tpr, nr, packed, reduce, acc)
                 }
                 Kernel::MatVecQ8KMulti(dt, packed, reduce, (_, tpr, nr), m) => {
                     let unit = match dt {
@@ -1372,9 +1396,17 @@ impl Backend for GpuBackend {
         let wr = w.map_or_else(|| self.dummy.clone(), |w| self.vector(w));
         let (xr, or) = (self.res(x), self.res(out));
         // The residual add just recorded on x, folded into this norm.
+        let q8k_norm = self.fuse_q8k
+            && self.exact_activations
+            && n <= MATVEC_MAX_TOKENS
+            && width.is_multiple_of(256);
         let pending_add = match self.tail(0) {
             Some(Fusable::Add { x: ax, y, elems })
-                if *ax == xr.id && *elems == n * width && y.id != or.id && xr.id != or.id =>
+                if *ax == xr.id
+                    && *elems == n * width
+                    && y.id != or.id
+                    && xr.id != or.id
+                    && (!q8k_norm || self.fuse_add_norm_q8k) =>
             {
                 Some(y.clone())
             }
@@ -1473,12 +1505,14 @@ impl Backend for GpuBackend {
                         n: n0,
                         nblk: b0,
                         mats,
+                        ..
                     }) if *dt0 == fmt.dtype
                         && xq0.id == xq.id
                         && *d0 == d_off
                         && *n0 == n as u32
                         && *b0 == bpr as u32
                         && mats.len() < 3
+                        && self.fuse_multi
                         && mats.iter().all(|m| m.3.id != or.id) =>
                     {
                         let mut mats = mats.clone();
@@ -1516,6 +1550,7 @@ impl Backend for GpuBackend {
                         n: n as u32,
                         nblk,
                         mats,
+                        single: None,
                     });
                     return;
                 }
@@ -1540,6 +1575,7 @@ impl Backend for GpuBackend {
                     n: n as u32,
                     nblk: bpr as u32,
                     mats: vec![(res, rows as u32, scale_off, or)],
+                    single: Some((p, groups)),
                 });
                 return;
             }
@@ -1609,8 +1645,40 @@ impl Backend for GpuBackend {
             self.buf(y).n_tokens * self.buf(y).width
         );
         let yr = self.res(y);
+        let (xr, elems) = (self.res(x), self.buf(x).n_tokens * self.buf(x).width);
+        // The integer-dot product that just wrote y, adding its outputs into x as well.
+        let fold = match self.tail(0) {
+            Some(Fusable::MatVec {
+                k: Kernel::MatVecQ8K(dt, p, r, s),
+                xq,
+                n,
+                mats,
+                single: Some((pp, groups)),
+                ..
+            }) if self.fuse_matvec_add
+                && mats.len() == 1
+                && mats[0].3.id == yr.id
+                && xr.id != yr.id
+                && xr.id != xq.id
+                && (*n * mats[0].1) as usize == elems =>
+            {
+                Some((
+                    Kernel::MatVecQ8KAdd(*dt, *p, *r, *s),
+                    mats[0].0.clone(),
+                    xq.clone(),
+                    *pp,
+                    *groups,
+                ))
+            }
+            _ => None,
+        };
+        if let Some((k, w, xq, pp, groups)) = fold {
+            self.drop_tail(1);
+            self.dispatch(k, &[&w, &xq, &yr, &xr], pp, groups);
+            return;
+        }
         self.elementwise(x, Some(yr.clone()), 0, 0, 0.0);
-        let (xid, elems) = (self.res(x).id, self.buf(x).n_tokens * self.buf(x).width);
+        let xid = xr.id;
         if xid != yr.id && elems > 0 {
             self.mark_fusable(Fusable::Add {
                 x: xid,

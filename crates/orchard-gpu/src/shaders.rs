@@ -1327,7 +1327,8 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
 /// `UNIT_Q6_K`): workgroups of `wg` threads, `tpr` threads per group of `nr` rows (1, 2, 4 or
 /// 8; `nr <= tpr`), `packed` selecting `dot4I8Packed` or its unpacked twin, `reduce` the
-/// reduction.
+/// reduction; with `acc`, each output is also added into binding 4 (`R += O`: the residual
+/// add after the attention output and FFN down products).
 pub(crate) fn source_q8k(
     unit: &str,
     wg: u32,
@@ -1335,9 +1336,28 @@ pub(crate) fn source_q8k(
     nr: u32,
     packed: bool,
     reduce: Q8kReduce,
+    acc: bool,
 ) -> String {
     let mut s = q8k_head(wg, tpr, nr, packed);
-    let (decl, step, red) = q8k_parts(nr, reduce);
+    let (decl, step, mut red) = q8k_parts(nr, reduce);
+    if acc {
+        // `MatVecQ8KAdd`: every output value also added into R (the residual stream).
+        let base = "tok * P.a.w + P.b.x + row0 + ";
+        for idx in ["lane", "0u", "1u", "2u", "3u", "4u", "5u", "6u", "7u"] {
+            for val in ["red[lane * WG + lid - lane]", "t"] {
+                red = red.replace(
+                    &format!("O[{base}{idx}] = {val};"),
+                    &format!("put({base}{idx}, {val});"),
+                );
+            }
+        }
+        assert!(!red.contains("O["), "every store rewritten");
+        s.push_str(
+            "@group(0) @binding(4) var<storage, read_write> R: array<f32>;
+fn put(i: u32, t: f32) { O[i] = t; R[i] = R[i] + t; }
+",
+        );
+    }
     s.push_str(
         &MATVEC_Q8K
             .replace("ROWS_DECL\n", &decl)

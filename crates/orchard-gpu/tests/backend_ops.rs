@@ -804,6 +804,8 @@ fn residual_add_folds_into_the_norm() {
             for fuse in [true, false] {
                 let mut g = gpu();
                 g.set_fuse_q8k(fuse);
+                // the decode variant (ADD_NORM_Q8K) is off by default; test it too
+                g.set_fuse_add_norm_q8k(true);
                 let before = g.dispatches();
                 let got = run(&mut g);
                 counts.push(g.dispatches() - before);
@@ -980,6 +982,69 @@ fn products_of_one_input_share_a_dispatch() {
                     counts[1] - counts[0],
                     (list.len() - runs) as u64,
                     "group {gi} n={n}: merged ({counts:?} dispatches)"
+                );
+            }
+        }
+    }
+}
+
+/// A residual add of an integer-dot product's output folded into that product
+/// (`MatVecQ8KAdd`: the output written and added into the residual by the same thread): the
+/// product, the residual and the norm read after it match the CPU and the separate add bit
+/// for bit, for both K-quant formats, ragged row groups and every reduction.
+#[test]
+fn residual_add_folds_into_the_product() {
+    let mut rng = Rng(0xacc);
+    for (dtype, cols, rows) in [(DType::Q4_K, 512usize, 256usize), (DType::Q6_K, 256, 40)] {
+        let w = weight("w", dtype, cols, rows, &rng.vec(cols * rows, 1.0));
+        let nw = weight("norm", DType::F32, rows, 1, &rng.vec(rows, 1.0));
+        for n in [1usize, 3] {
+            let hv = rng.vec(n * cols, 2.0);
+            let xv = rng.vec(n * rows, 2.0);
+            let run = |b: &mut dyn Backend| {
+                let wid = b.add_weight(&w).unwrap();
+                let nid = b.add_weight(&nw).unwrap();
+                let h = buf(b, n, cols, &hv);
+                let x = buf(b, n, rows, &xv);
+                let o = b.alloc(n, rows);
+                let nx = b.alloc(n, rows);
+                b.sync();
+                // two layers' worth of `x += W h; norm(x)`
+                let mut v = Vec::new();
+                for _ in 0..2 {
+                    b.matmul(wid, h, o);
+                    b.add(x, o);
+                    b.rms_norm(x, Some(nid), 1e-5, nx);
+                    v.extend(read(b, o));
+                    v.extend(read(b, x));
+                    v.extend(read(b, nx));
+                }
+                v
+            };
+            let want = run(&mut CpuBackend::new());
+            for (subgroups, shape) in [(true, None), (false, None), (true, Some((64, 8, 4)))] {
+                let mut counts = Vec::new();
+                let mut outs = Vec::new();
+                for fuse in [true, false] {
+                    let mut g = gpu();
+                    g.set_fuse_q8k(fuse);
+                    g.set_subgroups(subgroups);
+                    if let Some((wg, tpr, nr)) = shape {
+                        assert!(g.set_q8k_shape(wg, tpr, nr));
+                    }
+                    let before = g.dispatches();
+                    let got = run(&mut g);
+                    counts.push(g.dispatches() - before);
+                    let errs = g.take_errors();
+                    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                    let e = nmse(&got, &want);
+                    assert!(e < 1e-11, "{dtype} n={n} fuse={fuse}: NMSE {e}");
+                    outs.push(got);
+                }
+                assert_eq!(outs[0], outs[1], "{dtype} n={n}: the fold changes nothing");
+                assert!(
+                    counts[0] + 2 <= counts[1],
+                    "{dtype} n={n}: adds folded ({counts:?} dispatches)"
                 );
             }
         }
