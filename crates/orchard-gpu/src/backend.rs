@@ -68,7 +68,7 @@ const Q8K_TPR: u32 = 32;
 const Q8K_NR: u32 = 4;
 /// Dispatches recorded before a step is submitted in part, so that the device starts on the
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
-const FLUSH_EVERY_DISPATCHES: usize = 160;
+const FLUSH_EVERY_DISPATCHES: usize = 80;
 /// Default (TN, BK) of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
 /// run 13: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
 /// used where the device's shared memory cannot hold the default.
@@ -102,6 +102,10 @@ enum Kernel {
     /// K-quant weights x Q8_K activations with integer dots; (`dot4I8Packed`, reduction,
     /// (workgroup size, threads per row group, rows per group)).
     MatVecQ8K(DType, bool, shaders::Q8kReduce, (u32, u32, u32)),
+    /// `MatVecQ8K` over 2 or 3 matrices that read the same activations (last field).
+    MatVecQ8KMulti(DType, bool, shaders::Q8kReduce, (u32, u32, u32), u32),
+    /// `MatVecQ8K` whose output is also added into a fourth binding (residual add folded in).
+    MatVecQ8KAdd(DType, bool, shaders::Q8kReduce, (u32, u32, u32)),
     /// Activations to packed Q8_K for `MatVecQ8K`.
     ActQ8K,
     /// RMS norm and GLU writing a packed Q8_K copy of their output too (decode).
@@ -115,6 +119,10 @@ enum Kernel {
     KvStore,
     /// K and V stored in one dispatch.
     KvStore2,
+    /// A residual add folded into the RMS norm after it (with the Q8_K copy when `true`).
+    AddNorm(bool),
+    /// RoPE of Q and K fused with `KvStore2`.
+    RopeKv,
     Attention,
     ActQuant,
 }
@@ -138,6 +146,12 @@ impl Kernel {
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
             Kernel::Attention => &[false, false, false, false, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
+            Kernel::AddNorm(false) => &[true, false, false, true],
+            Kernel::AddNorm(true) => &[true, false, false, true, true],
+            Kernel::RopeKv => &[true, true, false, true, true, false],
+            Kernel::MatVecQ8KAdd(..) => &[false, false, true, true],
+            Kernel::MatVecQ8KMulti(.., 2) => &[false, false, false, true, true],
+            Kernel::MatVecQ8KMulti(..) => &[false, false, false, false, true, true, true],
         }
     }
 }
@@ -195,6 +209,27 @@ struct LayerKv {
     n_cells: usize,
 }
 
+/// A recorded dispatch that a following op may fold into its own (see `GpuBackend::recent`).
+#[derive(Clone)]
+enum Fusable {
+    /// `x += y` over `elems` values (`ELEMENTWISE` mode 0).
+    Add { x: u64, y: Res, elems: usize },
+    /// RoPE of buffer `x` with these `ROPE` parameters.
+    Rope { x: u64, p: [u32; 8] },
+    /// Integer-dot products of one Q8_K input (`xq`, scales at `d_off`), `n` tokens, blocks
+    /// of `nblk`, with kernel `k`: (weight, rows, scale word offset, output) per matrix.
+    MatVec {
+        k: Kernel,
+        xq: Res,
+        d_off: u32,
+        n: u32,
+        nblk: u32,
+        mats: Vec<(Res, u32, u32, Res)>,
+        /// The parameters and grid of the dispatch when it is one matrix's.
+        single: Option<([u32; 16], [u32; 3])>,
+    },
+}
+
 /// A RoPE table already in this step's arena: parameters, positions and its word offset.
 struct RopeMemo {
     key: (usize, u32, u32, bool, Option<u32>),
@@ -209,7 +244,7 @@ pub struct GpuBackend {
     info: AdapterInfo,
     limits: wgpu::Limits,
     pipelines: HashMap<Kernel, Pipeline>,
-    binds: HashMap<(Kernel, [u64; 6]), wgpu::BindGroup>,
+    binds: HashMap<(Kernel, [u64; 8]), wgpu::BindGroup>,
     next_id: u64,
     weights: Vec<GpuWeight>,
     bufs: Vec<GpuBuf>,
@@ -226,6 +261,8 @@ pub struct GpuBackend {
     staging: Option<(wgpu::Buffer, u64)>,
     errors: Arc<Mutex<Vec<String>>>,
     submissions: u64,
+    /// Dispatches submitted so far by this backend.
+    dispatches: u64,
     /// Writes recorded per device buffer (by `Res::id`), to know when a quantized copy of an
     /// activation is stale.
     versions: HashMap<u64, u64>,
@@ -263,6 +300,21 @@ pub struct GpuBackend {
     /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
     /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
     fuse_q8k: bool,
+    /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
+    /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
+    /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
+    recent: Vec<(usize, Fusable)>,
+    /// Each of the three round-4 fusions alone, for measurement: `ORCHARD_GPU_FUSE_ADD_NORM`,
+    /// `ORCHARD_GPU_FUSE_ROPE_KV`, `ORCHARD_GPU_FUSE_MULTI` = 0 turn one off.
+    fuse_add_norm: bool,
+    fuse_rope_kv: bool,
+    fuse_multi: bool,
+    /// Residual adds folded into the integer-dot product whose output they add
+    /// (`MatVecQ8KAdd`; `ORCHARD_GPU_FUSE_MATVEC_ADD=0` turns it off), and whether a residual
+    /// add may fold into a decode norm's Q8_K variant (`ADD_NORM_Q8K`: off by default, one
+    /// workgroup per row made the 8B decode slower on an H200; `ORCHARD_GPU_FUSE_ADD_NORM_Q8K=1`).
+    fuse_matvec_add: bool,
+    fuse_add_norm_q8k: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -389,12 +441,19 @@ impl GpuBackend {
             staging: None,
             errors,
             submissions: 0,
+            dispatches: 0,
             versions: HashMap::new(),
             act_q: HashMap::new(),
             exact_activations: true,
             packed_dot: true,
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
+            recent: Vec::new(),
+            fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
+            fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
+            fuse_multi: std::env::var("ORCHARD_GPU_FUSE_MULTI").as_deref() != Ok("0"),
+            fuse_matvec_add: std::env::var("ORCHARD_GPU_FUSE_MATVEC_ADD").as_deref() != Ok("0"),
+            fuse_add_norm_q8k: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM_Q8K").as_deref() == Ok("1"),
             q6k_shape: None,
             q8k_auto: std::env::var("ORCHARD_GPU_Q8K_AUTO").as_deref() != Ok("0"),
             subgroup,
@@ -603,6 +662,14 @@ impl GpuBackend {
         self.coop_available
     }
 
+    /// Whether a residual add may fold into the decode RMS norm's Q8_K variant
+    /// (`ADD_NORM_Q8K`, off by default: slower than the add plus the parallel `NORM_Q8K` on an
+    /// H200, bench/README.md round 4). The plain `ADD_NORM` (prompts, rows not of whole
+    /// 256-value blocks) is on with the other fusions.
+    pub fn set_fuse_add_norm_q8k(&mut self, on: bool) {
+        self.fuse_add_norm_q8k = on;
+    }
+
     /// Whether the integer-dot kernels may reduce with subgroup operations (when the device
     /// has a fixed subgroup size equal to their threads per row); tests turn it off to run
     /// the shared-memory reduction too.
@@ -613,7 +680,7 @@ impl GpuBackend {
     }
 
     /// After how many recorded dispatches the next op submits the work recorded so far
-    /// (default 160; 0 keeps one submission per step). Part submissions let the device run
+    /// (default 80; 0 keeps one submission per step). Part submissions let the device run
     /// the first layers of a step while the host encodes the rest.
     pub fn set_flush_every(&mut self, dispatches: usize) {
         self.flush_every = dispatches;
@@ -622,7 +689,8 @@ impl GpuBackend {
     /// Called at the start of every op (never inside one, whose table words and dispatches
     /// must share a submission): submits what is recorded once it is long enough.
     fn op_start(&mut self) {
-        if self.flush_every != 0 && self.cmds.len() >= self.flush_every {
+        // A fusable last dispatch waits for the next op, which may take it over.
+        if self.flush_every != 0 && self.cmds.len() >= self.flush_every && self.tail(0).is_none() {
             self.flush(None);
         }
     }
@@ -630,6 +698,49 @@ impl GpuBackend {
     /// Command submissions made so far (one per step when nothing overflows the arenas).
     pub fn submissions(&self) -> u64 {
         self.submissions
+    }
+
+    /// The fusable dispatch `back` places before the last recorded one (0: the last), if it
+    /// is one and nothing was submitted since.
+    fn tail(&self, back: usize) -> Option<&Fusable> {
+        let idx = self.cmds.len().checked_sub(1 + back)?;
+        self.recent
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, f)| f)
+    }
+
+    /// Marks the dispatch just recorded as fusable.
+    fn mark_fusable(&mut self, f: Fusable) {
+        let on = match f {
+            Fusable::Add { .. } => self.fuse_add_norm,
+            Fusable::Rope { .. } => self.fuse_rope_kv,
+            Fusable::MatVec { .. } => self.fuse_multi || self.fuse_matvec_add,
+        };
+        if !self.fuse_q8k || !on {
+            return;
+        }
+        if let Some(idx) = self.cmds.len().checked_sub(1) {
+            if self.recent.len() >= 8 {
+                self.recent.remove(0);
+            }
+            self.recent.push((idx, f));
+        }
+    }
+
+    /// Drops the last `n` recorded dispatches (taken over by a fused one). Their parameter
+    /// blocks stay unused in the arena; writes they recorded stay counted in `versions`, which
+    /// the fused dispatch makes too.
+    fn drop_tail(&mut self, n: usize) {
+        let keep = self.cmds.len() - n;
+        self.cmds.truncate(keep);
+        self.recent.retain(|(i, _)| *i < keep);
+    }
+
+    /// Compute dispatches submitted so far by this backend (after fusion).
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches
     }
 
     fn new_id(&mut self) -> u64 {
@@ -662,7 +773,9 @@ impl GpuBackend {
     fn pipeline(&mut self, k: Kernel) -> &Pipeline {
         if !self.pipelines.contains_key(&k) {
             let (body, wg, fmt) = match k {
-                Kernel::MatVecQ8K(_, _, _, (wg, _, _)) => (shaders::MATVEC_Q8K, wg, None),
+                Kernel::MatVecQ8K(_, _, _, (wg, _, _))
+                | Kernel::MatVecQ8KAdd(_, _, _, (wg, _, _))
+                | Kernel::MatVecQ8KMulti(_, _, _, (wg, _, _), _) => (shaders::MATVEC_Q8K, wg, None),
                 Kernel::ActQ8K => (shaders::ACT_Q8K, 256, None),
                 Kernel::NormQ8K => (shaders::NORM_Q8K, 256, None),
                 Kernel::GluQ8K => (shaders::GLU_Q8K, 256, None),
@@ -679,11 +792,14 @@ impl GpuBackend {
                 Kernel::Rope => (shaders::ROPE, 256, None),
                 Kernel::KvStore => (shaders::KV_STORE, 256, None),
                 Kernel::KvStore2 => (shaders::KV_STORE2, 256, None),
+                Kernel::AddNorm(_) => (shaders::ADD_NORM, 256, None),
+                Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
-                Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr)) => {
+                Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr))
+                | Kernel::MatVecQ8KAdd(dt, packed, reduce, (_, tpr, nr)) => {
                     let probe = std::env::var("ORCHARD_GPU_Q8K_PROBE").is_ok();
                     let unit = match dt {
                         _ if probe => shaders::UNIT_PROBE,
@@ -691,11 +807,22 @@ impl GpuBackend {
                         DType::Q6_K => shaders::UNIT_Q6_K,
                         _ => unreachable!("no integer-dot unit for {dt}"),
                     };
-                    shaders::source_q8k(unit, wg, tpr, nr, packed, reduce)
+                    let acc = matches!(k, Kernel::MatVecQ8KAdd(..));
+                    shaders::source_q8k(unit, wg, tpr, nr, packed, reduce, acc)
+                }
+                Kernel::MatVecQ8KMulti(dt, packed, reduce, (_, tpr, nr), m) => {
+                    let unit = match dt {
+                        DType::Q4_K => shaders::UNIT_Q4_K,
+                        DType::Q6_K => shaders::UNIT_Q6_K,
+                        _ => unreachable!("no integer-dot unit for {dt}"),
+                    };
+                    shaders::source_q8k_multi(unit, wg, tpr, nr, packed, reduce, m)
                 }
                 Kernel::Glu => shaders::glu_source(body, false),
                 Kernel::MatMulCoop(_, tn, bk) => shaders::coop_source(tn, bk, fmt.as_ref()),
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
+                Kernel::AddNorm(q8k) => shaders::add_norm_source(q8k),
+                Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
             let desc = wgpu::ShaderModuleDescriptor {
@@ -812,7 +939,7 @@ impl GpuBackend {
         let offset = self.params.len() as u32;
         self.params.extend_from_slice(bytemuck::cast_slice(&p));
         self.params.resize(offset as usize + self.param_stride, 0);
-        let mut key = [0u64; 6];
+        let mut key = [0u64; 8];
         key[0] = self.params_res.id;
         for (i, r) in res.iter().enumerate() {
             key[i + 1] = r.id;
@@ -1016,6 +1143,7 @@ impl GpuBackend {
             .filter(|c| matches!(c, Cmd::Dispatch { .. }))
             .count();
         DISPATCHES.fetch_add(n_dispatch as u64, Ordering::Relaxed);
+        self.dispatches += n_dispatch as u64;
         SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
         if !self.params.is_empty() {
             self.queue
@@ -1086,6 +1214,7 @@ impl GpuBackend {
         self.params.clear();
         self.aux.clear();
         self.rope_memo.clear();
+        self.recent.clear();
     }
 
     fn wait(&self) {
@@ -1360,6 +1489,37 @@ impl Backend for GpuBackend {
         let (groups, gx) = self.grid(n, 1);
         let wr = w.map_or_else(|| self.dummy.clone(), |w| self.vector(w));
         let (xr, or) = (self.res(x), self.res(out));
+        // The residual add just recorded on x, folded into this norm.
+        let q8k_norm = self.fuse_q8k
+            && self.exact_activations
+            && n <= MATVEC_MAX_TOKENS
+            && width.is_multiple_of(256);
+        let pending_add = match self.tail(0) {
+            Some(Fusable::Add { x: ax, y, elems })
+                if *ax == xr.id
+                    && *elems == n * width
+                    && y.id != or.id
+                    && xr.id != or.id
+                    && (!q8k_norm || self.fuse_add_norm_q8k) =>
+            {
+                Some(y.clone())
+            }
+            _ => None,
+        };
+        if let Some(yr) = pending_add {
+            self.drop_tail(1);
+            let mut p = [0u32; 16];
+            p[..4].copy_from_slice(&[width as u32, n as u32, w.is_some() as u32, gx]);
+            p[12] = eps.to_bits();
+            if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
+                p[4] = d_off;
+                self.dispatch(Kernel::AddNorm(true), &[&xr, &yr, &wr, &or, &q], p, groups);
+                self.q8k_written(out, q, cap);
+            } else {
+                self.dispatch(Kernel::AddNorm(false), &[&xr, &yr, &wr, &or], p, groups);
+            }
+            return;
+        }
         if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
             let mut p = [0u32; 16];
             p[..4].copy_from_slice(&[width as u32, d_off, w.is_some() as u32, 0]);
@@ -1428,6 +1588,91 @@ impl Backend for GpuBackend {
             };
             let k = Kernel::MatVecQ8K(fmt.dtype, self.packed_dot, reduce, shape);
             let rows_per_group = (nr * wg / tpr) as usize;
+            if chunks.len() == 1 {
+                // One dispatch with the products of the same input recorded just before.
+                let (res, _, _, scale_off) = chunks[0].clone();
+                let merged = match self.tail(0) {
+                    Some(Fusable::MatVec {
+                        k: Kernel::MatVecQ8K(dt0, p0, r0, s0),
+                        xq: xq0,
+                        d_off: d0,
+                        n: n0,
+                        nblk: b0,
+                        mats,
+                        ..
+                    }) if *dt0 == fmt.dtype
+                        && xq0.id == xq.id
+                        && *d0 == d_off
+                        && *n0 == n as u32
+                        && *b0 == bpr as u32
+                        && mats.len() < 3
+                        && self.fuse_multi
+                        && mats.iter().all(|m| m.3.id != or.id) =>
+                    {
+                        let mut mats = mats.clone();
+                        mats.push((res.clone(), rows as u32, scale_off, or.clone()));
+                        Some((Kernel::MatVecQ8K(*dt0, *p0, *r0, *s0), mats))
+                    }
+                    _ => None,
+                };
+                if let Some((Kernel::MatVecQ8K(dt0, p0, r0, s0), mats)) = merged {
+                    self.drop_tail(1);
+                    let m = mats.len() as u32;
+                    let (wg0, tpr0, nr0) = s0;
+                    let rpg = (nr0 * wg0 / tpr0) as usize;
+                    let total: usize = mats.iter().map(|m| (m.1 as usize).div_ceil(rpg)).sum();
+                    let (mut groups, gx) = self.grid(total, 1);
+                    groups[2] = n as u32;
+                    let mut p = [0u32; 16];
+                    p[1] = bpr as u32;
+                    p[6] = d_off;
+                    p[7] = gx;
+                    for (i, mt) in mats.iter().enumerate() {
+                        p[[0, 2, 3][i]] = mt.2;
+                        p[8 + i] = mt.1;
+                    }
+                    let mut res: Vec<&Res> = mats.iter().map(|m| &m.0).collect();
+                    res.push(&xq);
+                    res.extend(mats.iter().map(|m| &m.3));
+                    let km = Kernel::MatVecQ8KMulti(dt0, p0, r0, s0, m);
+                    self.dispatch(km, &res, p, groups);
+                    let (xq, nblk) = (xq.clone(), bpr as u32);
+                    self.mark_fusable(Fusable::MatVec {
+                        k: Kernel::MatVecQ8K(dt0, p0, r0, s0),
+                        xq,
+                        d_off,
+                        n: n as u32,
+                        nblk,
+                        mats,
+                        single: None,
+                    });
+                    return;
+                }
+                let (mut groups, gx) = self.grid(rows.div_ceil(rows_per_group), 1);
+                groups[2] = n as u32;
+                let mut p = [0u32; 16];
+                p[..8].copy_from_slice(&[
+                    rows as u32,
+                    bpr as u32,
+                    cols as u32,
+                    rows as u32,
+                    0,
+                    scale_off,
+                    d_off,
+                    gx,
+                ]);
+                self.dispatch(k, &[&res, &xq, &or], p, groups);
+                self.mark_fusable(Fusable::MatVec {
+                    k,
+                    xq,
+                    d_off,
+                    n: n as u32,
+                    nblk: bpr as u32,
+                    mats: vec![(res, rows as u32, scale_off, or)],
+                    single: Some((p, groups)),
+                });
+                return;
+            }
             for (res, row0, crow, scale_off) in chunks {
                 let (mut groups, gx) = self.grid(crow.div_ceil(rows_per_group), 1);
                 groups[2] = n as u32;
@@ -1506,7 +1751,47 @@ impl Backend for GpuBackend {
             self.buf(y).n_tokens * self.buf(y).width
         );
         let yr = self.res(y);
-        self.elementwise(x, Some(yr), 0, 0, 0.0);
+        let (xr, elems) = (self.res(x), self.buf(x).n_tokens * self.buf(x).width);
+        // The integer-dot product that just wrote y, adding its outputs into x as well.
+        let fold = match self.tail(0) {
+            Some(Fusable::MatVec {
+                k: Kernel::MatVecQ8K(dt, p, r, s),
+                xq,
+                n,
+                mats,
+                single: Some((pp, groups)),
+                ..
+            }) if self.fuse_matvec_add
+                && mats.len() == 1
+                && mats[0].3.id == yr.id
+                && xr.id != yr.id
+                && xr.id != xq.id
+                && (*n * mats[0].1) as usize == elems =>
+            {
+                Some((
+                    Kernel::MatVecQ8KAdd(*dt, *p, *r, *s),
+                    mats[0].0.clone(),
+                    xq.clone(),
+                    *pp,
+                    *groups,
+                ))
+            }
+            _ => None,
+        };
+        if let Some((k, w, xq, pp, groups)) = fold {
+            self.drop_tail(1);
+            self.dispatch(k, &[&w, &xq, &yr, &xr], pp, groups);
+            return;
+        }
+        self.elementwise(x, Some(yr.clone()), 0, 0, 0.0);
+        let xid = xr.id;
+        if xid != yr.id && elems > 0 {
+            self.mark_fusable(Fusable::Add {
+                x: xid,
+                y: yr,
+                elems,
+            });
+        }
     }
 
     fn scale(&mut self, x: BufId, s: f32) {
@@ -1583,6 +1868,11 @@ impl Backend for GpuBackend {
             gx,
         ]);
         self.dispatch(Kernel::Rope, &[&xr, &aux], pp, groups);
+        let mut key = [0u32; 8];
+        key.copy_from_slice(&pp[..8]);
+        if total > 0 {
+            self.mark_fusable(Fusable::Rope { x: xr.id, p: key });
+        }
     }
 
     fn glu(&mut self, gate: BufId, up: BufId, kind: GluKind, out: BufId) {
@@ -1694,7 +1984,52 @@ impl Backend for GpuBackend {
         }
         let ranges_off = self.push_aux(&ranges);
         let aux = self.aux_res.clone();
-        if self.fuse_q8k {
+        let (qr, kr) = (self.res(q), self.res(k));
+        // The RoPEs of Q and K just recorded (same table), folded into the KV store.
+        let ropes = match (self.tail(1), self.tail(0)) {
+            (Some(Fusable::Rope { x: xq, p: pq }), Some(Fusable::Rope { x: xk, p: pk }))
+                if self.fuse_q8k && *xq == qr.id && *xk == kr.id && qr.id != kr.id =>
+            {
+                // (n, width, head dim, n_rot, table, neox, _, grid x)
+                let same = pq[0] == n as u32
+                    && pk[0] == n as u32
+                    && pq[2..6] == pk[2..6]
+                    && pk[1] as usize == kw
+                    && pk[3] % 4 == 0
+                    && pk[3] <= pk[2]
+                    && pk[2] % 2 == 0;
+                same.then(|| (pq[1], pk[2], pk[3], pk[4], pk[5]))
+            }
+            _ => None,
+        };
+        if let Some((q_width, head_dim, n_rot, table, neox)) = ropes {
+            self.drop_tail(2);
+            let vwords = vw / 2;
+            let items = n * (q_width as usize / head_dim as usize) * (n_rot as usize / 2)
+                + n * (kw / 2)
+                + n * vwords;
+            let (groups, gx) = self.grid(items, 256);
+            let vs = self.res(v);
+            let mut pp = [0u32; 16];
+            pp[..10].copy_from_slice(&[
+                n as u32,
+                q_width,
+                kw as u32,
+                head_dim,
+                n_rot,
+                table,
+                neox,
+                gx,
+                cells_off,
+                vwords as u32,
+            ]);
+            self.dispatch(
+                Kernel::RopeKv,
+                &[&qr, &kr, &vs, &kres, &vres, &aux],
+                pp,
+                groups,
+            );
+        } else if self.fuse_q8k {
             let (kwords, vwords) = (kw / 2, vw / 2);
             let (groups, gx) = self.grid(n * (kwords + vwords), 256);
             let (ks, vs) = (self.res(k), self.res(v));

@@ -3,13 +3,13 @@
 //!
 //! Every op records a dispatch (or a buffer copy) into a per-step list; nothing reaches the
 //! device until `download` or `sync`, which encode the step into one command buffer with one
-//! submission (or until 160 dispatches are recorded, see below). Op parameters go into a uniform arena bound with dynamic offsets and per-step
+//! submission (or until 80 dispatches are recorded, see below). Op parameters go into a uniform arena bound with dynamic offsets and per-step
 //! tables (KV cell lists, RoPE angles, uploads) into a storage arena, both written once per
 //! submission, so bind groups are cached across steps. Weights are repacked and uploaded once
 //! at `add_weight` (split by rows where larger than the device's storage binding limit); the KV
 //! cache of the layers this backend runs lives on the device as f16.
 //!
-//! Steps longer than 160 dispatches (`GpuBackend::set_flush_every`) are submitted in parts at op boundaries, so the
+//! Steps longer than 80 dispatches (`GpuBackend::set_flush_every`) are submitted in parts at op boundaries, so the
 //! device starts on the first layers while the host encodes the rest.
 //!
 //! `unsafe` lives in two places: the opt-in to wgpu's experimental cooperative matrices

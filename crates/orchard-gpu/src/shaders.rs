@@ -693,6 +693,250 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// A residual add folded into the RMS norm that follows it (`x += y; o = norm(x) * w`): one
+/// workgroup per row, each thread adding, writing back and squaring the elements it later
+/// normalizes (`NORM`'s summation order, so X and O are bit-identical to `ELEMENTWISE` add then
+/// `NORM`). a = (len, n rows, has weight, grid x), f.x = eps.
+pub(crate) const ADD_NORM: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> Wn: array<f32>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = g.y * P.a.w + g.x;
+    if (seg >= P.a.y) { return; }
+    let n = P.a.x;
+    let base = seg * n;
+    var s = 0.0;
+    for (var i = lid; i < n; i += 256u) {
+        let v = X[base + i] + Y[base + i];
+        X[base + i] = v;
+        s += v * v;
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    for (var i = lid; i < n; i += 256u) {
+        var v = X[base + i] * scale;
+        if (P.a.z != 0u) { v = v * Wn[i]; }
+        O[base + i] = v;
+    }
+}
+"#;
+
+/// RoPE of Q and K (in place, as `ROPE`) fused with `KV_STORE2` (the rotated K and V stored in
+/// their cells as f16 pairs): items below the Q pair count rotate one Q pair; then one item
+/// per K word (for NeoX rotation the item of a word in the first rotated half also rotates its
+/// partner word, so that every value is read and written by one thread; requires n_rot % 4 ==
+/// 0); then one item per V word.
+/// a = (n tokens, Q row width, K row width, head dim), b = (n_rot, table word offset, neox,
+/// grid x), c = (cell list word offset, V words per row, _, _).
+pub(crate) const ROPE_KV: &str = r#"
+@group(0) @binding(1) var<storage, read_write> Q: array<f32>;
+@group(0) @binding(2) var<storage, read_write> K: array<f32>;
+@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Ck: array<u32>;
+@group(0) @binding(5) var<storage, read_write> Cv: array<u32>;
+@group(0) @binding(6) var<storage, read> A: array<u32>;
+fn cs(t: u32, p: u32) -> vec2<f32> {
+    let o = P.b.y + t * P.b.x + 2u * p;
+    return vec2<f32>(bitcast<f32>(A[o]), bitcast<f32>(A[o + 1u]));
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.b.w + g.x) * 256u + lid;
+    let n = P.a.x;
+    let hd = P.a.w;
+    let half_rot = P.b.x / 2u;
+    let neox = P.b.z != 0u;
+    let q_per_tok = (P.a.y / hd) * half_rot;
+    let nq = n * q_per_tok;
+    if (i < nq) {
+        let t = i / q_per_tok;
+        let r = i % q_per_tok;
+        let h = r / half_rot;
+        let p = r % half_rot;
+        let c = cs(t, p);
+        let base = t * P.a.y + h * hd;
+        var i0: u32;
+        var i1: u32;
+        if (neox) { i0 = base + p; i1 = base + p + half_rot; } else { i0 = base + 2u * p; i1 = i0 + 1u; }
+        let x0 = Q[i0];
+        let x1 = Q[i1];
+        Q[i0] = x0 * c.x - x1 * c.y;
+        Q[i1] = x0 * c.y + x1 * c.x;
+        return;
+    }
+    let j = i - nq;
+    let kwpr = P.a.z / 2u;
+    let nk = n * kwpr;
+    if (j < nk) {
+        let t = j / kwpr;
+        let w = j % kwpr;
+        let e0 = 2u * (w % (hd / 2u));
+        let base = t * P.a.z + (w / (hd / 2u)) * hd;
+        let dst = A[P.c.x + t] * kwpr + w;
+        if (e0 >= P.b.x) {
+            Ck[dst] = pack2x16float(vec2<f32>(K[base + e0], K[base + e0 + 1u]));
+            return;
+        }
+        if (neox) {
+            if (e0 >= half_rot) { return; }
+            let a0 = K[base + e0];
+            let a1 = K[base + e0 + 1u];
+            let b0 = K[base + e0 + half_rot];
+            let b1 = K[base + e0 + 1u + half_rot];
+            let c0 = cs(t, e0);
+            let c1 = cs(t, e0 + 1u);
+            let ya0 = a0 * c0.x - b0 * c0.y;
+            let yb0 = a0 * c0.y + b0 * c0.x;
+            let ya1 = a1 * c1.x - b1 * c1.y;
+            let yb1 = a1 * c1.y + b1 * c1.x;
+            K[base + e0] = ya0;
+            K[base + e0 + 1u] = ya1;
+            K[base + e0 + half_rot] = yb0;
+            K[base + e0 + 1u + half_rot] = yb1;
+            Ck[dst] = pack2x16float(vec2<f32>(ya0, ya1));
+            Ck[dst + half_rot / 2u] = pack2x16float(vec2<f32>(yb0, yb1));
+        } else {
+            let x0 = K[base + e0];
+            let x1 = K[base + e0 + 1u];
+            let c = cs(t, e0 / 2u);
+            let y0 = x0 * c.x - x1 * c.y;
+            let y1 = x0 * c.y + x1 * c.x;
+            K[base + e0] = y0;
+            K[base + e0 + 1u] = y1;
+            Ck[dst] = pack2x16float(vec2<f32>(y0, y1));
+        }
+        return;
+    }
+    let l = j - nk;
+    let vwpr = P.c.y;
+    if (l >= n * vwpr) { return; }
+    let t = l / vwpr;
+    let w = l % vwpr;
+    let cell = A[P.c.x + t];
+    Cv[cell * vwpr + w] = pack2x16float(vec2<f32>(V[t * vwpr * 2u + 2u * w], V[t * vwpr * 2u + 2u * w + 1u]));
+}
+"#;
+
+/// `ADD_NORM` with the packed Q8_K copy of O, for decode rows of whole 256-value blocks. The
+/// add and the sum of squares run as in `ADD_NORM` (strided, `NORM`'s order); the normalizing
+/// and quantizing then give each block to 16 threads of 16 consecutive values (16 blocks at
+/// a time), so that one workgroup quantizes a row in one pass instead of block after block.
+/// Quantization follows `ACT_Q8K` (first signed extreme, levels rounded half to even, capped at
+/// 127). a = (len, n rows, has weight, grid x), b.x = word offset of the Q8_K scales, f.x = eps.
+pub(crate) const ADD_NORM_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> Wn: array<f32>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<storage, read_write> Q: array<u32>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> sv: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let seg = g.y * P.a.w + g.x;
+    if (seg >= P.a.y) { return; }
+    let n = P.a.x;
+    let base = seg * n;
+    let nb = n / 256u;
+    // 16 values per thread at a time, all loads issued before the first use (a loop over
+    // the row one value at a time waits out a memory round trip per value); the sum runs in
+    // `NORM`'s order all the same.
+    var s = 0.0;
+    for (var b0 = 0u; b0 < nb; b0 += 16u) {
+        var xv: array<f32, 16>;
+        for (var k = 0u; k < 16u; k++) {
+            if (b0 + k < nb) {
+                let i = base + (b0 + k) * 256u + lid;
+                xv[k] = X[i] + Y[i];
+            }
+        }
+        for (var k = 0u; k < 16u; k++) {
+            if (b0 + k < nb) {
+                X[base + (b0 + k) * 256u + lid] = xv[k];
+                s += xv[k] * xv[k];
+            }
+        }
+    }
+    red[lid] = s;
+    storageBarrier();
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(n) + P.f.x);
+    let sub = lid & 15u;
+    for (var b0 = 0u; b0 < nb; b0 += 16u) {
+        let blk = b0 + (lid >> 4u);
+        let live = blk < nb;
+        var v: array<f32, 16>;
+        var m = 0.0;
+        var mv = 0.0;
+        if (live) {
+            let i0 = blk * 256u + sub * 16u;
+            for (var k = 0u; k < 16u; k++) { v[k] = X[base + i0 + k] * scale; }
+            if (P.a.z != 0u) {
+                for (var k = 0u; k < 16u; k++) { v[k] = v[k] * Wn[i0 + k]; }
+            }
+            for (var k = 0u; k < 16u; k++) {
+                O[base + i0 + k] = v[k];
+                if (abs(v[k]) > m) { m = abs(v[k]); mv = v[k]; }
+            }
+        }
+        am[lid] = m;
+        sv[lid] = mv;
+        workgroupBarrier();
+        for (var st = 8u; st > 0u; st >>= 1u) {
+            if (sub < st && am[lid + st] > am[lid]) { am[lid] = am[lid + st]; sv[lid] = sv[lid + st]; }
+            workgroupBarrier();
+        }
+        let amax = am[lid & ~15u];
+        let smax = sv[lid & ~15u];
+        workgroupBarrier();
+        if (live) {
+            var iscale = 0.0;
+            var d = 0.0;
+            if (amax != 0.0) {
+                iscale = -127.0 / smax;
+                d = 1.0 / iscale;
+            }
+            let qb = (seg * nb + blk) * 64u + sub * 4u;
+            for (var w = 0u; w < 4u; w++) {
+                var word = 0u;
+                for (var j = 0u; j < 4u; j++) {
+                    var q = 0;
+                    if (amax != 0.0) { q = i32(min(round(iscale * v[4u * w + j]), 127.0)); }
+                    word |= (bitcast<u32>(q) & 0xFFu) << (8u * j);
+                }
+                Q[qb + w] = word;
+            }
+            if (sub == 0u) { Q[P.b.x + seg * nb + blk] = bitcast<u32>(d); }
+        }
+    }
+}
+"#;
+
+/// `ADD_NORM`'s source, or `ADD_NORM_Q8K`'s.
+pub(crate) fn add_norm_source(q8k: bool) -> String {
+    let mut s = String::from(PARAMS);
+    if q8k {
+        s.push_str(ADD_NORM_Q8K);
+    } else {
+        s.push_str(ADD_NORM);
+    }
+    s
+}
+
 /// The fused kernels' sources with their helpers.
 pub(crate) fn glu_source(body: &str, q8k: bool) -> String {
     let mut s = String::from(PARAMS);
@@ -1222,7 +1466,8 @@ fn unit(blk: u32, v: u32, xs: array<vec4<u32>, 4>) -> f32 {
 /// Assembles an integer-dot matrix-vector kernel (`MATVEC_Q8K`) for `unit` (`UNIT_Q4_K`,
 /// `UNIT_Q6_K`): workgroups of `wg` threads, `tpr` threads per group of `nr` rows (1, 2, 4 or
 /// 8; `nr <= tpr`), `packed` selecting `dot4I8Packed` or its unpacked twin, `reduce` the
-/// reduction.
+/// reduction; with `acc`, each output is also added into binding 4 (`R += O`: the residual
+/// add after the attention output and FFN down products).
 pub(crate) fn source_q8k(
     unit: &str,
     wg: u32,
@@ -1230,7 +1475,41 @@ pub(crate) fn source_q8k(
     nr: u32,
     packed: bool,
     reduce: Q8kReduce,
+    acc: bool,
 ) -> String {
+    let mut s = q8k_head(wg, tpr, nr, packed);
+    let (decl, step, mut red) = q8k_parts(nr, reduce);
+    if acc {
+        // `MatVecQ8KAdd`: every output value also added into R (the residual stream).
+        let base = "tok * P.a.w + P.b.x + row0 + ";
+        for idx in ["lane", "0u", "1u", "2u", "3u", "4u", "5u", "6u", "7u"] {
+            for val in ["red[lane * WG + lid - lane]", "t"] {
+                red = red.replace(
+                    &format!("O[{base}{idx}] = {val};"),
+                    &format!("put({base}{idx}, {val});"),
+                );
+            }
+        }
+        assert!(!red.contains("O["), "every store rewritten");
+        s.push_str(
+            "@group(0) @binding(4) var<storage, read_write> R: array<f32>;
+fn put(i: u32, t: f32) { O[i] = t; R[i] = R[i] + t; }
+",
+        );
+    }
+    s.push_str(
+        &MATVEC_Q8K
+            .replace("ROWS_DECL\n", &decl)
+            .replace("ROWS_STEP\n", &step)
+            .replace("REDUCE\n", &red),
+    );
+    s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
+    s.push_str(DOT16);
+    s.push_str(unit);
+    s
+}
+
+fn q8k_head(wg: u32, tpr: u32, nr: u32, packed: bool) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(8192);
     if packed {
@@ -1242,6 +1521,115 @@ pub(crate) fn source_q8k(
         s,
         "const WG: u32 = {wg}u;\nconst TPR: u32 = {tpr}u;\nconst NR: u32 = {nr}u;"
     );
+    s
+}
+
+/// `MATVEC_Q8K` over two or three matrices of the same format and row length that read the
+/// same Q8_K activations (Q/K/V or gate/up products of one input), in one dispatch: the
+/// workgroups of matrix 0 come first, then those of matrix 1 (and 2), each running
+/// `MATVEC_Q8K`'s body on its own weight and output bindings (W0.., O0..).
+/// a = (scale word offset of matrix 0, blocks per row, of matrix 1, of matrix 2),
+/// b = (0, _, word offset of the activation scales, grid x), c = (rows of matrix 0, 1, 2, _).
+pub(crate) fn source_q8k_multi(
+    unit: &str,
+    wg: u32,
+    tpr: u32,
+    nr: u32,
+    packed: bool,
+    reduce: Q8kReduce,
+    m: u32,
+) -> String {
+    use std::fmt::Write;
+    assert!((2..=3).contains(&m));
+    let mut s = q8k_head(wg, tpr, nr, packed);
+    for i in 0..m {
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read> W{i}: array<vec4<u32>>;",
+            1 + i
+        );
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> O{i}: array<f32>;",
+            2 + m + i
+        );
+        let _ = writeln!(
+            s,
+            "fn wword{i}(i: u32) -> u32 {{ return W{i}[i >> 2u][i & 3u]; }}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "@group(0) @binding({}) var<storage, read> X: array<vec4<u32>>;",
+        1 + m
+    );
+    s.push_str(
+        "var<workgroup> red: array<f32, NR * WG>;
+fn xword(i: u32) -> u32 { return X[i >> 2u][i & 3u]; }
+",
+    );
+    let (decl, step, red) = q8k_parts(nr, reduce);
+    let body0 = MATVEC_Q8K
+        .split_once("fn main(")
+        .and_then(|(_, b)| b.split_once("{\n"))
+        .map(|(_, b)| b)
+        .expect("MATVEC_Q8K main");
+    let body0 = &body0[..body0.rfind('}').expect("main's end")];
+    let body0 = body0
+        .replace("ROWS_DECL\n", &decl)
+        .replace("ROWS_STEP\n", &step)
+        .replace("REDUCE\n", &red)
+        .replace("(g.y * P.b.w + g.x)", "lg");
+    let rows = ["P.c.x", "P.c.y", "P.c.z"];
+    let scale = ["P.a.x", "P.a.z", "P.a.w"];
+    s.push_str(
+        "@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let gid = g.y * P.b.w + g.x;
+    let rpg = (WG / TPR) * NR;
+    let g0 = (P.c.x + rpg - 1u) / rpg;
+    let g1 = g0 + (P.c.y + rpg - 1u) / rpg;
+",
+    );
+    for i in 0..m {
+        let cond = match i {
+            0 => "if (gid < g0) {\n        let lg = gid;\n".to_string(),
+            1 if m == 2 => "} else {\n        let lg = gid - g0;\n".to_string(),
+            1 => "} else if (gid < g1) {\n        let lg = gid - g0;\n".to_string(),
+            _ => "} else {\n        let lg = gid - g1;\n".to_string(),
+        };
+        s.push_str("    ");
+        s.push_str(&cond);
+        let body = body0
+            .replace("P.a.x", rows[i as usize])
+            .replace("P.a.w", rows[i as usize])
+            .replace("unit(", &format!("unit{i}("))
+            .replace("O[", &format!("O{i}["));
+        for line in body.lines() {
+            let _ = writeln!(s, "    {line}");
+        }
+    }
+    s.push_str("    }\n}\n");
+    s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
+    s.push_str(DOT16);
+    let (common, func) = unit.split_at(unit.find("fn unit(").expect("unit function"));
+    s.push_str(common);
+    for i in 0..m {
+        s.push_str(
+            &func
+                .replace("fn unit(", &format!("fn unit{i}("))
+                .replace("W[", &format!("W{i}["))
+                .replace("wword(", &format!("wword{i}("))
+                .replace("P.b.y", scale[i as usize]),
+        );
+    }
+    s
+}
+
+/// The generated statements of `MATVEC_Q8K`: row declarations, the per-unit step and the
+/// reduction.
+fn q8k_parts(nr: u32, reduce: Q8kReduce) -> (String, String, String) {
+    use std::fmt::Write;
     // Accumulators: vectors of up to four rows (row r is component r % 4 of acc{r / 4}).
     let nacc = nr.div_ceil(4);
     let width = nr.min(4);
@@ -1327,16 +1715,7 @@ pub(crate) fn source_q8k(
             );
         }
     }
-    s.push_str(
-        &MATVEC_Q8K
-            .replace("ROWS_DECL\n", &decl)
-            .replace("ROWS_STEP\n", &step)
-            .replace("REDUCE\n", &red),
-    );
-    s.push_str(if packed { DOT4_PACKED } else { DOT4_UNPACKED });
-    s.push_str(DOT16);
-    s.push_str(unit);
-    s
+    (decl, step, red)
 }
 
 #[cfg(test)]

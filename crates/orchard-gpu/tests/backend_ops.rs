@@ -793,3 +793,304 @@ fn adapters_are_listed() {
     assert_eq!(g.adapter().name, list[0].name);
     assert!(g.name().contains(&list[0].name));
 }
+
+/// Residual adds folded into the RMS norm after them (`ADD_NORM`, with the Q8_K copy when the
+/// rows are whole 256-value blocks and the step is a decode step): the residual, the norm and
+/// the integer-dot product of the norm match the CPU, for ragged widths (576, 100) and prompt
+/// sizes too, and the fused run makes fewer dispatches.
+#[test]
+fn residual_add_folds_into_the_norm() {
+    let mut rng = Rng(0xadd);
+    for (cols, rows) in [(512usize, 40usize), (4352, 8), (576, 24), (100, 8)] {
+        let wv = rng.vec(cols * rows, 1.0);
+        let nv = rng.vec(cols, 1.0);
+        let dtype = if cols.is_multiple_of(256) {
+            DType::Q4_K
+        } else {
+            DType::Q8_0
+        };
+        let dtype = if cols.is_multiple_of(32) {
+            dtype
+        } else {
+            DType::F32
+        };
+        let w = weight("w", dtype, cols, rows, &wv);
+        let nw = weight("norm", DType::F32, cols, 1, &nv);
+        for n in [1usize, 3, 12] {
+            let xv = rng.vec(n * cols, 2.0);
+            let yv = rng.vec(n * cols, 2.0);
+            let zv = rng.vec(n * cols, 2.0);
+            let run = |b: &mut dyn Backend| {
+                let wid = b.add_weight(&w).unwrap();
+                let nid = b.add_weight(&nw).unwrap();
+                let x = buf(b, n, cols, &xv);
+                let y = buf(b, n, cols, &yv);
+                let z = buf(b, n, cols, &zv);
+                let h = b.alloc(n, cols);
+                let o = b.alloc(n, rows);
+                b.sync();
+                // two layers' worth: add, norm, product, add, norm (no weight), product
+                b.add(x, y);
+                b.rms_norm(x, Some(nid), 1e-5, h);
+                b.matmul(wid, h, o);
+                let mut v = read(b, o);
+                b.add(x, z);
+                b.rms_norm(x, None, 1e-6, h);
+                b.matmul(wid, h, o);
+                v.extend(read(b, h));
+                v.extend(read(b, o));
+                v.extend(read(b, x));
+                v
+            };
+            let want = run(&mut CpuBackend::new());
+            let mut counts = Vec::new();
+            let mut outs = Vec::new();
+            for fuse in [true, false] {
+                let mut g = gpu();
+                g.set_fuse_q8k(fuse);
+                // the decode variant (ADD_NORM_Q8K) is off by default; test it too
+                g.set_fuse_add_norm_q8k(true);
+                let before = g.dispatches();
+                let got = run(&mut g);
+                counts.push(g.dispatches() - before);
+                let errs = g.take_errors();
+                assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                let e = nmse(&got, &want);
+                assert!(e < 1e-10, "{cols}x{rows} n={n} fuse={fuse}: NMSE {e}");
+                outs.push(got);
+            }
+            assert_eq!(outs[0], outs[1], "{cols} n={n}: fusion changes nothing");
+            assert!(
+                counts[0] + 2 <= counts[1],
+                "{cols} n={n}: adds folded ({counts:?} dispatches)"
+            );
+        }
+    }
+}
+
+/// RoPE of Q and K folded into attention's KV store (`ROPE_KV`): the attention output and the
+/// rotated Q and K buffers match the CPU for plain and NeoX rotation, partial rotation and
+/// grouped heads, over several steps, with two fewer dispatches per step.
+#[test]
+fn rope_folds_into_the_kv_store() {
+    // (n_head, n_head_kv, head_dim, n_rot, neox)
+    for (i, (nh, nkv, hd, n_rot, neox)) in [
+        (4usize, 2usize, 64usize, 64usize, false),
+        (4, 2, 64, 64, true),
+        (3, 1, 128, 64, true),
+        (2, 2, 32, 16, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = AttnParams {
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim_k: hd,
+            head_dim_v: hd,
+            scale: 0.125,
+            window: None,
+            softcap: None,
+        };
+        let rp = RopeParams {
+            n_rot,
+            head_dim: hd,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            neox,
+        };
+        let steps: Vec<std::ops::Range<u32>> = vec![0..9, 9..10, 10..11, 11..14];
+        let run = |b: &mut dyn Backend| {
+            let table: Vec<u32> = (0..64).rev().collect();
+            let tables = [table.as_slice()];
+            b.alloc_kv(0, 64, nkv * hd, nkv * hd).unwrap();
+            let mut rng = Rng(77 + i as u64);
+            let mut all = Vec::new();
+            for r in &steps {
+                let tokens: Vec<TokenSlot> =
+                    r.clone().map(|pos| TokenSlot { seq: 0, pos }).collect();
+                let n = tokens.len();
+                let q = buf(b, n, nh * hd, &rng.vec(n * nh * hd, 1.0));
+                let k = buf(b, n, nkv * hd, &rng.vec(n * nkv * hd, 1.0));
+                let v = buf(b, n, nkv * hd, &rng.vec(n * nkv * hd, 1.0));
+                let o = b.alloc(n, nh * hd);
+                b.rope(q, &tokens, &rp, None);
+                b.rope(k, &tokens, &rp, None);
+                let batch = AttnBatch {
+                    tokens: &tokens,
+                    cells: &tables,
+                };
+                b.attention(0, q, k, v, &batch, &p, o).unwrap();
+                all.extend(read(b, o));
+                all.extend(read(b, q));
+                all.extend(read(b, k));
+            }
+            all
+        };
+        let want = run(&mut CpuBackend::new());
+        let mut counts = Vec::new();
+        let mut outs = Vec::new();
+        for fuse in [true, false] {
+            let mut g = gpu();
+            g.set_fuse_q8k(fuse);
+            let before = g.dispatches();
+            let got = run(&mut g);
+            counts.push(g.dispatches() - before);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            outs.push(got);
+        }
+        // the fused RoPE and store against the separate ones on the same device (same
+        // attention kernel), then both against the CPU
+        let e = nmse(&outs[0], &outs[1]);
+        assert!(e < 1e-12, "case {i}: fused vs separate NMSE {e}");
+        for (fuse, got) in [true, false].iter().zip(&outs) {
+            let e = nmse(got, &want);
+            assert!(e < 5e-9, "case {i} fuse={fuse}: NMSE {e}");
+        }
+        // fused: one dispatch for both RoPEs and the store; unfused: two RoPEs and one or two
+        // stores
+        assert!(
+            counts[0] + 2 * steps.len() as u64 <= counts[1],
+            "case {i}: RoPEs folded ({counts:?} dispatches)"
+        );
+    }
+}
+
+/// Integer-dot products of one input recorded back to back (Q/K/V, gate/up) run as one
+/// dispatch over two or three matrices (`source_q8k_multi`): outputs match the CPU for
+/// matrices of different row counts (ragged last groups) and every reduction, a product of
+/// another format or input starts a new dispatch, and the merged run makes fewer dispatches.
+#[test]
+fn products_of_one_input_share_a_dispatch() {
+    let mut rng = Rng(0x9c7);
+    let cols = 512;
+    // (dtype, rows) of the products taken in order from one input
+    let groups: [&[(DType, usize)]; 3] = [
+        &[(DType::Q4_K, 72), (DType::Q4_K, 24), (DType::Q4_K, 20)],
+        &[
+            (DType::Q4_K, 64),
+            (DType::Q4_K, 8),
+            (DType::Q6_K, 8),
+            (DType::Q6_K, 36),
+        ],
+        &[(DType::Q6_K, 40), (DType::Q6_K, 40)],
+    ];
+    for (gi, list) in groups.iter().enumerate() {
+        let ws: Vec<HostWeight> = list
+            .iter()
+            .enumerate()
+            .map(|(i, &(dt, rows))| {
+                weight(&format!("w{i}"), dt, cols, rows, &rng.vec(cols * rows, 1.0))
+            })
+            .collect();
+        for n in [1usize, 3] {
+            let xv = rng.vec(n * cols, 2.0);
+            let run = |b: &mut dyn Backend| {
+                let ids: Vec<_> = ws.iter().map(|w| b.add_weight(w).unwrap()).collect();
+                let x = buf(b, n, cols, &xv);
+                let outs: Vec<BufId> = list.iter().map(|&(_, r)| b.alloc(n, r)).collect();
+                b.sync();
+                for (id, &o) in ids.iter().zip(&outs) {
+                    b.matmul(*id, x, o);
+                }
+                let mut v = Vec::new();
+                for &o in &outs {
+                    v.extend(read(b, o));
+                }
+                v
+            };
+            let want = run(&mut CpuBackend::new());
+            // per-matrix shapes with subgroup reductions, the shared-memory tree, and a row
+            // group of 8 threads (one subgroup on lavapipe: `subgroupAdd` alone)
+            for (subgroups, shape) in [(true, None), (false, None), (true, Some((64, 8, 4)))] {
+                let mut counts = Vec::new();
+                for fuse in [true, false] {
+                    let mut g = gpu();
+                    g.set_fuse_q8k(fuse);
+                    g.set_subgroups(subgroups);
+                    if let Some((wg, tpr, nr)) = shape {
+                        assert!(g.set_q8k_shape(wg, tpr, nr));
+                    }
+                    let before = g.dispatches();
+                    let got = run(&mut g);
+                    counts.push(g.dispatches() - before);
+                    let errs = g.take_errors();
+                    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                    let e = nmse(&got, &want);
+                    assert!(e < 1e-11, "group {gi} n={n} fuse={fuse}: NMSE {e}");
+                }
+                // one dispatch per run of same-format products (at most three) instead of one each
+                let runs = if gi == 1 { 2 } else { 1 };
+                assert_eq!(
+                    counts[1] - counts[0],
+                    (list.len() - runs) as u64,
+                    "group {gi} n={n}: merged ({counts:?} dispatches)"
+                );
+            }
+        }
+    }
+}
+
+/// A residual add of an integer-dot product's output folded into that product
+/// (`MatVecQ8KAdd`: the output written and added into the residual by the same thread): the
+/// product, the residual and the norm read after it match the CPU and the separate add bit
+/// for bit, for both K-quant formats, ragged row groups and every reduction.
+#[test]
+fn residual_add_folds_into_the_product() {
+    let mut rng = Rng(0xacc);
+    for (dtype, cols, rows) in [(DType::Q4_K, 512usize, 256usize), (DType::Q6_K, 256, 40)] {
+        let w = weight("w", dtype, cols, rows, &rng.vec(cols * rows, 1.0));
+        let nw = weight("norm", DType::F32, rows, 1, &rng.vec(rows, 1.0));
+        for n in [1usize, 3] {
+            let hv = rng.vec(n * cols, 2.0);
+            let xv = rng.vec(n * rows, 2.0);
+            let run = |b: &mut dyn Backend| {
+                let wid = b.add_weight(&w).unwrap();
+                let nid = b.add_weight(&nw).unwrap();
+                let h = buf(b, n, cols, &hv);
+                let x = buf(b, n, rows, &xv);
+                let o = b.alloc(n, rows);
+                let nx = b.alloc(n, rows);
+                b.sync();
+                // two layers' worth of `x += W h; norm(x)`
+                let mut v = Vec::new();
+                for _ in 0..2 {
+                    b.matmul(wid, h, o);
+                    b.add(x, o);
+                    b.rms_norm(x, Some(nid), 1e-5, nx);
+                    v.extend(read(b, o));
+                    v.extend(read(b, x));
+                    v.extend(read(b, nx));
+                }
+                v
+            };
+            let want = run(&mut CpuBackend::new());
+            for (subgroups, shape) in [(true, None), (false, None), (true, Some((64, 8, 4)))] {
+                let mut counts = Vec::new();
+                let mut outs = Vec::new();
+                for fuse in [true, false] {
+                    let mut g = gpu();
+                    g.set_fuse_q8k(fuse);
+                    g.set_subgroups(subgroups);
+                    if let Some((wg, tpr, nr)) = shape {
+                        assert!(g.set_q8k_shape(wg, tpr, nr));
+                    }
+                    let before = g.dispatches();
+                    let got = run(&mut g);
+                    counts.push(g.dispatches() - before);
+                    let errs = g.take_errors();
+                    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                    let e = nmse(&got, &want);
+                    assert!(e < 1e-11, "{dtype} n={n} fuse={fuse}: NMSE {e}");
+                    outs.push(got);
+                }
+                assert_eq!(outs[0], outs[1], "{dtype} n={n}: the fold changes nothing");
+                assert!(
+                    counts[0] + 2 <= counts[1],
+                    "{dtype} n={n}: adds folded ({counts:?} dispatches)"
+                );
+            }
+        }
+    }
+}
