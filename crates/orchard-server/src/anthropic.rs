@@ -196,6 +196,24 @@ pub fn to_chat(o: &Obj) -> Result<Obj, ApiError> {
             .collect();
         chat.insert("tools".into(), Value::Array(t));
     }
+    // Anthropic's tool_choice as OpenAI's: auto, any -> required, tool -> that function, none.
+    if let Some(tc) = get(o, "tool_choice") {
+        let mapped = match tc.get("type").and_then(Value::as_str) {
+            Some("auto") => json!("auto"),
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": tc.get("name").cloned().unwrap_or(Value::Null)}})
+            }
+            _ => {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    "`tool_choice.type` must be auto, any, tool or none",
+                ))
+            }
+        };
+        chat.insert("tool_choice".into(), mapped);
+    }
     if let Some(Value::Object(th)) = get(o, "thinking") {
         let on = th.get("type").and_then(Value::as_str) == Some("enabled");
         chat.insert(
@@ -206,10 +224,11 @@ pub fn to_chat(o: &Obj) -> Result<Obj, ApiError> {
     Ok(chat)
 }
 
-/// Anthropic's `stop_reason` for a finished choice.
-pub fn stop_reason(c: &crate::generate::Choice) -> &'static str {
+/// Anthropic's `stop_reason` for a finished choice (`tool_use` when it ended in tool calls).
+pub fn stop_reason_with(c: &crate::generate::Choice, called: bool) -> &'static str {
     match c.finish {
         Some(orchard_engine::FinishReason::Length) => "max_tokens",
+        _ if called => "tool_use",
         _ if c.stop_text.is_some() => "stop_sequence",
         _ => "end_turn",
     }

@@ -413,6 +413,8 @@ pub struct Job {
     pub tools: Option<crate::tools::Tools>,
     /// Per choice: the streamed answer split into content and calls, and the calls sent.
     pub tool_streams: std::cell::RefCell<Vec<(crate::tools::Splitter, usize)>>,
+    /// Anthropic streams: the next content block index and whether a text block is open.
+    pub blocks: std::cell::Cell<(usize, bool)>,
 }
 
 fn sampler_keep(s: &orchard_sampler::SamplerConfig) -> usize {
@@ -714,13 +716,27 @@ fn final_body(job: &Job) -> Result<Value, ApiError> {
         Api::Responses => crate::responses::response(job, &job.choices[0], true),
         Api::Anthropic => {
             let c = &job.choices[0];
+            let (content, called) = match &job.tools {
+                None => (vec![json!({"type": "text", "text": c.text})], false),
+                Some(t) => {
+                    let p = crate::tools::parse_output(t.format, &c.text);
+                    let mut blocks = Vec::new();
+                    if !p.content.is_empty() {
+                        blocks.push(json!({"type": "text", "text": p.content}));
+                    }
+                    for (k, call) in p.calls.iter().enumerate() {
+                        blocks.push(anthropic_tool_use(job, k, call));
+                    }
+                    (blocks, !p.calls.is_empty())
+                }
+            };
             json!({
                 "id": job.id,
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": c.text}],
-                "stop_reason": crate::anthropic::stop_reason(c),
+                "content": content,
+                "stop_reason": crate::anthropic::stop_reason_with(c, called),
                 "stop_sequence": c.stop_text,
                 "usage": crate::anthropic::usage(c),
             })
@@ -950,6 +966,86 @@ fn chat_message(job: &Job, c: &Choice) -> (Value, &'static str) {
     )
 }
 
+/// An Anthropic `tool_use` content block for call `k` (its arguments as the `input` object).
+fn anthropic_tool_use(job: &Job, k: usize, call: &crate::tools::Call) -> Value {
+    json!({
+        "type": "tool_use",
+        "id": format!("toolu_{}_{k}", job.id.rsplit('-').next().unwrap_or("")),
+        "name": call.name,
+        "input": serde_json::from_str::<Value>(&call.arguments).unwrap_or_else(|_| json!({})),
+    })
+}
+
+/// Anthropic stream events for content and whole calls: text goes to the open text block (one
+/// is started when needed; an empty `Content` just opens it), each call closes it and becomes a
+/// `tool_use` block of its own (start, its input JSON in one `input_json_delta`, stop).
+fn anthropic_blocks(job: &Job, deltas: Vec<crate::tools::Delta>, out: &mut Vec<Bytes>) {
+    use crate::anthropic::event;
+    let (mut next, mut open) = job.blocks.get();
+    for d in deltas {
+        match d {
+            crate::tools::Delta::Content(text) => {
+                if !open {
+                    out.push(event(
+                        "content_block_start",
+                        &json!({
+                            "type": "content_block_start", "index": next,
+                            "content_block": {"type": "text", "text": ""},
+                        }),
+                    ));
+                    open = true;
+                    next += 1;
+                }
+                if !text.is_empty() {
+                    out.push(event(
+                        "content_block_delta",
+                        &json!({
+                            "type": "content_block_delta", "index": next - 1,
+                            "delta": {"type": "text_delta", "text": text},
+                        }),
+                    ));
+                }
+            }
+            crate::tools::Delta::Call(call) => {
+                if open {
+                    out.push(event(
+                        "content_block_stop",
+                        &json!({"type": "content_block_stop", "index": next - 1}),
+                    ));
+                    open = false;
+                }
+                let k = {
+                    let mut streams = job.tool_streams.borrow_mut();
+                    let n = &mut streams[0].1;
+                    *n += 1;
+                    *n - 1
+                };
+                let mut block = anthropic_tool_use(job, k, &call);
+                let input = std::mem::replace(&mut block["input"], json!({}));
+                out.push(event(
+                    "content_block_start",
+                    &json!({
+                        "type": "content_block_start", "index": next, "content_block": block,
+                    }),
+                ));
+                out.push(event(
+                    "content_block_delta",
+                    &json!({
+                        "type": "content_block_delta", "index": next,
+                        "delta": {"type": "input_json_delta", "partial_json": input.to_string()},
+                    }),
+                ));
+                out.push(event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": next}),
+                ));
+                next += 1;
+            }
+        }
+    }
+    job.blocks.set((next, open));
+}
+
 fn tool_call_json(job: &Job, choice: usize, k: usize, call: &crate::tools::Call) -> Value {
     json!({
         "id": format!("call_{}_{choice}_{k}", job.id.rsplit('-').next().unwrap_or("")),
@@ -1126,23 +1222,33 @@ fn stream_chunks(job: &Job, i: usize, ev: &Event, out: &mut Vec<Bytes>) {
                 "message": {"id": job.id, "type": "message", "role": "assistant", "content": [],
                             "model": model, "stop_reason": null, "stop_sequence": null, "usage": usage},
             })));
-            out.push(crate::anthropic::event("content_block_start", &json!({
-                "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""},
-            })));
+            if job.tools.is_none() {
+                anthropic_blocks(job, vec![crate::tools::Delta::Content(String::new())], out);
+            }
         }
         (Api::Anthropic, Event::Token { text, .. }) if !text.is_empty() => {
-            out.push(crate::anthropic::event("content_block_delta", &json!({
-                    "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text},
-                })));
+            let deltas = match job.tools {
+                Some(_) => tool_stream(job, i, |sp| sp.push(text)),
+                None => vec![crate::tools::Delta::Content(text.clone())],
+            };
+            anthropic_blocks(job, deltas, out);
         }
         (Api::Anthropic, Event::Done { .. }) => {
-            out.push(crate::anthropic::event(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ));
+            if job.tools.is_some() {
+                let deltas = tool_stream(job, i, |sp| sp.finish());
+                anthropic_blocks(job, deltas, out);
+            }
+            let (next, open) = job.blocks.get();
+            if open {
+                out.push(crate::anthropic::event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": next - 1}),
+                ));
+            }
+            let called = job.tool_streams.borrow().get(i).is_some_and(|t| t.1 > 0);
             out.push(crate::anthropic::event("message_delta", &json!({
                 "type": "message_delta",
-                "delta": {"stop_reason": crate::anthropic::stop_reason(c), "stop_sequence": c.stop_text},
+                "delta": {"stop_reason": crate::anthropic::stop_reason_with(c, called), "stop_sequence": c.stop_text},
                 "usage": {"output_tokens": c.usage.completion_tokens},
             })));
             out.push(crate::anthropic::event(
@@ -1394,7 +1500,12 @@ pub async fn run(
     let tok = l.tokenizer.clone();
     let (prompts, prompt_text): (Vec<Vec<TokenId>>, Vec<String>) = match api {
         Api::Chat | Api::Anthropic | Api::Responses => {
-            let toks = chat_prompt_with(&l, &o, api == Api::Anthropic, api == Api::Chat)?;
+            let toks = chat_prompt_with(
+                &l,
+                &o,
+                api == Api::Anthropic,
+                matches!(api, Api::Chat | Api::Anthropic),
+            )?;
             let shown = tok.decode(&toks, false);
             (vec![toks], vec![shown])
         }
@@ -1411,7 +1522,7 @@ pub async fn run(
     };
     let verbose = gen.verbose || s.verbose;
     let tools = match api {
-        Api::Chat => crate::tools::parse(&o, l.template.source())?,
+        Api::Chat | Api::Anthropic => crate::tools::parse(&o, l.template.source())?,
         _ => None,
     };
     let mut job = Job {
@@ -1442,6 +1553,7 @@ pub async fn run(
         seq: std::cell::Cell::new(0),
         tools,
         tool_streams: std::cell::RefCell::new(Vec::new()),
+        blocks: std::cell::Cell::new((0, false)),
     };
     let rx = submit(&state, &principal, &mut job, prompts)?;
     Ok(if job.gen.stream {

@@ -1022,6 +1022,81 @@ fn assert_weather_call(choice: &Value) {
     assert!(args["city"].is_string(), "{args}");
 }
 
+/// Anthropic's Messages API with tools: `tool_choice: any` gives a `tool_use` block (its
+/// arguments as the `input` object) and `stop_reason: tool_use`; streamed, the same call arrives
+/// as a `tool_use` block start plus one `input_json_delta`, with block indices in order.
+#[test]
+fn anthropic_tools_come_back_as_tool_use_blocks() {
+    let s = TestServer::start(&["-c", "2048", "-np", "1"]);
+    let tools = json!([
+        {"name": "get_weather", "description": "Get the current weather of a city",
+         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+        {"name": "get_time", "description": "Get the time", "input_schema": {"type": "object", "properties": {}}}
+    ]);
+    let body = json!({
+        "model": "x", "max_tokens": 64, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": tools, "tool_choice": {"type": "tool", "name": "get_weather"},
+    });
+    let r = s.post("/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    assert_eq!(m["stop_reason"], "tool_use", "{m}");
+    let uses: Vec<&Value> = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .collect();
+    assert_eq!(uses.len(), 1, "{m}");
+    assert_eq!(uses[0]["name"], "get_weather");
+    assert!(uses[0]["id"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("toolu_")));
+    assert!(uses[0]["input"]["city"].is_string(), "{m}");
+
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let mut st = s.stream("/v1/messages", &[], &sb);
+    assert_eq!(st.status, 200);
+    let events = st.collect_json();
+    let (mut starts, mut json_text, mut stop) = (Vec::new(), String::new(), None);
+    for e in &events {
+        match e["type"].as_str() {
+            Some("content_block_start") => starts.push(e.clone()),
+            Some("content_block_delta") if e["delta"]["type"] == "input_json_delta" => {
+                json_text.push_str(e["delta"]["partial_json"].as_str().unwrap())
+            }
+            Some("message_delta") => stop = e["delta"]["stop_reason"].as_str().map(String::from),
+            _ => {}
+        }
+    }
+    for (i, st) in starts.iter().enumerate() {
+        assert_eq!(st["index"], i, "{st}");
+    }
+    let use_start = starts
+        .iter()
+        .find(|b| b["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block start");
+    assert_eq!(use_start["content_block"]["name"], "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(&json_text).unwrap(),
+        uses[0]["input"]
+    );
+    assert_eq!(stop.as_deref(), Some("tool_use"));
+
+    // Without tools the answer is one text block, as before.
+    let plain = json!({"model": "x", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say hi"}]});
+    let m = s.post("/v1/messages", &plain).json();
+    assert_eq!(m["content"][0]["type"], "text", "{m}");
+    assert_eq!(m["content"].as_array().unwrap().len(), 1);
+    // A bad tool_choice is a 400.
+    let mut bad = body.clone();
+    bad["tool_choice"] = json!({"type": "sometimes"});
+    assert_eq!(s.post("/v1/messages", &bad).status, 400);
+}
+
 /// Tool calling on SmolLM2, whose template knows no tools (llama.cpp's generic format: the
 /// tools go into the system message and the answer is constrained JSON), and with a
 /// Hermes-style template (`<tool_call>` blocks), plain and streamed.
