@@ -242,16 +242,11 @@ pub(crate) fn attention(
     // Tasks of up to QUERY_GROUP consecutive tokens of one sequence and one head: they read the
     // same K/V rows, so each row is dequantized (V) and dotted (K, `vec_dot_4act`) once for all.
     let mut units: Vec<(usize, usize, usize)> = Vec::new(); // (head, first token, end)
-    let mut start = 0;
-    while start < n_tokens {
-        let seq = batch.tokens[start].seq;
-        let end = (start..n_tokens)
-            .take(QUERY_GROUP)
-            .take_while(|&t| batch.tokens[t].seq == seq)
-            .last()
-            .map_or(start + 1, |t| t + 1);
-        units.extend((0..p.n_head).map(|h| (h, start, end)));
-        start = end;
+    for run in crate::runs_by(batch.tokens, |t| t.seq) {
+        for t0 in run.clone().step_by(QUERY_GROUP) {
+            let t1 = (t0 + QUERY_GROUP).min(run.end);
+            units.extend((0..p.n_head).map(|h| (h, t0, t1)));
+        }
     }
     let mut blocks: Vec<Vec<f32>> = units
         .iter()

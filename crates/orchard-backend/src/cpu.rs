@@ -155,13 +155,13 @@ fn rows_per_task(rows: usize, tile: Option<orchard_quant::TileKernel>, threads: 
 fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mut Vec<DotOrder>) {
     use crate::ggml_order::{uses_repack_order, uses_tiled_order};
     out.clear();
-    let seqs = if seqs.len() == n_tokens { seqs } else { &[] };
-    let mut start = 0;
-    while start < n_tokens {
-        let len = match seqs.get(start) {
-            Some(&s) => seqs[start..].iter().take_while(|&&x| x == s).count(),
-            None => n_tokens - start,
-        };
+    let runs: Box<dyn Iterator<Item = std::ops::Range<usize>>> = if seqs.len() == n_tokens {
+        Box::new(crate::runs_by(seqs, |&s| s))
+    } else {
+        Box::new(std::iter::once(0..n_tokens))
+    };
+    for run in runs {
+        let len = run.len();
         let grouped = len - len % 4;
         out.extend((0..len).map(|i| {
             if uses_repack_order(dtype, rows) {
@@ -176,7 +176,6 @@ fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mu
                 DotOrder::Plain
             }
         }));
-        start += len;
     }
 }
 
@@ -1074,22 +1073,15 @@ impl Backend for CpuBackend {
         let (dv, row_w) = (p.head_dim_v, p.n_head * p.head_dim_v);
         let mut tiled = vec![false; n_tokens];
         let mut units: Vec<(usize, usize, usize)> = Vec::new(); // (head, first, end) query blocks
-        let mut start = 0;
-        while start < n_tokens {
-            let seq = batch.tokens[start].seq;
-            let len = batch.tokens[start..]
-                .iter()
-                .take_while(|t| t.seq == seq)
-                .count();
-            if len >= FA_TILE_Q {
-                tiled[start..start + len].iter_mut().for_each(|t| *t = true);
+        for run in crate::runs_by(batch.tokens, |t| t.seq) {
+            if run.len() >= FA_TILE_Q {
+                tiled[run.clone()].iter_mut().for_each(|t| *t = true);
                 for h in 0..p.n_head {
-                    for t0 in (start..start + len).step_by(FA_TILE_Q) {
-                        units.push((h, t0, (t0 + FA_TILE_Q).min(start + len)));
+                    for t0 in run.clone().step_by(FA_TILE_Q) {
+                        units.push((h, t0, (t0 + FA_TILE_Q).min(run.end)));
                     }
                 }
             }
-            start += len;
         }
         // Longest first (a block's cost grows with its last position), so that the last task
         // handed out is a short one and no thread waits long for another at the end.

@@ -280,8 +280,34 @@ pub trait Backend: Send {
 
 /// Sizes the CPU thread pool used by every CPU kernel (`-t`). Call once, before the first op;
 /// later calls are ignored (the pool is global). `0` keeps the default (all cores).
+/// Ranges of consecutive `items` with equal `key`, in order (a batch's runs of one sequence:
+/// `runs_by(tokens, |t| t.seq)`). Batch-invariant kernels decide their float order per run.
+pub fn runs_by<'a, T, K: PartialEq>(
+    items: &'a [T],
+    key: impl Fn(&T) -> K + 'a,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let k = key(items.get(start)?);
+        let len = items[start..].iter().take_while(|t| key(t) == k).count();
+        start += len;
+        Some(start - len..start)
+    })
+}
+
 pub fn init_threads(n_threads: usize) {
     if n_threads > 0 {
         pool::init(n_threads);
+    }
+}
+
+#[cfg(test)]
+mod runs_tests {
+    #[test]
+    fn runs_by_splits_consecutive_equal_keys() {
+        let seqs = [0u32, 0, 1, 1, 1, 0, 2];
+        let r: Vec<_> = super::runs_by(&seqs, |&s| s).collect();
+        assert_eq!(r, vec![0..2, 2..5, 5..6, 6..7]);
+        assert_eq!(super::runs_by(&[] as &[u32], |&s| s).count(), 0);
     }
 }
