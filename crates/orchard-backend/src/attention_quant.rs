@@ -16,7 +16,7 @@
 //! q4_0 cache usable on small models. `LLAMA_ATTN_ROT_DISABLE=1` turns it off in both.
 
 use crate::cpu::score;
-use crate::{AttnBatch, AttnParams, BackendError, TokenSlot};
+use crate::{AttnBatch, AttnParams, BackendError};
 use half::f16;
 use orchard_core::DType;
 use orchard_quant::{traits, TypeTraits};
@@ -170,21 +170,6 @@ fn fwht(x: &mut [f32], n: usize) {
 }
 
 /// The cell of a token, checked against the batch's tables and the cache size.
-fn cell_of(batch: &AttnBatch<'_>, tok: &TokenSlot, n_cells: usize) -> Result<usize, BackendError> {
-    let cell = *batch
-        .cells
-        .get(tok.seq as usize)
-        .and_then(|c| c.get(tok.pos as usize))
-        .ok_or(BackendError::MissingCell {
-            seq: tok.seq,
-            pos: tok.pos,
-        })?;
-    if cell as usize >= n_cells {
-        return Err(BackendError::CellOutOfRange { cell, n_cells });
-    }
-    Ok(cell as usize)
-}
-
 /// Stores this step's K and V rows (`[n, k_width]`, `[n, v_width]`) in their cells and writes
 /// attention for every token into `out` (`[n, n_head * head_dim_v]`).
 pub(crate) fn attention(
@@ -202,7 +187,7 @@ pub(crate) fn attention(
     debug_assert_eq!(vw, p.n_head_kv * p.head_dim_v);
     let (mut k_row, mut v_row) = (vec![0.0f32; kw], vec![0.0f32; vw]);
     for (t, tok) in batch.tokens.iter().enumerate() {
-        let c = cell_of(batch, tok, kv.n_cells)?;
+        let c = batch.cell_of(tok, kv.n_cells)?;
         k_row.copy_from_slice(&k[t * kw..(t + 1) * kw]);
         v_row.copy_from_slice(&v[t * vw..(t + 1) * vw]);
         if let Some(n) = kv.rot_k {

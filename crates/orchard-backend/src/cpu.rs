@@ -1040,21 +1040,7 @@ impl Backend for CpuBackend {
         let kb = &self.bufs[k.0 as usize].data;
         let vb = &self.bufs[v.0 as usize].data;
         for (t, tok) in batch.tokens.iter().enumerate() {
-            let cell = *batch
-                .cells
-                .get(tok.seq as usize)
-                .and_then(|c| c.get(tok.pos as usize))
-                .ok_or(BackendError::MissingCell {
-                    seq: tok.seq,
-                    pos: tok.pos,
-                })?;
-            if cell as usize >= kv.n_cells {
-                return Err(BackendError::CellOutOfRange {
-                    cell,
-                    n_cells: kv.n_cells,
-                });
-            }
-            let c = cell as usize;
+            let c = batch.cell_of(tok, kv.n_cells)?;
             vec_math::f32_to_f16(&mut kv.k[c * kw..(c + 1) * kw], &kb[t * kw..(t + 1) * kw]);
             vec_math::f32_to_f16(&mut kv.v[c * vw..(c + 1) * vw], &vb[t * vw..(t + 1) * vw]);
         }

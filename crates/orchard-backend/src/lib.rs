@@ -112,6 +112,25 @@ pub struct AttnBatch<'a> {
     pub cells: &'a [&'a [u32]],
 }
 
+impl AttnBatch<'_> {
+    /// The KV cell of `tok` (where its K and V are stored), checked against a cache of
+    /// `n_cells` cells: a missing entry or a cell past the cache is an error, not a panic.
+    pub fn cell_of(&self, tok: &TokenSlot, n_cells: usize) -> Result<usize, BackendError> {
+        let cell = *self
+            .cells
+            .get(tok.seq as usize)
+            .and_then(|c| c.get(tok.pos as usize))
+            .ok_or(BackendError::MissingCell {
+                seq: tok.seq,
+                pos: tok.pos,
+            })?;
+        if cell as usize >= n_cells {
+            return Err(BackendError::CellOutOfRange { cell, n_cells });
+        }
+        Ok(cell as usize)
+    }
+}
+
 /// Per-layer attention shape and masking.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnParams {
