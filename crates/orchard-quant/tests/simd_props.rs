@@ -10,7 +10,7 @@ mod simd_data;
 
 use common::Rng;
 use orchard_core::DType;
-use orchard_quant::{traits_for, vec_dot_f16_scalar_avx2, Tier, VecDotFn};
+use orchard_quant::{traits_for, vec_dot_f16_scalar_avx2, RowBlockKernel, Tier, VecDotFn};
 use proptest::prelude::*;
 use simd_data::{activations, random_blocks, DOT_TYPES};
 
@@ -77,6 +77,56 @@ fn q6_k_tiled_definition(n: usize, w: &[u8], act: &[u8]) -> f32 {
         acc = (s1 as f32 * dx).mul_add(dy, acc);
     }
     acc
+}
+
+/// A 16-row block kernel against the single-row order it reproduces (`one(n, row, act)`):
+/// `n_rows` random `dtype` rows packed together, every lane bit for bit, with one activation
+/// row (`act`) and, where the kernel has it, four (`acts`).
+#[allow(clippy::too_many_arguments)]
+fn check_row_block(
+    k: &RowBlockKernel,
+    dtype: DType,
+    n: usize,
+    n_rows: usize,
+    act: &[u8],
+    acts: &[Vec<u8>],
+    one: impl Fn(usize, &[u8], &[u8]) -> f32,
+    rng: &mut Rng,
+    label: &str,
+) -> Result<(), TestCaseError> {
+    let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_blocks(dtype, n, rng)).collect();
+    let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+    let mut packed = vec![0u8; (k.packed_bytes)(n)];
+    (k.pack)(n, &refs, &mut packed);
+    let mut out = vec![0f32; n_rows];
+    (k.dot)(n, &packed, act, &mut out);
+    for (r, row) in rows.iter().enumerate() {
+        prop_assert_eq!(
+            out[r].to_bits(),
+            one(n, row, act).to_bits(),
+            "{} rows lane {} n={}",
+            label,
+            r,
+            n
+        );
+    }
+    if let Some(dot4) = k.dot4 {
+        let four = dot4(n, &packed, std::array::from_fn(|c| &acts[c][1..]));
+        for (c, ac) in acts.iter().enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                prop_assert_eq!(
+                    four[c][r].to_bits(),
+                    one(n, row, &ac[1..]).to_bits(),
+                    "{} rows x4 act {} lane {} n={}",
+                    label,
+                    c,
+                    r,
+                    n
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -163,26 +213,9 @@ proptest! {
             // The 16-row block kernel of the gemm order: each lane equals the single-row kernel.
             if let Some(k) = t.vec_dot_interleaved_gemm_rows {
                 let n_rows = 1 + (seed % k.rows as u64) as usize;
-                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_blocks(DType::Q4_K, n, &mut rng)).collect();
-                let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-                let mut packed = vec![0u8; (k.packed_bytes)(n)];
-                (k.pack)(n, &refs, &mut packed);
-                let mut out = vec![0f32; n_rows];
-                (k.dot)(n, &packed, &a[1..], &mut out);
-                for (r, row) in rows.iter().enumerate() {
-                    let one = s.vec_dot_interleaved_gemm.unwrap()(n, row, &a[1..]);
-                    prop_assert_eq!(out[r].to_bits(), one.to_bits(), "{:?} gemm rows lane {} n={}", tier, r, n);
-                }
-                if let Some(dot4) = k.dot4 {
-                    let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
-                    let four = dot4(n, &packed, std::array::from_fn(|c| &acts[c][1..]));
-                    for (c, ac) in acts.iter().enumerate() {
-                        for (r, row) in rows.iter().enumerate() {
-                            let one = s.vec_dot_interleaved_gemm.unwrap()(n, row, &ac[1..]);
-                            prop_assert_eq!(four[c][r].to_bits(), one.to_bits(), "{:?} gemm rows x4 act {} lane {} n={}", tier, c, r, n);
-                        }
-                    }
-                }
+                let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
+                let one = s.vec_dot_interleaved_gemm.unwrap();
+                check_row_block(&k, DType::Q4_K, n, n_rows, &a[1..], &acts, one, &mut rng, &format!("{tier:?} gemm"))?;
             }
             // The four-activation gemm order: each result equals the single-row gemm order.
             let acts: Vec<Vec<u8>> = (0..4).map(|_| misaligned(&random_blocks(DType::Q8_K, n, &mut rng))).collect();
@@ -202,23 +235,7 @@ proptest! {
             prop_assert_eq!(ours.to_bits(), tiled.to_bits(), "{:?} tiled Q6_K n={}", tier, n);
             if let Some(k) = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_rows {
                 let n_rows = 1 + (seed % k.rows as u64) as usize;
-                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_blocks(DType::Q6_K, n, &mut rng)).collect();
-                let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-                let mut packed = vec![0u8; (k.packed_bytes)(n)];
-                (k.pack)(n, &refs, &mut packed);
-                let mut out = vec![0f32; n_rows];
-                (k.dot)(n, &packed, &a[1..], &mut out);
-                for (r, row) in rows.iter().enumerate() {
-                    prop_assert_eq!(out[r].to_bits(), q6_k_tiled_definition(n, row, &a[1..]).to_bits(), "{:?} tiled rows lane {} n={}", tier, r, n);
-                }
-                if let Some(dot4) = k.dot4 {
-                    let four = dot4(n, &packed, std::array::from_fn(|c| &acts[c][1..]));
-                    for (c, ac) in acts.iter().enumerate() {
-                        for (r, row) in rows.iter().enumerate() {
-                            prop_assert_eq!(four[c][r].to_bits(), q6_k_tiled_definition(n, row, &ac[1..]).to_bits(), "{:?} tiled rows x4 act {} lane {} n={}", tier, c, r, n);
-                        }
-                    }
-                }
+                check_row_block(&k, DType::Q6_K, n, n_rows, &a[1..], &acts, q6_k_tiled_definition, &mut rng, &format!("{tier:?} tiled"))?;
             }
             let four = traits_for(tier, DType::Q6_K).unwrap().vec_dot_tiled_4act.unwrap()(n, &w6[1..], std::array::from_fn(|c| &acts[c][1..]));
             for (c, ac) in acts.iter().enumerate() {
