@@ -1569,8 +1569,8 @@ pub fn chat_prompt(l: &Loaded, o: &Obj, allow_empty: bool) -> Result<Vec<TokenId
     chat_prompt_with(l, o, allow_empty, true)
 }
 
-/// [`chat_prompt`]; `tool_calls: false` for APIs whose answers carry no OpenAI tool calls
-/// (Anthropic): their tools reach the template, but no tool-call instructions are added.
+/// [`chat_prompt`]; `tool_calls: false` for APIs whose answers carry no tool calls (the
+/// Responses API): their tools reach the template, but no tool-call instructions are added.
 pub fn chat_prompt_with(
     l: &Loaded,
     o: &Obj,
