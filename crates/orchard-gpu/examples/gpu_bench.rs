@@ -4,11 +4,11 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [MODEL...]
+//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
 //!        micro-benchmarks' weight, 4096x14336 by default)
 
-use orchard_backend::{Backend, CpuBackend, HostWeight, TokenSlot};
+use orchard_backend::{AttnBatch, AttnParams, Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
 use orchard_gpu::GpuBackend;
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
@@ -20,6 +20,9 @@ struct Args {
     models: Vec<String>,
     synth: Vec<(String, String)>,
     kernels: bool,
+    /// `--attn`: prefill attention (KV store + attention of one 512-token prompt, 8B and
+    /// SmolLM2 head shapes), tiled and per-token kernels side by side, checked on the CPU.
+    attn: bool,
     write_only: bool,
     f32_act: bool,
     /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
@@ -48,6 +51,7 @@ fn parse() -> Args {
         models: Vec::new(),
         synth: Vec::new(),
         kernels: false,
+        attn: false,
         write_only: false,
         f32_act: false,
         formats: None,
@@ -71,6 +75,7 @@ fn parse() -> Args {
             "-r" => a.r = num(),
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
+            "--attn" => a.attn = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
@@ -464,10 +469,98 @@ fn bench_kernels(a: &Args) {
     }
 }
 
+/// Prefill attention of one `n`-token prompt per head shape: the tiled kernel and the
+/// per-token one alternately (twice), ms per call (KV store included), and each against the CPU.
+fn bench_attn(n: usize) {
+    let mut g = GpuBackend::new(None).expect("a GPU");
+    println!("device: {:?}", g.adapter());
+    // (name, heads, KV heads, head dim)
+    for (name, nh, nkv, hd) in [("8b", 32usize, 8usize, 128usize), ("smollm2", 9, 3, 64)] {
+        let p = AttnParams {
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim_k: hd,
+            head_dim_v: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        let mut seed = 0x1234_5678u64;
+        let mut rnd = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let (qv, kv, vv) = (rnd(n * nh * hd), rnd(n * nkv * hd), rnd(n * nkv * hd));
+        let table: Vec<u32> = (0..n as u32).collect();
+        let tables = [table.as_slice()];
+        let tokens: Vec<TokenSlot> = (0..n as u32).map(|pos| TokenSlot { seq: 0, pos }).collect();
+        let run = |b: &mut dyn Backend| {
+            b.alloc_kv(0, n, nkv * hd, nkv * hd).unwrap();
+            let (q, k, v) = (
+                b.alloc(n, nh * hd),
+                b.alloc(n, nkv * hd),
+                b.alloc(n, nkv * hd),
+            );
+            b.upload(q, &qv);
+            b.upload(k, &kv);
+            b.upload(v, &vv);
+            let o = b.alloc(n, nh * hd);
+            (q, k, v, o)
+        };
+        let batch = AttnBatch {
+            tokens: &tokens,
+            cells: &tables,
+        };
+        let mut cpu = CpuBackend::new();
+        let (q, k, v, o) = run(&mut cpu);
+        cpu.attention(0, q, k, v, &batch, &p, o).unwrap();
+        let mut want = Vec::new();
+        cpu.download(o, &mut want);
+        let (q, k, v, o) = run(&mut g);
+        for round in 0..2 {
+            for tile in [true, false] {
+                g.set_attn_tile(tile);
+                let t = time_ops(&mut g, 20, |g| {
+                    g.attention(0, q, k, v, &batch, &p, o).unwrap()
+                });
+                // Host cost alone: 20 calls recorded (no flush within 40 dispatches), then run.
+                let th = Instant::now();
+                for _ in 0..20 {
+                    g.attention(0, q, k, v, &batch, &p, o).unwrap();
+                }
+                let host = th.elapsed().as_secs_f64() / 20.0;
+                g.sync();
+                let mut got = Vec::new();
+                g.download(o, &mut got);
+                println!(
+                    "attn {name} n={n} heads {nh}/{nkv} dim {hd} {} (round {}): {:.3} ms (host encoding {:.3} ms of it), NMSE vs CPU {:.2e}",
+                    if tile { "tiled" } else { "per-token" },
+                    round + 1,
+                    t * 1e3,
+                    host * 1e3,
+                    nmse(&got, &want)
+                );
+            }
+        }
+        g.set_attn_tile(true);
+        let errs = g.take_errors();
+        assert!(errs.is_empty(), "GPU errors: {errs:?}");
+    }
+}
+
 fn main() {
     let a = parse();
     if a.kernels {
         bench_kernels(&a);
+    }
+    if a.attn {
+        bench_attn(a.p);
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {

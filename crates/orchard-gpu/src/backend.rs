@@ -76,6 +76,12 @@ const COOP_TILE: (u32, u32) = (128, 64);
 const COOP_TILE_MIN: (u32, u32) = (64, 32);
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
+/// Shapes of the tiled prefill attention (`ATTN_TILE`): (threads, queries, cells per tile), the
+/// first whose shared memory the device holds. 16-query tiles first: on an H100 (run 15) one 8B
+/// layer's 512-token attention took 0.62-0.64 ms with them against 0.72 with 32-query tiles
+/// (twice the workgroups for a causal grid that is short of them; SmolLM2 shape 0.18-0.19 vs
+/// 0.20 ms). `ORCHARD_GPU_ATTN_TILE_SHAPE=1` starts at the 32-query shape (38 KiB at head dim 128).
+const ATTN_TILES: [(u32, u32, u32); 3] = [(128, 16, 16), (128, 32, 32), (64, 16, 8)];
 /// Largest head dimension the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 512;
 
@@ -124,6 +130,8 @@ enum Kernel {
     /// RoPE of Q and K fused with `KvStore2`.
     RopeKv,
     Attention,
+    /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
+    AttnTile(u32, u32, u32, u32),
     ActQuant,
 }
 
@@ -144,7 +152,7 @@ impl Kernel {
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
-            Kernel::Attention => &[false, false, false, false, true],
+            Kernel::Attention | Kernel::AttnTile(..) => &[false, false, false, false, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
@@ -300,6 +308,10 @@ pub struct GpuBackend {
     /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
     /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
     fuse_q8k: bool,
+    /// Tiled prefill attention (`ATTN_TILE`) for steps whose sequences all have 64+ queries.
+    attn_tile: bool,
+    /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
+    attn_tile_first: usize,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
@@ -448,6 +460,11 @@ impl GpuBackend {
             packed_dot: true,
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
+            attn_tile: std::env::var("ORCHARD_GPU_ATTN_TILE").as_deref() != Ok("0"),
+            attn_tile_first: std::env::var("ORCHARD_GPU_ATTN_TILE_SHAPE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             recent: Vec::new(),
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
             fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
@@ -620,6 +637,18 @@ impl GpuBackend {
     /// The integer-dot kernels' shape (workgroup size, threads per row group, rows per group).
     pub fn q8k_shape(&self) -> (u32, u32, u32) {
         self.q8k_shape
+    }
+
+    /// First tile shape the tiled prefill attention tries (0: 16 queries, 1: 32; the next that
+    /// fits the device's shared memory is taken), as `ORCHARD_GPU_ATTN_TILE_SHAPE`.
+    pub fn set_attn_tile_shape(&mut self, first: usize) {
+        self.attn_tile_first = first;
+    }
+
+    /// Tiled prefill attention on or off (`ORCHARD_GPU_ATTN_TILE=0` turns it off), for tests
+    /// and measurement.
+    pub fn set_attn_tile(&mut self, on: bool) {
+        self.attn_tile = on;
     }
 
     /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
@@ -795,6 +824,7 @@ impl GpuBackend {
                 Kernel::AddNorm(_) => (shaders::ADD_NORM, 256, None),
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
+                Kernel::AttnTile(wg, ..) => ("", wg, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
@@ -822,6 +852,7 @@ impl GpuBackend {
                 Kernel::MatMulCoop(_, tn, bk) => shaders::coop_source(tn, bk, fmt.as_ref()),
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::AddNorm(q8k) => shaders::add_norm_source(q8k),
+                Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
                 Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -839,8 +870,14 @@ impl GpuBackend {
             // shared-memory indices are bounded by constants, and every storage access is
             // guarded by the row, chunk and token counts of the dispatch (the weight reads are
             // those of `deq` for row < rows and chunk < chunks per row, as in every kernel).
+            // `ATTN_TILE` likewise (run 15: 0.65-0.67 ms against 0.72 for one 8B layer's
+            // prompt attention): shared-memory indices are bounded by constants; storage reads
+            // are the host's block and range words, Q rows below the block's token count, and
+            // K/V of cells the host validated (cell 0 past the range); writes are rows < count.
             let checks = match k {
-                Kernel::MatMulCoop(..) => wgpu::ShaderRuntimeChecks::unchecked(),
+                Kernel::MatMulCoop(..) | Kernel::AttnTile(..) => {
+                    wgpu::ShaderRuntimeChecks::unchecked()
+                }
                 _ => self.shader_checks,
             };
             let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
@@ -1956,7 +1993,9 @@ impl Backend for GpuBackend {
             }
         }
         let table_words: usize = seq_len.values().sum();
-        self.reserve(3, n + table_words + 2 * n);
+        // Cells, tables, ranges and up to n tiled blocks of 4 words, reserved together so that
+        // no flush falls between them.
+        self.reserve(3, n + table_words + 2 * n + 4 * n);
         let cells_off = self.push_aux(&tok_cells);
         let mut table_off = HashMap::new();
         for (&seq, &len) in &seq_len {
@@ -1964,6 +2003,8 @@ impl Backend for GpuBackend {
             table_off.insert(seq, o);
         }
         let mut ranges = Vec::with_capacity(2 * n);
+        // Runs of consecutive tokens of one sequence: (first token, tokens).
+        let mut runs = Vec::new();
         // The CPU's per-query f16 path below ggml's flash-attention tile of 64 queries, decided
         // per sequence from its own queries in the step (as the CPU backend does).
         let mut start = 0;
@@ -1980,9 +2021,43 @@ impl Backend for GpuBackend {
                 ranges.push(table_off[&tok.seq] + lo as u32);
                 ranges.push((hi + 1 - lo) as u32 | f16_flag);
             }
+            runs.push((start, len));
             start += len;
         }
         let ranges_off = self.push_aux(&ranges);
+        // Tiled prefill kernel: every run on the f32 path, head dims it holds, shared memory
+        // for its tiles (32 queries, else 16).
+        let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
+        let first = self.attn_tile_first.min(ATTN_TILES.len() - 1);
+        let tile_shape = ATTN_TILES[first..].iter().copied().find(|&(wg, bq, bk)| {
+            shaders::attn_tile_shared_bytes(bq, bk, dmax)
+                <= self.limits.max_compute_workgroup_storage_size
+                && wg <= self.limits.max_compute_invocations_per_workgroup
+        });
+        let tile = match tile_shape {
+            Some((wg, bq, bk))
+                if self.attn_tile
+                    && dmax <= 256
+                    && p.head_dim_v.is_multiple_of(2)
+                    && runs.iter().all(|&(_, len)| len >= 64) =>
+            {
+                let mut blocks = Vec::new();
+                for &(s0, len) in &runs {
+                    for b0 in (s0..s0 + len).step_by(bq as usize) {
+                        let b1 = (b0 + bq as usize).min(s0 + len);
+                        let (mut lo, mut hi) = (u32::MAX, 0u32);
+                        for t in b0..b1 {
+                            lo = lo.min(ranges[2 * t]);
+                            hi = hi.max(ranges[2 * t] + ranges[2 * t + 1]);
+                        }
+                        blocks.extend_from_slice(&[b0 as u32, (b1 - b0) as u32, lo, hi]);
+                    }
+                }
+                let kernel = Kernel::AttnTile(wg, bq, bk, dmax);
+                Some((kernel, (blocks.len() / 4) as u32, self.push_aux(&blocks)))
+            }
+            _ => None,
+        };
         let aux = self.aux_res.clone();
         let (qr, kr) = (self.res(q), self.res(k));
         // The RoPEs of Q and K just recorded (same table), folded into the KV store.
@@ -2064,18 +2139,17 @@ impl Backend for GpuBackend {
             (vw / 2) as u32,
             (p.n_head * p.head_dim_v) as u32,
             ranges_off,
-            0,
+            tile.map_or(0, |t| t.2),
             0,
             0,
         ]);
         pp[12] = p.scale.to_bits();
         pp[13] = p.softcap.unwrap_or(0.0).to_bits();
-        self.dispatch(
-            Kernel::Attention,
-            &[&qr, &kres, &vres, &aux, &or],
-            pp,
-            [p.n_head as u32, n as u32, 1],
-        );
+        let (kernel, groups) = match tile {
+            Some((kernel, n_blocks, _)) => (kernel, [p.n_head as u32, n_blocks, 1]),
+            None => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
+        };
+        self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or], pp, groups);
         Ok(())
     }
 

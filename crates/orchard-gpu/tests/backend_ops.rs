@@ -30,6 +30,31 @@ fn gpu() -> GpuBackend {
     GpuBackend::new(None).expect("a GPU adapter (CI: apt-get install mesa-vulkan-drivers)")
 }
 
+/// NMSE limit of a product on `g`: `exact` where products run in f32 (lavapipe: only the
+/// summation order differs from the CPU), else (cooperative matrices, f16 operands on tensor
+/// cores) 5e-7: rounding each operand to f16 alone adds about (2^-11)^2 / 3 = 8e-8 (6e-8 to
+/// 7e-8 seen on an H100, run 15), and llama.cpp's test-backend-ops allows MUL_MAT 5e-4.
+fn product_tol(g: &GpuBackend, exact: f64) -> f64 {
+    if g.coop() {
+        exact.max(5e-7)
+    } else {
+        exact
+    }
+}
+
+/// NMSE limit of attention on `g`: 5e-9 on a CPU device (lavapipe: same exp and tanh as the CPU
+/// up to summation order), 5e-7 on a GPU, whose exp differs from the CPU's by an ulp or so; below
+/// 64 queries both round Q and the V accumulator to f16 (as ggml), where one flipped rounding is
+/// a 2^-11 relative step (6e-8 to 7e-8 seen on an H100, run 15). llama.cpp's test-backend-ops
+/// allows FLASH_ATTN_EXT 5e-4.
+fn attn_tol(g: &GpuBackend) -> f64 {
+    if format!("{:?}", g.adapter().device_type) == "Cpu" {
+        5e-9
+    } else {
+        5e-7
+    }
+}
+
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "output lengths differ");
     assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU output");
@@ -153,6 +178,7 @@ fn matmul_every_format_and_shape() {
                 // Q4_1's dot adds the activation block sum as the CPU stored it (rounded to
                 // f16), which the rounded activations reproduce only to ~1e-6.
                 let tol = if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 };
+                let tol = product_tol(&g, tol);
                 assert!(
                     e < tol,
                     "matmul {dtype} cols={cols} rows={rows} n={n}: NMSE {e}"
@@ -179,7 +205,7 @@ fn matmul_every_format_and_shape() {
                     "f32-act matmul {dtype} {cols}x{rows} n={n}: {e_raw}"
                 );
                 assert!(
-                    e_exact < 1e-9,
+                    e_exact < product_tol(&g, 1e-9),
                     "f32-act matmul {dtype} cols={cols} rows={rows} n={n}: NMSE vs f64 {e_exact}"
                 );
             }
@@ -207,7 +233,7 @@ fn matmul_splits_weights_larger_than_a_binding() {
             b.matmul(wid, x, o);
             read(b, o)
         });
-        assert!(nmse(&got, &want) < 1e-9);
+        assert!(nmse(&got, &want) < product_tol(&g, 1e-9));
     }
 }
 
@@ -233,7 +259,7 @@ fn matmul_big_tiles_every_format() {
                 read(b, o)
             });
             let e = nmse(&got, &want);
-            let tol = if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 };
+            let tol = product_tol(&g, if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 });
             assert!(
                 e < tol,
                 "big-tile matmul {dtype} {cols}x{rows} n={n}: NMSE {e}"
@@ -695,9 +721,90 @@ fn attention_decode_and_prefill() {
             let e = nmse(&got, &want);
             // Both follow ggml: below 64 queries Q and the V accumulator are rounded to f16.
             eprintln!("attention case {i} fuse={fuse}: NMSE {e:.2e}");
-            assert!(e < 5e-9, "attention case {i} fuse={fuse}: NMSE {e}");
+            assert!(e < attn_tol(&g), "attention case {i} fuse={fuse}: NMSE {e}");
         }
     }
+}
+
+/// Tiled prefill attention (`ATTN_TILE`, every sequence of the step with 64+ queries): several
+/// sequences in one batch with ragged lengths (not multiples of the 32- or 16-query tile),
+/// a prompt continued over cached cells, causal and sliding windows, soft-capping, GQA and
+/// head dims 64 / 128 / 256; against the CPU, and against the per-token kernel.
+#[test]
+fn attention_prefill_tiled() {
+    let mut g = gpu();
+    let cases = [
+        AttnCase {
+            p: AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim_k: 64,
+                head_dim_v: 64,
+                scale: 0.125,
+                window: None,
+                softcap: None,
+            },
+            steps: vec![
+                vec![(0, 0..70), (1, 0..97)],
+                vec![(0, 70..71)],
+                vec![(1, 97..125)],
+            ],
+        },
+        AttnCase {
+            p: AttnParams {
+                n_head: 3,
+                n_head_kv: 1,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.09,
+                window: Some(37),
+                softcap: None,
+            },
+            steps: vec![vec![(1, 0..45)], vec![(1, 45..120), (0, 0..66)]],
+        },
+        AttnCase {
+            p: AttnParams {
+                n_head: 2,
+                n_head_kv: 2,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(50),
+                softcap: Some(30.0),
+            },
+            steps: vec![vec![(0, 0..81)]],
+        },
+    ];
+    // 16-query tiles (default), then 32-query tiles where the shared memory holds them
+    for shape in [0, 1] {
+        g.set_attn_tile_shape(shape);
+        for (i, case) in cases.iter().enumerate() {
+            g.set_attn_tile(true);
+            let (got, want) = both(&mut g, |b| run_attention(b, case, 300 + i as u64));
+            let e = nmse(&got, &want);
+            g.set_attn_tile(false);
+            let old = run_attention(&mut g, case, 300 + i as u64);
+            let e_old = nmse(&old, &want);
+            eprintln!(
+                "tiled attention shape {shape} case {i}: NMSE {e:.2e} (per-token {e_old:.2e})"
+            );
+            assert!(
+                e < attn_tol(&g),
+                "tiled attention shape {shape} case {i}: NMSE {e}"
+            );
+            assert!(
+                nmse(&got, &old) < attn_tol(&g),
+                "tiled vs per-token, shape {shape} case {i}"
+            );
+            // The tiled kernel did run: its summation order rounds differently somewhere.
+            assert!(
+                got != old,
+                "shape {shape} case {i}: tiled and per-token bit-identical"
+            );
+        }
+    }
+    g.set_attn_tile_shape(0);
+    g.set_attn_tile(true);
 }
 
 #[test]
@@ -750,7 +857,11 @@ fn attention_errors_match_the_cpu() {
 fn one_submission_per_step() {
     let mut g = gpu();
     let mut rng = Rng(1);
-    let w = weight("w", DType::Q8_0, 64, 64, &rng.vec(64 * 64, 1.0));
+    // F32 weights: with a quantized format the activations are rounded to its levels before
+    // each product, and over 20 chained products one level rounded the other way on a GPU
+    // (another summation order) grew to NMSE 7e-4 on an H100 (run 15); this test is about
+    // submissions, the formats have their own.
+    let w = weight("w", DType::F32, 64, 64, &rng.vec(64 * 64, 1.0));
     let xv = rng.vec(64, 1.0);
     // 60 ops chained through one buffer (each reads what the previous wrote), then a download.
     let run = |b: &mut dyn Backend| {
@@ -856,7 +967,9 @@ fn residual_add_folds_into_the_norm() {
                 let errs = g.take_errors();
                 assert!(errs.is_empty(), "GPU errors: {errs:?}");
                 let e = nmse(&got, &want);
-                assert!(e < 1e-10, "{cols}x{rows} n={n} fuse={fuse}: NMSE {e}");
+                // n = 12: the product runs on tensor cores where the device has them
+                let tol = product_tol(&g, 1e-10);
+                assert!(e < tol, "{cols}x{rows} n={n} fuse={fuse}: NMSE {e}");
                 outs.push(got);
             }
             assert_eq!(outs[0], outs[1], "{cols} n={n}: fusion changes nothing");
@@ -930,8 +1043,10 @@ fn rope_folds_into_the_kv_store() {
         let want = run(&mut CpuBackend::new());
         let mut counts = Vec::new();
         let mut outs = Vec::new();
+        let mut tol = 0.0;
         for fuse in [true, false] {
             let mut g = gpu();
+            tol = attn_tol(&g);
             g.set_fuse_q8k(fuse);
             let before = g.dispatches();
             let got = run(&mut g);
@@ -946,7 +1061,7 @@ fn rope_folds_into_the_kv_store() {
         assert!(e < 1e-12, "case {i}: fused vs separate NMSE {e}");
         for (fuse, got) in [true, false].iter().zip(&outs) {
             let e = nmse(got, &want);
-            assert!(e < 5e-9, "case {i} fuse={fuse}: NMSE {e}");
+            assert!(e < tol, "case {i} fuse={fuse}: NMSE {e}");
         }
         // fused: one dispatch for both RoPEs and the store; unfused: two RoPEs and one or two
         // stores
@@ -976,6 +1091,10 @@ fn products_of_one_input_share_a_dispatch() {
         ],
         &[(DType::Q6_K, 40), (DType::Q6_K, 40)],
     ];
+    // One backend per (configuration, fusion), reused over groups and token counts: a fresh
+    // one for each of the 36 runs exhausted the NVIDIA driver (no adapter found after ~20
+    // backends in one process, H100, run 15).
+    let mut pool: Vec<Option<GpuBackend>> = (0..6).map(|_| None).collect();
     for (gi, list) in groups.iter().enumerate() {
         let ws: Vec<HostWeight> = list
             .iter()
@@ -1003,17 +1122,21 @@ fn products_of_one_input_share_a_dispatch() {
             let want = run(&mut CpuBackend::new());
             // per-matrix shapes with subgroup reductions, the shared-memory tree, and a row
             // group of 8 threads (one subgroup on lavapipe: `subgroupAdd` alone)
-            for (subgroups, shape) in [(true, None), (false, None), (true, Some((64, 8, 4)))] {
+            let configs = [(true, None), (false, None), (true, Some((64, 8, 4)))];
+            for (ci, (subgroups, shape)) in configs.into_iter().enumerate() {
                 let mut counts = Vec::new();
-                for fuse in [true, false] {
-                    let mut g = gpu();
-                    g.set_fuse_q8k(fuse);
-                    g.set_subgroups(subgroups);
-                    if let Some((wg, tpr, nr)) = shape {
-                        assert!(g.set_q8k_shape(wg, tpr, nr));
-                    }
+                for (fi, fuse) in [true, false].into_iter().enumerate() {
+                    let g = pool[ci * 2 + fi].get_or_insert_with(|| {
+                        let mut g = gpu();
+                        g.set_fuse_q8k(fuse);
+                        g.set_subgroups(subgroups);
+                        if let Some((wg, tpr, nr)) = shape {
+                            assert!(g.set_q8k_shape(wg, tpr, nr));
+                        }
+                        g
+                    });
                     let before = g.dispatches();
-                    let got = run(&mut g);
+                    let got = run(g);
                     counts.push(g.dispatches() - before);
                     let errs = g.take_errors();
                     assert!(errs.is_empty(), "GPU errors: {errs:?}");

@@ -179,6 +179,17 @@ fn smollm2_greedy_matches_cpu() {
     check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, false);
 }
 
+/// A 72-token prompt: 64 or more queries in one step take the tiled prefill attention
+/// (`ATTN_TILE`) on the GPU and the CPU's f32 attention path.
+#[test]
+fn smollm2_long_prompt_greedy_matches_cpu() {
+    let base = [
+        2089u32, 23362, 288, 11494, 436, 3318, 15195, 37099, 43, 284, 2221, 198,
+    ];
+    let prompt: Vec<u32> = base.iter().copied().cycle().take(72).collect();
+    check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, false);
+}
+
 #[test]
 fn gemma3_greedy_matches_cpu() {
     let prompt = [
