@@ -1970,17 +1970,7 @@ impl Backend for GpuBackend {
         let mut tok_cells = Vec::with_capacity(n);
         let mut seq_len: HashMap<u32, usize> = HashMap::new();
         for tok in batch.tokens {
-            let cell = *batch
-                .cells
-                .get(tok.seq as usize)
-                .and_then(|c| c.get(tok.pos as usize))
-                .ok_or(BackendError::MissingCell {
-                    seq: tok.seq,
-                    pos: tok.pos,
-                })?;
-            if cell as usize >= n_cells {
-                return Err(BackendError::CellOutOfRange { cell, n_cells });
-            }
+            let cell = batch.cell_of(tok, n_cells)? as u32;
             tok_cells.push(cell);
             let e = seq_len.entry(tok.seq).or_insert(0);
             *e = (*e).max(tok.pos as usize + 1);
@@ -2007,22 +1997,15 @@ impl Backend for GpuBackend {
         let mut runs = Vec::new();
         // The CPU's per-query f16 path below ggml's flash-attention tile of 64 queries, decided
         // per sequence from its own queries in the step (as the CPU backend does).
-        let mut start = 0;
-        while start < n {
-            let seq = batch.tokens[start].seq;
-            let len = batch.tokens[start..]
-                .iter()
-                .take_while(|t| t.seq == seq)
-                .count();
-            let f16_flag = if len < 64 { 1u32 << 31 } else { 0 };
-            for tok in &batch.tokens[start..start + len] {
+        for run in orchard_backend::runs_by(batch.tokens, |t| t.seq) {
+            let f16_flag = if run.len() < 64 { 1u32 << 31 } else { 0 };
+            for tok in &batch.tokens[run.clone()] {
                 let hi = tok.pos as usize;
                 let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
                 ranges.push(table_off[&tok.seq] + lo as u32);
                 ranges.push((hi + 1 - lo) as u32 | f16_flag);
             }
-            runs.push((start, len));
-            start += len;
+            runs.push((run.start, run.len()));
         }
         let ranges_off = self.push_aux(&ranges);
         // Tiled prefill kernel: every run on the f32 path, head dims it holds, shared memory
