@@ -65,6 +65,15 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
+    /// The quantized cache of `layer`, for tests that reach into it.
+    #[cfg(test)]
+    pub(crate) fn quant_kv_mut(
+        &mut self,
+        layer: usize,
+    ) -> Option<&mut crate::attention_quant::QuantKv> {
+        self.kv.get_mut(layer)?.as_mut()?.quant.as_mut()
+    }
+
     pub fn new() -> CpuBackend {
         CpuBackend {
             weights: Vec::new(),
@@ -552,6 +561,7 @@ impl Backend for CpuBackend {
             l.n_cells,
             l.head_dim_k,
             l.head_dim_v,
+            l.k_rope_pairs,
         );
         if self.kv.len() <= layer {
             self.kv.resize_with(layer + 1, || None);

@@ -96,6 +96,51 @@ pub struct RopeParams {
     pub neox: bool,
 }
 
+impl RopeParams {
+    /// The channel pairs this RoPE rotates together.
+    pub fn pairs(&self) -> RopePairs {
+        if self.neox {
+            RopePairs::Halves { n_rot: self.n_rot }
+        } else {
+            RopePairs::Adjacent { n_rot: self.n_rot }
+        }
+    }
+}
+
+/// Which channels of a K head RoPE rotates together: a per-channel transform of cached K (the
+/// quantized cache's K smoothing) must treat both channels of a pair alike to hold at every
+/// position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopePairs {
+    /// No RoPE, or not known: every channel stands alone.
+    #[default]
+    None,
+    /// (2i, 2i + 1) for 2i < n_rot: the normal order.
+    Adjacent { n_rot: usize },
+    /// (i, i + n_rot / 2) for i < n_rot / 2: NeoX.
+    Halves { n_rot: usize },
+}
+
+impl RopePairs {
+    /// The partner of channel `c` of a head, if RoPE pairs it.
+    pub fn partner(&self, c: usize) -> Option<usize> {
+        match *self {
+            RopePairs::None => None,
+            RopePairs::Adjacent { n_rot } => (c < n_rot / 2 * 2).then_some(c ^ 1),
+            RopePairs::Halves { n_rot } => {
+                let half = n_rot / 2;
+                if c < half {
+                    Some(c + half)
+                } else if c < 2 * half {
+                    Some(c - half)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Where each token of a step sits: its sequence (index into `AttnBatch::cells`) and position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSlot {
@@ -158,6 +203,8 @@ pub struct KvLayout {
     pub head_dim_v: usize,
     pub type_k: DType,
     pub type_v: DType,
+    /// RoPE's channel pairs in K (for a quantized K's smoothing).
+    pub k_rope_pairs: RopePairs,
 }
 
 /// Gated linear unit flavours of the feed-forward block.

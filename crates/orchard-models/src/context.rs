@@ -122,6 +122,7 @@ impl Context {
                     head_dim_v: model.hp.head_dim_v,
                     type_k: opts.type_k,
                     type_v: opts.type_v,
+                    k_rope_pairs: model.arch.k_rope_pairs(il),
                 };
                 b.alloc_kv_typed(il, &layout).map_err(|e| match e {
                     orchard_backend::BackendError::UnsupportedKvType { .. } => ModelError::KvType {

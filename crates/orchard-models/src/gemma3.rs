@@ -113,6 +113,10 @@ impl Architecture for Gemma3 {
         Ok(())
     }
 
+    fn k_rope_pairs(&self, il: usize) -> orchard_backend::RopePairs {
+        self.layers[il].cfg.rope.pairs()
+    }
+
     fn kv_width(&self, _il: usize) -> (usize, usize) {
         (self.hp.n_embd_k_gqa(), self.hp.n_embd_v_gqa())
     }

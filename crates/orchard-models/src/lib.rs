@@ -38,6 +38,8 @@ pub trait Architecture: Send + Sync {
     fn layer(&self, s: &mut Step<'_>, il: usize) -> Result<(), ModelError>;
     /// Widths of one KV cache row of layer `il`: (K, V).
     fn kv_width(&self, il: usize) -> (usize, usize);
+    /// The channel pairs RoPE rotates in layer `il`'s K (`RopePairs::None` without RoPE).
+    fn k_rope_pairs(&self, il: usize) -> orchard_backend::RopePairs;
     /// The attention window of layer `il`, `None` for full attention.
     fn sliding_window(&self, _il: usize) -> Option<usize> {
         None

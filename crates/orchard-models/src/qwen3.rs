@@ -24,6 +24,10 @@ impl Architecture for Qwen3 {
         self.layers[il].forward(s, il, &self.cfg, &self.hp)
     }
 
+    fn k_rope_pairs(&self, _il: usize) -> orchard_backend::RopePairs {
+        self.cfg.rope.pairs()
+    }
+
     fn kv_width(&self, _il: usize) -> (usize, usize) {
         (self.hp.n_embd_k_gqa(), self.hp.n_embd_v_gqa())
     }
