@@ -747,8 +747,20 @@ impl Backend for CpuBackend {
             // two threads slower than one on this bandwidth-bound step (SmolLM2 tg128 at 2
             // threads: 99 t/s with 16-row tasks, 198 with one run per thread).
             let per_task = rows.div_ceil(pool::global().threads());
+            // A type's run kernel, where it has one, takes the thread's whole run at once.
+            let rows_kernel = t.vec_dot_rows.filter(|_| orders[0] == DotOrder::Plain);
             pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
                 let r0 = ci * per_task;
+                if let Some(k) = rows_kernel {
+                    k(
+                        cols,
+                        &wbytes[r0 * w_row..(r0 + chunk.len()) * w_row],
+                        w_row,
+                        &act,
+                        chunk,
+                    );
+                    return;
+                }
                 for (i, v) in chunk.iter_mut().enumerate() {
                     let r = r0 + i;
                     *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);

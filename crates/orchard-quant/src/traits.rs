@@ -21,6 +21,9 @@ pub type FromFloatFn = fn(&[f32], &mut [u8]);
 pub type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// `vec_dot_x4(n, [four weight rows], act_row)`: four dots sharing one activation row.
 pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
+/// `vec_dot_rows(n, rows, row_bytes, act_row, out)`: `out.len()` consecutive weight rows
+/// (`row_bytes` apart) against one activation row; `out[i]` bit-identical to `vec_dot` of row i.
+pub type VecDotRowsFn = fn(usize, &[u8], usize, &[u8], &mut [f32]);
 /// `vec_dot_4act(n, weight_row, [four activation rows])`: four dots sharing one weight row.
 pub type VecDot4ActFn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// `dot(n, [four unpacked weight rows], [four activation rows])`: the 4 x 4 dots of a
@@ -95,6 +98,10 @@ pub struct TypeTraits {
     /// activation loads) while the rows are cache-resident; reading four rows side by side from
     /// memory is slower than one after another on some machines.
     pub vec_dot_x4: Option<VecDotX4Fn>,
+    /// A run of consecutive weight rows against one activation row (matrix-vector products),
+    /// each result bit-identical to `vec_dot`: for kernels that gain from converting the
+    /// activation row once per run or from keeping two rows in flight.
+    pub vec_dot_rows: Option<VecDotRowsFn>,
     /// One weight row against four activation rows (prompt processing: the weight row is
     /// unpacked once for four tokens); each result bit-identical to `vec_dot` of that pair.
     pub vec_dot_4act: Option<VecDot4ActFn>,
@@ -224,6 +231,7 @@ macro_rules! entry {
             from_float_ref: $from_ref,
             vec_dot: $dot,
             vec_dot_x4: $dot4,
+            vec_dot_rows: None,
             vec_dot_4act: None,
             vec_dot_tile: None,
             vec_dot_interleaved: None,

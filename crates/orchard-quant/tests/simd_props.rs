@@ -195,6 +195,30 @@ proptest! {
     }
 
     #[test]
+    fn row_run_kernels_equal_the_single_dot(seed in any::<u64>(), n_blocks in 0usize..20, which in 0usize..11, m in 0usize..14) {
+        // Runs of `m` consecutive rows (every split into quarters and leftovers), misaligned.
+        let (w, act) = DOT_TYPES[which];
+        let mut rng = Rng::new(seed);
+        let n = if w == DType::F16 { n_blocks * 29 + (seed % 7) as usize } else { n_blocks * w.block_size() };
+        let row_bytes = w.row_bytes(n as u64).unwrap() as usize;
+        let mut run = vec![0u8; 1];
+        for _ in 0..m {
+            run.extend_from_slice(&random_blocks(w, n, &mut rng));
+        }
+        let a = misaligned(&random_blocks(act, n, &mut rng));
+        for tier in Tier::ALL.into_iter().filter(|t| t.is_available()) {
+            let t = traits_for(tier, w).unwrap();
+            let (Some(rows), Some(dot)) = (t.vec_dot_rows, t.vec_dot) else { continue };
+            let mut out = vec![f32::NAN; m];
+            rows(n, &run[1..], row_bytes, &a[1..], &mut out);
+            for (r, got) in out.iter().enumerate() {
+                let want = dot(n, &run[1 + r * row_bytes..1 + (r + 1) * row_bytes], &a[1..]);
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "{:?} {} rows run of {}: row {}", tier, w, m, r);
+            }
+        }
+    }
+
+    #[test]
     fn interleaved_q4_k_orders_equal_their_scalar_twins(seed in any::<u64>(), n_blocks in 0usize..6) {
         let mut rng = Rng::new(seed);
         let n = n_blocks * 256;
