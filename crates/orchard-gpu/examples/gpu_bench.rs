@@ -4,13 +4,15 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [MODEL...]
+//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--profile] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
-//!        micro-benchmarks' weight, 4096x14336 by default)
+//!        micro-benchmarks' weight, 4096x14336 by default; --profile: after each model's
+//!        runs, 16 more decode tokens and one prompt step with per-dispatch timestamps,
+//!        printed per kernel)
 
 use orchard_backend::{AttnBatch, AttnParams, Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
-use orchard_gpu::GpuBackend;
+use orchard_gpu::{GpuBackend, GpuProfile, Profiling};
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
 use orchard_models::{Batch, Context, ContextOptions, Model};
 use std::sync::Arc;
@@ -40,6 +42,8 @@ struct Args {
     q8k_shapes: Vec<(u32, u32, u32)>,
     /// `--coop-tiles TN/BK,...`: cooperative-matrix matmul tiles timed side by side.
     coop_tiles: Vec<(u32, u32)>,
+    /// `--profile`: per-kernel device time of decode tokens and a prompt step, after the runs.
+    profile: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -61,6 +65,7 @@ fn parse() -> Args {
         shape: (4096, 14336),
         q8k_shapes: Vec::new(),
         coop_tiles: Vec::new(),
+        profile: false,
         p: 512,
         n: 128,
         r: 3,
@@ -76,6 +81,7 @@ fn parse() -> Args {
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
             "--attn" => a.attn = true,
+            "--profile" => a.profile = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
@@ -129,9 +135,17 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn bench_model(path: &str, a: &Args) {
     let t = Instant::now();
     let model = Arc::new(Model::load(path).expect("model loads"));
-    let mut gpu = GpuBackend::new(None).expect("a GPU");
+    let mut gpu = if a.profile {
+        // Timestamps only in the profile runs at the end; the timed runs stay unprofiled.
+        orchard_gpu::set_profiling(false);
+        GpuBackend::new_with_profiling(None, true)
+    } else {
+        GpuBackend::new(None)
+    }
+    .expect("a GPU");
     gpu.set_exact_activations(!a.f32_act);
     let dev = gpu.adapter().clone();
+    let profiling = gpu.profiling();
     let coop = gpu.coop();
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
@@ -201,6 +215,41 @@ fn bench_model(path: &str, a: &Args) {
         (s1.wait_ns - s0.wait_ns) as f64 / toks / 1e6,
         1e3 / (tg.iter().sum::<f64>() / tg.len() as f64)
     );
+    if a.profile && profiling != Profiling::On {
+        println!("profile: {profiling:?} on {}", dev.name);
+    } else if a.profile {
+        // 16 decode tokens at positions spread over the tg run's, then one prompt step.
+        let k = 16;
+        orchard_gpu::take_profile();
+        let s0 = orchard_gpu::stats();
+        orchard_gpu::set_profiling(true);
+        for i in 0..k {
+            run(&[1 + i as u32], (i * a.n / k) as u32, &mut out);
+        }
+        orchard_gpu::set_profiling(false);
+        let s1 = orchard_gpu::stats();
+        let prof = orchard_gpu::take_profile();
+        print_profile(
+            &format!("tg profile, {k} tokens"),
+            &prof,
+            k as f64,
+            "token",
+            (s1.dispatches - s0.dispatches) as f64 / k as f64,
+        );
+        let s0 = orchard_gpu::stats();
+        orchard_gpu::set_profiling(true);
+        run(&prompt, 0, &mut out);
+        orchard_gpu::set_profiling(false);
+        let s1 = orchard_gpu::stats();
+        let prof = orchard_gpu::take_profile();
+        print_profile(
+            &format!("pp profile, one {}-token step", a.p),
+            &prof,
+            1.0,
+            "step",
+            (s1.dispatches - s0.dispatches) as f64,
+        );
+    }
     let (ppm, pps) = mean_sd(&pp);
     let (tgm, tgs) = mean_sd(&tg);
     let gib = model.weight_bytes() as f64 / (1u64 << 30) as f64;
@@ -229,6 +278,45 @@ fn bench_model(path: &str, a: &Args) {
         tgs,
         streamed * tgm / 1e9,
         load_s
+    );
+}
+
+/// One row per kernel label, per `unit` (token or step): dispatches, busy and gap time, mean
+/// busy time per dispatch and share of the submissions' spans; then the totals.
+fn print_profile(title: &str, p: &GpuProfile, per: f64, unit: &str, stats_dispatches: f64) {
+    let us = |ns: u64| ns as f64 / 1e3 / per;
+    let span = p.span_ns.max(1) as f64;
+    println!(
+        "{title}: {} submissions, {:.1} dispatches/{unit} ({:.1} by stats()), timestamps backwards: {}",
+        p.submissions,
+        p.dispatches() as f64 / per,
+        stats_dispatches,
+        p.backwards
+    );
+    println!(
+        "| kernel | dispatches/{unit} | busy us/{unit} | gap us/{unit} | busy us/dispatch | share |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |label: &str, n: u64, busy: u64, gap: u64| {
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} % |",
+            n as f64 / per,
+            us(busy),
+            us(gap),
+            busy as f64 / 1e3 / n.max(1) as f64,
+            100.0 * (busy + gap) as f64 / span
+        );
+    };
+    for r in &p.rows {
+        row(&r.label, r.dispatches, r.busy_ns, r.gap_ns);
+    }
+    row("total", p.dispatches(), p.busy_ns(), p.gap_ns());
+    println!(
+        "per {unit}: submission spans {:.1} us ({:.2} submissions), busy {:.1} us + gaps {:.1} us",
+        us(p.span_ns),
+        p.submissions as f64 / per,
+        us(p.busy_ns()),
+        us(p.gap_ns())
     );
 }
 

@@ -10,8 +10,8 @@ use orchard_backend::{
 use orchard_core::DType;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 /// Process-wide counters of all GPU backends, for benchmarks: where a step's time goes.
@@ -38,6 +38,159 @@ pub fn stats() -> GpuStats {
         encode_ns: ENCODE_NS.load(Ordering::Relaxed),
         wait_ns: WAIT_NS.load(Ordering::Relaxed),
     }
+}
+
+/// Whether backends opened with profiling write timestamps (see [`set_profiling`]).
+static PROFILE_ON: AtomicBool = AtomicBool::new(true);
+/// The device-time profile of every profiling `GpuBackend` of this process.
+static PROFILE: LazyLock<Mutex<ProfileAcc>> = LazyLock::new(Mutex::default);
+
+/// Pauses (`false`) or resumes timestamp writes of every backend opened with profiling
+/// (`ORCHARD_GPU_PROFILE=1` or [`GpuBackend::new_with_profiling`]); on by default, so that
+/// benchmarks can leave their timed runs unprofiled.
+pub fn set_profiling(on: bool) {
+    PROFILE_ON.store(on, Ordering::Relaxed);
+}
+
+/// The profile accumulated by every profiling backend of this process since the last call;
+/// resets it.
+pub fn take_profile() -> GpuProfile {
+    PROFILE.lock().map(|mut p| p.take()).unwrap_or_default()
+}
+
+/// Device time of one kernel label, from timestamps written before and after each dispatch.
+/// wgpu's Vulkan backend writes them at `BOTTOM_OF_PIPE`: a timestamp is taken once all work
+/// before it has finished, so busy time runs from the previous dispatch's completion to this
+/// one's (its launch and barrier included), and gaps stay near zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileRow {
+    /// The kernel and, for products, its weight format, e.g. `MatVecQ8KMulti3(Q4_K)`.
+    pub label: String,
+    pub dispatches: u64,
+    /// Sum over dispatches of (timestamp after - timestamp before), in ns.
+    pub busy_ns: u64,
+    /// Sum over dispatches of (this start - the previous dispatch's end, same submission), in
+    /// ns: barrier and launch cost, attributed to the dispatch that follows.
+    pub gap_ns: u64,
+}
+
+/// A device-time profile: per kernel label, plus the submissions it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuProfile {
+    /// Largest busy time first.
+    pub rows: Vec<ProfileRow>,
+    /// Profiled submissions (those with at least one dispatch).
+    pub submissions: u64,
+    /// Sum over submissions of (last dispatch end - first dispatch start), in ns.
+    pub span_ns: u64,
+    /// Timestamp pairs that went backwards (counted as 0 ns); nonzero means the device's
+    /// timestamps cannot be trusted.
+    pub backwards: u64,
+}
+
+impl GpuProfile {
+    pub fn dispatches(&self) -> u64 {
+        self.rows.iter().map(|r| r.dispatches).sum()
+    }
+    pub fn busy_ns(&self) -> u64 {
+        self.rows.iter().map(|r| r.busy_ns).sum()
+    }
+    pub fn gap_ns(&self) -> u64 {
+        self.rows.iter().map(|r| r.gap_ns).sum()
+    }
+}
+
+/// Whether a backend profiles its dispatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profiling {
+    /// Not asked for (`ORCHARD_GPU_PROFILE` unset).
+    Off,
+    /// Asked for, but the adapter lacks `TIMESTAMP_QUERY` or `TIMESTAMP_QUERY_INSIDE_PASSES`.
+    Unsupported,
+    On,
+}
+
+/// Accumulated profile, by kernel: (dispatches, busy ns, gap ns).
+#[derive(Default)]
+struct ProfileAcc {
+    rows: HashMap<Kernel, [u64; 3]>,
+    submissions: u64,
+    span_ns: u64,
+    backwards: u64,
+}
+
+impl ProfileAcc {
+    fn merge(&mut self, o: &ProfileAcc) {
+        for (k, v) in &o.rows {
+            let r = self.rows.entry(*k).or_default();
+            for i in 0..3 {
+                r[i] += v[i];
+            }
+        }
+        self.submissions += o.submissions;
+        self.span_ns += o.span_ns;
+        self.backwards += o.backwards;
+    }
+
+    /// The profile by label (kernels differing only in shape share one) and a reset.
+    fn take(&mut self) -> GpuProfile {
+        let acc = std::mem::take(self);
+        let mut by_label: HashMap<String, [u64; 3]> = HashMap::new();
+        for (k, v) in acc.rows {
+            let r = by_label.entry(k.label()).or_default();
+            for i in 0..3 {
+                r[i] += v[i];
+            }
+        }
+        let mut rows: Vec<ProfileRow> = by_label
+            .into_iter()
+            .map(|(label, [dispatches, busy_ns, gap_ns])| ProfileRow {
+                label,
+                dispatches,
+                busy_ns,
+                gap_ns,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.busy_ns.cmp(&a.busy_ns).then(a.label.cmp(&b.label)));
+        GpuProfile {
+            rows,
+            submissions: acc.submissions,
+            span_ns: acc.span_ns,
+            backwards: acc.backwards,
+        }
+    }
+
+    /// Adds one submission's resolved timestamps (start, end per dispatch, in ticks).
+    fn add_submission(&mut self, kernels: &[Kernel], ticks: &[u64], period: f64) {
+        let ns = |a: u64, b: u64| (b.saturating_sub(a) as f64 * period).round() as u64;
+        let mut prev_end: Option<u64> = None;
+        for (k, t) in kernels.iter().zip(ticks.chunks_exact(2)) {
+            let (start, end) = (t[0], t[1]);
+            let r = self.rows.entry(*k).or_default();
+            r[0] += 1;
+            r[1] += ns(start, end);
+            self.backwards += u64::from(end < start);
+            if let Some(p) = prev_end {
+                r[2] += ns(p, start);
+                self.backwards += u64::from(start < p);
+            }
+            prev_end = Some(end);
+        }
+        if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
+            self.submissions += 1;
+            self.span_ns += ns(*first, *last);
+        }
+    }
+}
+
+/// Timestamp queries of a profiling backend: query sets of `QUERY_SET_MAX_QUERIES` (two per
+/// dispatch), the buffer they resolve into and its mappable copy, grown on demand.
+struct Profiler {
+    sets: Vec<wgpu::QuerySet>,
+    resolve: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    acc: ProfileAcc,
 }
 
 /// Bytes of one op's parameter block.
@@ -136,6 +289,37 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// A short stable name for profiles: the variant and its weight format, without shapes.
+    fn label(self) -> String {
+        match self {
+            Kernel::MatVec(d) => format!("MatVec({d:?})"),
+            Kernel::MatMul(d) => format!("MatMul({d:?})"),
+            Kernel::MatMulK(d) => format!("MatMulK({d:?})"),
+            Kernel::MatMulCoop(d, ..) => format!("MatMulCoop({d:?})"),
+            Kernel::MatVecRagged(d) => format!("MatVecRagged({d:?})"),
+            Kernel::MatMulRagged(d) => format!("MatMulRagged({d:?})"),
+            Kernel::MatVecQ8K(d, ..) => format!("MatVecQ8K({d:?})"),
+            Kernel::MatVecQ8KMulti(d, .., m) => format!("MatVecQ8KMulti{m}({d:?})"),
+            Kernel::MatVecQ8KAdd(d, ..) => format!("MatVecQ8KAdd({d:?})"),
+            Kernel::AddNorm(false) => "AddNorm".into(),
+            Kernel::AddNorm(true) => "AddNormQ8K".into(),
+            Kernel::AttnTile(..) => "AttnTile".into(),
+            Kernel::ActQ8K => "ActQ8K".into(),
+            Kernel::NormQ8K => "NormQ8K".into(),
+            Kernel::GluQ8K => "GluQ8K".into(),
+            Kernel::Norm => "Norm".into(),
+            Kernel::NormInplace => "NormInplace".into(),
+            Kernel::Elementwise => "Elementwise".into(),
+            Kernel::Glu => "Glu".into(),
+            Kernel::Rope => "Rope".into(),
+            Kernel::KvStore => "KvStore".into(),
+            Kernel::KvStore2 => "KvStore2".into(),
+            Kernel::RopeKv => "RopeKv".into(),
+            Kernel::Attention => "Attention".into(),
+            Kernel::ActQuant => "ActQuant".into(),
+        }
+    }
+
     /// Storage bindings after the params block: `true` for read-write.
     fn bindings(self) -> &'static [bool] {
         match self {
@@ -327,6 +511,10 @@ pub struct GpuBackend {
     /// workgroup per row made the 8B decode slower on an H200; `ORCHARD_GPU_FUSE_ADD_NORM_Q8K=1`).
     fuse_matvec_add: bool,
     fuse_add_norm_q8k: bool,
+    /// Timestamp queries around every dispatch, when asked for and the device has them.
+    profiler: Option<Profiler>,
+    /// Whether profiling was asked for at `new` (to tell `Off` from `Unsupported`).
+    profile_asked: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -338,8 +526,19 @@ struct ActQ {
 
 impl GpuBackend {
     /// Opens adapter `adapter_index` of [`crate::list_adapters`] (the first, a discrete GPU when
-    /// there is one, by default).
+    /// there is one, by default), profiling when `ORCHARD_GPU_PROFILE=1`.
     pub fn new(adapter_index: Option<usize>) -> Result<GpuBackend, BackendError> {
+        let profile = std::env::var("ORCHARD_GPU_PROFILE").as_deref() == Ok("1");
+        GpuBackend::new_with_profiling(adapter_index, profile)
+    }
+
+    /// As [`GpuBackend::new`], with per-dispatch timestamps (see [`GpuBackend::profiling`])
+    /// asked for or not regardless of `ORCHARD_GPU_PROFILE`. Profiling waits for every
+    /// submission as it ends, so it slows steps down; off, it costs nothing.
+    pub fn new_with_profiling(
+        adapter_index: Option<usize>,
+        profile: bool,
+    ) -> Result<GpuBackend, BackendError> {
         let inst = instance();
         let list = adapters(&inst);
         let idx = adapter_index.unwrap_or(0);
@@ -377,6 +576,12 @@ impl GpuBackend {
         }
         if coop_available {
             required_features |= coop_features;
+        }
+        let ts_features =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let profiled = profile && adapter.features().contains(ts_features);
+        if profiled {
+            required_features |= ts_features;
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orchard"),
@@ -487,7 +692,17 @@ impl GpuBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(MATMUL_MIN_BIG_TILES),
             old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
+            profiler: None,
+            profile_asked: profile,
         };
+        if profiled {
+            me.profiler = Some(Profiler {
+                sets: Vec::new(),
+                resolve: None,
+                period: f64::from(me.queue.get_timestamp_period()),
+                acc: ProfileAcc::default(),
+            });
+        }
         me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
             Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
             Ok("none") => wgpu::ShaderRuntimeChecks::unchecked(),
@@ -533,6 +748,24 @@ impl GpuBackend {
         }
         me.sync();
         Ok(me)
+    }
+
+    /// Whether this backend writes timestamps around its dispatches.
+    pub fn profiling(&self) -> Profiling {
+        match (&self.profiler, self.profile_asked) {
+            (Some(_), _) => Profiling::On,
+            (None, true) => Profiling::Unsupported,
+            (None, false) => Profiling::Off,
+        }
+    }
+
+    /// This backend's profile since the last call (also merged into [`take_profile`]'s);
+    /// resets it. Empty unless [`GpuBackend::profiling`] is `On`.
+    pub fn take_profile(&mut self) -> GpuProfile {
+        self.profiler
+            .as_mut()
+            .map(|p| p.acc.take())
+            .unwrap_or_default()
     }
 
     /// The adapter this backend runs on.
@@ -1181,6 +1414,17 @@ impl GpuBackend {
             .count();
         DISPATCHES.fetch_add(n_dispatch as u64, Ordering::Relaxed);
         self.dispatches += n_dispatch as u64;
+        let profile =
+            n_dispatch > 0 && self.profiler.is_some() && PROFILE_ON.load(Ordering::Relaxed);
+        if profile {
+            self.profiler_reserve(n_dispatch);
+        }
+        // Timestamp query sets (two queries per dispatch) and the kernels timed, in order.
+        let sets: &[wgpu::QuerySet] = match (&self.profiler, profile) {
+            (Some(p), true) => &p.sets,
+            _ => &[],
+        };
+        let mut timed: Vec<Kernel> = Vec::new();
         SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
         if !self.params.is_empty() {
             self.queue
@@ -1225,8 +1469,32 @@ impl GpuBackend {
                     current = Some(*kernel);
                 }
                 pass.set_bind_group(0, bind, &[*offset]);
+                let q = 2 * timed.len() as u32;
+                let set = sets.get((q / wgpu::QUERY_SET_MAX_QUERIES) as usize);
+                let q = q % wgpu::QUERY_SET_MAX_QUERIES;
+                if let Some(set) = set {
+                    pass.write_timestamp(set, q);
+                }
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                if let Some(set) = set {
+                    pass.write_timestamp(set, q + 1);
+                    timed.push(*kernel);
+                }
                 i += 1;
+            }
+        }
+        let n_queries = 2 * timed.len() as u32;
+        if let Some((resolve, readback)) = self.profiler.as_ref().and_then(|p| p.resolve.as_ref()) {
+            if n_queries > 0 {
+                for (s, set) in sets.iter().enumerate() {
+                    let first = s as u32 * wgpu::QUERY_SET_MAX_QUERIES;
+                    if first >= n_queries {
+                        break;
+                    }
+                    let n = (n_queries - first).min(wgpu::QUERY_SET_MAX_QUERIES);
+                    enc.resolve_query_set(set, 0..n, resolve, u64::from(first) * 8);
+                }
+                enc.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
             }
         }
         if let Some((src, bytes)) = readback {
@@ -1252,6 +1520,89 @@ impl GpuBackend {
         self.aux.clear();
         self.rope_memo.clear();
         self.recent.clear();
+        if !timed.is_empty() {
+            self.read_profile(&timed);
+        }
+    }
+
+    /// Makes the profiler's query sets and buffers hold `n_dispatch` dispatches.
+    fn profiler_reserve(&mut self, n_dispatch: usize) {
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        let per_set = wgpu::QUERY_SET_MAX_QUERIES as usize;
+        while p.sets.len() * per_set < 2 * n_dispatch {
+            p.sets
+                .push(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: wgpu::QUERY_SET_MAX_QUERIES,
+                }));
+        }
+        let bytes = (p.sets.len() * per_set * 8) as u64;
+        if p.resolve.as_ref().is_none_or(|(r, _)| r.size() < bytes) {
+            let buf = |label, usage| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            p.resolve = Some((
+                buf(
+                    "profile_resolve",
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                ),
+                buf(
+                    "profile_readback",
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+            ));
+        }
+    }
+
+    /// Waits for the submission just made and adds its timestamps (start and end of each of
+    /// `timed`, in order) to this backend's profile and the process's.
+    fn read_profile(&mut self, timed: &[Kernel]) {
+        let Some((_, readback)) = self.profiler.as_ref().and_then(|p| p.resolve.clone()) else {
+            return;
+        };
+        let slice = readback.slice(0..timed.len() as u64 * 16);
+        let done = Arc::new(Mutex::new(None));
+        let d2 = done.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            if let Ok(mut g) = d2.lock() {
+                *g = Some(r);
+            }
+        });
+        self.wait();
+        let mut ticks = Vec::with_capacity(2 * timed.len());
+        if matches!(done.lock().ok().and_then(|g| g.clone()), Some(Ok(()))) {
+            match slice.get_mapped_range() {
+                Ok(view) => ticks.extend(view.chunks_exact(8).map(|c| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(c);
+                    u64::from_ne_bytes(b)
+                })),
+                Err(e) => tracing::error!("GPU profile readback: {e}"),
+            }
+            readback.unmap();
+        } else {
+            tracing::error!("GPU profile readback: mapping the timestamps failed");
+        }
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        if ticks.len() != 2 * timed.len() {
+            return;
+        }
+        let mut sub = ProfileAcc::default();
+        sub.add_submission(timed, &ticks, p.period);
+        p.acc.merge(&sub);
+        if let Ok(mut g) = PROFILE.lock() {
+            g.merge(&sub);
+        }
     }
 
     fn wait(&self) {

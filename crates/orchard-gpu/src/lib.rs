@@ -12,6 +12,10 @@
 //! Steps longer than 80 dispatches (`GpuBackend::set_flush_every`) are submitted in parts at op boundaries, so the
 //! device starts on the first layers while the host encodes the rest.
 //!
+//! `ORCHARD_GPU_PROFILE=1` (or `GpuBackend::new_with_profiling`) times every dispatch with
+//! timestamp queries, where the device has them inside passes, and accumulates device time per
+//! kernel (`take_profile`; `gpu_bench --profile` prints it). It waits for each submission.
+//!
 //! `unsafe` lives in two places: the opt-in to wgpu's experimental cooperative matrices
 //! (`GpuBackend::new`, for the tensor-core prompt matmul), and shader modules, created with
 //! `create_shader_module_trusted` (backend.rs) to turn off naga's loop bounding, which cost
@@ -22,7 +26,9 @@ mod backend;
 mod formats;
 mod shaders;
 
-pub use backend::{stats, GpuBackend, GpuStats};
+pub use backend::{
+    set_profiling, stats, take_profile, GpuBackend, GpuProfile, GpuStats, ProfileRow, Profiling,
+};
 
 use orchard_backend::BackendError;
 
