@@ -4,7 +4,8 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--profile] [MODEL...]
+//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--decode-attn] [--floor]
+//!        [--profile] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
 //!        micro-benchmarks' weight, 4096x14336 by default; --profile: after each model's
 //!        runs, 16 more decode tokens and one prompt step with per-dispatch timestamps,
@@ -25,6 +26,11 @@ struct Args {
     /// `--attn`: prefill attention (KV store + attention of one 512-token prompt, 8B and
     /// SmolLM2 head shapes), tiled and per-token kernels side by side, checked on the CPU.
     attn: bool,
+    /// `--decode-attn`: one decode token's attention at 64 / 512 / 4096 cells, old and new
+    /// per-token kernels side by side, checked on the CPU.
+    decode_attn: bool,
+    /// `--floor`: 300 trivial dispatches in one submission, chained and independent.
+    floor: bool,
     write_only: bool,
     f32_act: bool,
     /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
@@ -56,6 +62,8 @@ fn parse() -> Args {
         synth: Vec::new(),
         kernels: false,
         attn: false,
+        decode_attn: false,
+        floor: false,
         write_only: false,
         f32_act: false,
         formats: None,
@@ -81,6 +89,8 @@ fn parse() -> Args {
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
             "--attn" => a.attn = true,
+            "--decode-attn" => a.decode_attn = true,
+            "--floor" => a.floor = true,
             "--profile" => a.profile = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
@@ -642,6 +652,232 @@ fn bench_attn(n: usize) {
     }
 }
 
+/// A backend whose dispatches can be timed on the device (timestamps paused until asked for).
+fn profiling_gpu() -> GpuBackend {
+    orchard_gpu::set_profiling(false);
+    let g = GpuBackend::new_with_profiling(None, true).expect("a GPU");
+    println!("device: {:?}, timestamps: {:?}", g.adapter(), g.profiling());
+    g
+}
+
+/// Device time of one call of `f` (timestamps around each dispatch): (span of the submission,
+/// busy time of dispatches labelled `label`), in ms; `None` without timestamps.
+fn device_ms(
+    g: &mut GpuBackend,
+    label: &str,
+    mut f: impl FnMut(&mut GpuBackend),
+) -> Option<(f64, f64)> {
+    if g.profiling() != Profiling::On {
+        return None;
+    }
+    g.sync();
+    g.take_profile();
+    orchard_gpu::set_profiling(true);
+    let reps = 10;
+    for _ in 0..reps {
+        f(g);
+        g.sync();
+    }
+    orchard_gpu::set_profiling(false);
+    let p = g.take_profile();
+    let busy: u64 = p
+        .rows
+        .iter()
+        .filter(|r| r.label == label)
+        .map(|r| r.busy_ns)
+        .sum();
+    Some((
+        p.span_ns as f64 / 1e6 / reps as f64,
+        busy as f64 / 1e6 / reps as f64,
+    ))
+}
+
+/// `--decode-attn`: one decode token's attention (its KV store, then attention over the
+/// sequence's cells) at 64, 512 and 4096 cells, 8B and SmolLM2 head shapes, old per-head
+/// `ATTENTION` and `ATTN_DECODE` side by side: ms per call in a stream of 50 (wall, host
+/// encoding included), the attention dispatch's device time where timestamps exist, NMSE
+/// against `CpuBackend`, and whether the two kernels agree bit for bit.
+fn bench_decode_attn() {
+    let mut g = profiling_gpu();
+    // (name, heads, KV heads, head dim)
+    for (name, nh, nkv, hd) in [("8b", 32usize, 8usize, 128usize), ("smollm2", 9, 3, 64)] {
+        let p = AttnParams {
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim_k: hd,
+            head_dim_v: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        for ctx in [64usize, 512, 4096] {
+            let mut seed = 0x1234_5678u64 ^ ctx as u64;
+            let mut rnd = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                    })
+                    .collect()
+            };
+            // Sequence 0 decodes at position ctx - 1; sequences 1.. (64 cells each, the same
+            // cells) fill the cache in one prompt step first.
+            let cells: Vec<u32> = (0..ctx as u32).collect();
+            let mut tables: Vec<&[u32]> = vec![&cells];
+            tables.extend(cells.chunks(64));
+            let fill: Vec<TokenSlot> = (1..tables.len() as u32)
+                .flat_map(|s| (0..64).map(move |pos| TokenSlot { seq: s, pos }))
+                .collect();
+            let dec = [TokenSlot {
+                seq: 0,
+                pos: ctx as u32 - 1,
+            }];
+            let (fq, fk, fv) = (rnd(ctx * nh * hd), rnd(ctx * nkv * hd), rnd(ctx * nkv * hd));
+            let (dq, dk, dv) = (rnd(nh * hd), rnd(nkv * hd), rnd(nkv * hd));
+            let fill_batch = AttnBatch {
+                tokens: &fill,
+                cells: &tables,
+            };
+            let batch = AttnBatch {
+                tokens: &dec,
+                cells: &tables,
+            };
+            let setup = |b: &mut dyn Backend| {
+                b.alloc_kv(0, ctx, nkv * hd, nkv * hd).unwrap();
+                let (q, k, v, o) = (
+                    b.alloc(ctx, nh * hd),
+                    b.alloc(ctx, nkv * hd),
+                    b.alloc(ctx, nkv * hd),
+                    b.alloc(ctx, nh * hd),
+                );
+                b.upload(q, &fq);
+                b.upload(k, &fk);
+                b.upload(v, &fv);
+                b.attention(0, q, k, v, &fill_batch, &p, o).unwrap();
+                let (q, k, v, o) = (
+                    b.alloc(1, nh * hd),
+                    b.alloc(1, nkv * hd),
+                    b.alloc(1, nkv * hd),
+                    b.alloc(1, nh * hd),
+                );
+                b.upload(q, &dq);
+                b.upload(k, &dk);
+                b.upload(v, &dv);
+                (q, k, v, o)
+            };
+            let mut cpu = CpuBackend::new();
+            let (q, k, v, o) = setup(&mut cpu);
+            cpu.attention(0, q, k, v, &batch, &p, o).unwrap();
+            let mut want = Vec::new();
+            cpu.download(o, &mut want);
+            let (q, k, v, o) = setup(&mut g);
+            let mut first: Option<Vec<f32>> = None;
+            for round in 0..2 {
+                for (kernel, group) in [("old ATTENTION", 0u32), ("ATTN_DECODE", 4)] {
+                    g.set_attn_decode(group);
+                    let t = time_ops(&mut g, 50, |g| {
+                        g.attention(0, q, k, v, &batch, &p, o).unwrap()
+                    });
+                    let label = if group == 0 {
+                        "Attention"
+                    } else {
+                        "AttnDecode"
+                    };
+                    let dev = device_ms(&mut g, label, |g| {
+                        g.attention(0, q, k, v, &batch, &p, o).unwrap()
+                    });
+                    let mut got = Vec::new();
+                    g.download(o, &mut got);
+                    let same = match &first {
+                        None => {
+                            first = Some(got.clone());
+                            "reference".to_string()
+                        }
+                        Some(f) => {
+                            let d = f
+                                .iter()
+                                .zip(&got)
+                                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                                .count();
+                            if d == 0 {
+                                "bit-identical".into()
+                            } else {
+                                format!("{d} values differ")
+                            }
+                        }
+                    };
+                    println!(
+                        "decode attn {name} heads {nh}/{nkv} dim {hd} ctx {ctx:>4} {kernel:<13} (round {}): {:.4} ms/call{}, NMSE vs CPU {:.2e}, {same}",
+                        round + 1,
+                        t * 1e3,
+                        dev.map_or(String::new(), |(span, busy)| format!(
+                            " (device: attention {busy:.4} ms, submission {span:.4} ms)"
+                        )),
+                        nmse(&got, &want)
+                    );
+                }
+            }
+            g.set_attn_decode(4);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+        }
+    }
+}
+
+/// `--floor`: 300 dispatches of a trivial kernel (an in-place scale of 64 values) in one
+/// submission, (a) chained through one buffer, (b) each on its own buffer: wall time per
+/// dispatch (host recording and encoding included), and with timestamps the device's span of
+/// the submission per dispatch (launch + barrier floor) and the mean gap between dispatches.
+fn bench_floor() {
+    let mut g = profiling_gpu();
+    let n = 300;
+    g.set_flush_every(10 * n);
+    let xs: Vec<_> = (0..n)
+        .map(|_| {
+            let b = g.alloc(1, 64);
+            g.upload(b, &[1.0; 64]);
+            b
+        })
+        .collect();
+    for round in 0..2 {
+        for (what, chained) in [
+            ("dependent (one buffer)", true),
+            ("independent (300 buffers)", false),
+        ] {
+            let f = |g: &mut GpuBackend| {
+                for (i, &x) in xs.iter().enumerate() {
+                    g.scale(
+                        if chained { xs[0] } else { x },
+                        if i % 2 == 0 { 2.0 } else { 0.5 },
+                    );
+                }
+            };
+            let t = time_ops(&mut g, 1, f);
+            // Host side alone: recording the 300 ops (encoding happens at the sync).
+            let th = Instant::now();
+            f(&mut g);
+            let host = th.elapsed().as_secs_f64();
+            g.sync();
+            let dev = device_ms(&mut g, "Elementwise", f);
+            println!(
+                "floor {what} (round {}): {:.2} us/dispatch wall (recording {:.2} us of it){}",
+                round + 1,
+                t * 1e6 / n as f64,
+                host * 1e6 / n as f64,
+                dev.map_or(String::new(), |(span, busy)| format!(
+                    "; device: {:.2} us/dispatch span, {:.2} us busy",
+                    span * 1e3 / n as f64,
+                    busy * 1e3 / n as f64
+                ))
+            );
+        }
+    }
+    let errs = g.take_errors();
+    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+}
+
 fn main() {
     let a = parse();
     if a.kernels {
@@ -649,6 +885,12 @@ fn main() {
     }
     if a.attn {
         bench_attn(a.p);
+    }
+    if a.decode_attn {
+        bench_decode_attn();
+    }
+    if a.floor {
+        bench_floor();
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {

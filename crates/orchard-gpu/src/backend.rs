@@ -283,6 +283,8 @@ enum Kernel {
     /// RoPE of Q and K fused with `KvStore2`.
     RopeKv,
     Attention,
+    /// `ATTN_DECODE`: (query heads per workgroup, largest head dim).
+    AttnDecode(u32, u32),
     /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
     AttnTile(u32, u32, u32, u32),
     ActQuant,
@@ -316,6 +318,7 @@ impl Kernel {
             Kernel::KvStore2 => "KvStore2".into(),
             Kernel::RopeKv => "RopeKv".into(),
             Kernel::Attention => "Attention".into(),
+            Kernel::AttnDecode(..) => "AttnDecode".into(),
             Kernel::ActQuant => "ActQuant".into(),
         }
     }
@@ -336,7 +339,9 @@ impl Kernel {
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
-            Kernel::Attention | Kernel::AttnTile(..) => &[false, false, false, false, true],
+            Kernel::Attention | Kernel::AttnDecode(..) | Kernel::AttnTile(..) => {
+                &[false, false, false, false, true]
+            }
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
@@ -496,6 +501,9 @@ pub struct GpuBackend {
     attn_tile: bool,
     /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
     attn_tile_first: usize,
+    /// Most query heads per `ATTN_DECODE` workgroup (1, 2 or 4; `ORCHARD_GPU_ATTN_GROUP`), or
+    /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
+    attn_group: u32,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
@@ -670,6 +678,14 @@ impl GpuBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            attn_group: if std::env::var("ORCHARD_GPU_ATTN_DECODE").as_deref() == Ok("0") {
+                0
+            } else {
+                std::env::var("ORCHARD_GPU_ATTN_GROUP")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(4)
+            },
             recent: Vec::new(),
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
             fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
@@ -872,6 +888,30 @@ impl GpuBackend {
         self.q8k_shape
     }
 
+    /// `ATTN_DECODE`'s (query heads per workgroup, largest head dim, K cells and V cells per
+    /// staged sub-tile) for these heads, or `None` for `ATTENTION` (turned off, or an odd V
+    /// head dim).
+    fn attn_decode_shape(&self, p: &AttnParams) -> Option<(u32, u32, u32, u32)> {
+        if self.attn_group == 0 || !p.head_dim_v.is_multiple_of(2) {
+            return None;
+        }
+        let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
+        let group = (p.n_head / p.n_head_kv) as u32;
+        let hg = [4u32, 2, 1].into_iter().find(|&hg| {
+            hg <= self.attn_group
+                && group.is_multiple_of(hg)
+                && hg * dmax <= 1024
+                && 64 * hg <= self.limits.max_compute_invocations_per_workgroup
+                && shaders::attn_decode_shared_bytes(hg, dmax)
+                    <= self.limits.max_compute_workgroup_storage_size
+        })?;
+        let words = shaders::attn_decode_stage_words(dmax);
+        let cells = |row: u32| (0..=6).rev().map(|e| 1u32 << e).find(|c| c * row <= words);
+        let ck = cells(p.head_dim_k as u32 / 2 + 1)?;
+        let cv = cells(p.head_dim_v as u32 / 2)?;
+        Some((hg, dmax, ck, cv))
+    }
+
     /// First tile shape the tiled prefill attention tries (0: 16 queries, 1: 32; the next that
     /// fits the device's shared memory is taken), as `ORCHARD_GPU_ATTN_TILE_SHAPE`.
     pub fn set_attn_tile_shape(&mut self, first: usize) {
@@ -882,6 +922,14 @@ impl GpuBackend {
     /// and measurement.
     pub fn set_attn_tile(&mut self, on: bool) {
         self.attn_tile = on;
+    }
+
+    /// The per-token attention kernel (steps the tiled kernel does not take, decode among
+    /// them): `ATTN_DECODE` with up to `group` query heads of a KV head per workgroup (1, 2 or
+    /// 4), or with 0 the older `ATTENTION` (same results bit for bit; for tests and
+    /// measurement, as `ORCHARD_GPU_ATTN_DECODE=0` and `ORCHARD_GPU_ATTN_GROUP`).
+    pub fn set_attn_decode(&mut self, group: u32) {
+        self.attn_group = group;
     }
 
     /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
@@ -1058,6 +1106,7 @@ impl GpuBackend {
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
+                Kernel::AttnDecode(hg, _) => ("", 64 * hg, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
@@ -1086,6 +1135,7 @@ impl GpuBackend {
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::AddNorm(q8k) => shaders::add_norm_source(q8k),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
+                Kernel::AttnDecode(hg, dmax) => shaders::attn_decode_source(hg, dmax),
                 Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -2479,9 +2529,15 @@ impl Backend for GpuBackend {
         ]);
         pp[12] = p.scale.to_bits();
         pp[13] = p.softcap.unwrap_or(0.0).to_bits();
-        let (kernel, groups) = match tile {
-            Some((kernel, n_blocks, _)) => (kernel, [p.n_head as u32, n_blocks, 1]),
-            None => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
+        let (kernel, groups) = match (tile, self.attn_decode_shape(p)) {
+            (Some((kernel, n_blocks, _)), _) => (kernel, [p.n_head as u32, n_blocks, 1]),
+            (None, Some((hg, dmax, ck, cv))) => {
+                pp[9] = ck;
+                pp[10] = cv;
+                let groups = [(p.n_head as u32) / hg, n as u32, 1];
+                (Kernel::AttnDecode(hg, dmax), groups)
+            }
+            (None, None) => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
         };
         self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or], pp, groups);
         Ok(())

@@ -807,6 +807,152 @@ fn attention_prefill_tiled() {
     g.set_attn_tile(true);
 }
 
+/// Decode attention over long contexts (`ATTN_DECODE`): several sequences of ragged lengths
+/// (up to 1000 cells, paged in scattered cells) decoded in one batch, one token each and then
+/// three tokens of one sequence, GQA, a sliding window, soft-capping, head dims 64 / 128 / 256;
+/// their caches filled by 64-token chunks with the tiled prefill kernel off (the per-token
+/// kernel's f32 mode, and its f16 mode for the ragged last chunk). Against the CPU, and bit for
+/// bit against the older per-head `ATTENTION` kernel (same operations in the same order).
+#[test]
+fn attention_decode_long() {
+    let mut g = gpu();
+    let cases = [
+        (
+            AttnParams {
+                n_head: 9,
+                n_head_kv: 3,
+                head_dim_k: 64,
+                head_dim_v: 64,
+                scale: 0.125,
+                window: None,
+                softcap: None,
+            },
+            vec![300usize, 1000, 77],
+        ),
+        (
+            AttnParams {
+                n_head: 8,
+                n_head_kv: 2,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.088,
+                window: None,
+                softcap: Some(30.0),
+            },
+            vec![1000, 300],
+        ),
+        (
+            AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(200),
+                softcap: None,
+            },
+            vec![300, 1000, 5],
+        ),
+    ];
+    let run = |b: &mut dyn Backend, p: &AttnParams, lens: &[usize], seed: u64| -> Vec<f32> {
+        let n_cells: usize = lens.iter().sum::<usize>() + 8;
+        let mut perm: Vec<u32> = (0..n_cells as u32).collect();
+        let mut r = Rng(seed ^ 0x5eed);
+        for i in (1..perm.len()).rev() {
+            let j = ((r.f32() * 0.5 + 0.5) * i as f32) as usize % (i + 1);
+            perm.swap(i, j);
+        }
+        // The decode sequences' tables, then one fill sequence per 64-cell chunk of them.
+        let mut tables: Vec<Vec<u32>> = Vec::new();
+        let mut at = 0;
+        for &len in lens {
+            tables.push(perm[at..at + len].to_vec());
+            at += len;
+        }
+        for s in 0..lens.len() {
+            for c in tables[s].clone().chunks(64) {
+                tables.push(c.to_vec());
+            }
+        }
+        let refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+        let (kw, vw) = (p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
+        b.alloc_kv(0, n_cells, kw, vw).unwrap();
+        let fill: Vec<TokenSlot> = (lens.len()..tables.len())
+            .flat_map(|s| {
+                (0..tables[s].len() as u32).map(move |pos| TokenSlot { seq: s as u32, pos })
+            })
+            .collect();
+        let last = lens.iter().position(|&l| l >= 3).unwrap();
+        let steps: Vec<Vec<TokenSlot>> = vec![
+            fill,
+            (0..lens.len())
+                .map(|s| TokenSlot {
+                    seq: s as u32,
+                    pos: lens[s] as u32 - 1,
+                })
+                .collect(),
+            (lens[last] as u32 - 3..lens[last] as u32)
+                .map(|pos| TokenSlot {
+                    seq: last as u32,
+                    pos,
+                })
+                .collect(),
+        ];
+        let mut rng = Rng(seed);
+        let mut all = Vec::new();
+        for tokens in &steps {
+            let n = tokens.len();
+            let q = buf(
+                b,
+                n,
+                p.n_head * p.head_dim_k,
+                &rng.vec(n * p.n_head * p.head_dim_k, 1.0),
+            );
+            let k = buf(b, n, kw, &rng.vec(n * kw, 1.0));
+            let v = buf(b, n, vw, &rng.vec(n * vw, 1.0));
+            let o = b.alloc(n, p.n_head * p.head_dim_v);
+            let batch = AttnBatch {
+                tokens,
+                cells: &refs,
+            };
+            b.attention(0, q, k, v, &batch, p, o).unwrap();
+            all.extend(read(b, o));
+        }
+        all
+    };
+    g.set_attn_tile(false);
+    for (i, (p, lens)) in cases.iter().enumerate() {
+        let seed = 700 + i as u64;
+        let want = run(&mut CpuBackend::new(), p, lens, seed);
+        g.set_attn_decode(0);
+        let old = run(&mut g, p, lens, seed);
+        for group in [4, 1] {
+            g.set_attn_decode(group);
+            let got = run(&mut g, p, lens, seed);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            let e = nmse(&got, &want);
+            let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            eprintln!(
+                "decode attention case {i} group {group}: NMSE {e:.2e} ({same} of {} values equal to the CPU's)",
+                want.len()
+            );
+            assert!(e < attn_tol(&g), "decode attention case {i}: NMSE {e}");
+            let diff = got
+                .iter()
+                .zip(&old)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                diff, 0,
+                "case {i} group {group}: values differ from ATTENTION's"
+            );
+        }
+    }
+    g.set_attn_tile(true);
+    g.set_attn_decode(4);
+}
+
 #[test]
 fn attention_errors_match_the_cpu() {
     let mut g = gpu();
