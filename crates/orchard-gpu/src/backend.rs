@@ -501,7 +501,7 @@ pub struct GpuBackend {
     attn_tile: bool,
     /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
     attn_tile_first: usize,
-    /// Most query heads per `ATTN_DECODE` workgroup (1, 2 or 4; `ORCHARD_GPU_ATTN_GROUP`), or
+    /// Most query heads per `ATTN_DECODE` workgroup (1 to 4; `ORCHARD_GPU_ATTN_GROUP`), or
     /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
     attn_group: u32,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
@@ -897,7 +897,7 @@ impl GpuBackend {
         }
         let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
         let group = (p.n_head / p.n_head_kv) as u32;
-        let hg = [4u32, 2, 1].into_iter().find(|&hg| {
+        let hg = [4u32, 3, 2, 1].into_iter().find(|&hg| {
             hg <= self.attn_group
                 && group.is_multiple_of(hg)
                 && hg * dmax <= 1024
@@ -925,8 +925,8 @@ impl GpuBackend {
     }
 
     /// The per-token attention kernel (steps the tiled kernel does not take, decode among
-    /// them): `ATTN_DECODE` with up to `group` query heads of a KV head per workgroup (1, 2 or
-    /// 4), or with 0 the older `ATTENTION` (same results bit for bit; for tests and
+    /// them): `ATTN_DECODE` with up to `group` query heads of a KV head per workgroup (1 to 4),
+    /// or with 0 the older `ATTENTION` (same results bit for bit; for tests and
     /// measurement, as `ORCHARD_GPU_ATTN_DECODE=0` and `ORCHARD_GPU_ATTN_GROUP`).
     pub fn set_attn_decode(&mut self, group: u32) {
         self.attn_group = group;

@@ -1257,6 +1257,24 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
+// V rows of cells cl[v0..] into sb (n words, vw per row), eight loads in flight per thread.
+fn stage_v(lid: u32, v0: u32, n: u32, vw: u32, vbase: u32) {
+    for (var i0 = lid; i0 < n; i0 += 8u * WG) {
+        var r: array<u32, 8>;
+        for (var u = 0u; u < 8u; u++) {
+            let i = i0 + u * WG;
+            if (i < n) {
+                let c = i / vw;
+                r[u] = V[cl[v0 + c] * P.b.z + vbase + i - c * vw];
+            }
+        }
+        for (var u = 0u; u < 8u; u++) {
+            let i = i0 + u * WG;
+            if (i < n) { sb[i] = r[u]; }
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let hb = lid >> 6u;
@@ -1302,10 +1320,23 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         var s = -3.0e38;
         for (var k0 = 0u; k0 < n_in; k0 += ck) {
             let nk = min(ck, n_in - k0);
-            for (var i = lid; i < nk * kw; i += WG) {
-                let c = i / kw;
-                let w = i - c * kw;
-                sb[c * kst + w] = K[cl[k0 + c] * P.b.y + kbase + w];
+            // Eight loads in flight per thread before their stores.
+            for (var i0 = lid; i0 < nk * kw; i0 += 8u * WG) {
+                var r: array<u32, 8>;
+                for (var u = 0u; u < 8u; u++) {
+                    let i = i0 + u * WG;
+                    if (i < nk * kw) {
+                        let c = i / kw;
+                        r[u] = K[cl[k0 + c] * P.b.y + kbase + i - c * kw];
+                    }
+                }
+                for (var u = 0u; u < 8u; u++) {
+                    let i = i0 + u * WG;
+                    if (i < nk * kw) {
+                        let c = i / kw;
+                        sb[c * kst + i - c * kw] = r[u];
+                    }
+                }
             }
             workgroupBarrier();
             if (l >= k0 && l < k0 + nk) {
@@ -1351,10 +1382,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
             m = max(m, red[pb + n_in - 1u]);
             for (var v0 = 0u; v0 < n_in; v0 += cv) {
                 let nv = min(cv, n_in - v0);
-                for (var i = lid; i < nv * vw; i += WG) {
-                    let c = i / vw;
-                    sb[i] = V[cl[v0 + c] * P.b.z + vbase + i - c * vw];
-                }
+                stage_v(lid, v0, nv * vw, vw, vbase);
                 workgroupBarrier();
                 for (var jj = 0u; jj < nv; jj++) {
                     let mj = msv[pb + v0 + jj];
@@ -1386,10 +1414,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         for (var q = 0u; q < DPT; q++) { acc[q] = acc[q] * corr; }
         for (var v0 = 0u; v0 < n_in; v0 += cv) {
             let nv = min(cv, n_in - v0);
-            for (var i = lid; i < nv * vw; i += WG) {
-                let c = i / vw;
-                sb[i] = V[cl[v0 + c] * P.b.z + vbase + i - c * vw];
-            }
+            stage_v(lid, v0, nv * vw, vw, vbase);
             workgroupBarrier();
             for (var q = 0u; q < DPT; q++) {
                 let dim = l + q * 64u;
