@@ -694,7 +694,8 @@ fn device_ms(
 
 /// `--decode-attn`: one decode token's attention (its KV store, then attention over the
 /// sequence's cells) at 64, 512 and 4096 cells, 8B and SmolLM2 head shapes, old per-head
-/// `ATTENTION` and `ATTN_DECODE` side by side: ms per call in a stream of 50 (wall, host
+/// `ATTENTION` and `ATTN_DECODE` side by side, each in the exact f16 mode and the f32 mode
+/// (`set_attn_exact`): ms per call in a stream of 50 (wall, host
 /// encoding included), the attention dispatch's device time where timestamps exist, NMSE
 /// against `CpuBackend`, and whether the two kernels agree bit for bit.
 fn bench_decode_attn() {
@@ -773,10 +774,18 @@ fn bench_decode_attn() {
             let mut want = Vec::new();
             cpu.download(o, &mut want);
             let (q, k, v, o) = setup(&mut g);
-            let mut first: Option<Vec<f32>> = None;
+            // Reference per mode (exact f16, f32): the two kernels agree bit for bit in each.
+            let mut first: [Option<Vec<f32>>; 2] = [None, None];
+            let exact0 = g.attn_exact();
             for round in 0..2 {
-                for (kernel, group) in [("old ATTENTION", 0u32), ("ATTN_DECODE", 4)] {
+                for (kernel, group, exact) in [
+                    ("old ATTENTION", 0u32, true),
+                    ("ATTN_DECODE", 4, true),
+                    ("old ATTENTION", 0, false),
+                    ("ATTN_DECODE", 4, false),
+                ] {
                     g.set_attn_decode(group);
+                    g.set_attn_exact(exact);
                     let t = time_ops(&mut g, 50, |g| {
                         g.attention(0, q, k, v, &batch, &p, o).unwrap()
                     });
@@ -790,9 +799,9 @@ fn bench_decode_attn() {
                     });
                     let mut got = Vec::new();
                     g.download(o, &mut got);
-                    let same = match &first {
+                    let same = match &first[usize::from(!exact)] {
                         None => {
-                            first = Some(got.clone());
+                            first[usize::from(!exact)] = Some(got.clone());
                             "reference".to_string()
                         }
                         Some(f) => {
@@ -809,7 +818,8 @@ fn bench_decode_attn() {
                         }
                     };
                     println!(
-                        "decode attn {name} heads {nh}/{nkv} dim {hd} ctx {ctx:>4} {kernel:<13} (round {}): {:.4} ms/call{}, NMSE vs CPU {:.2e}, {same}",
+                        "decode attn {name} heads {nh}/{nkv} dim {hd} ctx {ctx:>4} {kernel:<13} {} (round {}): {:.4} ms/call{}, NMSE vs CPU {:.2e}, {same}",
+                        if exact { "f16 exact" } else { "f32      " },
                         round + 1,
                         t * 1e3,
                         dev.map_or(String::new(), |(span, busy)| format!(
@@ -820,6 +830,7 @@ fn bench_decode_attn() {
                 }
             }
             g.set_attn_decode(4);
+            g.set_attn_exact(exact0);
             let errs = g.take_errors();
             assert!(errs.is_empty(), "GPU errors: {errs:?}");
         }

@@ -504,6 +504,11 @@ pub struct GpuBackend {
     /// Most query heads per `ATTN_DECODE` workgroup (1 to 4; `ORCHARD_GPU_ATTN_GROUP`), or
     /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
     attn_group: u32,
+    /// Decode attention (sequences with fewer than 64 queries in the step) in the CPU's f16
+    /// mode (Q and the V accumulator rounded to f16 cell by cell, as ggml's CPU path), or in
+    /// f32 with per-tile reductions. On by default only on CPU adapters (lavapipe, where CI
+    /// checks agreement with the CPU); `ORCHARD_GPU_ATTN_EXACT=0/1`, `set_attn_exact`.
+    attn_exact: bool,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
@@ -685,6 +690,11 @@ impl GpuBackend {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(4)
+            },
+            attn_exact: match std::env::var("ORCHARD_GPU_ATTN_EXACT").as_deref() {
+                Ok("0") => false,
+                Ok("1") => true,
+                _ => ainfo.device_type == wgpu::DeviceType::Cpu,
             },
             recent: Vec::new(),
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
@@ -930,6 +940,21 @@ impl GpuBackend {
     /// measurement, as `ORCHARD_GPU_ATTN_DECODE=0` and `ORCHARD_GPU_ATTN_GROUP`).
     pub fn set_attn_decode(&mut self, group: u32) {
         self.attn_group = group;
+    }
+
+    /// Exact f16 decode attention on or off. On, sequences with fewer than 64 queries in a step
+    /// are attended as ggml's CPU does (Q rounded to f16, an f16 V accumulator rounded cell by
+    /// cell: sequential per cell); off, they accumulate in f32 with per-tile reductions (as
+    /// llama.cpp's GPU backends do, which do not reproduce the CPU's f16 rounding either).
+    /// Default: on for CPU adapters (lavapipe), off on real GPUs, where the device's `exp`
+    /// already breaks bit parity; `ORCHARD_GPU_ATTN_EXACT=0/1` overrides it.
+    pub fn set_attn_exact(&mut self, on: bool) {
+        self.attn_exact = on;
+    }
+
+    /// Whether decode attention runs in the exact f16 mode (see `set_attn_exact`).
+    pub fn attn_exact(&self) -> bool {
+        self.attn_exact
     }
 
     /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
@@ -2397,9 +2422,14 @@ impl Backend for GpuBackend {
         // Runs of consecutive tokens of one sequence: (first token, tokens).
         let mut runs = Vec::new();
         // The CPU's per-query f16 path below ggml's flash-attention tile of 64 queries, decided
-        // per sequence from its own queries in the step (as the CPU backend does).
+        // per sequence from its own queries in the step (as the CPU backend does), where exact
+        // f16 attention is on; otherwise every run accumulates in f32.
         for run in orchard_backend::runs_by(batch.tokens, |t| t.seq) {
-            let f16_flag = if run.len() < 64 { 1u32 << 31 } else { 0 };
+            let f16_flag = if self.attn_exact && run.len() < 64 {
+                1u32 << 31
+            } else {
+                0
+            };
             for tok in &batch.tokens[run.clone()] {
                 let hi = tok.pos as usize;
                 let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
