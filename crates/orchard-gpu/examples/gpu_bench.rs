@@ -683,7 +683,11 @@ fn device_ms(
     let busy: u64 = p
         .rows
         .iter()
-        .filter(|r| r.label == label)
+        .filter(|r| {
+            r.label == label
+                || (label == "AttnDecode"
+                    && ["AttnDecodeSplit", "AttnCombine"].contains(&r.label.as_str()))
+        })
         .map(|r| r.busy_ns)
         .sum();
     Some((
@@ -695,7 +699,8 @@ fn device_ms(
 /// `--decode-attn`: one decode token's attention (its KV store, then attention over the
 /// sequence's cells) at 64, 512 and 4096 cells, 8B and SmolLM2 head shapes, old per-head
 /// `ATTENTION` and `ATTN_DECODE` side by side, each in the exact f16 mode and the f32 mode
-/// (`set_attn_exact`): ms per call in a stream of 50 (wall, host
+/// (`set_attn_exact`), then `ATTN_DECODE` split over the cells (flash-decoding, f32, with its
+/// combine kernel's device time included): ms per call in a stream of 50 (wall, host
 /// encoding included), the attention dispatch's device time where timestamps exist, NMSE
 /// against `CpuBackend`, and whether the two kernels agree bit for bit.
 fn bench_decode_attn() {
@@ -778,14 +783,16 @@ fn bench_decode_attn() {
             let mut first: [Option<Vec<f32>>; 2] = [None, None];
             let exact0 = g.attn_exact();
             for round in 0..2 {
-                for (kernel, group, exact) in [
-                    ("old ATTENTION", 0u32, true),
-                    ("ATTN_DECODE", 4, true),
-                    ("old ATTENTION", 0, false),
-                    ("ATTN_DECODE", 4, false),
+                for (kernel, group, exact, split) in [
+                    ("old ATTENTION", 0u32, true, 0u32),
+                    ("ATTN_DECODE", 4, true, 0),
+                    ("old ATTENTION", 0, false, 0),
+                    ("ATTN_DECODE", 4, false, 0),
+                    ("ATTN_DEC split", 4, false, 1024),
                 ] {
                     g.set_attn_decode(group);
                     g.set_attn_exact(exact);
+                    g.set_attn_split(split);
                     let t = time_ops(&mut g, 50, |g| {
                         g.attention(0, q, k, v, &batch, &p, o).unwrap()
                     });
@@ -830,6 +837,7 @@ fn bench_decode_attn() {
                 }
             }
             g.set_attn_decode(4);
+            g.set_attn_split(1024);
             g.set_attn_exact(exact0);
             let errs = g.take_errors();
             assert!(errs.is_empty(), "GPU errors: {errs:?}");

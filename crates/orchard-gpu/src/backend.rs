@@ -229,6 +229,10 @@ const COOP_TILE: (u32, u32) = (128, 64);
 const COOP_TILE_MIN: (u32, u32) = (64, 32);
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
+/// Workgroups split decode attention aims at per step (flash-decoding): an 8B decode token
+/// has only 8 (one per KV head) unsplit, an H100 132 SMs; up to this many, every item is one
+/// 64-cell tile, beyond it items take several.
+const ATTN_SPLIT_TARGET: u32 = 1024;
 /// Shapes of the tiled prefill attention (`ATTN_TILE`): (threads, queries, cells per tile), the
 /// first whose shared memory the device holds. 16-query tiles first: on an H100 (run 15) one 8B
 /// layer's 512-token attention took 0.62-0.64 ms with them against 0.72 with 32-query tiles
@@ -283,8 +287,10 @@ enum Kernel {
     /// RoPE of Q and K fused with `KvStore2`.
     RopeKv,
     Attention,
-    /// `ATTN_DECODE`: (query heads per workgroup, largest head dim).
-    AttnDecode(u32, u32),
+    /// `ATTN_DECODE`: (query heads per workgroup, largest head dim, split into partials).
+    AttnDecode(u32, u32, bool),
+    /// `ATTN_COMBINE`: merges the split decode partials.
+    AttnCombine,
     /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
     AttnTile(u32, u32, u32, u32),
     ActQuant,
@@ -318,7 +324,9 @@ impl Kernel {
             Kernel::KvStore2 => "KvStore2".into(),
             Kernel::RopeKv => "RopeKv".into(),
             Kernel::Attention => "Attention".into(),
-            Kernel::AttnDecode(..) => "AttnDecode".into(),
+            Kernel::AttnDecode(.., false) => "AttnDecode".into(),
+            Kernel::AttnDecode(.., true) => "AttnDecodeSplit".into(),
+            Kernel::AttnCombine => "AttnCombine".into(),
             Kernel::ActQuant => "ActQuant".into(),
         }
     }
@@ -342,6 +350,7 @@ impl Kernel {
             Kernel::Attention | Kernel::AttnDecode(..) | Kernel::AttnTile(..) => {
                 &[false, false, false, false, true]
             }
+            Kernel::AttnCombine => &[false, false, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
@@ -509,6 +518,14 @@ pub struct GpuBackend {
     /// f32 with per-tile reductions. On by default only on CPU adapters (lavapipe, where CI
     /// checks agreement with the CPU); `ORCHARD_GPU_ATTN_EXACT=0/1`, `set_attn_exact`.
     attn_exact: bool,
+    /// Split decode attention (flash-decoding, f32 mode): about this many workgroups per
+    /// step are aimed at when a token's range spans several 64-cell tiles; 0 turns it off
+    /// (`ORCHARD_GPU_ATTN_SPLIT`, `set_attn_split`).
+    attn_split: u32,
+    /// The split partials' scratch buffer and its size in floats.
+    attn_scratch: Option<(Res, usize)>,
+    /// Split decode attention dispatches recorded so far (`attn_splits`).
+    attn_split_count: u64,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
@@ -696,6 +713,12 @@ impl GpuBackend {
                 Ok("1") => true,
                 _ => ainfo.device_type == wgpu::DeviceType::Cpu,
             },
+            attn_split: std::env::var("ORCHARD_GPU_ATTN_SPLIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(ATTN_SPLIT_TARGET),
+            attn_scratch: None,
+            attn_split_count: 0,
             recent: Vec::new(),
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
             fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
@@ -922,6 +945,55 @@ impl GpuBackend {
         Some((hg, dmax, ck, cv))
     }
 
+    /// Split decode attention's work items, 3 words each (token, first cell of its range,
+    /// cells), and per token (first item, items), for `cnts` (cells of each token's range)
+    /// and `gx` workgroups per item; `None` where no token spans more than one item's tiles
+    /// (one unsplit dispatch then). Items take as many 64-cell tiles as keep the grid near
+    /// `attn_split` workgroups, at least one.
+    fn attn_split_items(&self, cnts: &[u32], gx: u32) -> Option<(Vec<u32>, Vec<u32>)> {
+        let tiles: u64 = cnts.iter().map(|&c| c.div_ceil(64) as u64).sum();
+        let max_tiles = cnts.iter().map(|&c| c.div_ceil(64)).max()?;
+        let per = (gx as u64 * tiles)
+            .div_ceil(self.attn_split.max(1) as u64)
+            .max(1) as u32;
+        if max_tiles <= per {
+            return None;
+        }
+        let mut items = Vec::new();
+        let mut lists = Vec::with_capacity(2 * cnts.len());
+        for (t, &c) in cnts.iter().enumerate() {
+            let first = items.len() / 3;
+            let step = per * 64;
+            let mut c0 = 0;
+            while c0 < c.max(1) {
+                items.extend_from_slice(&[t as u32, c0, step.min(c - c0)]);
+                c0 += step;
+            }
+            lists.extend_from_slice(&[first as u32, (items.len() / 3 - first) as u32]);
+        }
+        if items.len() / 3 > self.limits.max_compute_workgroups_per_dimension as usize {
+            return None;
+        }
+        Some((items, lists))
+    }
+
+    /// The split partials' scratch buffer, grown to hold `floats`, or `None` where that
+    /// exceeds the device's binding limit.
+    fn attn_scratch_for(&mut self, floats: usize) -> Option<Res> {
+        if floats * 4 > self.limits.max_storage_buffer_binding_size as usize {
+            return None;
+        }
+        match &self.attn_scratch {
+            Some((r, cap)) if *cap >= floats => Some(r.clone()),
+            _ => {
+                let cap = floats.next_power_of_two();
+                let r = self.storage("attn_split", (cap * 4) as u64);
+                self.attn_scratch = Some((r.clone(), cap));
+                Some(r)
+            }
+        }
+    }
+
     /// First tile shape the tiled prefill attention tries (0: 16 queries, 1: 32; the next that
     /// fits the device's shared memory is taken), as `ORCHARD_GPU_ATTN_TILE_SHAPE`.
     pub fn set_attn_tile_shape(&mut self, first: usize) {
@@ -950,6 +1022,17 @@ impl GpuBackend {
     /// already breaks bit parity; `ORCHARD_GPU_ATTN_EXACT=0/1` overrides it.
     pub fn set_attn_exact(&mut self, on: bool) {
         self.attn_exact = on;
+    }
+
+    /// Split decode attention (f32 mode, flash-decoding) aiming at about `target` workgroups
+    /// per step, or off with 0 (for tests and measurement; `ORCHARD_GPU_ATTN_SPLIT`).
+    pub fn set_attn_split(&mut self, target: u32) {
+        self.attn_split = target;
+    }
+
+    /// Split decode attention steps recorded so far (each a split dispatch and a combine).
+    pub fn attn_splits(&self) -> u64 {
+        self.attn_split_count
     }
 
     /// Whether decode attention runs in the exact f16 mode (see `set_attn_exact`).
@@ -1131,7 +1214,8 @@ impl GpuBackend {
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
-                Kernel::AttnDecode(hg, _) => ("", 64 * hg, None),
+                Kernel::AttnDecode(hg, ..) => ("", 64 * hg, None),
+                Kernel::AttnCombine => (shaders::ATTN_COMBINE, 64, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
@@ -1160,7 +1244,7 @@ impl GpuBackend {
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::AddNorm(q8k) => shaders::add_norm_source(q8k),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
-                Kernel::AttnDecode(hg, dmax) => shaders::attn_decode_source(hg, dmax),
+                Kernel::AttnDecode(hg, dmax, split) => shaders::attn_decode_source(hg, dmax, split),
                 Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -2409,9 +2493,34 @@ impl Backend for GpuBackend {
             }
         }
         let table_words: usize = seq_len.values().sum();
-        // Cells, tables, ranges and up to n tiled blocks of 4 words, reserved together so that
-        // no flush falls between them.
-        self.reserve(3, n + table_words + 2 * n + 4 * n);
+        // Split decode attention's work items and per-token item lists, where the per-token
+        // kernel takes the step (not every run has 64+ queries for the tiled one) in f32.
+        let shape = self.attn_decode_shape(p);
+        let split = match shape {
+            Some((hg, ..))
+                if self.attn_split > 0
+                    && !self.attn_exact
+                    && !(self.attn_tile
+                        && orchard_backend::runs_by(batch.tokens, |t| t.seq)
+                            .all(|r| r.len() >= 64)) =>
+            {
+                let cnts: Vec<u32> = batch
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        let hi = t.pos as usize;
+                        let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+                        (hi + 1 - lo) as u32
+                    })
+                    .collect();
+                self.attn_split_items(&cnts, p.n_head as u32 / hg)
+            }
+            _ => None,
+        };
+        let split_words = split.as_ref().map_or(0, |(i, l)| i.len() + l.len());
+        // Cells, tables, ranges, up to n tiled blocks of 4 words and the split items, reserved
+        // together so that no flush falls between them.
+        self.reserve(4, n + table_words + 2 * n + 4 * n + split_words);
         let cells_off = self.push_aux(&tok_cells);
         let mut table_off = HashMap::new();
         for (&seq, &len) in &seq_len {
@@ -2559,13 +2668,42 @@ impl Backend for GpuBackend {
         ]);
         pp[12] = p.scale.to_bits();
         pp[13] = p.softcap.unwrap_or(0.0).to_bits();
-        let (kernel, groups) = match (tile, self.attn_decode_shape(p)) {
+        let (kernel, groups) = match (tile, shape) {
             (Some((kernel, n_blocks, _)), _) => (kernel, [p.n_head as u32, n_blocks, 1]),
             (None, Some((hg, dmax, ck, cv))) => {
                 pp[9] = ck;
                 pp[10] = cv;
-                let groups = [(p.n_head as u32) / hg, n as u32, 1];
-                (Kernel::AttnDecode(hg, dmax), groups)
+                let gx = (p.n_head as u32) / hg;
+                if let Some((items, lists)) = split {
+                    let rows = items.len() / 3 * p.n_head * (p.head_dim_v + 2);
+                    if let Some(scratch) = self.attn_scratch_for(rows) {
+                        pp[11] = self.push_aux(&items);
+                        let lists_off = self.push_aux(&lists);
+                        let groups = [gx, (items.len() / 3) as u32, 1];
+                        self.dispatch(
+                            Kernel::AttnDecode(hg, dmax, true),
+                            &[&qr, &kres, &vres, &aux, &scratch],
+                            pp,
+                            groups,
+                        );
+                        let mut pc = [0u32; 16];
+                        pc[..4].copy_from_slice(&[
+                            p.n_head as u32,
+                            p.head_dim_v as u32,
+                            (p.n_head * p.head_dim_v) as u32,
+                            lists_off,
+                        ]);
+                        self.dispatch(
+                            Kernel::AttnCombine,
+                            &[&aux, &scratch, &or],
+                            pc,
+                            [p.n_head as u32, n as u32, 1],
+                        );
+                        self.attn_split_count += 1;
+                        return Ok(());
+                    }
+                }
+                (Kernel::AttnDecode(hg, dmax, false), [gx, n as u32, 1])
             }
             (None, None) => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
         };

@@ -18,6 +18,9 @@
 //! cell, sequential per cell), so CI checks agreement with `CpuBackend`; real GPUs default to
 //! f32 accumulation with per-tile reductions, as llama.cpp's GPU backends do (they do not
 //! reproduce the CPU's f16 rounding either, and a GPU's `exp` breaks bit parity anyway).
+//! In f32, a token whose range spans several 64-cell tiles is split over workgroups
+//! (flash-decoding: each writes a partial max, sum and unnormalised output, a second kernel
+//! merges them; `GpuBackend::set_attn_split`, `ORCHARD_GPU_ATTN_SPLIT`).
 //!
 //! `ORCHARD_GPU_PROFILE=1` (or `GpuBackend::new_with_profiling`) times every dispatch with
 //! timestamp queries, where the device has them inside passes, and accumulates device time per

@@ -1203,12 +1203,17 @@ pub(crate) fn attn_decode_shared_bytes(hg: u32, dmax: u32) -> u32 {
 /// memory. Grid (n_head / hg, tokens). a, b, f as `ATTENTION`; c = (aux offset of per-token
 /// ranges (count's top bit: f16 mode), K cells per staged sub-tile, V cells per staged sub-tile,
 /// _). Needs an even V head dim.
-pub(crate) fn attn_decode_source(hg: u32, dmax: u32) -> String {
+///
+/// Split (flash-decoding, `split`): the grid is (n_head / hg, work items) instead, item i the
+/// aux words c.w + 3i = (token, first cell of its range, cells); each workgroup attends its
+/// item's cells only and writes, per query head, (max, sum, unnormalised acc[dv]) to row
+/// (i * n_head + h) of O (`dv + 2` floats a row), which `ATTN_COMBINE` merges. f32 mode only.
+pub(crate) fn attn_decode_source(hg: u32, dmax: u32, split: bool) -> String {
     let sb = attn_decode_stage_words(dmax);
     let mut s = String::with_capacity(8192);
     s.push_str(PARAMS);
     s.push_str(&format!(
-        "const WG: u32 = {}u;\nconst HG: u32 = {hg}u;\nconst DMAX: u32 = {dmax}u;\nconst SB: u32 = {sb}u;\nconst QS: u32 = {}u;\n",
+        "const WG: u32 = {}u;\nconst HG: u32 = {hg}u;\nconst DMAX: u32 = {dmax}u;\nconst SB: u32 = {sb}u;\nconst QS: u32 = {}u;\nconst SPLIT: bool = {split};\n",
         64 * hg,
         hg * dmax
     ));
@@ -1230,7 +1235,7 @@ var<workgroup> red: array<f32, WG>;
 var<workgroup> msv: array<f32, WG>;
 var<workgroup> vsv: array<f32, WG>;
 var<workgroup> cl: array<u32, 64>;
-var<workgroup> range: vec2<u32>;
+var<workgroup> range: array<vec4<u32>, 2>;
 fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
 
 // Tree reductions over each head's 64 threads, in `ATTENTION`'s order.
@@ -1281,7 +1286,6 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let l = lid & 63u;
     let h0 = g.x * HG;
     let h = h0 + hb;
-    let t = g.y;
     let dk = P.a.z;
     let dv = P.a.w;
     let kvh = h0 / P.a.y;
@@ -1290,10 +1294,24 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let vw = dv / 2u;
     let ck = P.c.y;
     let cv = P.c.z;
-    if (lid == 0u) { range = vec2<u32>(A[P.c.x + 2u * t], A[P.c.x + 2u * t + 1u]); }
-    let rg = workgroupUniformLoad(&range);
+    if (lid == 0u) {
+        // (token, first cell, end cell) of this workgroup's work.
+        var it = vec4<u32>(g.y, 0u, 0x7fffffffu, 0u);
+        if (SPLIT) {
+            let w = P.c.w + 3u * g.y;
+            it = vec4<u32>(A[w], A[w + 1u], A[w + 1u] + A[w + 2u], 0u);
+        }
+        let r0 = A[P.c.x + 2u * it.x];
+        let r1 = A[P.c.x + 2u * it.x + 1u];
+        range[0] = vec4<u32>(r0, r1, 0u, 0u);
+        range[1] = it;
+    }
+    let hdr = workgroupUniformLoad(&range);
+    let rg = hdr[0];
+    let t = hdr[1].x;
+    let first = hdr[1].y;
     let off = rg.x;
-    let cnt = rg.y & 0x7fffffffu;
+    let cnt = min(rg.y & 0x7fffffffu, hdr[1].z);
     let f16_mode = (rg.y >> 31u) != 0u;
     let qrow = t * P.b.x + h0 * dk;
     for (var i = lid; i < HG * dk; i += WG) {
@@ -1308,7 +1326,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let vbase = kvh * vw;
     let qb = hb * DMAX;
     let pb = hb * 64u;
-    for (var t0 = 0u; t0 < cnt; t0 += 64u) {
+    for (var t0 = first; t0 < cnt; t0 += 64u) {
         let n_in = min(64u, cnt - t0);
         if (lid < 64u) {
             var c = 0u;
@@ -1431,11 +1449,61 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         }
         m = mn;
     }
+    if (SPLIT) {
+        let row = (g.y * P.a.x + h) * (dv + 2u);
+        if (l == 0u) {
+            O[row] = m;
+            O[row + 1u] = lsum;
+        }
+        for (var q = 0u; q < DPT; q++) {
+            let dim = l + q * 64u;
+            if (dim < dv) { O[row + 2u + dim] = acc[q]; }
+        }
+        return;
+    }
     var inv = 0.0;
     if (lsum != 0.0) { inv = 1.0 / lsum; }
     for (var q = 0u; q < DPT; q++) {
         let dim = l + q * 64u;
         if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] * inv; }
+    }
+}
+"#;
+
+/// Merges `ATTN_DECODE`'s split partials: per (query head, token), the rows of the token's
+/// work items (max m_i, sum l_i, unnormalised acc_i) into O = sum_i e^(m_i - M) acc_i /
+/// sum_i e^(m_i - M) l_i, M the largest m_i. a = (n_head, dv, out row stride, aux offset of
+/// per-token (first item, items)). Grid (n_head, tokens), 64 threads over the head dims.
+pub(crate) const ATTN_COMBINE: &str = r#"
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> S: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let h = g.x;
+    let t = g.y;
+    let nh = P.a.x;
+    let dv = P.a.y;
+    let rs = dv + 2u;
+    let i0 = A[P.a.w + 2u * t];
+    let ni = A[P.a.w + 2u * t + 1u];
+    var mx = -3.0e38;
+    for (var i = 0u; i < ni; i++) { mx = max(mx, S[((i0 + i) * nh + h) * rs]); }
+    var sum = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = ((i0 + i) * nh + h) * rs;
+        sum += exp(S[r] - mx) * S[r + 1u];
+    }
+    var inv = 0.0;
+    if (sum != 0.0) { inv = 1.0 / sum; }
+    for (var d = l; d < dv; d += WG) {
+        var a = 0.0;
+        for (var i = 0u; i < ni; i++) {
+            let r = ((i0 + i) * nh + h) * rs;
+            a += exp(S[r] - mx) * S[r + 2u + d];
+        }
+        O[t * P.a.z + h * dv + d] = a * inv;
     }
 }
 "#;

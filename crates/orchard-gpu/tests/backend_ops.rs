@@ -876,6 +876,8 @@ fn attention_decode_long() {
 fn attention_decode_f32() {
     let mut g = gpu();
     g.set_attn_tile(false);
+    // Unsplit here (bit for bit against `ATTENTION`); `attention_decode_split` covers the split.
+    g.set_attn_split(0);
     for (i, (p, lens)) in decode_long_cases().iter().enumerate() {
         let seed = 700 + i as u64;
         let want = run_decode_long(&mut CpuBackend::new(), p, lens, seed);
@@ -927,6 +929,105 @@ fn attention_decode_f32() {
         eprintln!("f32 attention short case {i}: NMSE {e:.2e}");
         assert!(e < ATTN_F32_TOL, "f32 attention short case {i}: NMSE {e}");
     }
+    g.set_attn_split(1024);
+    g.set_attn_exact(true);
+}
+
+/// Split decode attention (flash-decoding, f32 mode): tokens whose range spans several 64-cell
+/// tiles are attended by several workgroups writing partials, merged by `ATTN_COMBINE`.
+/// Contexts of 65, 300, 1000 and 4100 cells decoded in one batch (ragged, scattered cells),
+/// then three tokens of one sequence; GQA 4:1 and 3:1, soft-capping, a sliding window, head
+/// dims 64 / 128 / 256; against the CPU by NMSE and against the unsplit kernel (f32 sums in
+/// another order), with items of one tile (default target) and of several (a target of 16
+/// workgroups); the split path ran (`attn_splits`).
+#[test]
+fn attention_decode_split() {
+    let mut g = gpu();
+    g.set_attn_tile(false);
+    g.set_attn_exact(false);
+    let cases = [
+        (
+            AttnParams {
+                n_head: 8,
+                n_head_kv: 2,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.088,
+                window: None,
+                softcap: Some(30.0),
+            },
+            vec![65usize, 4100, 300, 1000],
+        ),
+        (
+            AttnParams {
+                n_head: 9,
+                n_head_kv: 3,
+                head_dim_k: 64,
+                head_dim_v: 64,
+                scale: 0.125,
+                window: None,
+                softcap: None,
+            },
+            vec![1000, 65, 4100, 300],
+        ),
+        (
+            AttnParams {
+                n_head: 4,
+                n_head_kv: 1,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(700),
+                softcap: None,
+            },
+            vec![4100, 300, 65, 1000],
+        ),
+    ];
+    for (i, (p, lens)) in cases.iter().enumerate() {
+        let seed = 900 + i as u64;
+        let want = run_decode_long(&mut CpuBackend::new(), p, lens, seed);
+        g.set_attn_split(0);
+        let before = g.attn_splits();
+        let unsplit = run_decode_long(&mut g, p, lens, seed);
+        assert_eq!(
+            g.attn_splits(),
+            before,
+            "case {i}: split with splitting off"
+        );
+        let tail = (lens.len() + 3) * p.n_head * p.head_dim_v;
+        let at = want.len() - tail;
+        for target in [1024, 16] {
+            g.set_attn_split(target);
+            let before = g.attn_splits();
+            let got = run_decode_long(&mut g, p, lens, seed);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            // The two decode steps (the fill chunks span one tile each: unsplit).
+            assert_eq!(
+                g.attn_splits() - before,
+                2,
+                "case {i}: split path not taken"
+            );
+            let e = nmse(&got, &want);
+            let e_dec = nmse(&got[at..], &want[at..]);
+            let e_uns = nmse(&got[at..], &unsplit[at..]);
+            eprintln!(
+                "split decode attention case {i} target {target}: NMSE {e:.2e}, decode steps {e_dec:.2e}, vs unsplit {e_uns:.2e}"
+            );
+            assert!(
+                e < ATTN_F32_TOL,
+                "split decode attention case {i}: NMSE {e}"
+            );
+            assert!(
+                e_dec < 1e-4,
+                "split decode attention case {i}: decode NMSE {e_dec}"
+            );
+            assert!(e_uns < 1e-9, "case {i}: split vs unsplit NMSE {e_uns}");
+            assert_eq!(got[..at], unsplit[..at], "case {i}: fill chunks differ");
+        }
+    }
+    g.set_attn_split(1024);
+    g.set_attn_tile(true);
     g.set_attn_exact(true);
 }
 
