@@ -4,13 +4,16 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [MODEL...]
+//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--decode-attn] [--floor]
+//!        [--profile] [MODEL...]
 //!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
-//!        micro-benchmarks' weight, 4096x14336 by default)
+//!        micro-benchmarks' weight, 4096x14336 by default; --profile: after each model's
+//!        runs, 16 more decode tokens and one prompt step with per-dispatch timestamps,
+//!        printed per kernel)
 
 use orchard_backend::{AttnBatch, AttnParams, Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
-use orchard_gpu::GpuBackend;
+use orchard_gpu::{GpuBackend, GpuProfile, Profiling};
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
 use orchard_models::{Batch, Context, ContextOptions, Model};
 use std::sync::Arc;
@@ -23,6 +26,11 @@ struct Args {
     /// `--attn`: prefill attention (KV store + attention of one 512-token prompt, 8B and
     /// SmolLM2 head shapes), tiled and per-token kernels side by side, checked on the CPU.
     attn: bool,
+    /// `--decode-attn`: one decode token's attention at 64 / 512 / 4096 cells, old and new
+    /// per-token kernels side by side, checked on the CPU.
+    decode_attn: bool,
+    /// `--floor`: 300 trivial dispatches in one submission, chained and independent.
+    floor: bool,
     write_only: bool,
     f32_act: bool,
     /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
@@ -40,6 +48,8 @@ struct Args {
     q8k_shapes: Vec<(u32, u32, u32)>,
     /// `--coop-tiles TN/BK,...`: cooperative-matrix matmul tiles timed side by side.
     coop_tiles: Vec<(u32, u32)>,
+    /// `--profile`: per-kernel device time of decode tokens and a prompt step, after the runs.
+    profile: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -52,6 +62,8 @@ fn parse() -> Args {
         synth: Vec::new(),
         kernels: false,
         attn: false,
+        decode_attn: false,
+        floor: false,
         write_only: false,
         f32_act: false,
         formats: None,
@@ -61,6 +73,7 @@ fn parse() -> Args {
         shape: (4096, 14336),
         q8k_shapes: Vec::new(),
         coop_tiles: Vec::new(),
+        profile: false,
         p: 512,
         n: 128,
         r: 3,
@@ -76,6 +89,9 @@ fn parse() -> Args {
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
             "--attn" => a.attn = true,
+            "--decode-attn" => a.decode_attn = true,
+            "--floor" => a.floor = true,
+            "--profile" => a.profile = true,
             "--write-only" => a.write_only = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
@@ -129,9 +145,17 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn bench_model(path: &str, a: &Args) {
     let t = Instant::now();
     let model = Arc::new(Model::load(path).expect("model loads"));
-    let mut gpu = GpuBackend::new(None).expect("a GPU");
+    let mut gpu = if a.profile {
+        // Timestamps only in the profile runs at the end; the timed runs stay unprofiled.
+        orchard_gpu::set_profiling(false);
+        GpuBackend::new_with_profiling(None, true)
+    } else {
+        GpuBackend::new(None)
+    }
+    .expect("a GPU");
     gpu.set_exact_activations(!a.f32_act);
     let dev = gpu.adapter().clone();
+    let profiling = gpu.profiling();
     let coop = gpu.coop();
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
@@ -201,6 +225,41 @@ fn bench_model(path: &str, a: &Args) {
         (s1.wait_ns - s0.wait_ns) as f64 / toks / 1e6,
         1e3 / (tg.iter().sum::<f64>() / tg.len() as f64)
     );
+    if a.profile && profiling != Profiling::On {
+        println!("profile: {profiling:?} on {}", dev.name);
+    } else if a.profile {
+        // 16 decode tokens at positions spread over the tg run's, then one prompt step.
+        let k = 16;
+        orchard_gpu::take_profile();
+        let s0 = orchard_gpu::stats();
+        orchard_gpu::set_profiling(true);
+        for i in 0..k {
+            run(&[1 + i as u32], (i * a.n / k) as u32, &mut out);
+        }
+        orchard_gpu::set_profiling(false);
+        let s1 = orchard_gpu::stats();
+        let prof = orchard_gpu::take_profile();
+        print_profile(
+            &format!("tg profile, {k} tokens"),
+            &prof,
+            k as f64,
+            "token",
+            (s1.dispatches - s0.dispatches) as f64 / k as f64,
+        );
+        let s0 = orchard_gpu::stats();
+        orchard_gpu::set_profiling(true);
+        run(&prompt, 0, &mut out);
+        orchard_gpu::set_profiling(false);
+        let s1 = orchard_gpu::stats();
+        let prof = orchard_gpu::take_profile();
+        print_profile(
+            &format!("pp profile, one {}-token step", a.p),
+            &prof,
+            1.0,
+            "step",
+            (s1.dispatches - s0.dispatches) as f64,
+        );
+    }
     let (ppm, pps) = mean_sd(&pp);
     let (tgm, tgs) = mean_sd(&tg);
     let gib = model.weight_bytes() as f64 / (1u64 << 30) as f64;
@@ -229,6 +288,45 @@ fn bench_model(path: &str, a: &Args) {
         tgs,
         streamed * tgm / 1e9,
         load_s
+    );
+}
+
+/// One row per kernel label, per `unit` (token or step): dispatches, busy and gap time, mean
+/// busy time per dispatch and share of the submissions' spans; then the totals.
+fn print_profile(title: &str, p: &GpuProfile, per: f64, unit: &str, stats_dispatches: f64) {
+    let us = |ns: u64| ns as f64 / 1e3 / per;
+    let span = p.span_ns.max(1) as f64;
+    println!(
+        "{title}: {} submissions, {:.1} dispatches/{unit} ({:.1} by stats()), timestamps backwards: {}",
+        p.submissions,
+        p.dispatches() as f64 / per,
+        stats_dispatches,
+        p.backwards
+    );
+    println!(
+        "| kernel | dispatches/{unit} | busy us/{unit} | gap us/{unit} | busy us/dispatch | share |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |label: &str, n: u64, busy: u64, gap: u64| {
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} % |",
+            n as f64 / per,
+            us(busy),
+            us(gap),
+            busy as f64 / 1e3 / n.max(1) as f64,
+            100.0 * (busy + gap) as f64 / span
+        );
+    };
+    for r in &p.rows {
+        row(&r.label, r.dispatches, r.busy_ns, r.gap_ns);
+    }
+    row("total", p.dispatches(), p.busy_ns(), p.gap_ns());
+    println!(
+        "per {unit}: submission spans {:.1} us ({:.2} submissions), busy {:.1} us + gaps {:.1} us",
+        us(p.span_ns),
+        p.submissions as f64 / per,
+        us(p.busy_ns()),
+        us(p.gap_ns())
     );
 }
 
@@ -554,6 +652,251 @@ fn bench_attn(n: usize) {
     }
 }
 
+/// A backend whose dispatches can be timed on the device (timestamps paused until asked for).
+fn profiling_gpu() -> GpuBackend {
+    orchard_gpu::set_profiling(false);
+    let g = GpuBackend::new_with_profiling(None, true).expect("a GPU");
+    println!("device: {:?}, timestamps: {:?}", g.adapter(), g.profiling());
+    g
+}
+
+/// Device time of one call of `f` (timestamps around each dispatch): (span of the submission,
+/// busy time of dispatches labelled `label`), in ms; `None` without timestamps.
+fn device_ms(
+    g: &mut GpuBackend,
+    label: &str,
+    mut f: impl FnMut(&mut GpuBackend),
+) -> Option<(f64, f64)> {
+    if g.profiling() != Profiling::On {
+        return None;
+    }
+    g.sync();
+    g.take_profile();
+    orchard_gpu::set_profiling(true);
+    let reps = 10;
+    for _ in 0..reps {
+        f(g);
+        g.sync();
+    }
+    orchard_gpu::set_profiling(false);
+    let p = g.take_profile();
+    let busy: u64 = p
+        .rows
+        .iter()
+        .filter(|r| {
+            r.label == label
+                || (label == "AttnDecode"
+                    && ["AttnDecodeSplit", "AttnCombine"].contains(&r.label.as_str()))
+        })
+        .map(|r| r.busy_ns)
+        .sum();
+    Some((
+        p.span_ns as f64 / 1e6 / reps as f64,
+        busy as f64 / 1e6 / reps as f64,
+    ))
+}
+
+/// `--decode-attn`: one decode token's attention (its KV store, then attention over the
+/// sequence's cells) at 64, 512 and 4096 cells, 8B and SmolLM2 head shapes, old per-head
+/// `ATTENTION` and `ATTN_DECODE` side by side, each in the exact f16 mode and the f32 mode
+/// (`set_attn_exact`), then `ATTN_DECODE` split over the cells (flash-decoding, f32, with its
+/// combine kernel's device time included): ms per call in a stream of 50 (wall, host
+/// encoding included), the attention dispatch's device time where timestamps exist, NMSE
+/// against `CpuBackend`, and whether the two kernels agree bit for bit.
+fn bench_decode_attn() {
+    let mut g = profiling_gpu();
+    // (name, heads, KV heads, head dim)
+    for (name, nh, nkv, hd) in [("8b", 32usize, 8usize, 128usize), ("smollm2", 9, 3, 64)] {
+        let p = AttnParams {
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim_k: hd,
+            head_dim_v: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        for ctx in [64usize, 512, 4096] {
+            let mut seed = 0x1234_5678u64 ^ ctx as u64;
+            let mut rnd = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                    })
+                    .collect()
+            };
+            // Sequence 0 decodes at position ctx - 1; sequences 1.. (64 cells each, the same
+            // cells) fill the cache in one prompt step first.
+            let cells: Vec<u32> = (0..ctx as u32).collect();
+            let mut tables: Vec<&[u32]> = vec![&cells];
+            tables.extend(cells.chunks(64));
+            let fill: Vec<TokenSlot> = (1..tables.len() as u32)
+                .flat_map(|s| (0..64).map(move |pos| TokenSlot { seq: s, pos }))
+                .collect();
+            let dec = [TokenSlot {
+                seq: 0,
+                pos: ctx as u32 - 1,
+            }];
+            let (fq, fk, fv) = (rnd(ctx * nh * hd), rnd(ctx * nkv * hd), rnd(ctx * nkv * hd));
+            let (dq, dk, dv) = (rnd(nh * hd), rnd(nkv * hd), rnd(nkv * hd));
+            let fill_batch = AttnBatch {
+                tokens: &fill,
+                cells: &tables,
+            };
+            let batch = AttnBatch {
+                tokens: &dec,
+                cells: &tables,
+            };
+            let setup = |b: &mut dyn Backend| {
+                b.alloc_kv(0, ctx, nkv * hd, nkv * hd).unwrap();
+                let (q, k, v, o) = (
+                    b.alloc(ctx, nh * hd),
+                    b.alloc(ctx, nkv * hd),
+                    b.alloc(ctx, nkv * hd),
+                    b.alloc(ctx, nh * hd),
+                );
+                b.upload(q, &fq);
+                b.upload(k, &fk);
+                b.upload(v, &fv);
+                b.attention(0, q, k, v, &fill_batch, &p, o).unwrap();
+                let (q, k, v, o) = (
+                    b.alloc(1, nh * hd),
+                    b.alloc(1, nkv * hd),
+                    b.alloc(1, nkv * hd),
+                    b.alloc(1, nh * hd),
+                );
+                b.upload(q, &dq);
+                b.upload(k, &dk);
+                b.upload(v, &dv);
+                (q, k, v, o)
+            };
+            let mut cpu = CpuBackend::new();
+            let (q, k, v, o) = setup(&mut cpu);
+            cpu.attention(0, q, k, v, &batch, &p, o).unwrap();
+            let mut want = Vec::new();
+            cpu.download(o, &mut want);
+            let (q, k, v, o) = setup(&mut g);
+            // Reference per mode (exact f16, f32): the two kernels agree bit for bit in each.
+            let mut first: [Option<Vec<f32>>; 2] = [None, None];
+            let exact0 = g.attn_exact();
+            for round in 0..2 {
+                for (kernel, group, exact, split) in [
+                    ("old ATTENTION", 0u32, true, 0u32),
+                    ("ATTN_DECODE", 4, true, 0),
+                    ("old ATTENTION", 0, false, 0),
+                    ("ATTN_DECODE", 4, false, 0),
+                    ("ATTN_DEC split", 4, false, 1024),
+                ] {
+                    g.set_attn_decode(group);
+                    g.set_attn_exact(exact);
+                    g.set_attn_split(split);
+                    let t = time_ops(&mut g, 50, |g| {
+                        g.attention(0, q, k, v, &batch, &p, o).unwrap()
+                    });
+                    let label = if group == 0 {
+                        "Attention"
+                    } else {
+                        "AttnDecode"
+                    };
+                    let dev = device_ms(&mut g, label, |g| {
+                        g.attention(0, q, k, v, &batch, &p, o).unwrap()
+                    });
+                    let mut got = Vec::new();
+                    g.download(o, &mut got);
+                    let same = match &first[usize::from(!exact)] {
+                        None => {
+                            first[usize::from(!exact)] = Some(got.clone());
+                            "reference".to_string()
+                        }
+                        Some(f) => {
+                            let d = f
+                                .iter()
+                                .zip(&got)
+                                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                                .count();
+                            if d == 0 {
+                                "bit-identical".into()
+                            } else {
+                                format!("{d} values differ")
+                            }
+                        }
+                    };
+                    println!(
+                        "decode attn {name} heads {nh}/{nkv} dim {hd} ctx {ctx:>4} {kernel:<13} {} (round {}): {:.4} ms/call{}, NMSE vs CPU {:.2e}, {same}",
+                        if exact { "f16 exact" } else { "f32      " },
+                        round + 1,
+                        t * 1e3,
+                        dev.map_or(String::new(), |(span, busy)| format!(
+                            " (device: attention {busy:.4} ms, submission {span:.4} ms)"
+                        )),
+                        nmse(&got, &want)
+                    );
+                }
+            }
+            g.set_attn_decode(4);
+            g.set_attn_split(1024);
+            g.set_attn_exact(exact0);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+        }
+    }
+}
+
+/// `--floor`: 300 dispatches of a trivial kernel (an in-place scale of 64 values) in one
+/// submission, (a) chained through one buffer, (b) each on its own buffer: wall time per
+/// dispatch (host recording and encoding included), and with timestamps the device's span of
+/// the submission per dispatch (launch + barrier floor) and the mean gap between dispatches.
+fn bench_floor() {
+    let mut g = profiling_gpu();
+    let n = 300;
+    g.set_flush_every(10 * n);
+    let xs: Vec<_> = (0..n)
+        .map(|_| {
+            let b = g.alloc(1, 64);
+            g.upload(b, &[1.0; 64]);
+            b
+        })
+        .collect();
+    for round in 0..2 {
+        for (what, chained) in [
+            ("dependent (one buffer)", true),
+            ("independent (300 buffers)", false),
+        ] {
+            let f = |g: &mut GpuBackend| {
+                for (i, &x) in xs.iter().enumerate() {
+                    g.scale(
+                        if chained { xs[0] } else { x },
+                        if i % 2 == 0 { 2.0 } else { 0.5 },
+                    );
+                }
+            };
+            let t = time_ops(&mut g, 1, f);
+            // Host side alone: recording the 300 ops (encoding happens at the sync).
+            let th = Instant::now();
+            f(&mut g);
+            let host = th.elapsed().as_secs_f64();
+            g.sync();
+            let dev = device_ms(&mut g, "Elementwise", f);
+            println!(
+                "floor {what} (round {}): {:.2} us/dispatch wall (recording {:.2} us of it){}",
+                round + 1,
+                t * 1e6 / n as f64,
+                host * 1e6 / n as f64,
+                dev.map_or(String::new(), |(span, busy)| format!(
+                    "; device: {:.2} us/dispatch span, {:.2} us busy",
+                    span * 1e3 / n as f64,
+                    busy * 1e3 / n as f64
+                ))
+            );
+        }
+    }
+    let errs = g.take_errors();
+    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+}
+
 fn main() {
     let a = parse();
     if a.kernels {
@@ -561,6 +904,12 @@ fn main() {
     }
     if a.attn {
         bench_attn(a.p);
+    }
+    if a.decode_attn {
+        bench_decode_attn();
+    }
+    if a.floor {
+        bench_floor();
     }
     let mut models = a.models.clone();
     for (shape, p) in &a.synth {

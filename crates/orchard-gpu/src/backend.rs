@@ -10,8 +10,8 @@ use orchard_backend::{
 use orchard_core::DType;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 /// Process-wide counters of all GPU backends, for benchmarks: where a step's time goes.
@@ -38,6 +38,159 @@ pub fn stats() -> GpuStats {
         encode_ns: ENCODE_NS.load(Ordering::Relaxed),
         wait_ns: WAIT_NS.load(Ordering::Relaxed),
     }
+}
+
+/// Whether backends opened with profiling write timestamps (see [`set_profiling`]).
+static PROFILE_ON: AtomicBool = AtomicBool::new(true);
+/// The device-time profile of every profiling `GpuBackend` of this process.
+static PROFILE: LazyLock<Mutex<ProfileAcc>> = LazyLock::new(Mutex::default);
+
+/// Pauses (`false`) or resumes timestamp writes of every backend opened with profiling
+/// (`ORCHARD_GPU_PROFILE=1` or [`GpuBackend::new_with_profiling`]); on by default, so that
+/// benchmarks can leave their timed runs unprofiled.
+pub fn set_profiling(on: bool) {
+    PROFILE_ON.store(on, Ordering::Relaxed);
+}
+
+/// The profile accumulated by every profiling backend of this process since the last call;
+/// resets it.
+pub fn take_profile() -> GpuProfile {
+    PROFILE.lock().map(|mut p| p.take()).unwrap_or_default()
+}
+
+/// Device time of one kernel label, from timestamps written before and after each dispatch.
+/// wgpu's Vulkan backend writes them at `BOTTOM_OF_PIPE`: a timestamp is taken once all work
+/// before it has finished, so busy time runs from the previous dispatch's completion to this
+/// one's (its launch and barrier included), and gaps stay near zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileRow {
+    /// The kernel and, for products, its weight format, e.g. `MatVecQ8KMulti3(Q4_K)`.
+    pub label: String,
+    pub dispatches: u64,
+    /// Sum over dispatches of (timestamp after - timestamp before), in ns.
+    pub busy_ns: u64,
+    /// Sum over dispatches of (this start - the previous dispatch's end, same submission), in
+    /// ns: barrier and launch cost, attributed to the dispatch that follows.
+    pub gap_ns: u64,
+}
+
+/// A device-time profile: per kernel label, plus the submissions it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuProfile {
+    /// Largest busy time first.
+    pub rows: Vec<ProfileRow>,
+    /// Profiled submissions (those with at least one dispatch).
+    pub submissions: u64,
+    /// Sum over submissions of (last dispatch end - first dispatch start), in ns.
+    pub span_ns: u64,
+    /// Timestamp pairs that went backwards (counted as 0 ns); nonzero means the device's
+    /// timestamps cannot be trusted.
+    pub backwards: u64,
+}
+
+impl GpuProfile {
+    pub fn dispatches(&self) -> u64 {
+        self.rows.iter().map(|r| r.dispatches).sum()
+    }
+    pub fn busy_ns(&self) -> u64 {
+        self.rows.iter().map(|r| r.busy_ns).sum()
+    }
+    pub fn gap_ns(&self) -> u64 {
+        self.rows.iter().map(|r| r.gap_ns).sum()
+    }
+}
+
+/// Whether a backend profiles its dispatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profiling {
+    /// Not asked for (`ORCHARD_GPU_PROFILE` unset).
+    Off,
+    /// Asked for, but the adapter lacks `TIMESTAMP_QUERY` or `TIMESTAMP_QUERY_INSIDE_PASSES`.
+    Unsupported,
+    On,
+}
+
+/// Accumulated profile, by kernel: (dispatches, busy ns, gap ns).
+#[derive(Default)]
+struct ProfileAcc {
+    rows: HashMap<Kernel, [u64; 3]>,
+    submissions: u64,
+    span_ns: u64,
+    backwards: u64,
+}
+
+impl ProfileAcc {
+    fn merge(&mut self, o: &ProfileAcc) {
+        for (k, v) in &o.rows {
+            let r = self.rows.entry(*k).or_default();
+            for i in 0..3 {
+                r[i] += v[i];
+            }
+        }
+        self.submissions += o.submissions;
+        self.span_ns += o.span_ns;
+        self.backwards += o.backwards;
+    }
+
+    /// The profile by label (kernels differing only in shape share one) and a reset.
+    fn take(&mut self) -> GpuProfile {
+        let acc = std::mem::take(self);
+        let mut by_label: HashMap<String, [u64; 3]> = HashMap::new();
+        for (k, v) in acc.rows {
+            let r = by_label.entry(k.label()).or_default();
+            for i in 0..3 {
+                r[i] += v[i];
+            }
+        }
+        let mut rows: Vec<ProfileRow> = by_label
+            .into_iter()
+            .map(|(label, [dispatches, busy_ns, gap_ns])| ProfileRow {
+                label,
+                dispatches,
+                busy_ns,
+                gap_ns,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.busy_ns.cmp(&a.busy_ns).then(a.label.cmp(&b.label)));
+        GpuProfile {
+            rows,
+            submissions: acc.submissions,
+            span_ns: acc.span_ns,
+            backwards: acc.backwards,
+        }
+    }
+
+    /// Adds one submission's resolved timestamps (start, end per dispatch, in ticks).
+    fn add_submission(&mut self, kernels: &[Kernel], ticks: &[u64], period: f64) {
+        let ns = |a: u64, b: u64| (b.saturating_sub(a) as f64 * period).round() as u64;
+        let mut prev_end: Option<u64> = None;
+        for (k, t) in kernels.iter().zip(ticks.chunks_exact(2)) {
+            let (start, end) = (t[0], t[1]);
+            let r = self.rows.entry(*k).or_default();
+            r[0] += 1;
+            r[1] += ns(start, end);
+            self.backwards += u64::from(end < start);
+            if let Some(p) = prev_end {
+                r[2] += ns(p, start);
+                self.backwards += u64::from(start < p);
+            }
+            prev_end = Some(end);
+        }
+        if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
+            self.submissions += 1;
+            self.span_ns += ns(*first, *last);
+        }
+    }
+}
+
+/// Timestamp queries of a profiling backend: query sets of `QUERY_SET_MAX_QUERIES` (two per
+/// dispatch), the buffer they resolve into and its mappable copy, grown on demand.
+struct Profiler {
+    sets: Vec<wgpu::QuerySet>,
+    resolve: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    acc: ProfileAcc,
 }
 
 /// Bytes of one op's parameter block.
@@ -76,6 +229,10 @@ const COOP_TILE: (u32, u32) = (128, 64);
 const COOP_TILE_MIN: (u32, u32) = (64, 32);
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
+/// Workgroups split decode attention aims at per step (flash-decoding): an 8B decode token
+/// has only 8 (one per KV head) unsplit, an H100 132 SMs; up to this many, every item is one
+/// 64-cell tile, beyond it items take several.
+const ATTN_SPLIT_TARGET: u32 = 1024;
 /// Shapes of the tiled prefill attention (`ATTN_TILE`): (threads, queries, cells per tile), the
 /// first whose shared memory the device holds. 16-query tiles first: on an H100 (run 15) one 8B
 /// layer's 512-token attention took 0.62-0.64 ms with them against 0.72 with 32-query tiles
@@ -130,12 +287,50 @@ enum Kernel {
     /// RoPE of Q and K fused with `KvStore2`.
     RopeKv,
     Attention,
+    /// `ATTN_DECODE`: (query heads per workgroup, largest head dim, split into partials).
+    AttnDecode(u32, u32, bool),
+    /// `ATTN_COMBINE`: merges the split decode partials.
+    AttnCombine,
     /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
     AttnTile(u32, u32, u32, u32),
     ActQuant,
 }
 
 impl Kernel {
+    /// A short stable name for profiles: the variant and its weight format, without shapes.
+    fn label(self) -> String {
+        match self {
+            Kernel::MatVec(d) => format!("MatVec({d:?})"),
+            Kernel::MatMul(d) => format!("MatMul({d:?})"),
+            Kernel::MatMulK(d) => format!("MatMulK({d:?})"),
+            Kernel::MatMulCoop(d, ..) => format!("MatMulCoop({d:?})"),
+            Kernel::MatVecRagged(d) => format!("MatVecRagged({d:?})"),
+            Kernel::MatMulRagged(d) => format!("MatMulRagged({d:?})"),
+            Kernel::MatVecQ8K(d, ..) => format!("MatVecQ8K({d:?})"),
+            Kernel::MatVecQ8KMulti(d, .., m) => format!("MatVecQ8KMulti{m}({d:?})"),
+            Kernel::MatVecQ8KAdd(d, ..) => format!("MatVecQ8KAdd({d:?})"),
+            Kernel::AddNorm(false) => "AddNorm".into(),
+            Kernel::AddNorm(true) => "AddNormQ8K".into(),
+            Kernel::AttnTile(..) => "AttnTile".into(),
+            Kernel::ActQ8K => "ActQ8K".into(),
+            Kernel::NormQ8K => "NormQ8K".into(),
+            Kernel::GluQ8K => "GluQ8K".into(),
+            Kernel::Norm => "Norm".into(),
+            Kernel::NormInplace => "NormInplace".into(),
+            Kernel::Elementwise => "Elementwise".into(),
+            Kernel::Glu => "Glu".into(),
+            Kernel::Rope => "Rope".into(),
+            Kernel::KvStore => "KvStore".into(),
+            Kernel::KvStore2 => "KvStore2".into(),
+            Kernel::RopeKv => "RopeKv".into(),
+            Kernel::Attention => "Attention".into(),
+            Kernel::AttnDecode(.., false) => "AttnDecode".into(),
+            Kernel::AttnDecode(.., true) => "AttnDecodeSplit".into(),
+            Kernel::AttnCombine => "AttnCombine".into(),
+            Kernel::ActQuant => "ActQuant".into(),
+        }
+    }
+
     /// Storage bindings after the params block: `true` for read-write.
     fn bindings(self) -> &'static [bool] {
         match self {
@@ -152,7 +347,10 @@ impl Kernel {
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
-            Kernel::Attention | Kernel::AttnTile(..) => &[false, false, false, false, true],
+            Kernel::Attention | Kernel::AttnDecode(..) | Kernel::AttnTile(..) => {
+                &[false, false, false, false, true]
+            }
+            Kernel::AttnCombine => &[false, false, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
@@ -312,6 +510,22 @@ pub struct GpuBackend {
     attn_tile: bool,
     /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
     attn_tile_first: usize,
+    /// Most query heads per `ATTN_DECODE` workgroup (1 to 4; `ORCHARD_GPU_ATTN_GROUP`), or
+    /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
+    attn_group: u32,
+    /// Decode attention (sequences with fewer than 64 queries in the step) in the CPU's f16
+    /// mode (Q and the V accumulator rounded to f16 cell by cell, as ggml's CPU path), or in
+    /// f32 with per-tile reductions. On by default only on CPU adapters (lavapipe, where CI
+    /// checks agreement with the CPU); `ORCHARD_GPU_ATTN_EXACT=0/1`, `set_attn_exact`.
+    attn_exact: bool,
+    /// Split decode attention (flash-decoding, f32 mode): about this many workgroups per
+    /// step are aimed at when a token's range spans several 64-cell tiles; 0 turns it off
+    /// (`ORCHARD_GPU_ATTN_SPLIT`, `set_attn_split`).
+    attn_split: u32,
+    /// The split partials' scratch buffer and its size in floats.
+    attn_scratch: Option<(Res, usize)>,
+    /// Split decode attention dispatches recorded so far (`attn_splits`).
+    attn_split_count: u64,
     /// Fusable dispatches among the last ones recorded, by index in `cmds` (cleared on flush):
     /// a residual add that the next RMS norm takes over, the RoPEs of Q and K that attention's
     /// KV store takes over (`ORCHARD_GPU_FUSE=0` turns this off with the rest).
@@ -327,6 +541,10 @@ pub struct GpuBackend {
     /// workgroup per row made the 8B decode slower on an H200; `ORCHARD_GPU_FUSE_ADD_NORM_Q8K=1`).
     fuse_matvec_add: bool,
     fuse_add_norm_q8k: bool,
+    /// Timestamp queries around every dispatch, when asked for and the device has them.
+    profiler: Option<Profiler>,
+    /// Whether profiling was asked for at `new` (to tell `Off` from `Unsupported`).
+    profile_asked: bool,
 }
 
 /// A buffer's activations after the round trip through the CPU's activation format.
@@ -338,8 +556,19 @@ struct ActQ {
 
 impl GpuBackend {
     /// Opens adapter `adapter_index` of [`crate::list_adapters`] (the first, a discrete GPU when
-    /// there is one, by default).
+    /// there is one, by default), profiling when `ORCHARD_GPU_PROFILE=1`.
     pub fn new(adapter_index: Option<usize>) -> Result<GpuBackend, BackendError> {
+        let profile = std::env::var("ORCHARD_GPU_PROFILE").as_deref() == Ok("1");
+        GpuBackend::new_with_profiling(adapter_index, profile)
+    }
+
+    /// As [`GpuBackend::new`], with per-dispatch timestamps (see [`GpuBackend::profiling`])
+    /// asked for or not regardless of `ORCHARD_GPU_PROFILE`. Profiling waits for every
+    /// submission as it ends, so it slows steps down; off, it costs nothing.
+    pub fn new_with_profiling(
+        adapter_index: Option<usize>,
+        profile: bool,
+    ) -> Result<GpuBackend, BackendError> {
         let inst = instance();
         let list = adapters(&inst);
         let idx = adapter_index.unwrap_or(0);
@@ -377,6 +606,12 @@ impl GpuBackend {
         }
         if coop_available {
             required_features |= coop_features;
+        }
+        let ts_features =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let profiled = profile && adapter.features().contains(ts_features);
+        if profiled {
+            required_features |= ts_features;
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orchard"),
@@ -465,6 +700,25 @@ impl GpuBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            attn_group: if std::env::var("ORCHARD_GPU_ATTN_DECODE").as_deref() == Ok("0") {
+                0
+            } else {
+                std::env::var("ORCHARD_GPU_ATTN_GROUP")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(4)
+            },
+            attn_exact: match std::env::var("ORCHARD_GPU_ATTN_EXACT").as_deref() {
+                Ok("0") => false,
+                Ok("1") => true,
+                _ => ainfo.device_type == wgpu::DeviceType::Cpu,
+            },
+            attn_split: std::env::var("ORCHARD_GPU_ATTN_SPLIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(ATTN_SPLIT_TARGET),
+            attn_scratch: None,
+            attn_split_count: 0,
             recent: Vec::new(),
             fuse_add_norm: std::env::var("ORCHARD_GPU_FUSE_ADD_NORM").as_deref() != Ok("0"),
             fuse_rope_kv: std::env::var("ORCHARD_GPU_FUSE_ROPE_KV").as_deref() != Ok("0"),
@@ -487,7 +741,17 @@ impl GpuBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(MATMUL_MIN_BIG_TILES),
             old_matmul: std::env::var("ORCHARD_GPU_MATMUL").as_deref() == Ok("old"),
+            profiler: None,
+            profile_asked: profile,
         };
+        if profiled {
+            me.profiler = Some(Profiler {
+                sets: Vec::new(),
+                resolve: None,
+                period: f64::from(me.queue.get_timestamp_period()),
+                acc: ProfileAcc::default(),
+            });
+        }
         me.shader_checks = match std::env::var("ORCHARD_GPU_SHADER_CHECKS").as_deref() {
             Ok("all") => wgpu::ShaderRuntimeChecks::checked(),
             Ok("none") => wgpu::ShaderRuntimeChecks::unchecked(),
@@ -533,6 +797,24 @@ impl GpuBackend {
         }
         me.sync();
         Ok(me)
+    }
+
+    /// Whether this backend writes timestamps around its dispatches.
+    pub fn profiling(&self) -> Profiling {
+        match (&self.profiler, self.profile_asked) {
+            (Some(_), _) => Profiling::On,
+            (None, true) => Profiling::Unsupported,
+            (None, false) => Profiling::Off,
+        }
+    }
+
+    /// This backend's profile since the last call (also merged into [`take_profile`]'s);
+    /// resets it. Empty unless [`GpuBackend::profiling`] is `On`.
+    pub fn take_profile(&mut self) -> GpuProfile {
+        self.profiler
+            .as_mut()
+            .map(|p| p.acc.take())
+            .unwrap_or_default()
     }
 
     /// The adapter this backend runs on.
@@ -639,6 +921,79 @@ impl GpuBackend {
         self.q8k_shape
     }
 
+    /// `ATTN_DECODE`'s (query heads per workgroup, largest head dim, K cells and V cells per
+    /// staged sub-tile) for these heads, or `None` for `ATTENTION` (turned off, or an odd V
+    /// head dim).
+    fn attn_decode_shape(&self, p: &AttnParams) -> Option<(u32, u32, u32, u32)> {
+        if self.attn_group == 0 || !p.head_dim_v.is_multiple_of(2) {
+            return None;
+        }
+        let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
+        let group = (p.n_head / p.n_head_kv) as u32;
+        let hg = [4u32, 3, 2, 1].into_iter().find(|&hg| {
+            hg <= self.attn_group
+                && group.is_multiple_of(hg)
+                && hg * dmax <= 1024
+                && 64 * hg <= self.limits.max_compute_invocations_per_workgroup
+                && shaders::attn_decode_shared_bytes(hg, dmax)
+                    <= self.limits.max_compute_workgroup_storage_size
+        })?;
+        let words = shaders::attn_decode_stage_words(dmax);
+        let cells = |row: u32| (0..=6).rev().map(|e| 1u32 << e).find(|c| c * row <= words);
+        let ck = cells(p.head_dim_k as u32 / 2 + 1)?;
+        let cv = cells(p.head_dim_v as u32 / 2)?;
+        Some((hg, dmax, ck, cv))
+    }
+
+    /// Split decode attention's work items, 3 words each (token, first cell of its range,
+    /// cells), and per token (first item, items), for `cnts` (cells of each token's range)
+    /// and `gx` workgroups per item; `None` where no token spans more than one item's tiles
+    /// (one unsplit dispatch then). Items take as many 64-cell tiles as keep the grid near
+    /// `attn_split` workgroups, at least one.
+    fn attn_split_items(&self, cnts: &[u32], gx: u32) -> Option<(Vec<u32>, Vec<u32>)> {
+        let tiles: u64 = cnts.iter().map(|&c| c.div_ceil(64) as u64).sum();
+        let max_tiles = cnts.iter().map(|&c| c.div_ceil(64)).max()?;
+        let per = (gx as u64 * tiles)
+            .div_ceil(self.attn_split.max(1) as u64)
+            .max(1) as u32;
+        if max_tiles <= per {
+            return None;
+        }
+        let mut items = Vec::new();
+        let mut lists = Vec::with_capacity(2 * cnts.len());
+        for (t, &c) in cnts.iter().enumerate() {
+            let first = items.len() / 3;
+            let step = per * 64;
+            let mut c0 = 0;
+            while c0 < c.max(1) {
+                items.extend_from_slice(&[t as u32, c0, step.min(c - c0)]);
+                c0 += step;
+            }
+            lists.extend_from_slice(&[first as u32, (items.len() / 3 - first) as u32]);
+        }
+        if items.len() / 3 > self.limits.max_compute_workgroups_per_dimension as usize {
+            return None;
+        }
+        Some((items, lists))
+    }
+
+    /// The split partials' scratch buffer, grown to hold `floats`, or `None` where that
+    /// exceeds the device's binding limit.
+    fn attn_scratch_for(&mut self, floats: usize) -> Option<Res> {
+        if floats * 4 > self.limits.max_storage_buffer_binding_size as usize {
+            return None;
+        }
+        match &self.attn_scratch {
+            Some((r, cap)) if *cap >= floats => Some(r.clone()),
+            _ => {
+                let cap = floats.next_power_of_two();
+                let r = self.storage("attn_split", (cap * 4) as u64);
+                self.attn_scratch = Some((r.clone(), cap));
+                Some(r)
+            }
+        }
+    }
+
     /// First tile shape the tiled prefill attention tries (0: 16 queries, 1: 32; the next that
     /// fits the device's shared memory is taken), as `ORCHARD_GPU_ATTN_TILE_SHAPE`.
     pub fn set_attn_tile_shape(&mut self, first: usize) {
@@ -649,6 +1004,40 @@ impl GpuBackend {
     /// and measurement.
     pub fn set_attn_tile(&mut self, on: bool) {
         self.attn_tile = on;
+    }
+
+    /// The per-token attention kernel (steps the tiled kernel does not take, decode among
+    /// them): `ATTN_DECODE` with up to `group` query heads of a KV head per workgroup (1 to 4),
+    /// or with 0 the older `ATTENTION` (same results bit for bit; for tests and
+    /// measurement, as `ORCHARD_GPU_ATTN_DECODE=0` and `ORCHARD_GPU_ATTN_GROUP`).
+    pub fn set_attn_decode(&mut self, group: u32) {
+        self.attn_group = group;
+    }
+
+    /// Exact f16 decode attention on or off. On, sequences with fewer than 64 queries in a step
+    /// are attended as ggml's CPU does (Q rounded to f16, an f16 V accumulator rounded cell by
+    /// cell: sequential per cell); off, they accumulate in f32 with per-tile reductions (as
+    /// llama.cpp's GPU backends do, which do not reproduce the CPU's f16 rounding either).
+    /// Default: on for CPU adapters (lavapipe), off on real GPUs, where the device's `exp`
+    /// already breaks bit parity; `ORCHARD_GPU_ATTN_EXACT=0/1` overrides it.
+    pub fn set_attn_exact(&mut self, on: bool) {
+        self.attn_exact = on;
+    }
+
+    /// Split decode attention (f32 mode, flash-decoding) aiming at about `target` workgroups
+    /// per step, or off with 0 (for tests and measurement; `ORCHARD_GPU_ATTN_SPLIT`).
+    pub fn set_attn_split(&mut self, target: u32) {
+        self.attn_split = target;
+    }
+
+    /// Split decode attention steps recorded so far (each a split dispatch and a combine).
+    pub fn attn_splits(&self) -> u64 {
+        self.attn_split_count
+    }
+
+    /// Whether decode attention runs in the exact f16 mode (see `set_attn_exact`).
+    pub fn attn_exact(&self) -> bool {
+        self.attn_exact
     }
 
     /// Whether RMS norms and GLUs of decode steps (up to 8 tokens, rows of whole 256-value
@@ -825,6 +1214,8 @@ impl GpuBackend {
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
+                Kernel::AttnDecode(hg, ..) => ("", 64 * hg, None),
+                Kernel::AttnCombine => (shaders::ATTN_COMBINE, 64, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
@@ -853,6 +1244,7 @@ impl GpuBackend {
                 Kernel::NormQ8K | Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::AddNorm(q8k) => shaders::add_norm_source(q8k),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
+                Kernel::AttnDecode(hg, dmax, split) => shaders::attn_decode_source(hg, dmax, split),
                 Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -1181,6 +1573,17 @@ impl GpuBackend {
             .count();
         DISPATCHES.fetch_add(n_dispatch as u64, Ordering::Relaxed);
         self.dispatches += n_dispatch as u64;
+        let profile =
+            n_dispatch > 0 && self.profiler.is_some() && PROFILE_ON.load(Ordering::Relaxed);
+        if profile {
+            self.profiler_reserve(n_dispatch);
+        }
+        // Timestamp query sets (two queries per dispatch) and the kernels timed, in order.
+        let sets: &[wgpu::QuerySet] = match (&self.profiler, profile) {
+            (Some(p), true) => &p.sets,
+            _ => &[],
+        };
+        let mut timed: Vec<Kernel> = Vec::new();
         SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
         if !self.params.is_empty() {
             self.queue
@@ -1225,8 +1628,32 @@ impl GpuBackend {
                     current = Some(*kernel);
                 }
                 pass.set_bind_group(0, bind, &[*offset]);
+                let q = 2 * timed.len() as u32;
+                let set = sets.get((q / wgpu::QUERY_SET_MAX_QUERIES) as usize);
+                let q = q % wgpu::QUERY_SET_MAX_QUERIES;
+                if let Some(set) = set {
+                    pass.write_timestamp(set, q);
+                }
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                if let Some(set) = set {
+                    pass.write_timestamp(set, q + 1);
+                    timed.push(*kernel);
+                }
                 i += 1;
+            }
+        }
+        let n_queries = 2 * timed.len() as u32;
+        if let Some((resolve, readback)) = self.profiler.as_ref().and_then(|p| p.resolve.as_ref()) {
+            if n_queries > 0 {
+                for (s, set) in sets.iter().enumerate() {
+                    let first = s as u32 * wgpu::QUERY_SET_MAX_QUERIES;
+                    if first >= n_queries {
+                        break;
+                    }
+                    let n = (n_queries - first).min(wgpu::QUERY_SET_MAX_QUERIES);
+                    enc.resolve_query_set(set, 0..n, resolve, u64::from(first) * 8);
+                }
+                enc.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
             }
         }
         if let Some((src, bytes)) = readback {
@@ -1252,6 +1679,89 @@ impl GpuBackend {
         self.aux.clear();
         self.rope_memo.clear();
         self.recent.clear();
+        if !timed.is_empty() {
+            self.read_profile(&timed);
+        }
+    }
+
+    /// Makes the profiler's query sets and buffers hold `n_dispatch` dispatches.
+    fn profiler_reserve(&mut self, n_dispatch: usize) {
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        let per_set = wgpu::QUERY_SET_MAX_QUERIES as usize;
+        while p.sets.len() * per_set < 2 * n_dispatch {
+            p.sets
+                .push(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: wgpu::QUERY_SET_MAX_QUERIES,
+                }));
+        }
+        let bytes = (p.sets.len() * per_set * 8) as u64;
+        if p.resolve.as_ref().is_none_or(|(r, _)| r.size() < bytes) {
+            let buf = |label, usage| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            p.resolve = Some((
+                buf(
+                    "profile_resolve",
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                ),
+                buf(
+                    "profile_readback",
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+            ));
+        }
+    }
+
+    /// Waits for the submission just made and adds its timestamps (start and end of each of
+    /// `timed`, in order) to this backend's profile and the process's.
+    fn read_profile(&mut self, timed: &[Kernel]) {
+        let Some((_, readback)) = self.profiler.as_ref().and_then(|p| p.resolve.clone()) else {
+            return;
+        };
+        let slice = readback.slice(0..timed.len() as u64 * 16);
+        let done = Arc::new(Mutex::new(None));
+        let d2 = done.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            if let Ok(mut g) = d2.lock() {
+                *g = Some(r);
+            }
+        });
+        self.wait();
+        let mut ticks = Vec::with_capacity(2 * timed.len());
+        if matches!(done.lock().ok().and_then(|g| g.clone()), Some(Ok(()))) {
+            match slice.get_mapped_range() {
+                Ok(view) => ticks.extend(view.chunks_exact(8).map(|c| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(c);
+                    u64::from_ne_bytes(b)
+                })),
+                Err(e) => tracing::error!("GPU profile readback: {e}"),
+            }
+            readback.unmap();
+        } else {
+            tracing::error!("GPU profile readback: mapping the timestamps failed");
+        }
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        if ticks.len() != 2 * timed.len() {
+            return;
+        }
+        let mut sub = ProfileAcc::default();
+        sub.add_submission(timed, &ticks, p.period);
+        p.acc.merge(&sub);
+        if let Ok(mut g) = PROFILE.lock() {
+            g.merge(&sub);
+        }
     }
 
     fn wait(&self) {
@@ -1983,9 +2493,34 @@ impl Backend for GpuBackend {
             }
         }
         let table_words: usize = seq_len.values().sum();
-        // Cells, tables, ranges and up to n tiled blocks of 4 words, reserved together so that
-        // no flush falls between them.
-        self.reserve(3, n + table_words + 2 * n + 4 * n);
+        // Split decode attention's work items and per-token item lists, where the per-token
+        // kernel takes the step (not every run has 64+ queries for the tiled one) in f32.
+        let shape = self.attn_decode_shape(p);
+        let split = match shape {
+            Some((hg, ..))
+                if self.attn_split > 0
+                    && !self.attn_exact
+                    && !(self.attn_tile
+                        && orchard_backend::runs_by(batch.tokens, |t| t.seq)
+                            .all(|r| r.len() >= 64)) =>
+            {
+                let cnts: Vec<u32> = batch
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        let hi = t.pos as usize;
+                        let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
+                        (hi + 1 - lo) as u32
+                    })
+                    .collect();
+                self.attn_split_items(&cnts, p.n_head as u32 / hg)
+            }
+            _ => None,
+        };
+        let split_words = split.as_ref().map_or(0, |(i, l)| i.len() + l.len());
+        // Cells, tables, ranges, up to n tiled blocks of 4 words and the split items, reserved
+        // together so that no flush falls between them.
+        self.reserve(4, n + table_words + 2 * n + 4 * n + split_words);
         let cells_off = self.push_aux(&tok_cells);
         let mut table_off = HashMap::new();
         for (&seq, &len) in &seq_len {
@@ -1996,9 +2531,14 @@ impl Backend for GpuBackend {
         // Runs of consecutive tokens of one sequence: (first token, tokens).
         let mut runs = Vec::new();
         // The CPU's per-query f16 path below ggml's flash-attention tile of 64 queries, decided
-        // per sequence from its own queries in the step (as the CPU backend does).
+        // per sequence from its own queries in the step (as the CPU backend does), where exact
+        // f16 attention is on; otherwise every run accumulates in f32.
         for run in orchard_backend::runs_by(batch.tokens, |t| t.seq) {
-            let f16_flag = if run.len() < 64 { 1u32 << 31 } else { 0 };
+            let f16_flag = if self.attn_exact && run.len() < 64 {
+                1u32 << 31
+            } else {
+                0
+            };
             for tok in &batch.tokens[run.clone()] {
                 let hi = tok.pos as usize;
                 let lo = p.window.map_or(0, |w| (hi + 1).saturating_sub(w));
@@ -2128,9 +2668,44 @@ impl Backend for GpuBackend {
         ]);
         pp[12] = p.scale.to_bits();
         pp[13] = p.softcap.unwrap_or(0.0).to_bits();
-        let (kernel, groups) = match tile {
-            Some((kernel, n_blocks, _)) => (kernel, [p.n_head as u32, n_blocks, 1]),
-            None => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
+        let (kernel, groups) = match (tile, shape) {
+            (Some((kernel, n_blocks, _)), _) => (kernel, [p.n_head as u32, n_blocks, 1]),
+            (None, Some((hg, dmax, ck, cv))) => {
+                pp[9] = ck;
+                pp[10] = cv;
+                let gx = (p.n_head as u32) / hg;
+                if let Some((items, lists)) = split {
+                    let rows = items.len() / 3 * p.n_head * (p.head_dim_v + 2);
+                    if let Some(scratch) = self.attn_scratch_for(rows) {
+                        pp[11] = self.push_aux(&items);
+                        let lists_off = self.push_aux(&lists);
+                        let groups = [gx, (items.len() / 3) as u32, 1];
+                        self.dispatch(
+                            Kernel::AttnDecode(hg, dmax, true),
+                            &[&qr, &kres, &vres, &aux, &scratch],
+                            pp,
+                            groups,
+                        );
+                        let mut pc = [0u32; 16];
+                        pc[..4].copy_from_slice(&[
+                            p.n_head as u32,
+                            p.head_dim_v as u32,
+                            (p.n_head * p.head_dim_v) as u32,
+                            lists_off,
+                        ]);
+                        self.dispatch(
+                            Kernel::AttnCombine,
+                            &[&aux, &scratch, &or],
+                            pc,
+                            [p.n_head as u32, n as u32, 1],
+                        );
+                        self.attn_split_count += 1;
+                        return Ok(());
+                    }
+                }
+                (Kernel::AttnDecode(hg, dmax, false), [gx, n as u32, 1])
+            }
+            (None, None) => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
         };
         self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or], pp, groups);
         Ok(())

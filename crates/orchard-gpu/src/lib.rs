@@ -12,6 +12,20 @@
 //! Steps longer than 80 dispatches (`GpuBackend::set_flush_every`) are submitted in parts at op boundaries, so the
 //! device starts on the first layers while the host encodes the rest.
 //!
+//! Decode attention (a sequence with fewer than 64 queries in a step) has two modes
+//! (`GpuBackend::set_attn_exact`, `ORCHARD_GPU_ATTN_EXACT=0/1`). Exact, the default on CPU
+//! adapters (lavapipe), keeps ggml's CPU rounding (Q and an f16 V accumulator rounded cell by
+//! cell, sequential per cell), so CI checks agreement with `CpuBackend`; real GPUs default to
+//! f32 accumulation with per-tile reductions, as llama.cpp's GPU backends do (they do not
+//! reproduce the CPU's f16 rounding either, and a GPU's `exp` breaks bit parity anyway).
+//! In f32, a token whose range spans several 64-cell tiles is split over workgroups
+//! (flash-decoding: each writes a partial max, sum and unnormalised output, a second kernel
+//! merges them; `GpuBackend::set_attn_split`, `ORCHARD_GPU_ATTN_SPLIT`).
+//!
+//! `ORCHARD_GPU_PROFILE=1` (or `GpuBackend::new_with_profiling`) times every dispatch with
+//! timestamp queries, where the device has them inside passes, and accumulates device time per
+//! kernel (`take_profile`; `gpu_bench --profile` prints it). It waits for each submission.
+//!
 //! `unsafe` lives in two places: the opt-in to wgpu's experimental cooperative matrices
 //! (`GpuBackend::new`, for the tensor-core prompt matmul), and shader modules, created with
 //! `create_shader_module_trusted` (backend.rs) to turn off naga's loop bounding, which cost
@@ -22,7 +36,9 @@ mod backend;
 mod formats;
 mod shaders;
 
-pub use backend::{stats, GpuBackend, GpuStats};
+pub use backend::{
+    set_profiling, stats, take_profile, GpuBackend, GpuProfile, GpuStats, ProfileRow, Profiling,
+};
 
 use orchard_backend::BackendError;
 

@@ -1181,6 +1181,333 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// Shared-memory words of `ATTN_DECODE`'s staging buffer for head dims up to `dmax`: a full
+/// 64-cell tile of K rows (padded by a word) where that fits 16.25 KiB, else sub-tiles.
+pub(crate) fn attn_decode_stage_words(dmax: u32) -> u32 {
+    (64 * (dmax / 2 + 1)).min(64 * 65)
+}
+
+/// Shared memory of `ATTN_DECODE` with `hg` query heads per workgroup.
+pub(crate) fn attn_decode_shared_bytes(hg: u32, dmax: u32) -> u32 {
+    4 * (hg * dmax + attn_decode_stage_words(dmax) + 4 * 64 * hg + 64 + 2)
+}
+
+/// `ATTENTION` with the same arithmetic in the same order (bit-identical results in both of its
+/// modes), restructured for latency: `hg` query heads of one KV head per workgroup (64 threads
+/// each; K and V rows staged once for the group) and the tile's K rows, then its V rows, loaded
+/// into shared memory by all threads with coalesced reads before the loops that use them. In
+/// the f16 mode the running max before each cell is an inclusive prefix max (a scan over the
+/// tile's scores, then max with the carried max, which is the sequential `if s > m { m = s }`),
+/// so the exps of the tile are taken in parallel and the per-cell loop, which must stay
+/// sequential (an f16 accumulator rounded cell by cell, as ggml's CPU path), reads only shared
+/// memory. Grid (n_head / hg, tokens). a, b, f as `ATTENTION`; c = (aux offset of per-token
+/// ranges (count's top bit: f16 mode), K cells per staged sub-tile, V cells per staged sub-tile,
+/// _). Needs an even V head dim.
+///
+/// Split (flash-decoding, `split`): the grid is (n_head / hg, work items) instead, item i the
+/// aux words c.w + 3i = (token, first cell of its range, cells); each workgroup attends its
+/// item's cells only and writes, per query head, (max, sum, unnormalised acc[dv]) to row
+/// (i * n_head + h) of O (`dv + 2` floats a row), which `ATTN_COMBINE` merges. f32 mode only.
+pub(crate) fn attn_decode_source(hg: u32, dmax: u32, split: bool) -> String {
+    let sb = attn_decode_stage_words(dmax);
+    let mut s = String::with_capacity(8192);
+    s.push_str(PARAMS);
+    s.push_str(&format!(
+        "const WG: u32 = {}u;\nconst HG: u32 = {hg}u;\nconst DMAX: u32 = {dmax}u;\nconst SB: u32 = {sb}u;\nconst QS: u32 = {}u;\nconst SPLIT: bool = {split};\n",
+        64 * hg,
+        hg * dmax
+    ));
+    s.push_str(ATTN_DECODE);
+    s
+}
+
+const ATTN_DECODE: &str = r#"
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<u32>;
+@group(0) @binding(3) var<storage, read> V: array<u32>;
+@group(0) @binding(4) var<storage, read> A: array<u32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+const DPT: u32 = DMAX / 64u;
+var<workgroup> qs: array<f32, QS>;
+var<workgroup> sb: array<u32, SB>;
+var<workgroup> ps: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> msv: array<f32, WG>;
+var<workgroup> vsv: array<f32, WG>;
+var<workgroup> cl: array<u32, 64>;
+var<workgroup> range: array<vec4<u32>, 2>;
+fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
+
+// Tree reductions over each head's 64 threads, in `ATTENTION`'s order.
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var st = 32u; st > 0u; st >>= 1u) {
+        if ((lid & 63u) < st) { red[lid] = max(red[lid], red[lid + st]); }
+        workgroupBarrier();
+    }
+    let r = red[lid & ~63u];
+    workgroupBarrier();
+    return r;
+}
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var st = 32u; st > 0u; st >>= 1u) {
+        if ((lid & 63u) < st) { red[lid] += red[lid + st]; }
+        workgroupBarrier();
+    }
+    let r = red[lid & ~63u];
+    workgroupBarrier();
+    return r;
+}
+
+// V rows of cells cl[v0..] into sb (n words, vw per row), eight loads in flight per thread.
+fn stage_v(lid: u32, v0: u32, n: u32, vw: u32, vbase: u32) {
+    for (var i0 = lid; i0 < n; i0 += 8u * WG) {
+        var r: array<u32, 8>;
+        for (var u = 0u; u < 8u; u++) {
+            let i = i0 + u * WG;
+            if (i < n) {
+                let c = i / vw;
+                r[u] = V[cl[v0 + c] * P.b.z + vbase + i - c * vw];
+            }
+        }
+        for (var u = 0u; u < 8u; u++) {
+            let i = i0 + u * WG;
+            if (i < n) { sb[i] = r[u]; }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let hb = lid >> 6u;
+    let l = lid & 63u;
+    let h0 = g.x * HG;
+    let h = h0 + hb;
+    let dk = P.a.z;
+    let dv = P.a.w;
+    let kvh = h0 / P.a.y;
+    let kw = dk / 2u;
+    let kst = kw + 1u;
+    let vw = dv / 2u;
+    let ck = P.c.y;
+    let cv = P.c.z;
+    if (lid == 0u) {
+        // (token, first cell, end cell) of this workgroup's work.
+        var it = vec4<u32>(g.y, 0u, 0x7fffffffu, 0u);
+        if (SPLIT) {
+            let w = P.c.w + 3u * g.y;
+            it = vec4<u32>(A[w], A[w + 1u], A[w + 1u] + A[w + 2u], 0u);
+        }
+        let r0 = A[P.c.x + 2u * it.x];
+        let r1 = A[P.c.x + 2u * it.x + 1u];
+        range[0] = vec4<u32>(r0, r1, 0u, 0u);
+        range[1] = it;
+    }
+    let hdr = workgroupUniformLoad(&range);
+    let rg = hdr[0];
+    let t = hdr[1].x;
+    let first = hdr[1].y;
+    let off = rg.x;
+    let cnt = min(rg.y & 0x7fffffffu, hdr[1].z);
+    let f16_mode = (rg.y >> 31u) != 0u;
+    let qrow = t * P.b.x + h0 * dk;
+    for (var i = lid; i < HG * dk; i += WG) {
+        let qv = Q[qrow + i];
+        let at = (i / dk) * DMAX + i % dk;
+        if (f16_mode) { qs[at] = round_f16(qv); } else { qs[at] = qv; }
+    }
+    var m = -3.0e38;
+    var lsum = 0.0;
+    var acc: array<f32, DPT>;
+    let kbase = kvh * kw;
+    let vbase = kvh * vw;
+    let qb = hb * DMAX;
+    let pb = hb * 64u;
+    for (var t0 = first; t0 < cnt; t0 += 64u) {
+        let n_in = min(64u, cnt - t0);
+        if (lid < 64u) {
+            var c = 0u;
+            if (lid < n_in) { c = A[off + t0 + lid]; }
+            cl[lid] = c;
+        }
+        workgroupBarrier();
+        // Scores: K rows staged ck cells at a time, one cell per thread of each head.
+        var s = -3.0e38;
+        for (var k0 = 0u; k0 < n_in; k0 += ck) {
+            let nk = min(ck, n_in - k0);
+            // Eight loads in flight per thread before their stores.
+            for (var i0 = lid; i0 < nk * kw; i0 += 8u * WG) {
+                var r: array<u32, 8>;
+                for (var u = 0u; u < 8u; u++) {
+                    let i = i0 + u * WG;
+                    if (i < nk * kw) {
+                        let c = i / kw;
+                        r[u] = K[cl[k0 + c] * P.b.y + kbase + i - c * kw];
+                    }
+                }
+                for (var u = 0u; u < 8u; u++) {
+                    let i = i0 + u * WG;
+                    if (i < nk * kw) {
+                        let c = i / kw;
+                        sb[c * kst + i - c * kw] = r[u];
+                    }
+                }
+            }
+            workgroupBarrier();
+            if (l >= k0 && l < k0 + nk) {
+                let rb = (l - k0) * kst;
+                var d = 0.0;
+                for (var w = 0u; w < kw; w++) {
+                    let kv = unpack2x16float(sb[rb + w]);
+                    d += qs[qb + 2u * w] * kv.x + qs[qb + 2u * w + 1u] * kv.y;
+                }
+                if (P.f.y != 0.0) {
+                    s = P.f.y * tanh(d * (P.f.x / P.f.y));
+                } else {
+                    s = d * P.f.x;
+                }
+            }
+            workgroupBarrier();
+        }
+        if (f16_mode) {
+            // Running max before each cell: inclusive prefix max of the scores, then the
+            // carried max; each cell's (ms, vs) as `ATTENTION`'s sequential loop takes them.
+            var mx = s;
+            for (var st = 1u; st < 64u; st <<= 1u) {
+                red[lid] = mx;
+                workgroupBarrier();
+                if (l >= st) { mx = max(mx, red[lid - st]); }
+                workgroupBarrier();
+            }
+            red[lid] = mx;
+            workgroupBarrier();
+            var ms = 1.0;
+            var vs = 1.0;
+            if (l < n_in) {
+                var prev = m;
+                if (l > 0u) { prev = max(m, red[lid - 1u]); }
+                if (s > prev) {
+                    ms = exp(prev - s);
+                } else {
+                    vs = exp(s - prev);
+                }
+            }
+            msv[lid] = ms;
+            vsv[lid] = vs;
+            m = max(m, red[pb + n_in - 1u]);
+            for (var v0 = 0u; v0 < n_in; v0 += cv) {
+                let nv = min(cv, n_in - v0);
+                stage_v(lid, v0, nv * vw, vw, vbase);
+                workgroupBarrier();
+                for (var jj = 0u; jj < nv; jj++) {
+                    let mj = msv[pb + v0 + jj];
+                    let vj = vsv[pb + v0 + jj];
+                    let vr = jj * vw;
+                    for (var q = 0u; q < DPT; q++) {
+                        let dim = l + q * 64u;
+                        if (dim < dv) {
+                            var a = acc[q];
+                            if (mj != 1.0) { a = round_f16(a * mj); }
+                            let vv = unpack2x16float(sb[vr + (dim >> 1u)])[dim & 1u];
+                            acc[q] = round_f16(fma(vv, vj, a));
+                        }
+                    }
+                    lsum = fma(lsum, mj, vj);
+                }
+                workgroupBarrier();
+            }
+            continue;
+        }
+        let mx = reduce_max(lid, s);
+        let mn = max(m, mx);
+        var p = 0.0;
+        if (l < n_in) { p = exp(s - mn); }
+        ps[lid] = p;
+        let corr = exp(m - mn);
+        let tsum = reduce_sum(lid, p);
+        lsum = lsum * corr + tsum;
+        for (var q = 0u; q < DPT; q++) { acc[q] = acc[q] * corr; }
+        for (var v0 = 0u; v0 < n_in; v0 += cv) {
+            let nv = min(cv, n_in - v0);
+            stage_v(lid, v0, nv * vw, vw, vbase);
+            workgroupBarrier();
+            for (var q = 0u; q < DPT; q++) {
+                let dim = l + q * 64u;
+                if (dim < dv) {
+                    var a = acc[q];
+                    for (var jj = 0u; jj < nv; jj++) {
+                        let vv = unpack2x16float(sb[jj * vw + (dim >> 1u)])[dim & 1u];
+                        a += ps[pb + v0 + jj] * vv;
+                    }
+                    acc[q] = a;
+                }
+            }
+            workgroupBarrier();
+        }
+        m = mn;
+    }
+    if (SPLIT) {
+        let row = (g.y * P.a.x + h) * (dv + 2u);
+        if (l == 0u) {
+            O[row] = m;
+            O[row + 1u] = lsum;
+        }
+        for (var q = 0u; q < DPT; q++) {
+            let dim = l + q * 64u;
+            if (dim < dv) { O[row + 2u + dim] = acc[q]; }
+        }
+        return;
+    }
+    var inv = 0.0;
+    if (lsum != 0.0) { inv = 1.0 / lsum; }
+    for (var q = 0u; q < DPT; q++) {
+        let dim = l + q * 64u;
+        if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] * inv; }
+    }
+}
+"#;
+
+/// Merges `ATTN_DECODE`'s split partials: per (query head, token), the rows of the token's
+/// work items (max m_i, sum l_i, unnormalised acc_i) into O = sum_i e^(m_i - M) acc_i /
+/// sum_i e^(m_i - M) l_i, M the largest m_i. a = (n_head, dv, out row stride, aux offset of
+/// per-token (first item, items)). Grid (n_head, tokens), 64 threads over the head dims.
+pub(crate) const ATTN_COMBINE: &str = r#"
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> S: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let h = g.x;
+    let t = g.y;
+    let nh = P.a.x;
+    let dv = P.a.y;
+    let rs = dv + 2u;
+    let i0 = A[P.a.w + 2u * t];
+    let ni = A[P.a.w + 2u * t + 1u];
+    var mx = -3.0e38;
+    for (var i = 0u; i < ni; i++) { mx = max(mx, S[((i0 + i) * nh + h) * rs]); }
+    var sum = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = ((i0 + i) * nh + h) * rs;
+        sum += exp(S[r] - mx) * S[r + 1u];
+    }
+    var inv = 0.0;
+    if (sum != 0.0) { inv = 1.0 / sum; }
+    for (var d = l; d < dv; d += WG) {
+        var a = 0.0;
+        for (var i = 0u; i < ni; i++) {
+            let r = ((i0 + i) * nh + h) * rs;
+            a += exp(S[r] - mx) * S[r + 2u + d];
+        }
+        O[t * P.a.z + h * dv + d] = a * inv;
+    }
+}
+"#;
+
 /// Prefill attention, tiled (flash-attention style): a workgroup takes a block of up to BQ
 /// consecutive query tokens of one sequence and one head, stages BK cells of K (then of V) of
 /// the block's union visible range in shared memory at a time, and keeps a running (max, sum)

@@ -47,13 +47,23 @@ fn product_tol(g: &GpuBackend, exact: f64) -> f64 {
 /// 64 queries both round Q and the V accumulator to f16 (as ggml), where one flipped rounding is
 /// a 2^-11 relative step (6e-8 to 7e-8 seen on an H100, run 15). llama.cpp's test-backend-ops
 /// allows FLASH_ATTN_EXT 5e-4.
+/// With exact f16 decode attention off (`set_attn_exact(false)`, the default on real GPUs),
+/// decode accumulates in f32 where the CPU rounds to f16: `ATTN_F32_TOL`.
 fn attn_tol(g: &GpuBackend) -> f64 {
-    if format!("{:?}", g.adapter().device_type) == "Cpu" {
+    if !g.attn_exact() {
+        ATTN_F32_TOL
+    } else if format!("{:?}", g.adapter().device_type) == "Cpu" {
         5e-9
     } else {
         5e-7
     }
 }
+
+/// NMSE limit of f32 decode attention against the CPU's f16-rounded one: rounding Q to f16
+/// and the V accumulator to f16 at every cell gives relative errors of a few 2^-11 (NMSE 4e-9
+/// to 2.3e-7 over up to 128 cells, 5e-6 to 1.4e-5 on decode rows over 1000 cells, seen on
+/// lavapipe), while a misread cell, head or scale gives 1e-3 and more.
+const ATTN_F32_TOL: f64 = 1e-5;
 
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "output lengths differ");
@@ -668,9 +678,7 @@ fn run_attention(b: &mut dyn Backend, case: &AttnCase, seed: u64) -> Vec<f32> {
     all
 }
 
-#[test]
-fn attention_decode_and_prefill() {
-    let mut g = gpu();
+fn short_attn_cases() -> Vec<AttnCase> {
     let base = AttnParams {
         n_head: 4,
         n_head_kv: 2,
@@ -680,7 +688,7 @@ fn attention_decode_and_prefill() {
         window: None,
         softcap: None,
     };
-    let cases = [
+    vec![
         // prefill of two sequences in one batch (causal), then decode steps
         AttnCase {
             p: base,
@@ -712,7 +720,13 @@ fn attention_decode_and_prefill() {
             },
             steps: vec![vec![(0, 0..100)], vec![(0, 100..101)]],
         },
-    ];
+    ]
+}
+
+#[test]
+fn attention_decode_and_prefill() {
+    let mut g = gpu();
+    let cases = short_attn_cases();
     // K and V stored in one dispatch (default) and in two
     for fuse in [true, false] {
         g.set_fuse_q8k(fuse);
@@ -805,6 +819,322 @@ fn attention_prefill_tiled() {
     }
     g.set_attn_tile_shape(0);
     g.set_attn_tile(true);
+}
+
+/// Decode attention over long contexts (`ATTN_DECODE`): several sequences of ragged lengths
+/// (up to 1000 cells, paged in scattered cells) decoded in one batch, one token each and then
+/// three tokens of one sequence, GQA, a sliding window, soft-capping, head dims 64 / 128 / 256;
+/// their caches filled by 64-token chunks with the tiled prefill kernel off (the per-token
+/// kernel's f32 mode, and its f16 mode for the ragged last chunk). Against the CPU, and bit for
+/// bit against the older per-head `ATTENTION` kernel (same operations in the same order).
+#[test]
+fn attention_decode_long() {
+    let mut g = gpu();
+    let cases = decode_long_cases();
+    let run = run_decode_long;
+    g.set_attn_tile(false);
+    for (i, (p, lens)) in cases.iter().enumerate() {
+        let seed = 700 + i as u64;
+        let want = run(&mut CpuBackend::new(), p, lens, seed);
+        g.set_attn_decode(0);
+        let old = run(&mut g, p, lens, seed);
+        for group in [4, 1] {
+            g.set_attn_decode(group);
+            let got = run(&mut g, p, lens, seed);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            let e = nmse(&got, &want);
+            let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            eprintln!(
+                "decode attention case {i} group {group}: NMSE {e:.2e} ({same} of {} values equal to the CPU's)",
+                want.len()
+            );
+            assert!(e < attn_tol(&g), "decode attention case {i}: NMSE {e}");
+            let diff = got
+                .iter()
+                .zip(&old)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                diff, 0,
+                "case {i} group {group}: values differ from ATTENTION's"
+            );
+        }
+    }
+    g.set_attn_tile(true);
+    g.set_attn_decode(4);
+}
+
+/// Decode attention in f32 (`set_attn_exact(false)`, the default on real GPUs) on lavapipe:
+/// steps of fewer than 64 queries per sequence take `ATTN_DECODE`'s f32 mode (per-tile max and
+/// sum reductions, V accumulated in f32), against the CPU's f16-rounded attention by NMSE
+/// (`ATTN_F32_TOL`); bit for bit against the older per-head `ATTENTION` kernel in its f32 mode;
+/// and different from the exact mode (the f32 mode did run). The long cases as
+/// `attention_decode_long` (several sequences, up to 1000 cells, GQA, window, soft-capping,
+/// head dims 64 / 128 / 256), then the short ones of `attention_decode_and_prefill`.
+#[test]
+fn attention_decode_f32() {
+    let mut g = gpu();
+    g.set_attn_tile(false);
+    // Unsplit here (bit for bit against `ATTENTION`); `attention_decode_split` covers the split.
+    g.set_attn_split(0);
+    for (i, (p, lens)) in decode_long_cases().iter().enumerate() {
+        let seed = 700 + i as u64;
+        let want = run_decode_long(&mut CpuBackend::new(), p, lens, seed);
+        g.set_attn_exact(true);
+        g.set_attn_decode(4);
+        let exact = run_decode_long(&mut g, p, lens, seed);
+        g.set_attn_exact(false);
+        g.set_attn_decode(0);
+        let old = run_decode_long(&mut g, p, lens, seed);
+        for group in [4, 1] {
+            g.set_attn_decode(group);
+            let got = run_decode_long(&mut g, p, lens, seed);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            let e = nmse(&got, &want);
+            let e_exact = nmse(&exact, &want);
+            // The decode steps alone (one token per sequence, then three of one), without the
+            // 64-cell fill chunks (f32 in both backends).
+            let tail = (lens.len() + 3) * p.n_head * p.head_dim_v;
+            let at = want.len() - tail;
+            let e_dec = nmse(&got[at..], &want[at..]);
+            eprintln!(
+                "f32 decode attention case {i} group {group}: NMSE {e:.2e}, decode steps {e_dec:.2e} (exact mode {e_exact:.2e})"
+            );
+            assert!(e < ATTN_F32_TOL, "f32 decode attention case {i}: NMSE {e}");
+            // Up to 1000 cells, the CPU's f16 accumulator drifts (5e-6 to 1.4e-5 seen on
+            // lavapipe): 1e-4 here, still far below a misread cell or head (1e-3 and more).
+            assert!(
+                e_dec < 1e-4,
+                "f32 decode attention case {i}: decode NMSE {e_dec}"
+            );
+            assert!(got != exact, "case {i}: f32 and exact modes bit-identical");
+            let diff = got
+                .iter()
+                .zip(&old)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                diff, 0,
+                "case {i} group {group}: values differ from ATTENTION's"
+            );
+        }
+    }
+    g.set_attn_tile(true);
+    g.set_attn_decode(4);
+    for (i, case) in short_attn_cases().iter().enumerate() {
+        let (got, want) = both(&mut g, |b| run_attention(b, case, 100 + i as u64));
+        let e = nmse(&got, &want);
+        eprintln!("f32 attention short case {i}: NMSE {e:.2e}");
+        assert!(e < ATTN_F32_TOL, "f32 attention short case {i}: NMSE {e}");
+    }
+    g.set_attn_split(1024);
+    g.set_attn_exact(true);
+}
+
+/// Split decode attention (flash-decoding, f32 mode): tokens whose range spans several 64-cell
+/// tiles are attended by several workgroups writing partials, merged by `ATTN_COMBINE`.
+/// Contexts of 65, 300, 1000 and 4100 cells decoded in one batch (ragged, scattered cells),
+/// then three tokens of one sequence; GQA 4:1 and 3:1, soft-capping, a sliding window, head
+/// dims 64 / 128 / 256; against the CPU by NMSE and against the unsplit kernel (f32 sums in
+/// another order), with items of one tile (default target) and of several (a target of 16
+/// workgroups); the split path ran (`attn_splits`).
+#[test]
+fn attention_decode_split() {
+    let mut g = gpu();
+    g.set_attn_tile(false);
+    g.set_attn_exact(false);
+    let cases = [
+        (
+            AttnParams {
+                n_head: 8,
+                n_head_kv: 2,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.088,
+                window: None,
+                softcap: Some(30.0),
+            },
+            vec![65usize, 4100, 300, 1000],
+        ),
+        (
+            AttnParams {
+                n_head: 9,
+                n_head_kv: 3,
+                head_dim_k: 64,
+                head_dim_v: 64,
+                scale: 0.125,
+                window: None,
+                softcap: None,
+            },
+            vec![1000, 65, 4100, 300],
+        ),
+        (
+            AttnParams {
+                n_head: 4,
+                n_head_kv: 1,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(700),
+                softcap: None,
+            },
+            vec![4100, 300, 65, 1000],
+        ),
+    ];
+    for (i, (p, lens)) in cases.iter().enumerate() {
+        let seed = 900 + i as u64;
+        let want = run_decode_long(&mut CpuBackend::new(), p, lens, seed);
+        g.set_attn_split(0);
+        let before = g.attn_splits();
+        let unsplit = run_decode_long(&mut g, p, lens, seed);
+        assert_eq!(
+            g.attn_splits(),
+            before,
+            "case {i}: split with splitting off"
+        );
+        let tail = (lens.len() + 3) * p.n_head * p.head_dim_v;
+        let at = want.len() - tail;
+        for target in [1024, 16] {
+            g.set_attn_split(target);
+            let before = g.attn_splits();
+            let got = run_decode_long(&mut g, p, lens, seed);
+            let errs = g.take_errors();
+            assert!(errs.is_empty(), "GPU errors: {errs:?}");
+            // The two decode steps (the fill chunks span one tile each: unsplit).
+            assert_eq!(
+                g.attn_splits() - before,
+                2,
+                "case {i}: split path not taken"
+            );
+            let e = nmse(&got, &want);
+            let e_dec = nmse(&got[at..], &want[at..]);
+            let e_uns = nmse(&got[at..], &unsplit[at..]);
+            eprintln!(
+                "split decode attention case {i} target {target}: NMSE {e:.2e}, decode steps {e_dec:.2e}, vs unsplit {e_uns:.2e}"
+            );
+            assert!(
+                e < ATTN_F32_TOL,
+                "split decode attention case {i}: NMSE {e}"
+            );
+            assert!(
+                e_dec < 1e-4,
+                "split decode attention case {i}: decode NMSE {e_dec}"
+            );
+            assert!(e_uns < 1e-9, "case {i}: split vs unsplit NMSE {e_uns}");
+            assert_eq!(got[..at], unsplit[..at], "case {i}: fill chunks differ");
+        }
+    }
+    g.set_attn_split(1024);
+    g.set_attn_tile(true);
+    g.set_attn_exact(true);
+}
+
+fn decode_long_cases() -> Vec<(AttnParams, Vec<usize>)> {
+    vec![
+        (
+            AttnParams {
+                n_head: 9,
+                n_head_kv: 3,
+                head_dim_k: 64,
+                head_dim_v: 64,
+                scale: 0.125,
+                window: None,
+                softcap: None,
+            },
+            vec![300usize, 1000, 77],
+        ),
+        (
+            AttnParams {
+                n_head: 8,
+                n_head_kv: 2,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.088,
+                window: None,
+                softcap: Some(30.0),
+            },
+            vec![1000, 300],
+        ),
+        (
+            AttnParams {
+                n_head: 4,
+                n_head_kv: 2,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(200),
+                softcap: None,
+            },
+            vec![300, 1000, 5],
+        ),
+    ]
+}
+
+fn run_decode_long(b: &mut dyn Backend, p: &AttnParams, lens: &[usize], seed: u64) -> Vec<f32> {
+    let n_cells: usize = lens.iter().sum::<usize>() + 8;
+    let mut perm: Vec<u32> = (0..n_cells as u32).collect();
+    let mut r = Rng(seed ^ 0x5eed);
+    for i in (1..perm.len()).rev() {
+        let j = ((r.f32() * 0.5 + 0.5) * i as f32) as usize % (i + 1);
+        perm.swap(i, j);
+    }
+    // The decode sequences' tables, then one fill sequence per 64-cell chunk of them.
+    let mut tables: Vec<Vec<u32>> = Vec::new();
+    let mut at = 0;
+    for &len in lens {
+        tables.push(perm[at..at + len].to_vec());
+        at += len;
+    }
+    for s in 0..lens.len() {
+        for c in tables[s].clone().chunks(64) {
+            tables.push(c.to_vec());
+        }
+    }
+    let refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+    let (kw, vw) = (p.n_head_kv * p.head_dim_k, p.n_head_kv * p.head_dim_v);
+    b.alloc_kv(0, n_cells, kw, vw).unwrap();
+    let fill: Vec<TokenSlot> = (lens.len()..tables.len())
+        .flat_map(|s| (0..tables[s].len() as u32).map(move |pos| TokenSlot { seq: s as u32, pos }))
+        .collect();
+    let last = lens.iter().position(|&l| l >= 3).unwrap();
+    let steps: Vec<Vec<TokenSlot>> = vec![
+        fill,
+        (0..lens.len())
+            .map(|s| TokenSlot {
+                seq: s as u32,
+                pos: lens[s] as u32 - 1,
+            })
+            .collect(),
+        (lens[last] as u32 - 3..lens[last] as u32)
+            .map(|pos| TokenSlot {
+                seq: last as u32,
+                pos,
+            })
+            .collect(),
+    ];
+    let mut rng = Rng(seed);
+    let mut all = Vec::new();
+    for tokens in &steps {
+        let n = tokens.len();
+        let q = buf(
+            b,
+            n,
+            p.n_head * p.head_dim_k,
+            &rng.vec(n * p.n_head * p.head_dim_k, 1.0),
+        );
+        let k = buf(b, n, kw, &rng.vec(n * kw, 1.0));
+        let v = buf(b, n, vw, &rng.vec(n * vw, 1.0));
+        let o = b.alloc(n, p.n_head * p.head_dim_v);
+        let batch = AttnBatch {
+            tokens,
+            cells: &refs,
+        };
+        b.attention(0, q, k, v, &batch, p, o).unwrap();
+        all.extend(read(b, o));
+    }
+    all
 }
 
 #[test]

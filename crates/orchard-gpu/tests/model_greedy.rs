@@ -108,6 +108,25 @@ const MARGIN: f32 = 0.25;
 const N_GEN: usize = 16;
 
 fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
+    check_with(model_file, prompt, &[999, partial_ngl], free_run, None);
+}
+
+/// `check` at the given `-ngl` values, with the GPU's exact f16 decode attention forced on or
+/// off where `attn_exact` says (else the adapter's default: on for lavapipe).
+fn check_with(
+    model_file: &str,
+    prompt: &[u32],
+    ngls: &[usize],
+    free_run: bool,
+    attn_exact: Option<bool>,
+) {
+    let new_gpu = || {
+        let mut gpu = GpuBackend::new(None).expect("a GPU adapter");
+        if let Some(on) = attn_exact {
+            gpu.set_attn_exact(on);
+        }
+        gpu
+    };
     let model = load(model_file);
     let opts = ContextOptions {
         n_ctx: 128,
@@ -115,8 +134,8 @@ fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
     };
     let mut cpu = Context::new(model.clone(), opts.clone()).unwrap();
     let (want, want_logits) = greedy(&mut cpu, prompt, N_GEN, None);
-    for ngl in [999, partial_ngl] {
-        let gpu = GpuBackend::new(None).expect("a GPU adapter");
+    for &ngl in ngls {
+        let gpu = new_gpu();
         let mut ctx =
             Context::with_offload(model.clone(), opts.clone(), Some((Box::new(gpu), ngl))).unwrap();
         assert_eq!(ctx.backend_names().len(), 2);
@@ -142,7 +161,7 @@ fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
         }
         let mean_diff = sum_diff / n_diff as f64;
         eprintln!(
-            "{model_file} ngl={ngl}: {same}/{N_GEN} greedy tokens equal; logits max diff {max_diff:.3}, mean {mean_diff:.4}"
+            "{model_file} ngl={ngl} attn_exact={attn_exact:?}: {same}/{N_GEN} greedy tokens equal; logits max diff {max_diff:.3}, mean {mean_diff:.4}"
         );
         // The CPU quantizes activations to 8 bits before every matmul (as ggml does) and the
         // GPU does not, so logits differ by that noise accumulated over the layers (measured:
@@ -157,7 +176,7 @@ fn check(model_file: &str, prompt: &[u32], partial_ngl: usize, free_run: bool) {
             "{model_file} ngl={ngl}: max logit diff {max_diff}"
         );
         if free_run {
-            let gpu = GpuBackend::new(None).expect("a GPU adapter");
+            let gpu = new_gpu();
             let mut ctx =
                 Context::with_offload(model.clone(), opts.clone(), Some((Box::new(gpu), ngl)))
                     .unwrap();
@@ -177,6 +196,23 @@ fn smollm2_greedy_matches_cpu() {
         2089, 23362, 288, 11494, 436, 3318, 15195, 37099, 43, 284, 2221, 198,
     ];
     check("SmolLM2-135M-Instruct.Q4_1.gguf", &prompt, 10, false);
+}
+
+/// Decode attention accumulated in f32 (`set_attn_exact(false)`, the default on real GPUs)
+/// instead of the CPU's f16 rounding: the same greedy tokens wherever the CPU's choice is not
+/// a near-tie, and logits as close to the CPU's as the exact mode's.
+#[test]
+fn smollm2_greedy_f32_attention_matches_cpu() {
+    let prompt = [
+        2089, 23362, 288, 11494, 436, 3318, 15195, 37099, 43, 284, 2221, 198,
+    ];
+    check_with(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        &prompt,
+        &[999],
+        false,
+        Some(false),
+    );
 }
 
 /// A 72-token prompt: 64 or more queries in one step take the tiled prefill attention
