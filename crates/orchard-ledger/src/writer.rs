@@ -424,10 +424,11 @@ fn commit(
             let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
             for (i, cb) in callbacks.iter_mut() {
                 if let Some(cb) = cb.take() {
+                    // Counted before the waiter wakes, so that it sees itself in the stats.
+                    counters.released_waiters.fetch_add(1, Ordering::Relaxed);
                     cb(outcome[*i]
                         .take()
                         .unwrap_or(Err(LedgerError::CommitTimeout { waited_ms })));
-                    counters.released_waiters.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
