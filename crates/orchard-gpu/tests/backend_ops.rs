@@ -126,6 +126,19 @@ fn both(g: &mut GpuBackend, f: impl Fn(&mut dyn Backend) -> Vec<f32>) -> (Vec<f3
     (got, want)
 }
 
+/// `W · x` for `n` tokens (`xv`: `[n, cols]`) on `g` and on a fresh CPU backend, through
+/// `Backend::matmul`: returns (gpu, cpu) outputs, `[n, rows]`.
+fn matmul_both(g: &mut GpuBackend, w: &HostWeight, xv: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (cols, rows) = (w.row_len(), w.n_rows());
+    both(g, |b| {
+        let wid = b.add_weight(w).unwrap();
+        let x = buf(b, n, cols, xv);
+        let o = b.alloc(n, rows);
+        b.matmul(wid, x, o);
+        read(b, o)
+    })
+}
+
 /// `W · x` in f64 from the dequantized weight, as `[n, rows]`.
 fn dequantized_product(w: &HostWeight, x: &[f32], n: usize) -> Vec<f32> {
     let (cols, rows) = (w.row_len(), w.n_rows());
@@ -175,13 +188,7 @@ fn matmul_every_format_and_shape() {
             // token counts on the matrix-vector path (1, 3, 8) and the tiled one (13, 70)
             for n in [1usize, 3, 8, 13, 70] {
                 let xv = rng.vec(n * cols, 1.0);
-                let (got, want) = both(&mut g, |b| {
-                    let wid = b.add_weight(&w).unwrap();
-                    let x = buf(b, n, cols, &xv);
-                    let o = b.alloc(n, rows);
-                    b.matmul(wid, x, o);
-                    read(b, o)
-                });
+                let (got, want) = matmul_both(&mut g, &w, &xv, n);
                 let e = nmse(&got, &want);
                 // With activations rounded as the CPU quantizes them, only f32 summation
                 // order separates the two.
@@ -197,13 +204,7 @@ fn matmul_every_format_and_shape() {
                 // checks the weight decoding on its own; against the CPU they differ by the
                 // 8-bit activation noise, which the bar (5e-4) bounds.
                 g.set_exact_activations(false);
-                let (raw, _) = both(&mut g, |b| {
-                    let wid = b.add_weight(&w).unwrap();
-                    let x = buf(b, n, cols, &xv);
-                    let o = b.alloc(n, rows);
-                    b.matmul(wid, x, o);
-                    read(b, o)
-                });
+                let (raw, _) = matmul_both(&mut g, &w, &xv, n);
                 g.set_exact_activations(true);
                 let e_raw = nmse(&raw, &want);
                 let e_exact = nmse(&raw, &dequantized_product(&w, &xv, n));
@@ -236,13 +237,7 @@ fn matmul_splits_weights_larger_than_a_binding() {
     // 2 tokens (matrix-vector) and 131 (two 128-token tiles of the tiled kernel)
     for n in [2, 131] {
         let xv = rng.vec(n * cols, 1.0);
-        let (got, want) = both(&mut g, |b| {
-            let wid = b.add_weight(&w).unwrap();
-            let x = buf(b, n, cols, &xv);
-            let o = b.alloc(n, rows);
-            b.matmul(wid, x, o);
-            read(b, o)
-        });
+        let (got, want) = matmul_both(&mut g, &w, &xv, n);
         assert!(nmse(&got, &want) < product_tol(&g, 1e-9));
     }
 }
@@ -261,13 +256,7 @@ fn matmul_big_tiles_every_format() {
         let w = weight("w", dtype, cols, rows, &wv);
         for n in [13usize, 131] {
             let xv = rng.vec(n * cols, 1.0);
-            let (got, want) = both(&mut g, |b| {
-                let wid = b.add_weight(&w).unwrap();
-                let x = buf(b, n, cols, &xv);
-                let o = b.alloc(n, rows);
-                b.matmul(wid, x, o);
-                read(b, o)
-            });
+            let (got, want) = matmul_both(&mut g, &w, &xv, n);
             let e = nmse(&got, &want);
             let tol = product_tol(&g, if dtype == DType::Q4_1 { 1e-5 } else { 1e-9 });
             assert!(
@@ -305,13 +294,7 @@ fn matmul_coop_every_format() {
             let w = weight("w", dtype, cols, rows, &wv);
             for n in [9usize, 70, 131] {
                 let xv = rng.vec(n * cols, 1.0);
-                let (got, want) = both(&mut g, |b| {
-                    let wid = b.add_weight(&w).unwrap();
-                    let x = buf(b, n, cols, &xv);
-                    let o = b.alloc(n, rows);
-                    b.matmul(wid, x, o);
-                    read(b, o)
-                });
+                let (got, want) = matmul_both(&mut g, &w, &xv, n);
                 let e = nmse(&got, &want);
                 assert!(
                     e < 1e-5,
@@ -339,13 +322,7 @@ fn matvec_integer_dot_both_variants() {
                 for n in [1usize, 2, 5] {
                     let mut xv = rng.vec(n * cols, 1.0);
                     xv[..256].iter_mut().for_each(|v| *v = 0.0);
-                    let (got, want) = both(&mut g, |b| {
-                        let wid = b.add_weight(&w).unwrap();
-                        let x = buf(b, n, cols, &xv);
-                        let o = b.alloc(n, rows);
-                        b.matmul(wid, x, o);
-                        read(b, o)
-                    });
+                    let (got, want) = matmul_both(&mut g, &w, &xv, n);
                     let e = nmse(&got, &want);
                     eprintln!("{dtype} packed={packed} {cols}x{rows} n={n}: NMSE {e:.2e}");
                     assert!(
@@ -385,13 +362,7 @@ fn matvec_integer_dot_shapes() {
                 let wv = rng.vec(cols * rows, 1.0);
                 let w = weight("w", dtype, cols, rows, &wv);
                 let xv = rng.vec(2 * cols, 1.0);
-                let (got, want) = both(&mut g2, |b| {
-                    let wid = b.add_weight(&w).unwrap();
-                    let x = buf(b, 2, cols, &xv);
-                    let o = b.alloc(2, rows);
-                    b.matmul(wid, x, o);
-                    read(b, o)
-                });
+                let (got, want) = matmul_both(&mut g2, &w, &xv, 2);
                 let e = nmse(&got, &want);
                 assert!(
                     e < 1e-11,
