@@ -1627,6 +1627,9 @@ unsafe fn f16_dot_avx512_x4(n: usize, w: [&[u8]; 4], act: &[u8]) -> [f32; 4] {
     std::array::from_fn(|r| f16_fold_512(sum[r], x[r], y, np, n))
 }
 
+/// How far ahead of each row stream `f16_rows_avx512` prefetches, in bytes.
+const F16_PREFETCH: usize = 256;
+
 thread_local! {
     /// The activation row of `f16_rows_avx512`, widened to f32 (grown only).
     static F16_ACT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -1664,6 +1667,16 @@ unsafe fn f16_rows_avx512(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], o
             let x = [0, 1, 2, 3].map(|j| base.add((r + j * q) * row_bytes));
             let mut s = [_mm512_setzero_ps(); 4];
             for k in (0..np).step_by(16) {
+                // One line per stream, 256 bytes ahead: +7 % at 1 thread (quiet, alternating:
+                // 84.9 -> 90.6 t/s; 512 bytes ahead 88.0, 1 KiB and more slower than none).
+                // A prefetch never faults, so running past the row's end is harmless.
+                if k % 32 == 0 {
+                    for p in x {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            p.wrapping_add(2 * k + F16_PREFETCH) as *const i8
+                        );
+                    }
+                }
                 let a = _mm512_loadu_ps(ya.add(k));
                 for j in 0..4 {
                     s[j] = _mm512_fmadd_ps(ld16(x[j], k), a, s[j]);
