@@ -7,13 +7,16 @@
 #   $BIN/gpu_bench       this tree's cargo build --release -p orchard-gpu --example gpu_bench; strip
 #   $BIN/gpu_bench_base  the same example built from an earlier commit (the "before" column;
 #                        optional)
+#   $BIN/llama-bench-vulkan(.xz)  llama.cpp's llama-bench with its Vulkan backend, built here
+#                        by bench/gpu/prepare-vulkan.sh (optional; the device cannot build it),
+#                        with $BIN/lib: the libgomp/libssl/libcrypto it links
 #   .llama/ llama.cpp sources pruned to ggml (CPU+CUDA), src, common, vendor, tools/llama-bench
 #           (bench/gpu/prepare.sh makes .bin and .llama)
 # Then: run(command="bash bench/gpu/run-h100.sh", carry=[".gl", ".bin", ".llama"]).
 # Models: the real GGUFs are larger than what may travel (64 MiB), so the SmolLM2-135M and
 # Llama-8B shapes are written there as Q4_K_M by our synthetic writer (same tensor types as
-# llama-quantize's Q4_K_M); both engines read the same files. Runs alternate: orchard,
-# llama.cpp, orchard again.
+# llama-quantize's Q4_K_M); all engines read the same files. After the build, two quiet rounds
+# alternate the engines: orchard, the earlier binary, llama.cpp CUDA, llama.cpp Vulkan.
 set -u
 OUT=${OUT:-/tmp/gpu-bench-out}
 mkdir -p "$OUT"
@@ -29,10 +32,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
 
 # llama.cpp CUDA build, low priority, in parallel with our runs (about 4 minutes on 16 cores);
 # SKIP_LLAMA=1 leaves it out (a rerun of our side only).
+# The sources travel as .llama/ or, smaller, as $BIN/llama-src.tar.xz (of .llama/).
+SRC=$REPO/.llama
+if [ ! -d "$SRC" ] && [ -f "$BIN/llama-src.tar.xz" ]; then
+    tar -xJf "$BIN/llama-src.tar.xz" -C /tmp && SRC=/tmp/.llama
+fi
 BUILD=
 if [ "${SKIP_LLAMA:-0}" != 1 ]; then
     (
-        cmake -S "$REPO/.llama" -B /tmp/lcb -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+        cmake -S "$SRC" -B /tmp/lcb -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
             -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
             -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
             nice -n 19 cmake --build /tmp/lcb -j 14 --target llama-bench
@@ -55,30 +63,54 @@ PY
 
 N=$BIN/gpu_bench
 B=$BIN/gpu_bench_base
+# A llama-bench built here with llama.cpp's Vulkan backend (bench/gpu/prepare-vulkan.sh), if
+# carried: the third engine of the rounds.
+# Carried xz-compressed with the shared libraries it links besides Vulkan ($BIN/lib), to stay
+# under what may travel.
+V=$BIN/llama-bench-vulkan
+if [ -f "$V.xz" ]; then
+    xz -dc "$V.xz" >/tmp/llama-bench-vulkan && chmod +x /tmp/llama-bench-vulkan
+    V=/tmp/llama-bench-vulkan
+fi
+VLIB=$REPO/$BIN/lib
 M="/tmp/smollm2-synth-q4km.gguf /tmp/llama8b-synth-q4km.gguf"
 timeout 120 $N --write-only --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
     --synth 8b=/tmp/llama8b-synth-q4km.gguf 2>&1 | tee "$OUT/orchard.txt"
-# Kernels: one process per format, each timing after a warm-up (--warm-ms; run 8: the SM
-# clock idles at 345 MHz and the same dispatches ran up to 4x slower until it rose).
-for f in q4_K q6_K q5_K q8_0 q4_0 q5_0 f16; do
-    timeout 60 $N --kernels --warm-ms 150 --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
+run() {
+    echo "== $1 $(date +%T)" | tee -a "$OUT/models.txt"
+    shift
+    timeout 150 "$@" 2>&1 | grep -v XDG_RUNTIME | tee -a "$OUT/models.txt"
+}
+# While llama.cpp compiles (it takes 13 of the 16 cores: host-bound figures, kept apart):
+# kernels, a profile and one round of ours.
+if [ "${KERNELS:-0}" = 1 ]; then
+    # One process per format, each timing after a warm-up (--warm-ms; run 8: the SM clock
+    # idles at 345 MHz and the same dispatches ran up to 4x slower until it rose).
+    for f in q4_K q6_K q5_K q8_0 q4_0 q5_0 f16; do
+        timeout 60 $N --kernels --warm-ms 150 --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
+    done
+fi
+timeout 90 $N --profile -r 1 -p 512 -n 128 /tmp/llama8b-synth-q4km.gguf 2>&1 | grep -v XDG_RUNTIME | tee "$OUT/profile.txt"
+# The A/B of this tree against the earlier binary, alternating under the same contention.
+for r in 1 2; do
+    [ -n "$BUILD" ] && ! kill -0 "$BUILD" 2>/dev/null && break
+    run "during the build $r: orchard (this tree)" $N -r 2 $M
+    [ -x "$B" ] && run "during the build $r: orchard before (gpu_bench_base)" $B -r 2 $M
 done
-echo "== round 1: orchard (this tree)" | tee -a "$OUT/orchard.txt"
-timeout 150 $N -r 3 $M 2>&1 | tee -a "$OUT/orchard.txt"
-echo "== one submission per step (ORCHARD_GPU_FLUSH_EVERY=0)" | tee -a "$OUT/orchard.txt"
-ORCHARD_GPU_FLUSH_EVERY=0 timeout 100 $N -r 2 /tmp/llama8b-synth-q4km.gguf 2>&1 | tee -a "$OUT/orchard.txt"
-if [ -x "$B" ]; then
-    echo "== before (gpu_bench_base)" | tee -a "$OUT/orchard.txt"
-    timeout 150 $B -r 2 $M 2>&1 | tee -a "$OUT/orchard.txt"
-fi
 if [ -n "$BUILD" ]; then
-    # the lent machine allows 10 minutes a command: give up on llama.cpp past 7
-    while kill -0 "$BUILD" 2>/dev/null && [ "$SECONDS" -lt 420 ]; do sleep 2; done
-    tail -3 "$OUT/llama-build.log"
+    # the lent machine allows 10 minutes a command: give up on llama.cpp past 6.5
+    while kill -0 "$BUILD" 2>/dev/null && [ "$SECONDS" -lt 390 ]; do sleep 2; done
+    tail -2 "$OUT/llama-build.log"
 fi
-if [ -x /tmp/lcb/bin/llama-bench ]; then
-    timeout 150 /tmp/lcb/bin/llama-bench -m /tmp/smollm2-synth-q4km.gguf \
-        -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3 2>&1 | tee "$OUT/llama-cuda.txt"
-fi
-echo "== round 2: orchard (this tree)" | tee -a "$OUT/orchard.txt"
-timeout 120 $N -r 2 $M 2>&1 | tee -a "$OUT/orchard.txt"
+# Quiet rounds, engines alternating on the same files.
+C=/tmp/lcb/bin/llama-bench
+for r in 1 2; do
+    [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree)" $N -r 3 $M
+    [ -x "$C" ] && [ "$SECONDS" -lt 560 ] &&
+        run "round $r: llama.cpp CUDA" $C -m /tmp/smollm2-synth-q4km.gguf -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3
+    [ -x "$V" ] && [ "$SECONDS" -lt 560 ] &&
+        run "round $r: llama.cpp Vulkan" env LD_LIBRARY_PATH="$VLIB" $V -m /tmp/smollm2-synth-q4km.gguf -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3
+done
+[ -x "$B" ] && [ "$SECONDS" -lt 540 ] && run "quiet: orchard before (gpu_bench_base)" $B -r 3 $M
+[ "$SECONDS" -lt 540 ] && run "quiet: orchard (this tree) again" $N -r 3 $M
+echo "total ${SECONDS}s" | tee -a "$OUT/models.txt"

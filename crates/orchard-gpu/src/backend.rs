@@ -287,10 +287,10 @@ enum Kernel {
     /// RoPE of Q and K fused with `KvStore2`.
     RopeKv,
     Attention,
-    /// `ATTN_DECODE`: (query heads per workgroup, largest head dim, split into partials).
-    AttnDecode(u32, u32, bool),
-    /// `ATTN_COMBINE`: merges the split decode partials.
-    AttnCombine,
+    /// `ATTN_DECODE` built for its shape and what it folds in.
+    AttnDecode(shaders::AttnDecodeKind),
+    /// `ATTN_COMBINE`: merges the split decode partials (and writes the Q8_K copy with `true`).
+    AttnCombine(bool),
     /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
     AttnTile(u32, u32, u32, u32),
     ActQuant,
@@ -324,9 +324,14 @@ impl Kernel {
             Kernel::KvStore2 => "KvStore2".into(),
             Kernel::RopeKv => "RopeKv".into(),
             Kernel::Attention => "Attention".into(),
-            Kernel::AttnDecode(.., false) => "AttnDecode".into(),
-            Kernel::AttnDecode(.., true) => "AttnDecodeSplit".into(),
-            Kernel::AttnCombine => "AttnCombine".into(),
+            Kernel::AttnDecode(a) => format!(
+                "AttnDecode{}{}{}",
+                if a.split { "Split" } else { "" },
+                if a.rope { "Rope" } else { "" },
+                if a.q8k { "Q8K" } else { "" }
+            ),
+            Kernel::AttnCombine(false) => "AttnCombine".into(),
+            Kernel::AttnCombine(true) => "AttnCombineQ8K".into(),
             Kernel::ActQuant => "ActQuant".into(),
         }
     }
@@ -347,10 +352,16 @@ impl Kernel {
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
             Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
+            Kernel::AttnDecode(a) if a.rope && a.q8k => {
+                &[false, true, true, false, true, true, false, false]
+            }
+            Kernel::AttnDecode(a) if a.rope => &[false, true, true, false, true, false, false],
+            Kernel::AttnDecode(a) if a.q8k => &[false, false, false, false, true, true],
             Kernel::Attention | Kernel::AttnDecode(..) | Kernel::AttnTile(..) => {
                 &[false, false, false, false, true]
             }
-            Kernel::AttnCombine => &[false, false, true],
+            Kernel::AttnCombine(false) => &[false, false, true],
+            Kernel::AttnCombine(true) => &[false, false, true, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
@@ -450,7 +461,8 @@ pub struct GpuBackend {
     info: AdapterInfo,
     limits: wgpu::Limits,
     pipelines: HashMap<Kernel, Pipeline>,
-    binds: HashMap<(Kernel, [u64; 8]), wgpu::BindGroup>,
+    /// Bind groups by kernel and the ids of the params block and up to 8 storage bindings.
+    binds: HashMap<(Kernel, [u64; 9]), wgpu::BindGroup>,
     next_id: u64,
     weights: Vec<GpuWeight>,
     bufs: Vec<GpuBuf>,
@@ -522,6 +534,19 @@ pub struct GpuBackend {
     /// step are aimed at when a token's range spans several 64-cell tiles; 0 turns it off
     /// (`ORCHARD_GPU_ATTN_SPLIT`, `set_attn_split`).
     attn_split: u32,
+    /// Decode attention also writes the packed Q8_K copy of its output (the split path's
+    /// combine, or the unsplit kernel with four query heads of whole 256-value blocks per
+    /// workgroup), so that the output product needs no `ACT_Q8K` dispatch; with `fuse_q8k`.
+    /// `ORCHARD_GPU_ATTN_Q8K=0`, `set_attn_q8k`.
+    attn_q8k: bool,
+    /// Decode attention also rotates Q and the step's K and stores K and V (the RoPEs and the
+    /// K/V store folded in, where no sequence has two tokens in the step); with `fuse_q8k`.
+    /// `ORCHARD_GPU_ATTN_ROPE=0`, `set_attn_rope`.
+    attn_rope: bool,
+    /// Buffers whose RoPE was folded into attention, so that they still hold unrotated
+    /// values: (id, version then). Reading one before it is written again is reported
+    /// through `take_errors` (every model reads Q and K only through attention).
+    unrotated: Vec<(u64, u64)>,
     /// The split partials' scratch buffer and its size in floats.
     attn_scratch: Option<(Res, usize)>,
     /// Split decode attention dispatches recorded so far (`attn_splits`).
@@ -717,6 +742,9 @@ impl GpuBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(ATTN_SPLIT_TARGET),
+            attn_q8k: std::env::var("ORCHARD_GPU_ATTN_Q8K").as_deref() != Ok("0"),
+            attn_rope: std::env::var("ORCHARD_GPU_ATTN_ROPE").as_deref() != Ok("0"),
+            unrotated: Vec::new(),
             attn_scratch: None,
             attn_split_count: 0,
             recent: Vec::new(),
@@ -1030,6 +1058,35 @@ impl GpuBackend {
         self.attn_split = target;
     }
 
+    /// Whether decode attention writes its output's Q8_K copy itself (see `attn_q8k`; on by
+    /// default, a measurement and test knob).
+    pub fn set_attn_q8k(&mut self, on: bool) {
+        self.attn_q8k = on;
+    }
+
+    /// Whether decode attention rotates Q and K and stores K and V itself (see `attn_rope`;
+    /// on by default, a measurement and test knob).
+    pub fn set_attn_rope(&mut self, on: bool) {
+        self.attn_rope = on;
+    }
+
+    /// Reports a read of a buffer left unrotated by a folded RoPE (see `unrotated`).
+    fn check_unrotated(&mut self, id: u64) {
+        if self.unrotated.is_empty() {
+            return;
+        }
+        let versions = &self.versions;
+        let now = |i: u64| versions.get(&i).copied().unwrap_or(0);
+        self.unrotated.retain(|&(i, v)| now(i) == v);
+        if self.unrotated.iter().any(|&(i, _)| i == id) {
+            if let Ok(mut e) = self.errors.lock() {
+                e.push(format!(
+                    "buffer {id} read after its RoPE was folded into attention (it holds the unrotated values)"
+                ));
+            }
+        }
+    }
+
     /// Split decode attention steps recorded so far (each a split dispatch and a combine).
     pub fn attn_splits(&self) -> u64 {
         self.attn_split_count
@@ -1212,8 +1269,8 @@ impl GpuBackend {
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
-                Kernel::AttnDecode(hg, ..) => ("", 64 * hg, None),
-                Kernel::AttnCombine => (shaders::ATTN_COMBINE, 64, None),
+                Kernel::AttnDecode(a) => ("", 64 * a.hg, None),
+                Kernel::AttnCombine(q8k) => ("", if q8k { 256 } else { 64 }, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
             };
             let src = match k {
@@ -1247,7 +1304,8 @@ impl GpuBackend {
                 Kernel::AddNorm(false) => shaders::norm_source(shaders::NormKind::Add),
                 Kernel::AddNorm(true) => shaders::norm_source(shaders::NormKind::AddQ8K),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
-                Kernel::AttnDecode(hg, dmax, split) => shaders::attn_decode_source(hg, dmax, split),
+                Kernel::AttnDecode(a) => shaders::attn_decode_source(a),
+                Kernel::AttnCombine(q8k) => shaders::attn_combine_source(q8k),
                 Kernel::RopeKv => shaders::source(body, wg, None),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
@@ -1371,7 +1429,7 @@ impl GpuBackend {
         let offset = self.params.len() as u32;
         self.params.extend_from_slice(bytemuck::cast_slice(&p));
         self.params.resize(offset as usize + self.param_stride, 0);
-        let mut key = [0u64; 8];
+        let mut key = [0u64; 9];
         key[0] = self.params_res.id;
         for (i, r) in res.iter().enumerate() {
             key[i + 1] = r.id;
@@ -1405,6 +1463,11 @@ impl GpuBackend {
         }
         let bind = self.binds[&(k, key)].clone();
         self.pipeline(k);
+        for (r, &rw) in res.iter().zip(k.bindings()) {
+            if !rw {
+                self.check_unrotated(r.id);
+            }
+        }
         for (r, &rw) in res.iter().zip(k.bindings()) {
             if rw {
                 *self.versions.entry(r.id).or_insert(0) += 1;
@@ -1976,8 +2039,9 @@ impl Backend for GpuBackend {
     fn download(&mut self, buf: BufId, out: &mut Vec<f32>) {
         let n = self.buf(buf).n_tokens * self.buf(buf).width;
         let bytes = (n * 4) as u64;
-        let src = self.res(buf).buf;
-        self.flush(Some((src, bytes)));
+        let src = self.res(buf);
+        self.check_unrotated(src.id);
+        self.flush(Some((src.buf, bytes)));
         out.clear();
         if n == 0 {
             self.wait();
@@ -2523,7 +2587,7 @@ impl Backend for GpuBackend {
         let split_words = split.as_ref().map_or(0, |(i, l)| i.len() + l.len());
         // Cells, tables, ranges, up to n tiled blocks of 4 words and the split items, reserved
         // together so that no flush falls between them.
-        self.reserve(4, n + table_words + 2 * n + 4 * n + split_words);
+        self.reserve(4, n + table_words + 2 * n + 4 * n + split_words + 4);
         let cells_off = self.push_aux(&tok_cells);
         let mut table_off = HashMap::new();
         for (&seq, &len) in &seq_len {
@@ -2603,7 +2667,38 @@ impl Backend for GpuBackend {
             }
             _ => None,
         };
-        if let Some((q_width, head_dim, n_rot, table, neox)) = ropes {
+        // The RoPEs and the K/V store folded into the decode attention kernel itself, where
+        // it runs and no sequence has two tokens in the step (a token would read a cell that
+        // another workgroup of the same dispatch stores).
+        let fold_rope = match (ropes, tile, shape) {
+            (Some((q_width, head_dim, ..)), None, Some((hg, ..))) => {
+                let extra = 2 + usize::from(hg == 4);
+                self.attn_rope
+                    && head_dim as usize == p.head_dim_k
+                    && q_width as usize == p.n_head * p.head_dim_k
+                    && runs.iter().all(|&(_, len)| len == 1)
+                    && 5 + extra <= self.limits.max_storage_buffers_per_shader_stage as usize
+            }
+            _ => false,
+        };
+        let rope_words = match ropes {
+            Some((_, _, n_rot, table, neox)) if fold_rope => {
+                self.drop_tail(2);
+                Some(self.push_aux(&[n_rot, table, neox, cells_off]))
+            }
+            _ => None,
+        };
+        // Q and K as they are now, unrotated once the attention below has read them.
+        let unrotated: Vec<(u64, u64)> = match rope_words {
+            Some(_) => [qr.id, kr.id]
+                .iter()
+                .map(|&id| (id, self.versions.get(&id).copied().unwrap_or(0)))
+                .collect(),
+            None => Vec::new(),
+        };
+        if rope_words.is_some() {
+            // K and V are stored by the attention dispatch below.
+        } else if let Some((q_width, head_dim, n_rot, table, neox)) = ropes {
             self.drop_tail(2);
             let vwords = vw / 2;
             let items = n * (q_width as usize / head_dim as usize) * (n_rot as usize / 2)
@@ -2653,6 +2748,7 @@ impl Backend for GpuBackend {
             }
         }
         self.set_rows(out, n);
+        let width = p.n_head * p.head_dim_v;
         let (qr, or) = (self.res(q), self.res(out));
         let mut pp = [0u32; 16];
         pp[..12].copy_from_slice(&[
@@ -2677,36 +2773,92 @@ impl Backend for GpuBackend {
                 pp[9] = ck;
                 pp[10] = cv;
                 let gx = (p.n_head as u32) / hg;
+                let rope = rope_words.is_some();
+                if let Some(o) = rope_words {
+                    pp[15] = o;
+                }
+                let (kraw, vraw) = (self.res(k), self.res(v));
+                let kind = |split, q8k| {
+                    Kernel::AttnDecode(shaders::AttnDecodeKind {
+                        hg,
+                        dmax,
+                        split,
+                        q8k,
+                        rope,
+                    })
+                };
                 if let Some((items, lists)) = split {
                     let rows = items.len() / 3 * p.n_head * (p.head_dim_v + 2);
                     if let Some(scratch) = self.attn_scratch_for(rows) {
                         pp[11] = self.push_aux(&items);
                         let lists_off = self.push_aux(&lists);
                         let groups = [gx, (items.len() / 3) as u32, 1];
-                        self.dispatch(
-                            Kernel::AttnDecode(hg, dmax, true),
-                            &[&qr, &kres, &vres, &aux, &scratch],
-                            pp,
-                            groups,
-                        );
+                        let mut binds = vec![&qr, &kres, &vres, &aux, &scratch];
+                        if rope {
+                            binds.extend([&kraw, &vraw]);
+                        }
+                        self.dispatch(kind(true, false), &binds, pp, groups);
                         let mut pc = [0u32; 16];
                         pc[..4].copy_from_slice(&[
                             p.n_head as u32,
                             p.head_dim_v as u32,
-                            (p.n_head * p.head_dim_v) as u32,
+                            width as u32,
                             lists_off,
                         ]);
-                        self.dispatch(
-                            Kernel::AttnCombine,
-                            &[&aux, &scratch, &or],
-                            pc,
-                            [p.n_head as u32, n as u32, 1],
-                        );
+                        let q8k = if self.attn_q8k {
+                            self.q8k_fused_target(out, n, width)
+                        } else {
+                            None
+                        };
+                        if let Some((q, cap, d_off)) = q8k {
+                            pc[4] = d_off;
+                            let groups = [(width / 256) as u32, n as u32, 1];
+                            self.dispatch(
+                                Kernel::AttnCombine(true),
+                                &[&aux, &scratch, &or, &q],
+                                pc,
+                                groups,
+                            );
+                            self.q8k_written(out, q, cap);
+                        } else {
+                            self.dispatch(
+                                Kernel::AttnCombine(false),
+                                &[&aux, &scratch, &or],
+                                pc,
+                                [p.n_head as u32, n as u32, 1],
+                            );
+                        }
                         self.attn_split_count += 1;
+                        self.unrotated.extend(unrotated);
                         return Ok(());
                     }
                 }
-                (Kernel::AttnDecode(hg, dmax, false), [gx, n as u32, 1])
+                // Four heads of whole Q8_K blocks per 256-thread workgroup: the Q8_K copy of
+                // the output written by the same dispatch.
+                let q8k = if self.attn_q8k
+                    && hg == 4
+                    && (4 * p.head_dim_v).is_multiple_of(256)
+                    && shaders::attn_decode_shared_bytes(hg, dmax) + shaders::Q8K_BLOCK_SHARED_BYTES
+                        <= self.limits.max_compute_workgroup_storage_size
+                {
+                    self.q8k_fused_target(out, n, width)
+                } else {
+                    None
+                };
+                let mut binds = vec![&qr, &kres, &vres, &aux, &or];
+                if let Some((q, _, d_off)) = &q8k {
+                    pp[14] = *d_off;
+                    binds.push(q);
+                }
+                if rope {
+                    binds.extend([&kraw, &vraw]);
+                }
+                self.dispatch(kind(false, q8k.is_some()), &binds, pp, [gx, n as u32, 1]);
+                if let Some((q, cap, _)) = q8k {
+                    self.q8k_written(out, q, cap);
+                }
+                self.unrotated.extend(unrotated);
+                return Ok(());
             }
             (None, None) => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
         };

@@ -783,9 +783,20 @@ fn q8k_level(iscale: f32, v: f32) -> u32 { return bitcast<u32>(i32(min(round(isc
 
 /// `Q8K_BLOCK` with the `Q8K_LEVEL` it calls.
 fn push_q8k_block(s: &mut String) {
-    s.push_str(Q8K_LEVEL);
-    s.push_str(Q8K_BLOCK);
+    push_q8k_block_to(s, "Q");
 }
+
+/// `push_q8k_block` storing into the binding named `out` instead of `Q`.
+fn push_q8k_block_to(s: &mut String, out: &str) {
+    s.push_str(Q8K_LEVEL);
+    let body = Q8K_BLOCK
+        .replace("Q[blk", &format!("{out}[blk"))
+        .replace("Q[d_off", &format!("{out}[d_off"));
+    s.push_str(&body);
+}
+
+/// Shared memory `Q8K_BLOCK` adds to a kernel.
+pub(crate) const Q8K_BLOCK_SHARED_BYTES: u32 = 4 * 4 * 256;
 
 /// Q8_K quantization of one 256-value block held one value per thread (`Q8K_LEVEL`'s rule),
 /// for `ACT_Q8K` and the fused kernels: the packed words go to `Q[64 blk ..]`, the scale to
@@ -1209,7 +1220,26 @@ pub(crate) fn attn_decode_shared_bytes(hg: u32, dmax: u32) -> u32 {
 /// aux words c.w + 3i = (token, first cell of its range, cells); each workgroup attends its
 /// item's cells only and writes, per query head, (max, sum, unnormalised acc[dv]) to row
 /// (i * n_head + h) of O (`dv + 2` floats a row), which `ATTN_COMBINE` merges. f32 mode only.
-pub(crate) fn attn_decode_source(hg: u32, dmax: u32, split: bool) -> String {
+///
+/// With `q8k` (unsplit, 256 threads, `hg` heads of whole 256-value blocks), the workgroup also
+/// writes the packed Q8_K copy of its output to binding 6 (`q8k_block` into `QO`, scales at
+/// word `bitcast<u32>(P.f.z)`), so that the product reading the output needs no `ACT_Q8K`.
+///
+/// With `rope` (steps where no sequence has two tokens), the RoPE of Q and of the step's K
+/// and the K/V store (`ROPE_KV`'s arithmetic) are folded in: Q is rotated as it is loaded
+/// (the Q buffer keeps the unrotated values), and the workgroups whose range ends at a
+/// token's own cell rotate that token's K row of their KV head and store it and its V row in
+/// the cell before reading the cache. Extra bindings (after `QO`): the step's K and V rows;
+/// aux words at `bitcast<u32>(P.f.w)`: (n_rot, rope table offset, neox, cell list offset).
+pub(crate) fn attn_decode_source(kind: AttnDecodeKind) -> String {
+    use std::fmt::Write;
+    let AttnDecodeKind {
+        hg,
+        dmax,
+        split,
+        q8k,
+        rope,
+    } = kind;
     let sb = attn_decode_stage_words(dmax);
     let mut s = String::with_capacity(8192);
     s.push_str(PARAMS);
@@ -1218,9 +1248,150 @@ pub(crate) fn attn_decode_source(hg: u32, dmax: u32, split: bool) -> String {
         64 * hg,
         hg * dmax
     ));
-    s.push_str(ATTN_DECODE);
+    let mut body = ATTN_DECODE.to_string();
+    let mut next = 6;
+    if q8k {
+        debug_assert!(hg == 4 && !split);
+        body = body.replace("    // Q8K_TAIL\n", ATTN_DECODE_Q8K_TAIL);
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({next}) var<storage, read_write> QO: array<u32>;"
+        );
+        next += 1;
+        push_q8k_block_to(&mut s, "QO");
+    }
+    if rope {
+        body = body
+            .replace("var<storage, read> K:", "var<storage, read_write> K:")
+            .replace("var<storage, read> V:", "var<storage, read_write> V:")
+            .replace("let qv = Q[qrow + i];", "let qv = qload(qrow, i, t);")
+            .replace("    // ROPE_STORE\n", ATTN_DECODE_ROPE_STORE);
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({next}) var<storage, read> KR: array<f32>;\n@group(0) @binding({}) var<storage, read> VR: array<f32>;",
+            next + 1
+        );
+        s.push_str(ATTN_DECODE_ROPE_FNS);
+    }
+    s.push_str(&body);
     s
 }
+
+/// What an `ATTN_DECODE` pipeline is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AttnDecodeKind {
+    /// Query heads per workgroup (64 threads each).
+    pub hg: u32,
+    /// Largest head dim, a power of two of at least 64.
+    pub dmax: u32,
+    /// Partials for `ATTN_COMBINE` (flash-decoding).
+    pub split: bool,
+    /// Also writes the output's packed Q8_K copy.
+    pub q8k: bool,
+    /// RoPE and the K/V store of the step folded in.
+    pub rope: bool,
+}
+
+/// `ATTN_DECODE`'s rotated Q load and rope table lookup (`ROPE_KV`'s arithmetic).
+const ATTN_DECODE_ROPE_FNS: &str = r#"
+fn rope_cs(tab: u32, nrot: u32, t: u32, p: u32) -> vec2<f32> {
+    let o = tab + t * nrot + 2u * p;
+    return vec2<f32>(bitcast<f32>(A[o]), bitcast<f32>(A[o + 1u]));
+}
+// Element i of the Q rows from qrow, rotated as `ROPE_KV` rotates it in place.
+fn qload(qrow: u32, i: u32, t: u32) -> f32 {
+    let ro = bitcast<u32>(P.f.w);
+    let nrot = A[ro];
+    let dk = P.a.z;
+    let e = i % dk;
+    if (e >= nrot) { return Q[qrow + i]; }
+    let hb = qrow + i - e;
+    let half = nrot / 2u;
+    var p: u32;
+    var i0: u32;
+    var i1: u32;
+    var first: bool;
+    if (A[ro + 2u] != 0u) {
+        p = e % half;
+        i0 = hb + p;
+        i1 = i0 + half;
+        first = e < half;
+    } else {
+        p = e / 2u;
+        i0 = hb + 2u * p;
+        i1 = i0 + 1u;
+        first = (e & 1u) == 0u;
+    }
+    let c = rope_cs(A[ro + 1u], nrot, t, p);
+    let x0 = Q[i0];
+    let x1 = Q[i1];
+    if (first) { return x0 * c.x - x1 * c.y; }
+    return x0 * c.y + x1 * c.x;
+}
+"#;
+
+/// `ATTN_DECODE`'s store of the token's own K (rotated) and V rows of this KV head, by the
+/// workgroups whose range ends at the token's cell, made visible to the workgroup's reads.
+const ATTN_DECODE_ROPE_STORE: &str = r#"    if (hdr[1].z >= (rg.y & 0x7fffffffu)) {
+        let ro = bitcast<u32>(P.f.w);
+        let nrot = A[ro];
+        let tab = A[ro + 1u];
+        let neox = A[ro + 2u] != 0u;
+        let cell = A[A[ro + 3u] + t];
+        let half = nrot / 2u;
+        let kraw = t * 2u * P.b.y + kvh * dk;
+        let kdst = cell * P.b.y + kvh * kw;
+        for (var w = lid; w < kw; w += WG) {
+            let e0 = 2u * w;
+            if (e0 >= nrot) {
+                K[kdst + w] = pack2x16float(vec2<f32>(KR[kraw + e0], KR[kraw + e0 + 1u]));
+            } else if (neox) {
+                if (e0 < half) {
+                    let a0 = KR[kraw + e0];
+                    let a1 = KR[kraw + e0 + 1u];
+                    let b0 = KR[kraw + e0 + half];
+                    let b1 = KR[kraw + e0 + 1u + half];
+                    let c0 = rope_cs(tab, nrot, t, e0);
+                    let c1 = rope_cs(tab, nrot, t, e0 + 1u);
+                    let ya0 = a0 * c0.x - b0 * c0.y;
+                    let yb0 = a0 * c0.y + b0 * c0.x;
+                    let ya1 = a1 * c1.x - b1 * c1.y;
+                    let yb1 = a1 * c1.y + b1 * c1.x;
+                    K[kdst + w] = pack2x16float(vec2<f32>(ya0, ya1));
+                    K[kdst + w + half / 2u] = pack2x16float(vec2<f32>(yb0, yb1));
+                }
+            } else {
+                let x0 = KR[kraw + e0];
+                let x1 = KR[kraw + e0 + 1u];
+                let c = rope_cs(tab, nrot, t, e0 / 2u);
+                let y0 = x0 * c.x - x1 * c.y;
+                let y1 = x0 * c.y + x1 * c.x;
+                K[kdst + w] = pack2x16float(vec2<f32>(y0, y1));
+            }
+        }
+        let vraw = t * 2u * P.b.z + kvh * dv;
+        let vdst = cell * P.b.z + kvh * vw;
+        for (var w = lid; w < vw; w += WG) {
+            V[vdst + w] = pack2x16float(vec2<f32>(VR[vraw + 2u * w], VR[vraw + 2u * w + 1u]));
+        }
+    }
+    storageBarrier();
+"#;
+
+/// `ATTN_DECODE`'s Q8_K tail: the workgroup's normalised outputs (its heads' rows, adjacent in
+/// O) staged in `qs`, then quantized a 256-value block at a time.
+const ATTN_DECODE_Q8K_TAIL: &str = r#"    workgroupBarrier();
+    for (var q = 0u; q < DPT; q++) {
+        let dim = l + q * 64u;
+        if (dim < dv) { qs[hb * dv + dim] = acc[q] * inv; }
+    }
+    workgroupBarrier();
+    let nb = HG * dv / 256u;
+    let blk0 = (t * P.a.x * dv + h0 * dv) / 256u;
+    for (var b = 0u; b < nb; b++) {
+        q8k_block(lid, qs[b * 256u + lid], blk0 + b, bitcast<u32>(P.f.z));
+    }
+"#;
 
 const ATTN_DECODE: &str = r#"
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
@@ -1320,6 +1491,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let at = (i / dk) * DMAX + i % dk;
         if (f16_mode) { qs[at] = round_f16(qv); } else { qs[at] = qv; }
     }
+    // ROPE_STORE
     var m = -3.0e38;
     var lsum = 0.0;
     var acc: array<f32, DPT>;
@@ -1468,6 +1640,60 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let dim = l + q * 64u;
         if (dim < dv) { O[t * P.b.w + h * dv + dim] = acc[q] * inv; }
     }
+    // Q8K_TAIL
+}
+"#;
+
+/// `ATTN_COMBINE`, or with `q8k` its twin `ATTN_COMBINE_Q8K`.
+pub(crate) fn attn_combine_source(q8k: bool) -> String {
+    let mut s = String::from(PARAMS);
+    if q8k {
+        s.push_str(ATTN_COMBINE_Q8K);
+        push_q8k_block(&mut s);
+    } else {
+        s.push_str("const WG: u32 = 64u;\n");
+        s.push_str(ATTN_COMBINE);
+    }
+    s
+}
+
+/// `ATTN_COMBINE` over 256-value blocks of a token's output, one value per thread (the same
+/// arithmetic per value, so the same bits), which also writes the block's packed Q8_K copy
+/// (`q8k_block`; scales at word `P.b.x`) for the product that reads the output.
+/// a as `ATTN_COMBINE`. Grid (n_head * dv / 256, tokens).
+const ATTN_COMBINE_Q8K: &str = r#"
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> S: array<f32>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Q: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = g.y;
+    let nh = P.a.x;
+    let dv = P.a.y;
+    let rs = dv + 2u;
+    let idx = g.x * 256u + lid;
+    let h = idx / dv;
+    let d = idx % dv;
+    let i0 = A[P.a.w + 2u * t];
+    let ni = A[P.a.w + 2u * t + 1u];
+    var mx = -3.0e38;
+    for (var i = 0u; i < ni; i++) { mx = max(mx, S[((i0 + i) * nh + h) * rs]); }
+    var sum = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = ((i0 + i) * nh + h) * rs;
+        sum += exp(S[r] - mx) * S[r + 1u];
+    }
+    var inv = 0.0;
+    if (sum != 0.0) { inv = 1.0 / sum; }
+    var a = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = ((i0 + i) * nh + h) * rs;
+        a += exp(S[r] - mx) * S[r + 2u + d];
+    }
+    O[t * P.a.z + idx] = a * inv;
+    q8k_block(lid, a * inv, t * (nh * dv / 256u) + g.x, P.b.x);
 }
 "#;
 
@@ -1475,7 +1701,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// work items (max m_i, sum l_i, unnormalised acc_i) into O = sum_i e^(m_i - M) acc_i /
 /// sum_i e^(m_i - M) l_i, M the largest m_i. a = (n_head, dv, out row stride, aux offset of
 /// per-token (first item, items)). Grid (n_head, tokens), 64 threads over the head dims.
-pub(crate) const ATTN_COMBINE: &str = r#"
+const ATTN_COMBINE: &str = r#"
 @group(0) @binding(1) var<storage, read> A: array<u32>;
 @group(0) @binding(2) var<storage, read> S: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;

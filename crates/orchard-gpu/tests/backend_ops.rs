@@ -1044,6 +1044,19 @@ fn decode_long_cases() -> Vec<(AttnParams, Vec<usize>)> {
 }
 
 fn run_decode_long(b: &mut dyn Backend, p: &AttnParams, lens: &[usize], seed: u64) -> Vec<f32> {
+    run_decode_then(b, p, lens, seed, None)
+}
+
+/// `run_decode_long`, each step's attention output also multiplied by `product` (whose
+/// columns are the output's width), the product's rows following the step's output.
+fn run_decode_then(
+    b: &mut dyn Backend,
+    p: &AttnParams,
+    lens: &[usize],
+    seed: u64,
+    product: Option<&HostWeight>,
+) -> Vec<f32> {
+    let wid = product.map(|w| b.add_weight(w).unwrap());
     let n_cells: usize = lens.iter().sum::<usize>() + 8;
     let mut perm: Vec<u32> = (0..n_cells as u32).collect();
     let mut r = Rng(seed ^ 0x5eed);
@@ -1104,8 +1117,107 @@ fn run_decode_long(b: &mut dyn Backend, p: &AttnParams, lens: &[usize], seed: u6
         };
         b.attention(0, q, k, v, &batch, p, o).unwrap();
         all.extend(read(b, o));
+        if let (Some(wid), Some(w)) = (wid, product) {
+            let po = b.alloc(n, w.dims[1] as usize);
+            b.matmul(wid, o, po);
+            all.extend(read(b, po));
+        }
     }
     all
+}
+
+#[test]
+fn decode_attention_writes_the_products_q8k_input() {
+    let mut g = gpu();
+    g.set_attn_tile(false);
+    let mut rng = Rng(0xa77e);
+    // (params, fusion expected unsplit, fusion expected split)
+    let cases = [
+        (decode_long_cases()[1].0, true, true),
+        (decode_long_cases()[0].0, false, false),
+        (
+            AttnParams {
+                n_head: 4,
+                n_head_kv: 1,
+                head_dim_k: 256,
+                head_dim_v: 256,
+                scale: 0.0625,
+                window: Some(700),
+                softcap: None,
+            },
+            true,
+            true,
+        ),
+        (
+            AttnParams {
+                n_head: 6,
+                n_head_kv: 2,
+                head_dim_k: 128,
+                head_dim_v: 128,
+                scale: 0.088,
+                window: None,
+                softcap: None,
+            },
+            false,
+            true,
+        ),
+    ];
+    let lens = [300usize, 1000, 77];
+    for (i, (p, unsplit_fuses, split_fuses)) in cases.iter().enumerate() {
+        let width = p.n_head * p.head_dim_v;
+        let dtype = if width % 256 == 0 {
+            DType::Q4_K
+        } else {
+            DType::Q8_0
+        };
+        let w = weight("wo", dtype, width, 40, &rng.vec(width * 40, 1.0));
+        for exact in [true, false] {
+            g.set_attn_exact(exact);
+            for split in [0u32, 16] {
+                if exact && split > 0 {
+                    continue; // the split path is f32 only
+                }
+                g.set_attn_split(split);
+                let mut runs = Vec::new();
+                for fuse in [false, true] {
+                    g.set_attn_q8k(fuse);
+                    let before = g.dispatches();
+                    let got = run_decode_then(&mut g, p, &lens, 77 + i as u64, Some(&w));
+                    let errs = g.take_errors();
+                    assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                    runs.push((got, g.dispatches() - before));
+                }
+                let fuses = if split > 0 {
+                    *split_fuses
+                } else {
+                    *unsplit_fuses
+                };
+                // Two decode steps (the fill step is too long for the integer-dot path).
+                let saved = if fuses { 2 } else { 0 };
+                assert_eq!(
+                    runs[0].1 - runs[1].1,
+                    saved,
+                    "case {i} exact {exact} split {split}: dispatches {} -> {}",
+                    runs[0].1,
+                    runs[1].1
+                );
+                let differ = runs[0]
+                    .0
+                    .iter()
+                    .zip(&runs[1].0)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "case {i} exact {exact} split {split}: values differ with the fused Q8_K copy"
+                );
+            }
+        }
+    }
+    g.set_attn_q8k(true);
+    g.set_attn_split(1024);
+    g.set_attn_tile(true);
+    g.set_attn_exact(true);
 }
 
 #[test]
@@ -1349,6 +1461,8 @@ fn rope_folds_into_the_kv_store() {
             let mut g = gpu();
             tol = attn_tol(&g);
             g.set_fuse_q8k(fuse);
+            // Q and K are read back below: keep the RoPEs out of the attention kernel.
+            g.set_attn_rope(false);
             let before = g.dispatches();
             let got = run(&mut g);
             counts.push(g.dispatches() - before);
@@ -1371,6 +1485,165 @@ fn rope_folds_into_the_kv_store() {
             "case {i}: RoPEs folded ({counts:?} dispatches)"
         );
     }
+}
+
+/// Decode steps of two sequences after a prefill, with the RoPEs of Q and K (`rope_cases`'
+/// case `i`) recorded before each attention; returns every step's attention output.
+fn run_rope_decode(b: &mut dyn Backend, i: usize) -> Vec<f32> {
+    let (nh, nkv, hd, n_rot, neox) = ROPE_CASES[i];
+    let p = AttnParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim_k: hd,
+        head_dim_v: hd,
+        scale: 0.125,
+        window: None,
+        softcap: None,
+    };
+    let rp = RopeParams {
+        n_rot,
+        head_dim: hd,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+        neox,
+    };
+    let t0: Vec<u32> = (0..160).rev().collect();
+    let t1: Vec<u32> = (160..200).collect();
+    let tables = [t0.as_slice(), t1.as_slice()];
+    b.alloc_kv(0, 200, nkv * hd, nkv * hd).unwrap();
+    let slot = |seq: u32, pos: u32| TokenSlot { seq, pos };
+    let steps: Vec<Vec<TokenSlot>> = vec![
+        (0..100).map(|pos| slot(0, pos)).collect(),
+        vec![slot(0, 100)],
+        vec![slot(0, 101), slot(1, 0)],
+        (1..4).map(|pos| slot(1, pos)).collect(),
+        vec![slot(1, 4), slot(0, 102)],
+    ];
+    let mut rng = Rng(0x709e + i as u64);
+    let mut all = Vec::new();
+    for tokens in &steps {
+        let n = tokens.len();
+        let q = buf(b, n, nh * hd, &rng.vec(n * nh * hd, 1.0));
+        let k = buf(b, n, nkv * hd, &rng.vec(n * nkv * hd, 1.0));
+        let v = buf(b, n, nkv * hd, &rng.vec(n * nkv * hd, 1.0));
+        let o = b.alloc(n, nh * hd);
+        b.rope(q, tokens, &rp, None);
+        b.rope(k, tokens, &rp, None);
+        let batch = AttnBatch {
+            tokens,
+            cells: &tables,
+        };
+        b.attention(0, q, k, v, &batch, &p, o).unwrap();
+        all.extend(read(b, o));
+    }
+    all
+}
+
+/// (n_head, n_head_kv, head_dim, n_rot, neox)
+const ROPE_CASES: [(usize, usize, usize, usize, bool); 5] = [
+    (4, 2, 64, 64, false),
+    (4, 2, 64, 64, true),
+    (3, 1, 128, 64, true),
+    (2, 2, 32, 16, false),
+    (8, 2, 128, 128, false),
+];
+
+#[test]
+fn rope_folds_into_decode_attention() {
+    let mut g = gpu();
+    let tol = attn_tol(&g);
+    for i in 0..ROPE_CASES.len() {
+        let want = run_rope_decode(&mut CpuBackend::new(), i);
+        for (exact, split) in [(true, 0u32), (false, 0), (false, 16)] {
+            g.set_attn_exact(exact);
+            g.set_attn_split(split);
+            let mut runs = Vec::new();
+            for fold in [false, true] {
+                g.set_attn_rope(fold);
+                let before = g.dispatches();
+                let splits = g.attn_splits();
+                let got = run_rope_decode(&mut g, i);
+                assert_eq!(
+                    g.attn_splits() > splits,
+                    split > 0,
+                    "case {i} split {split}: split path taken or not"
+                );
+                let errs = g.take_errors();
+                assert!(errs.is_empty(), "GPU errors: {errs:?}");
+                runs.push((got, g.dispatches() - before));
+            }
+            let what = format!("case {i} exact {exact} split {split}");
+            // Three steps without two tokens of one sequence: their `RopeKv` dispatch gone.
+            assert_eq!(
+                runs[0].1 - runs[1].1,
+                3,
+                "{what}: dispatches {} -> {}",
+                runs[0].1,
+                runs[1].1
+            );
+            let differ = runs[0]
+                .0
+                .iter()
+                .zip(&runs[1].0)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{what}: folded RoPE changes values");
+            let e = nmse(&runs[1].0, &want);
+            let limit = if exact { tol } else { ATTN_F32_TOL };
+            assert!(e < limit, "{what}: NMSE against the CPU {e}");
+        }
+    }
+    g.set_attn_split(1024);
+    g.set_attn_exact(true);
+}
+
+#[test]
+fn reading_a_buffer_whose_rope_was_folded_is_reported() {
+    let mut g = gpu();
+    let p = AttnParams {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim_k: 64,
+        head_dim_v: 64,
+        scale: 0.125,
+        window: None,
+        softcap: None,
+    };
+    let rp = RopeParams {
+        n_rot: 64,
+        head_dim: 64,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+        neox: false,
+    };
+    let table: Vec<u32> = (0..8).collect();
+    let tables = [table.as_slice()];
+    g.alloc_kv(0, 8, 64, 64).unwrap();
+    let tokens = [TokenSlot { seq: 0, pos: 0 }];
+    let mut rng = Rng(5);
+    let q = buf(&mut g, 1, 128, &rng.vec(128, 1.0));
+    let k = buf(&mut g, 1, 64, &rng.vec(64, 1.0));
+    let v = buf(&mut g, 1, 64, &rng.vec(64, 1.0));
+    let o = g.alloc(1, 128);
+    g.rope(q, &tokens, &rp, None);
+    g.rope(k, &tokens, &rp, None);
+    let batch = AttnBatch {
+        tokens: &tokens,
+        cells: &tables,
+    };
+    g.attention(0, q, k, v, &batch, &p, o).unwrap();
+    read(&mut g, o);
+    assert!(g.take_errors().is_empty());
+    read(&mut g, q);
+    let errs = g.take_errors();
+    assert!(
+        errs.iter().any(|e| e.contains("RoPE was folded")),
+        "no error for the unrotated Q: {errs:?}"
+    );
+    // written again: readable
+    g.upload(q, &rng.vec(128, 1.0));
+    read(&mut g, q);
+    assert!(g.take_errors().is_empty());
 }
 
 /// Integer-dot products of one input recorded back to back (Q/K/V, gate/up) run as one
