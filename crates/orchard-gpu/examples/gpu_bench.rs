@@ -6,10 +6,10 @@
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
 //!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--decode-attn] [--floor]
 //!        [--profile] [MODEL...]
-//!        (SHAPE: smollm2 or 8b, written as Q4_K_M before the runs; --shape: the kernel
-//!        micro-benchmarks' weight, 4096x14336 by default; --profile: after each model's
-//!        runs, 16 more decode tokens and one prompt step with per-dispatch timestamps,
-//!        printed per kernel)
+//!        (SHAPE: smollm2, gemma3 (270M) or 8b, written as Q4_K_M before the runs; --shape:
+//!        the kernel micro-benchmarks' weight, 4096x14336 by default; --profile: after each
+//!        model's runs, 16 more decode tokens and one prompt step with per-dispatch
+//!        timestamps, printed per kernel)
 
 use orchard_backend::{AttnBatch, AttnParams, Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
@@ -916,6 +916,7 @@ fn main() {
         let mut spec = match shape.as_str() {
             "8b" => SynthSpec::llama_8b("Q4_K_M"),
             "smollm2" => SynthSpec::smollm2_135m("Q4_K_M"),
+            "gemma3" | "gemma3-270m" => SynthSpec::gemma3_270m("Q4_K_M"),
             other => panic!("unknown shape {other}"),
         };
         // Values do not change speed; 1024 distinct rows per tensor keep writing fast.

@@ -158,11 +158,13 @@ fn every_op_of_a_q4_k_m_forward_pass_matches_the_cpu() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("q4km.gguf");
     let spec = orchard_models::synth::SynthSpec {
+        arch: orchard_models::synth::SynthArch::Llama,
         n_layer: 3,
         n_embd: 512,
         n_ff: 1024,
         n_head: 8,
         n_head_kv: 4,
+        head_dim: None,
         n_vocab: 2000,
         ftype: "Q4_K_M".into(),
         seed: 3,

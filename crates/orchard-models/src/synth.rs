@@ -1,6 +1,6 @@
-//! Synthetic llama-architecture models: random weights of any shape and quant mix, written as a
-//! GGUF that `Model::load` and the tokenizer accept, so that 1B/8B/70B shapes can be planned
-//! and benchmarked without downloading them (`orchard synth`).
+//! Synthetic llama- and gemma3-architecture models: random weights of any shape and quant mix,
+//! written as a GGUF that `Model::load`, the tokenizer and llama.cpp accept, so that 1B/8B/70B
+//! shapes can be planned and benchmarked without downloading them (`orchard synth`).
 //!
 //! The vocabulary is a byte-level BPE one (the GPT-2 byte alphabet, one control token, and
 //! merges that grow lowercase words letter by letter) of exactly `n_vocab` tokens. Weights are
@@ -13,14 +13,37 @@ use orchard_core::DType;
 use orchard_gguf::{GgufWriter, Value};
 use std::path::Path;
 
-/// Shape and quantization of a synthetic llama model.
+/// The architecture a synthetic file declares, which picks its metadata keys and tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynthArch {
+    Llama,
+    /// Gemma 3 (text): per-head Q/K norms, post-attention and post-FFN norms, sliding-window
+    /// layers (window 512, every sixth layer global) with their own RoPE base.
+    Gemma3,
+}
+
+impl SynthArch {
+    /// The `general.architecture` value and metadata key prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            SynthArch::Llama => "llama",
+            SynthArch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// Shape and quantization of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
+    pub arch: SynthArch,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_ff: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Per-head width of Q, K and V when it is not `n_embd / n_head` (Gemma 3 270M: 4 heads of
+    /// 256 at width 640); written as `attention.key_length` / `value_length`.
+    pub head_dim: Option<usize>,
     pub n_vocab: usize,
     /// A llama.cpp file type name: `F32`, `F16`, `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q4_K_S`,
     /// `Q4_K_M`, `Q5_K_M`, `Q6_K`.
@@ -41,11 +64,13 @@ impl SynthSpec {
     /// SmolLM2-135M's shape (30 layers of 576, 9 heads / 3 KV heads, 49152 tokens).
     pub fn smollm2_135m(ftype: &str) -> SynthSpec {
         SynthSpec {
+            arch: SynthArch::Llama,
             n_layer: 30,
             n_embd: 576,
             n_ff: 1536,
             n_head: 9,
             n_head_kv: 3,
+            head_dim: None,
             n_vocab: 49152,
             ftype: ftype.into(),
             seed: 1,
@@ -58,11 +83,13 @@ impl SynthSpec {
     /// Llama 3 8B's shape with a 49152-token vocabulary (the benchmark shape of the GPU notes).
     pub fn llama_8b(ftype: &str) -> SynthSpec {
         SynthSpec {
+            arch: SynthArch::Llama,
             n_layer: 32,
             n_embd: 4096,
             n_ff: 14336,
             n_head: 32,
             n_head_kv: 8,
+            head_dim: None,
             n_vocab: 49152,
             ftype: ftype.into(),
             seed: 1,
@@ -71,7 +98,31 @@ impl SynthSpec {
             row_pool: None,
         }
     }
+
+    /// Gemma 3 270M's shape: 18 layers of 640, 4 heads / 1 KV head of 256, a 2048-wide GeGLU,
+    /// 262144 tokens, tied embeddings. In Q4_K_M the 640-wide rows fall back from K-quants as
+    /// in the real file (Q4_K, Q5_0, Q6_K, Q8_0 and F32 norms).
+    pub fn gemma3_270m(ftype: &str) -> SynthSpec {
+        SynthSpec {
+            arch: SynthArch::Gemma3,
+            n_layer: 18,
+            n_embd: 640,
+            n_ff: 2048,
+            n_head: 4,
+            n_head_kv: 1,
+            head_dim: Some(256),
+            n_vocab: 262144,
+            ftype: ftype.into(),
+            seed: 1,
+            sparse: false,
+            tie_embeddings: true,
+            row_pool: None,
+        }
+    }
 }
+
+/// Gemma 3's attention window on its sliding layers (llama.cpp makes every sixth layer global).
+const GEMMA3_SLIDING_WINDOW: usize = 512;
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,7 +314,8 @@ fn bad(key: &str, reason: impl Into<String>) -> ModelError {
     }
 }
 
-/// Writes a llama-architecture GGUF with random weights to `path`.
+/// Writes a GGUF of `spec.arch` with random weights to `path`; the name predates the `arch`
+/// field and is kept for existing callers.
 pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSummary, ModelError> {
     let mx = mix(&spec.ftype)
         .ok_or_else(|| bad("ftype", format!("unknown file type {}", spec.ftype)))?;
@@ -272,15 +324,15 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
     }
     if spec.n_head_kv == 0
         || !spec.n_head.is_multiple_of(spec.n_head_kv)
-        || !spec.n_embd.is_multiple_of(spec.n_head)
+        || (spec.head_dim.is_none() && !spec.n_embd.is_multiple_of(spec.n_head))
     {
         return Err(bad(
             "n_head_kv",
             "head_count_kv must divide head_count, which must divide n_embd",
         ));
     }
-    let head_dim = spec.n_embd / spec.n_head;
-    if !head_dim.is_multiple_of(2) {
+    let head_dim = spec.head_dim.unwrap_or(spec.n_embd / spec.n_head);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(bad("n_head", "the head size must be even for RoPE"));
     }
     if spec.n_vocab < 258 {
@@ -291,13 +343,13 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
     }
     let (tokens, types, merges) = vocabulary(spec.n_vocab);
     let mut w = GgufWriter::new();
-    let a = "llama";
+    let a = spec.arch.name();
     let md = |w: &mut GgufWriter, k: &str, v: Value| w.add_metadata(k.to_string(), v);
     md(&mut w, "general.architecture", Value::String(a.into()));
     md(
         &mut w,
         "general.name",
-        Value::String(format!("synthetic-llama-{}L-{}", spec.n_layer, spec.n_embd)),
+        Value::String(format!("synthetic-{a}-{}L-{}", spec.n_layer, spec.n_embd)),
     );
     md(
         &mut w,
@@ -305,20 +357,41 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
         Value::U32(ftype_id(&spec.ftype)),
     );
     let u = |v: usize| Value::U32(v as u32);
-    md(&mut w, "llama.block_count", u(spec.n_layer));
-    md(&mut w, "llama.context_length", u(8192));
-    md(&mut w, "llama.embedding_length", u(spec.n_embd));
-    md(&mut w, "llama.feed_forward_length", u(spec.n_ff));
-    md(&mut w, "llama.attention.head_count", u(spec.n_head));
-    md(&mut w, "llama.attention.head_count_kv", u(spec.n_head_kv));
-    md(&mut w, "llama.rope.dimension_count", u(head_dim));
-    md(&mut w, "llama.rope.freq_base", Value::F32(500000.0));
+    let ak = |k: &str| format!("{a}.{k}");
+    let gemma = spec.arch == SynthArch::Gemma3;
+    // Gemma 3's sliding layers (all but every sixth, the pattern both llama.cpp and Orchard
+    // assume) use RoPE base 10000; that is their default too, written so the file says it.
+    let (n_ctx, rope_base, rms_eps) = if gemma {
+        (32768, 1e6, 1e-6)
+    } else {
+        (8192, 500000.0, 1e-5)
+    };
+    md(&mut w, &ak("block_count"), u(spec.n_layer));
+    md(&mut w, &ak("context_length"), u(n_ctx));
+    md(&mut w, &ak("embedding_length"), u(spec.n_embd));
+    md(&mut w, &ak("feed_forward_length"), u(spec.n_ff));
+    md(&mut w, &ak("attention.head_count"), u(spec.n_head));
+    md(&mut w, &ak("attention.head_count_kv"), u(spec.n_head_kv));
+    if spec.head_dim.is_some() {
+        md(&mut w, &ak("attention.key_length"), u(head_dim));
+        md(&mut w, &ak("attention.value_length"), u(head_dim));
+    }
+    md(&mut w, &ak("rope.dimension_count"), u(head_dim));
+    md(&mut w, &ak("rope.freq_base"), Value::F32(rope_base));
+    if gemma {
+        md(&mut w, &ak("rope.freq_base_swa"), Value::F32(10000.0));
+        md(
+            &mut w,
+            &ak("attention.sliding_window"),
+            u(GEMMA3_SLIDING_WINDOW),
+        );
+    }
     md(
         &mut w,
-        "llama.attention.layer_norm_rms_epsilon",
-        Value::F32(1e-5),
+        &ak("attention.layer_norm_rms_epsilon"),
+        Value::F32(rms_eps),
     );
-    md(&mut w, "llama.vocab_size", u(spec.n_vocab));
+    md(&mut w, &ak("vocab_size"), u(spec.n_vocab));
     md(&mut w, "tokenizer.ggml.model", Value::String("gpt2".into()));
     md(&mut w, "tokenizer.ggml.pre", Value::String("gpt-2".into()));
     md(
@@ -343,6 +416,8 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
 
     let (e, f, v) = (spec.n_embd, spec.n_ff, spec.n_vocab);
     let kv = spec.n_head_kv * head_dim;
+    // Width of Q and of attn_output's input: n_embd unless the head size is set apart.
+    let q = spec.n_head * head_dim;
     let mut summary = SynthSummary {
         n_params: 0,
         tensor_bytes: 0,
@@ -403,14 +478,22 @@ pub fn write_synthetic_llama(path: &Path, spec: &SynthSpec) -> Result<SynthSumma
         };
         let b = |s: &str| format!("blk.{il}.{s}");
         add(&mut w, b("attn_norm.weight"), DType::F32, e, 1)?;
-        add(&mut w, b("attn_q.weight"), mx.base, e, e)?;
+        add(&mut w, b("attn_q.weight"), mx.base, e, q)?;
         add(&mut w, b("attn_k.weight"), mx.base, e, kv)?;
         add(&mut w, b("attn_v.weight"), attn_v, e, kv)?;
-        add(&mut w, b("attn_output.weight"), mx.base, e, e)?;
+        add(&mut w, b("attn_output.weight"), mx.base, q, e)?;
+        if gemma {
+            add(&mut w, b("attn_q_norm.weight"), DType::F32, head_dim, 1)?;
+            add(&mut w, b("attn_k_norm.weight"), DType::F32, head_dim, 1)?;
+            add(&mut w, b("post_attention_norm.weight"), DType::F32, e, 1)?;
+        }
         add(&mut w, b("ffn_norm.weight"), DType::F32, e, 1)?;
         add(&mut w, b("ffn_gate.weight"), mx.base, e, f)?;
         add(&mut w, b("ffn_up.weight"), mx.base, e, f)?;
         add(&mut w, b("ffn_down.weight"), more.unwrap_or(mx.base), f, e)?;
+        if gemma {
+            add(&mut w, b("post_ffw_norm.weight"), DType::F32, e, 1)?;
+        }
     }
     add(&mut w, "output_norm.weight".into(), DType::F32, e, 1)?;
     if !spec.tie_embeddings {

@@ -1,9 +1,9 @@
-//! The synthetic-model writer: files load as llama models, follow llama.cpp's Q4_K_M tensor mix,
-//! run, and can be written sparse for planning.
+//! The synthetic-model writer: files load as llama or gemma3 models, follow llama.cpp's Q4_K_M
+//! tensor mix, run, and can be written sparse for planning.
 
 use orchard_backend::TokenSlot;
 use orchard_core::DType;
-use orchard_models::synth::{write_synthetic_llama, SynthSpec};
+use orchard_models::synth::{write_synthetic_llama, SynthArch, SynthSpec};
 use orchard_models::{Batch, Context, ContextOptions, Model, ModelError};
 use std::sync::Arc;
 
@@ -27,11 +27,13 @@ impl Drop for TempDir {
 
 fn spec(ftype: &str) -> SynthSpec {
     SynthSpec {
+        arch: SynthArch::Llama,
         n_layer: 8,
         n_embd: 256,
         n_ff: 512,
         n_head: 4,
         n_head_kv: 2,
+        head_dim: None,
         n_vocab: 1000,
         ftype: ftype.into(),
         seed: 42,
@@ -243,10 +245,128 @@ fn bad_specs_are_errors() {
             n_layer: 0,
             ..spec("Q4_0")
         },
+        SynthSpec {
+            head_dim: Some(7),
+            ..small_gemma3()
+        },
     ] {
         assert!(matches!(
             write_synthetic_llama(&path, &bad),
             Err(ModelError::BadHParam { .. })
         ));
     }
+}
+
+/// Gemma 3 270M's shape with a small vocabulary, six layers (five sliding, one global) and
+/// pooled rows, so that it writes and runs in a debug test.
+fn small_gemma3() -> SynthSpec {
+    SynthSpec {
+        n_layer: 6,
+        n_vocab: 1000,
+        row_pool: Some(16),
+        ..SynthSpec::gemma3_270m("Q4_K_M")
+    }
+}
+
+#[test]
+fn gemma3_loads_with_its_shape_and_runs() {
+    let dir = TempDir::new("gemma3");
+    let path = dir.path().join("gemma3.gguf");
+    let summary = write_synthetic_llama(&path, &small_gemma3()).unwrap();
+    let m = Arc::new(Model::load(&path).unwrap());
+    assert_eq!(m.hp.arch, "gemma3");
+    assert_eq!((m.hp.n_layer, m.hp.n_embd, m.hp.n_ff), (6, 640, 2048));
+    assert_eq!((m.hp.n_head, m.hp.n_head_kv), (4, 1));
+    assert_eq!((m.hp.head_dim_k, m.hp.head_dim_v), (256, 256));
+    assert_eq!(m.hp.rope_freq_base, 1e6);
+    assert_eq!(m.hp.rms_eps, 1e-6);
+    let windows: Vec<_> = (0..6).map(|il| m.arch.sliding_window(il)).collect();
+    assert_eq!(
+        windows,
+        [Some(512); 5].into_iter().chain([None]).collect::<Vec<_>>()
+    );
+    assert_eq!(m.output, m.tok_embd);
+    assert_eq!(summary.tensor_bytes, m.weight_bytes());
+    // 640-wide rows are not whole K-quant blocks: Q4_K -> Q5_0, Q6_K -> Q8_0 as in llama.cpp.
+    assert_eq!(dtype_of(&m, "token_embd.weight"), DType::Q8_0);
+    assert_eq!(dtype_of(&m, "blk.1.attn_q.weight"), DType::Q5_0);
+    // use_more_bits for 6 layers: 2 and 5.
+    assert_eq!(dtype_of(&m, "blk.2.attn_v.weight"), DType::Q8_0);
+    assert_eq!(dtype_of(&m, "blk.1.attn_v.weight"), DType::Q5_0);
+    assert_eq!(dtype_of(&m, "blk.1.attn_output.weight"), DType::Q4_K);
+    assert_eq!(dtype_of(&m, "blk.5.ffn_down.weight"), DType::Q6_K);
+    assert_eq!(dtype_of(&m, "blk.1.ffn_down.weight"), DType::Q4_K);
+    assert_eq!(dtype_of(&m, "blk.0.attn_q_norm.weight"), DType::F32);
+    let expected_params = 1000 * 640
+        + 640
+        + 6 * (4 * 640 + 2 * 256 + 2 * 640 * 1024 + 2 * 640 * 256 + 3 * 640 * 2048);
+    assert_eq!(summary.n_params, expected_params as u64);
+
+    let mut ctx = Context::new(
+        m.clone(),
+        ContextOptions {
+            n_ctx: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = [5u32, 300, 999, 42];
+    let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
+    let cells: Vec<u32> = (0..16).collect();
+    let tables = [cells.as_slice()];
+    let mut out = Vec::new();
+    ctx.decode(
+        &Batch {
+            tokens: &ids,
+            slots: &slots,
+            cells: &tables,
+            logits: &[3],
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1000);
+    assert!(out.iter().all(|v| v.is_finite()));
+    let (lo, hi) = out
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(hi - lo > 1e-3, "logits are flat: {lo}..{hi}");
+}
+
+#[test]
+fn gemma3_270m_full_shape_has_the_real_quant_mix() {
+    let dir = TempDir::new("gemma3-full");
+    let path = dir.path().join("gemma3-270m.gguf");
+    let s = SynthSpec {
+        sparse: true,
+        ..SynthSpec::gemma3_270m("Q4_K_M")
+    };
+    let summary = write_synthetic_llama(&path, &s).unwrap();
+    let types: Vec<DType> = summary.types.iter().map(|&(t, _)| t).collect();
+    for t in [
+        DType::F32,
+        DType::Q4_K,
+        DType::Q5_0,
+        DType::Q6_K,
+        DType::Q8_0,
+    ] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    assert_eq!(types.len(), 5, "{types:?}");
+    // 18 layers of 13 tensors, token_embd and output_norm.
+    assert_eq!(
+        summary.types.iter().map(|&(_, n)| n).sum::<usize>(),
+        18 * 13 + 2
+    );
+    // About 268M parameters, 170M of them the tied embedding.
+    assert!(
+        (260_000_000..280_000_000).contains(&summary.n_params),
+        "{}",
+        summary.n_params
+    );
+    let m = Model::load(&path).unwrap();
+    assert_eq!(m.hp.n_vocab, 262144);
+    assert_eq!(m.hp.n_layer, 18);
+    assert_eq!(m.arch.sliding_window(5), None);
+    assert_eq!(m.arch.sliding_window(6), Some(512));
 }
