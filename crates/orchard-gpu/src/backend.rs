@@ -222,9 +222,6 @@ const Q8K_NR: u32 = 4;
 /// Dispatches recorded before a step is submitted in part, so that the device starts on the
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
 const FLUSH_EVERY_DISPATCHES: usize = 80;
-/// The first submission of a step (after a readback) goes out sooner: the device idles from
-/// the readback until it arrives, while the host records ~7 us per dispatch.
-const FIRST_FLUSH_DISPATCHES: usize = 8;
 /// Default (TN, BK) of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
 /// run 13: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
 /// used where the device's shared memory cannot hold the default.
@@ -502,11 +499,6 @@ pub struct GpuBackend {
     /// Recorded dispatches after which the next op first submits what is recorded (0: one
     /// submission per step).
     flush_every: usize,
-    /// Dispatches in a step's first submission (`FIRST_FLUSH_DISPATCHES`,
-    /// `ORCHARD_GPU_FIRST_FLUSH`; 0: as `flush_every`).
-    first_flush: usize,
-    /// Submissions since the last readback: 0 while the step's first is being recorded.
-    step_submissions: usize,
     /// The device's fixed subgroup size, when subgroup operations are enabled.
     subgroup: Option<u32>,
     /// Whether the device was opened with cooperative matrices (16x16x16 f16 x f16 -> f32 in
@@ -772,11 +764,6 @@ impl GpuBackend {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(FLUSH_EVERY_DISPATCHES),
-            first_flush: std::env::var("ORCHARD_GPU_FIRST_FLUSH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(FIRST_FLUSH_DISPATCHES),
-            step_submissions: 0,
             min_big_tiles: std::env::var("ORCHARD_GPU_MIN_BIG_TILES")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1178,12 +1165,7 @@ impl GpuBackend {
     /// must share a submission): submits what is recorded once it is long enough.
     fn op_start(&mut self) {
         // A fusable last dispatch waits for the next op, which may take it over.
-        let every = if self.step_submissions == 0 && self.first_flush > 0 {
-            self.first_flush.min(self.flush_every)
-        } else {
-            self.flush_every
-        };
-        if every != 0 && self.cmds.len() >= every && self.tail(0).is_none() {
+        if self.flush_every != 0 && self.cmds.len() >= self.flush_every && self.tail(0).is_none() {
             self.flush(None);
         }
     }
@@ -1650,7 +1632,6 @@ impl GpuBackend {
             return;
         }
         let t0 = Instant::now();
-        let ends_step = readback.is_some();
         let n_dispatch = self
             .cmds
             .iter()
@@ -1759,11 +1740,6 @@ impl GpuBackend {
         }
         self.queue.submit([enc.finish()]);
         self.submissions += 1;
-        self.step_submissions = if ends_step {
-            0
-        } else {
-            self.step_submissions + 1
-        };
         ENCODE_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.params.clear();
         self.aux.clear();
