@@ -73,8 +73,11 @@ if [ -f "$V.xz" ]; then
     V=/tmp/llama-bench-vulkan
 fi
 VLIB=$REPO/$BIN/lib
-M="/tmp/smollm2-synth-q4km.gguf /tmp/llama8b-synth-q4km.gguf"
+M="/tmp/smollm2-synth-q4km.gguf /tmp/gemma3-synth-q4km.gguf /tmp/llama8b-synth-q4km.gguf"
+LM=""
+for m in $M; do LM="$LM -m $m"; done
 timeout 120 $N --write-only --synth smollm2=/tmp/smollm2-synth-q4km.gguf \
+    --synth gemma3=/tmp/gemma3-synth-q4km.gguf \
     --synth 8b=/tmp/llama8b-synth-q4km.gguf 2>&1 | tee "$OUT/orchard.txt"
 run() {
     echo "== $1 $(date +%T)" | tee -a "$OUT/models.txt"
@@ -107,9 +110,13 @@ C=/tmp/lcb/bin/llama-bench
 for r in 1 2; do
     [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree)" $N -r 3 $M
     [ -x "$C" ] && [ "$SECONDS" -lt 560 ] &&
-        run "round $r: llama.cpp CUDA" $C -m /tmp/smollm2-synth-q4km.gguf -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3
+        run "round $r: llama.cpp CUDA" $C $LM -ngl 99 -p 512 -n 128 -r 3
     [ -x "$V" ] && [ "$SECONDS" -lt 560 ] &&
-        run "round $r: llama.cpp Vulkan" env LD_LIBRARY_PATH="$VLIB" $V -m /tmp/smollm2-synth-q4km.gguf -m /tmp/llama8b-synth-q4km.gguf -ngl 99 -p 512 -n 128 -r 3
+        run "round $r: llama.cpp Vulkan" env LD_LIBRARY_PATH="$VLIB" $V $LM -ngl 99 -p 512 -n 128 -r 3
+    # VARIANTS: space-separated VAR=value settings (ORCHARD_GPU_* knobs), each one more run.
+    for v in ${VARIANTS:-}; do
+        [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree), $v" env "$v" $N -r 3 $M
+    done
 done
 [ -x "$B" ] && [ "$SECONDS" -lt 540 ] && run "quiet: orchard before (gpu_bench_base)" $B -r 3 $M
 [ "$SECONDS" -lt 540 ] && run "quiet: orchard (this tree) again" $N -r 3 $M
