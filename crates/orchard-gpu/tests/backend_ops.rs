@@ -65,6 +65,17 @@ fn attn_tol(g: &GpuBackend) -> f64 {
 /// lavapipe), while a misread cell, head or scale gives 1e-3 and more.
 const ATTN_F32_TOL: f64 = 1e-5;
 
+/// Asserts that `got` has exactly `want`'s bits, value for value (NaNs included).
+fn assert_bit_identical(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: output lengths differ");
+    let differ = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", got.len());
+}
+
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "output lengths differ");
     assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU output");
@@ -821,14 +832,10 @@ fn attention_decode_long() {
                 want.len()
             );
             assert!(e < attn_tol(&g), "decode attention case {i}: NMSE {e}");
-            let diff = got
-                .iter()
-                .zip(&old)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(
-                diff, 0,
-                "case {i} group {group}: values differ from ATTENTION's"
+            assert_bit_identical(
+                &got,
+                &old,
+                &format!("case {i} group {group}: against ATTENTION"),
             );
         }
     }
@@ -881,14 +888,10 @@ fn attention_decode_f32() {
                 "f32 decode attention case {i}: decode NMSE {e_dec}"
             );
             assert!(got != exact, "case {i}: f32 and exact modes bit-identical");
-            let diff = got
-                .iter()
-                .zip(&old)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(
-                diff, 0,
-                "case {i} group {group}: values differ from ATTENTION's"
+            assert_bit_identical(
+                &got,
+                &old,
+                &format!("case {i} group {group}: against ATTENTION"),
             );
         }
     }
@@ -994,7 +997,11 @@ fn attention_decode_split() {
                 "split decode attention case {i}: decode NMSE {e_dec}"
             );
             assert!(e_uns < 1e-9, "case {i}: split vs unsplit NMSE {e_uns}");
-            assert_eq!(got[..at], unsplit[..at], "case {i}: fill chunks differ");
+            assert_bit_identical(
+                &got[..at],
+                &unsplit[..at],
+                &format!("case {i}: fill chunks"),
+            );
         }
     }
     g.set_attn_split(1024);
@@ -1201,15 +1208,10 @@ fn decode_attention_writes_the_products_q8k_input() {
                     runs[0].1,
                     runs[1].1
                 );
-                let differ = runs[0]
-                    .0
-                    .iter()
-                    .zip(&runs[1].0)
-                    .filter(|(a, b)| a.to_bits() != b.to_bits())
-                    .count();
-                assert_eq!(
-                    differ, 0,
-                    "case {i} exact {exact} split {split}: values differ with the fused Q8_K copy"
+                assert_bit_identical(
+                    &runs[1].0,
+                    &runs[0].0,
+                    &format!("case {i} exact {exact} split {split}: the fused Q8_K copy"),
                 );
             }
         }
@@ -1581,13 +1583,7 @@ fn rope_folds_into_decode_attention() {
                 runs[0].1,
                 runs[1].1
             );
-            let differ = runs[0]
-                .0
-                .iter()
-                .zip(&runs[1].0)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(differ, 0, "{what}: folded RoPE changes values");
+            assert_bit_identical(&runs[1].0, &runs[0].0, &format!("{what}: folded RoPE"));
             let e = nmse(&runs[1].0, &want);
             let limit = if exact { tol } else { ATTN_F32_TOL };
             assert!(e < limit, "{what}: NMSE against the CPU {e}");
