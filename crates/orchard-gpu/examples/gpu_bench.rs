@@ -567,13 +567,10 @@ fn bench_kernels(a: &Args) {
     }
 }
 
-/// Prefill attention of one `n`-token prompt per head shape: the tiled kernel and the
-/// per-token one alternately (twice), ms per call (KV store included), and each against the CPU.
-fn bench_attn(n: usize) {
-    let mut g = GpuBackend::new(None).expect("a GPU");
-    println!("device: {:?}", g.adapter());
-    // (name, heads, KV heads, head dim)
-    for (name, nh, nkv, hd) in [("8b", 32usize, 8usize, 128usize), ("smollm2", 9, 3, 64)] {
+/// The attention benchmarks' head shapes, 8B's and SmolLM2's: (name, heads, KV heads, head
+/// dim, their parameters).
+fn bench_heads() -> [(&'static str, usize, usize, usize, AttnParams); 2] {
+    [("8b", 32, 8, 128), ("smollm2", 9, 3, 64)].map(|(name, nh, nkv, hd)| {
         let p = AttnParams {
             n_head: nh,
             n_head_kv: nkv,
@@ -583,17 +580,30 @@ fn bench_attn(n: usize) {
             window: None,
             softcap: None,
         };
+        (name, nh, nkv, hd, p)
+    })
+}
+
+/// `len` values in [-1, 1) from a xorshift state (benchmark inputs: reproducible, no crate).
+fn xorshift_values(seed: &mut u64, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Prefill attention of one `n`-token prompt per head shape: the tiled kernel and the
+/// per-token one alternately (twice), ms per call (KV store included), and each against the CPU.
+fn bench_attn(n: usize) {
+    let mut g = GpuBackend::new(None).expect("a GPU");
+    println!("device: {:?}", g.adapter());
+    for (name, nh, nkv, hd, p) in bench_heads() {
         let mut seed = 0x1234_5678u64;
-        let mut rnd = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut rnd = |len: usize| xorshift_values(&mut seed, len);
         let (qv, kv, vv) = (rnd(n * nh * hd), rnd(n * nkv * hd), rnd(n * nkv * hd));
         let table: Vec<u32> = (0..n as u32).collect();
         let tables = [table.as_slice()];
@@ -705,29 +715,10 @@ fn device_ms(
 /// against `CpuBackend`, and whether the two kernels agree bit for bit.
 fn bench_decode_attn() {
     let mut g = profiling_gpu();
-    // (name, heads, KV heads, head dim)
-    for (name, nh, nkv, hd) in [("8b", 32usize, 8usize, 128usize), ("smollm2", 9, 3, 64)] {
-        let p = AttnParams {
-            n_head: nh,
-            n_head_kv: nkv,
-            head_dim_k: hd,
-            head_dim_v: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            window: None,
-            softcap: None,
-        };
+    for (name, nh, nkv, hd, p) in bench_heads() {
         for ctx in [64usize, 512, 4096] {
             let mut seed = 0x1234_5678u64 ^ ctx as u64;
-            let mut rnd = |len: usize| -> Vec<f32> {
-                (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                    })
-                    .collect()
-            };
+            let mut rnd = |len: usize| xorshift_values(&mut seed, len);
             // Sequence 0 decodes at position ctx - 1; sequences 1.. (64 cells each, the same
             // cells) fill the cache in one prompt step first.
             let cells: Vec<u32> = (0..ctx as u32).collect();

@@ -1662,94 +1662,83 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
-/// `ATTN_COMBINE`, or with `q8k` its twin `ATTN_COMBINE_Q8K`.
+/// `ATTN_COMBINE`, or with `q8k` its twin `ATTN_COMBINE_Q8K`, both over `COMBINE_FNS`.
 pub(crate) fn attn_combine_source(q8k: bool) -> String {
     let mut s = String::from(PARAMS);
+    s.push_str(COMBINE_FNS);
     if q8k {
         s.push_str(ATTN_COMBINE_Q8K);
         push_q8k_block(&mut s);
     } else {
-        s.push_str("const WG: u32 = 64u;\n");
         s.push_str(ATTN_COMBINE);
     }
     s
 }
 
-/// `ATTN_COMBINE` over 256-value blocks of a token's output, one value per thread (the same
-/// arithmetic per value, so the same bits), which also writes the block's packed Q8_K copy
-/// (`q8k_block`; scales at word `P.b.x`) for the product that reads the output.
-/// a as `ATTN_COMBINE`. Grid (n_head * dv / 256, tokens).
-const ATTN_COMBINE_Q8K: &str = r#"
+/// Merges `ATTN_DECODE`'s split partials: per (query head, token), the rows of the token's
+/// work items (max m_i, sum l_i, unnormalised acc_i) into O = sum_i e^(m_i - M) acc_i /
+/// sum_i e^(m_i - M) l_i, M the largest m_i. a = (n_head, dv, out row stride, aux offset of
+/// per-token (first item, items)). `combine_scale` gives a head's (M, 1 / sum), then
+/// `combine_value` one output value; both combine kernels call them.
+const COMBINE_FNS: &str = r#"
 @group(0) @binding(1) var<storage, read> A: array<u32>;
 @group(0) @binding(2) var<storage, read> S: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
+
+// The partial rows of token t, head h: row i at ((i0 + i) * n_head + h) * (dv + 2).
+fn combine_row(t: u32, h: u32, i: u32) -> u32 {
+    return ((A[P.a.w + 2u * t] + i) * P.a.x + h) * (P.a.y + 2u);
+}
+fn combine_scale(t: u32, h: u32) -> vec2<f32> {
+    let ni = A[P.a.w + 2u * t + 1u];
+    var mx = -3.0e38;
+    for (var i = 0u; i < ni; i++) { mx = max(mx, S[combine_row(t, h, i)]); }
+    var sum = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = combine_row(t, h, i);
+        sum += exp(S[r] - mx) * S[r + 1u];
+    }
+    var inv = 0.0;
+    if (sum != 0.0) { inv = 1.0 / sum; }
+    return vec2<f32>(mx, inv);
+}
+fn combine_value(t: u32, h: u32, d: u32, sc: vec2<f32>) -> f32 {
+    let ni = A[P.a.w + 2u * t + 1u];
+    var a = 0.0;
+    for (var i = 0u; i < ni; i++) {
+        let r = combine_row(t, h, i);
+        a += exp(S[r] - sc.x) * S[r + 2u + d];
+    }
+    return a * sc.y;
+}
+"#;
+
+/// Grid (n_head, tokens), 64 threads over the head dims.
+const ATTN_COMBINE: &str = r#"
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let sc = combine_scale(g.y, g.x);
+    for (var d = l; d < P.a.y; d += 64u) {
+        O[g.y * P.a.z + g.x * P.a.y + d] = combine_value(g.y, g.x, d, sc);
+    }
+}
+"#;
+
+/// `ATTN_COMBINE` over 256-value blocks of a token's output, one value per thread (the same
+/// functions, so the same bits), which also writes the block's packed Q8_K copy (`q8k_block`;
+/// scales at word `P.b.x`) for the product that reads the output. Grid (n_head * dv / 256,
+/// tokens).
+const ATTN_COMBINE_Q8K: &str = r#"
 @group(0) @binding(4) var<storage, read_write> Q: array<u32>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = g.y;
-    let nh = P.a.x;
-    let dv = P.a.y;
-    let rs = dv + 2u;
     let idx = g.x * 256u + lid;
-    let h = idx / dv;
-    let d = idx % dv;
-    let i0 = A[P.a.w + 2u * t];
-    let ni = A[P.a.w + 2u * t + 1u];
-    var mx = -3.0e38;
-    for (var i = 0u; i < ni; i++) { mx = max(mx, S[((i0 + i) * nh + h) * rs]); }
-    var sum = 0.0;
-    for (var i = 0u; i < ni; i++) {
-        let r = ((i0 + i) * nh + h) * rs;
-        sum += exp(S[r] - mx) * S[r + 1u];
-    }
-    var inv = 0.0;
-    if (sum != 0.0) { inv = 1.0 / sum; }
-    var a = 0.0;
-    for (var i = 0u; i < ni; i++) {
-        let r = ((i0 + i) * nh + h) * rs;
-        a += exp(S[r] - mx) * S[r + 2u + d];
-    }
-    O[t * P.a.z + idx] = a * inv;
-    q8k_block(lid, a * inv, t * (nh * dv / 256u) + g.x, P.b.x);
-}
-"#;
-
-/// Merges `ATTN_DECODE`'s split partials: per (query head, token), the rows of the token's
-/// work items (max m_i, sum l_i, unnormalised acc_i) into O = sum_i e^(m_i - M) acc_i /
-/// sum_i e^(m_i - M) l_i, M the largest m_i. a = (n_head, dv, out row stride, aux offset of
-/// per-token (first item, items)). Grid (n_head, tokens), 64 threads over the head dims.
-const ATTN_COMBINE: &str = r#"
-@group(0) @binding(1) var<storage, read> A: array<u32>;
-@group(0) @binding(2) var<storage, read> S: array<f32>;
-@group(0) @binding(3) var<storage, read_write> O: array<f32>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let h = g.x;
-    let t = g.y;
-    let nh = P.a.x;
-    let dv = P.a.y;
-    let rs = dv + 2u;
-    let i0 = A[P.a.w + 2u * t];
-    let ni = A[P.a.w + 2u * t + 1u];
-    var mx = -3.0e38;
-    for (var i = 0u; i < ni; i++) { mx = max(mx, S[((i0 + i) * nh + h) * rs]); }
-    var sum = 0.0;
-    for (var i = 0u; i < ni; i++) {
-        let r = ((i0 + i) * nh + h) * rs;
-        sum += exp(S[r] - mx) * S[r + 1u];
-    }
-    var inv = 0.0;
-    if (sum != 0.0) { inv = 1.0 / sum; }
-    for (var d = l; d < dv; d += WG) {
-        var a = 0.0;
-        for (var i = 0u; i < ni; i++) {
-            let r = ((i0 + i) * nh + h) * rs;
-            a += exp(S[r] - mx) * S[r + 2u + d];
-        }
-        O[t * P.a.z + h * dv + d] = a * inv;
-    }
+    let h = idx / P.a.y;
+    let v = combine_value(t, h, idx % P.a.y, combine_scale(t, h));
+    O[t * P.a.z + idx] = v;
+    q8k_block(lid, v, t * (P.a.x * P.a.y / 256u) + g.x, P.b.x);
 }
 "#;
 

@@ -10,7 +10,9 @@ use orchard_backend::{
 };
 use orchard_core::DType;
 use orchard_gpu::GpuBackend;
-use std::sync::Arc;
+
+mod common;
+use common::weight;
 
 /// A small deterministic generator (xorshift) so failures reproduce.
 struct Rng(u64);
@@ -76,6 +78,35 @@ fn assert_bit_identical(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(differ, 0, "{what}: {differ} of {} values differ", got.len());
 }
 
+/// Runs `run` with a fusion turned off by `set`, then on, and asserts that the fused run gives
+/// the same bits in `saved` fewer dispatches and no device error. Returns the fused values.
+fn assert_fusion_saves(
+    g: &mut GpuBackend,
+    set: fn(&mut GpuBackend, bool),
+    saved: u64,
+    what: &str,
+    mut run: impl FnMut(&mut GpuBackend) -> Vec<f32>,
+) -> Vec<f32> {
+    let mut runs = Vec::new();
+    for on in [false, true] {
+        set(g, on);
+        let before = g.dispatches();
+        let got = run(g);
+        let errs = g.take_errors();
+        assert!(errs.is_empty(), "{what}: GPU errors: {errs:?}");
+        runs.push((got, g.dispatches() - before));
+    }
+    let (fused, n_fused) = runs.pop().expect("two runs");
+    let (plain, n_plain) = runs.pop().expect("two runs");
+    assert_eq!(
+        n_plain - n_fused,
+        saved,
+        "{what}: dispatches {n_plain} -> {n_fused}"
+    );
+    assert_bit_identical(&fused, &plain, what);
+    fused
+}
+
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "output lengths differ");
     assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU output");
@@ -85,31 +116,6 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
         den += (w as f64).powi(2);
     }
     num / den.max(1e-30)
-}
-
-fn weight(name: &str, dtype: DType, cols: usize, rows: usize, values: &[f32]) -> HostWeight {
-    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
-    let mut bytes = vec![0u8; row_bytes * rows];
-    for r in 0..rows {
-        orchard_quant::quantize_row(
-            dtype,
-            &values[r * cols..(r + 1) * cols],
-            &mut bytes[r * row_bytes..(r + 1) * row_bytes],
-        )
-        .unwrap();
-    }
-    let len = bytes.len();
-    HostWeight {
-        name: name.into(),
-        dtype,
-        dims: if rows == 1 {
-            vec![cols as u64]
-        } else {
-            vec![cols as u64, rows as u64]
-        },
-        source: Arc::new(bytes),
-        range: 0..len,
-    }
 }
 
 fn buf(b: &mut dyn Backend, n: usize, w: usize, data: &[f32]) -> BufId {
@@ -1185,15 +1191,6 @@ fn decode_attention_writes_the_products_q8k_input() {
                     continue; // the split path is f32 only
                 }
                 g.set_attn_split(split);
-                let mut runs = Vec::new();
-                for fuse in [false, true] {
-                    g.set_attn_q8k(fuse);
-                    let before = g.dispatches();
-                    let got = run_decode_then(&mut g, p, &lens, 77 + i as u64, Some(&w));
-                    let errs = g.take_errors();
-                    assert!(errs.is_empty(), "GPU errors: {errs:?}");
-                    runs.push((got, g.dispatches() - before));
-                }
                 let fuses = if split > 0 {
                     *split_fuses
                 } else {
@@ -1201,17 +1198,12 @@ fn decode_attention_writes_the_products_q8k_input() {
                 };
                 // Two decode steps (the fill step is too long for the integer-dot path).
                 let saved = if fuses { 2 } else { 0 };
-                assert_eq!(
-                    runs[0].1 - runs[1].1,
+                assert_fusion_saves(
+                    &mut g,
+                    GpuBackend::set_attn_q8k,
                     saved,
-                    "case {i} exact {exact} split {split}: dispatches {} -> {}",
-                    runs[0].1,
-                    runs[1].1
-                );
-                assert_bit_identical(
-                    &runs[1].0,
-                    &runs[0].0,
                     &format!("case {i} exact {exact} split {split}: the fused Q8_K copy"),
+                    |g| run_decode_then(g, p, &lens, 77 + i as u64, Some(&w)),
                 );
             }
         }
@@ -1561,32 +1553,25 @@ fn rope_folds_into_decode_attention() {
         for (exact, split) in [(true, 0u32), (false, 0), (false, 16)] {
             g.set_attn_exact(exact);
             g.set_attn_split(split);
-            let mut runs = Vec::new();
-            for fold in [false, true] {
-                g.set_attn_rope(fold);
-                let before = g.dispatches();
-                let splits = g.attn_splits();
-                let got = run_rope_decode(&mut g, i);
-                assert_eq!(
-                    g.attn_splits() > splits,
-                    split > 0,
-                    "case {i} split {split}: split path taken or not"
-                );
-                let errs = g.take_errors();
-                assert!(errs.is_empty(), "GPU errors: {errs:?}");
-                runs.push((got, g.dispatches() - before));
-            }
             let what = format!("case {i} exact {exact} split {split}");
             // Three steps without two tokens of one sequence: their `RopeKv` dispatch gone.
-            assert_eq!(
-                runs[0].1 - runs[1].1,
+            let folded = assert_fusion_saves(
+                &mut g,
+                GpuBackend::set_attn_rope,
                 3,
-                "{what}: dispatches {} -> {}",
-                runs[0].1,
-                runs[1].1
+                &format!("{what}: folded RoPE"),
+                |g| {
+                    let splits = g.attn_splits();
+                    let got = run_rope_decode(g, i);
+                    assert_eq!(
+                        g.attn_splits() > splits,
+                        split > 0,
+                        "{what}: split path taken or not"
+                    );
+                    got
+                },
             );
-            assert_bit_identical(&runs[1].0, &runs[0].0, &format!("{what}: folded RoPE"));
-            let e = nmse(&runs[1].0, &want);
+            let e = nmse(&folded, &want);
             let limit = if exact { tol } else { ATTN_F32_TOL };
             assert!(e < limit, "{what}: NMSE against the CPU {e}");
         }

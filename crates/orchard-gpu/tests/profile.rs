@@ -7,28 +7,16 @@ use orchard_backend::{Backend, BufId, GluKind, HostWeight};
 use orchard_core::DType;
 use orchard_gpu::{GpuBackend, GpuProfile, Profiling};
 use std::collections::HashSet;
-use std::sync::Arc;
 
-fn weight(name: &str, dtype: DType, cols: usize, rows: usize) -> HostWeight {
-    let row_bytes = dtype.row_bytes(cols as u64).unwrap() as usize;
-    let mut bytes = vec![0u8; row_bytes * rows];
-    let values: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
-    for r in 0..rows {
-        orchard_quant::quantize_row(dtype, &values, &mut bytes[r * row_bytes..][..row_bytes])
-            .unwrap();
-    }
-    let len = bytes.len();
-    HostWeight {
-        name: name.into(),
-        dtype,
-        dims: if rows == 1 {
-            vec![cols as u64]
-        } else {
-            vec![cols as u64, rows as u64]
-        },
-        source: Arc::new(bytes),
-        range: 0..len,
-    }
+mod common;
+use common::weight;
+
+/// A weight whose every row is the same ramp (values do not matter to the profile).
+fn ramp_weight(name: &str, dtype: DType, cols: usize, rows: usize) -> HostWeight {
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| (i % cols % 13) as f32 / 13.0 - 0.5)
+        .collect();
+    weight(name, dtype, cols, rows, &values)
 }
 
 fn buf(b: &mut GpuBackend, n: usize, w: usize) -> BufId {
@@ -41,11 +29,21 @@ fn buf(b: &mut GpuBackend, n: usize, w: usize) -> BufId {
 /// A decode-like token (norm, Q4_K products, GLU, residual add) and a 16-token F32 product.
 fn run_ops(g: &mut GpuBackend) {
     let (d, ff) = (512, 1024);
-    let norm = g.add_weight(&weight("norm", DType::F32, d, 1)).unwrap();
-    let gate = g.add_weight(&weight("gate", DType::Q4_K, d, ff)).unwrap();
-    let up = g.add_weight(&weight("up", DType::Q4_K, d, ff)).unwrap();
-    let down = g.add_weight(&weight("down", DType::Q4_K, ff, d)).unwrap();
-    let wf = g.add_weight(&weight("f32", DType::F32, d, 64)).unwrap();
+    let norm = g
+        .add_weight(&ramp_weight("norm", DType::F32, d, 1))
+        .unwrap();
+    let gate = g
+        .add_weight(&ramp_weight("gate", DType::Q4_K, d, ff))
+        .unwrap();
+    let up = g
+        .add_weight(&ramp_weight("up", DType::Q4_K, d, ff))
+        .unwrap();
+    let down = g
+        .add_weight(&ramp_weight("down", DType::Q4_K, ff, d))
+        .unwrap();
+    let wf = g
+        .add_weight(&ramp_weight("f32", DType::F32, d, 64))
+        .unwrap();
     let x = buf(g, 1, d);
     let (h, a, b, o) = (g.alloc(1, d), g.alloc(1, ff), g.alloc(1, ff), g.alloc(1, d));
     let gl = g.alloc(1, ff);

@@ -90,35 +90,7 @@ fn q4_k_m_mix_loads_and_runs() {
     assert_eq!(summary.n_params, expected_params as u64);
 
     // The model runs and its logits are finite and not constant.
-    let mut ctx = Context::new(
-        m.clone(),
-        ContextOptions {
-            n_ctx: 16,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ids = [5u32, 300, 999, 42];
-    let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
-    let cells: Vec<u32> = (0..16).collect();
-    let tables = [cells.as_slice()];
-    let mut out = Vec::new();
-    ctx.decode(
-        &Batch {
-            tokens: &ids,
-            slots: &slots,
-            cells: &tables,
-            logits: &[3],
-        },
-        &mut out,
-    )
-    .unwrap();
-    assert_eq!(out.len(), 1000);
-    assert!(out.iter().all(|v| v.is_finite()));
-    let (lo, hi) = out
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    assert!(hi - lo > 1e-3, "logits are flat: {lo}..{hi}");
+    assert_runs(&m, 1000);
 }
 
 #[test]
@@ -302,35 +274,7 @@ fn gemma3_loads_with_its_shape_and_runs() {
         + 6 * (4 * 640 + 2 * 256 + 2 * 640 * 1024 + 2 * 640 * 256 + 3 * 640 * 2048);
     assert_eq!(summary.n_params, expected_params as u64);
 
-    let mut ctx = Context::new(
-        m.clone(),
-        ContextOptions {
-            n_ctx: 16,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ids = [5u32, 300, 999, 42];
-    let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
-    let cells: Vec<u32> = (0..16).collect();
-    let tables = [cells.as_slice()];
-    let mut out = Vec::new();
-    ctx.decode(
-        &Batch {
-            tokens: &ids,
-            slots: &slots,
-            cells: &tables,
-            logits: &[3],
-        },
-        &mut out,
-    )
-    .unwrap();
-    assert_eq!(out.len(), 1000);
-    assert!(out.iter().all(|v| v.is_finite()));
-    let (lo, hi) = out
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    assert!(hi - lo > 1e-3, "logits are flat: {lo}..{hi}");
+    assert_runs(&m, 1000);
 }
 
 #[test]
@@ -369,4 +313,38 @@ fn gemma3_270m_full_shape_has_the_real_quant_mix() {
     assert_eq!(m.hp.n_layer, 18);
     assert_eq!(m.arch.sliding_window(5), None);
     assert_eq!(m.arch.sliding_window(6), Some(512));
+}
+
+/// The model decodes four tokens on the CPU, and the last one's `n_vocab` logits are finite
+/// and not constant.
+fn assert_runs(m: &Arc<Model>, n_vocab: usize) {
+    let mut ctx = Context::new(
+        m.clone(),
+        ContextOptions {
+            n_ctx: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = [5u32, 300, 999, 42];
+    let slots: Vec<TokenSlot> = (0..4).map(|p| TokenSlot { seq: 0, pos: p }).collect();
+    let cells: Vec<u32> = (0..16).collect();
+    let tables = [cells.as_slice()];
+    let mut out = Vec::new();
+    ctx.decode(
+        &Batch {
+            tokens: &ids,
+            slots: &slots,
+            cells: &tables,
+            logits: &[3],
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), n_vocab);
+    assert!(out.iter().all(|v| v.is_finite()));
+    let (lo, hi) = out
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(hi - lo > 1e-3, "logits are flat: {lo}..{hi}");
 }
