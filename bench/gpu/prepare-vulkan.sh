@@ -21,19 +21,22 @@ APT=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/
     -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache" -o Debug::NoLocking=1)
 apt-get "${APT[@]}" update >/dev/null
 (cd "$WORK/debs" && apt-get "${APT[@]}" download libvulkan-dev spirv-headers glslc libshaderc1 \
-    libc6 libstdc++6 libgcc-s1)
+    libc6 libstdc++6 libgcc-s1 spirv-tools)
 for d in "$WORK"/debs/libvulkan-dev_*.deb "$WORK"/debs/spirv-headers_*.deb; do
     dpkg-deb -x "$d" "$WORK/root"
 done
-for d in "$WORK"/debs/{glslc,libshaderc1,libc6,libstdc++6,libgcc-s1}_*.deb; do
+for d in "$WORK"/debs/{glslc,libshaderc1,libc6,libstdc++6,libgcc-s1,spirv-tools}_*.deb; do
     dpkg-deb -x "$d" "$WORK/rt"
 done
-cat >"$WORK/glslc" <<'SH'
+# glslc, and spirv-val for our own shaders (ORCHARD_SPV_DUMP in orchard-gpu's coop test)
+for tool in glslc spirv-val; do
+    cat >"$WORK/$tool" <<SH
 #!/bin/sh
-R=$(dirname "$(readlink -f "$0")")/rt
-exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$R/usr/lib/x86_64-linux-gnu" "$R/usr/bin/glslc" "$@"
+R=\$(dirname "\$(readlink -f "\$0")")/rt
+exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$R/usr/lib/x86_64-linux-gnu" "\$R/usr/bin/$tool" "\$@"
 SH
-chmod +x "$WORK/glslc"
+    chmod +x "$WORK/$tool"
+done
 "$WORK/glslc" --version | head -1
 T=$WORK/root/usr
 cmake -S "$LLAMA_SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON -DGGML_NATIVE=OFF \

@@ -86,17 +86,40 @@ run() {
 }
 # While llama.cpp compiles (it takes 13 of the 16 cores: host-bound figures, kept apart):
 # kernels, a profile and one round of ours.
-if [ "${KERNELS:-0}" = 1 ]; then
-    # One process per format, each timing after a warm-up (--warm-ms; run 8: the SM clock
-    # idles at 345 MHz and the same dispatches ran up to 4x slower until it rose).
-    for f in q4_K q6_K q5_K q8_0 q4_0 q5_0 f16; do
-        timeout 60 $N --kernels --warm-ms 150 --formats $f 2>&1 | grep -v '^device' | tee -a "$OUT/orchard.txt"
-    done
-fi
-timeout 90 $N --profile -r 1 -p 512 -n 128 /tmp/llama8b-synth-q4km.gguf 2>&1 | grep -v XDG_RUNTIME | tee "$OUT/profile.txt"
+# TESTS="BINARY FILTER": a carried test binary (cargo test --no-run, stripped) run first, one
+# test per process (the NVIDIA driver drops the adapter after ~15-20 backends in one process).
+# KERNEL_ENVS: space-separated settings (VAR=value, several joined by commas) under which the
+# tests and kernel timings run, one after another (a shader the driver fails to compile
+# poisons the device for the rest of its process).
+for ke in ${KERNEL_ENVS:-ORCHARD_NONE=1}; do
+    ke=${ke//,/ }
+    if [ -n "${TESTS:-}" ]; then
+        set -- $TESTS
+        tb=$1
+        shift
+        for t in $("$tb" --list "$@" 2>/dev/null | sed -n 's/: test$//p'); do
+            echo "== $t $ke" >>"$OUT/tests.txt"
+            timeout 120 env $ke "$tb" --exact "$t" --test-threads 1 2>&1 |
+                grep -E "^test |panicked|NMSE|NVVM" | tee -a "$OUT/tests.txt"
+        done
+    fi
+    if [ "${KERNELS:-0}" = 1 ]; then
+        # One process per format (and --shape in KERNEL_SHAPES), each timing after a warm-up
+        # (--warm-ms; run 8: the SM clock idles at 345 MHz and the same dispatches ran up to
+        # 4x slower until it rose). KERNEL_ARGS adds options (e.g. --no-matvec).
+        for sh in ${KERNEL_SHAPES:-4096x14336}; do
+            for f in ${FORMATS:-q4_K q6_K q5_K q8_0 q4_0 q5_0 f16}; do
+                echo "== kernels $f $sh $ke" >>"$OUT/orchard.txt"
+                timeout 60 env $ke $N --kernels --warm-ms 150 --formats $f --shape $sh ${KERNEL_ARGS:-} 2>&1 |
+                    grep -v '^device' | tee -a "$OUT/orchard.txt"
+            done
+        done
+    fi
+done
+[ "${PROFILE:-1}" = 1 ] && timeout 90 $N --profile -r 1 -p 512 -n 128 /tmp/llama8b-synth-q4km.gguf 2>&1 | grep -v XDG_RUNTIME | tee "$OUT/profile.txt"
 # The A/B of this tree against the earlier binary, alternating under the same contention.
 for r in 1 2; do
-    [ -n "$BUILD" ] && ! kill -0 "$BUILD" 2>/dev/null && break
+    { [ -z "$BUILD" ] || ! kill -0 "$BUILD" 2>/dev/null; } && break
     run "during the build $r: orchard (this tree)" $N -r 2 $M
     [ -x "$B" ] && run "during the build $r: orchard before (gpu_bench_base)" $B -r 2 $M
 done
@@ -105,19 +128,22 @@ if [ -n "$BUILD" ]; then
     while kill -0 "$BUILD" 2>/dev/null && [ "$SECONDS" -lt 390 ]; do sleep 2; done
     tail -2 "$OUT/llama-build.log"
 fi
-# Quiet rounds, engines alternating on the same files.
+# Quiet rounds, engines alternating on the same files (ROUNDS=0: none).
 C=/tmp/lcb/bin/llama-bench
-for r in 1 2; do
+for r in $(seq 1 "${ROUNDS:-2}"); do
     [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree)" $N -r 3 $M
     [ -x "$C" ] && [ "$SECONDS" -lt 560 ] &&
         run "round $r: llama.cpp CUDA" $C $LM -ngl 99 -p 512 -n 128 -r 3
     [ -x "$V" ] && [ "$SECONDS" -lt 560 ] &&
         run "round $r: llama.cpp Vulkan" env LD_LIBRARY_PATH="$VLIB" $V $LM -ngl 99 -p 512 -n 128 -r 3
-    # VARIANTS: space-separated VAR=value settings (ORCHARD_GPU_* knobs), each one more run.
+    # VARIANTS: space-separated VAR=value settings (ORCHARD_GPU_* knobs; several joined by
+    # commas), each one more run.
     for v in ${VARIANTS:-}; do
-        [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree), $v" env "$v" $N -r 3 $M
+        [ "$SECONDS" -lt 560 ] && run "round $r: orchard (this tree), $v" env ${v//,/ } $N -r 3 $M
     done
 done
-[ -x "$B" ] && [ "$SECONDS" -lt 540 ] && run "quiet: orchard before (gpu_bench_base)" $B -r 3 $M
-[ "$SECONDS" -lt 540 ] && run "quiet: orchard (this tree) again" $N -r 3 $M
+if [ "${ROUNDS:-2}" != 0 ]; then
+    [ -x "$B" ] && [ "$SECONDS" -lt 540 ] && run "quiet: orchard before (gpu_bench_base)" $B -r 3 $M
+    [ "$SECONDS" -lt 540 ] && run "quiet: orchard (this tree) again" $N -r 3 $M
+fi
 echo "total ${SECONDS}s" | tee -a "$OUT/models.txt"

@@ -2539,6 +2539,15 @@ mod tests {
                 let words = naga::back::spv::write_vec(&module, &info, &opts, None)
                     .unwrap_or_else(|e| panic!("{dt}: {e:?}"));
                 assert!(words.len() > 100, "{dt}: SPIR-V written");
+                // ORCHARD_SPV_DUMP=DIR keeps each module (.spv) and its source (.wgsl) for
+                // `spirv-val --target-env vulkan1.3`, which checks rules naga does not (Debian
+                // 13's spirv-tools runs here through bench/gpu/prepare-vulkan.sh's loader).
+                if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
+                    let name = format!("{dir}/coop-{dt}-{tn}-{bk}");
+                    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+                    std::fs::write(format!("{name}.spv"), bytes).expect("writes the module");
+                    std::fs::write(format!("{name}.wgsl"), &src).expect("writes the source");
+                }
             }
         }
     }
