@@ -128,6 +128,10 @@ const ROPE_STACK: usize = 512;
 /// Rows per parallel task of the gated activations.
 const GLU_ROWS_PER_TASK: usize = 16;
 
+/// Token rows per parallel task of a prompt's light per-row work (activation quantization,
+/// RoPE): one row per task spent more on handing out 512 tasks than on the rows.
+const SMALL_ROWS_PER_TASK: usize = 8;
+
 /// Rows per parallel task of a prompt's RMS norms.
 const NORM_ROWS_PER_TASK: usize = 16;
 
@@ -145,12 +149,21 @@ const MATMUL_ROWS_PER_ACT_TASK: usize = 64;
 
 /// Rows per task of a prompt matmul: `MATMUL_ROWS_PER_TASK`, or for tiles that convert their
 /// activations up to `MATMUL_ROWS_PER_ACT_TASK` rows, in a task count that is a multiple of
-/// the thread count (a multiple of 4 rows, so that tiles stay whole).
+/// the thread count (a multiple of 4 rows, so that tiles stay whole). Where a size from 16 up
+/// splits the rows into equal tasks, the largest such: SmolLM2's 576 rows at 2 threads go as
+/// 12 x 48 rather than 9 x 60 + 36, after which one thread waited for the other.
 fn rows_per_task(rows: usize, tile: Option<orchard_quant::TileKernel>, threads: usize) -> usize {
     if tile.is_none_or(|t| t.unpack_act.is_none()) {
         return MATMUL_ROWS_PER_TASK;
     }
     let threads = threads.max(1);
+    let even = (4..=MATMUL_ROWS_PER_ACT_TASK / 4)
+        .rev()
+        .map(|q| 4 * q)
+        .find(|&p| rows.is_multiple_of(p) && (rows / p).is_multiple_of(threads));
+    if let Some(p) = even {
+        return p;
+    }
     let rounds = rows.div_ceil(MATMUL_ROWS_PER_ACT_TASK * threads).max(1);
     rows.div_ceil(rounds * threads)
         .next_multiple_of(4)
@@ -731,8 +744,11 @@ impl Backend for CpuBackend {
         let mut act = std::mem::take(&mut self.act_scratch);
         act.resize(act_row * n_tokens, 0);
         let xb = &self.bufs[x.0 as usize].data;
-        pool::par_chunks_mut(&mut act, act_row, |tk, a| {
-            vdt_from(&xb[tk * cols..(tk + 1) * cols], a)
+        pool::par_chunks_mut(&mut act, act_row * SMALL_ROWS_PER_TASK, |ci, rows| {
+            for (i, a) in rows.chunks_exact_mut(act_row).enumerate() {
+                let tk = ci * SMALL_ROWS_PER_TASK + i;
+                vdt_from(&xb[tk * cols..(tk + 1) * cols], a);
+            }
         });
 
         self.set_rows(out, n_tokens);
@@ -964,8 +980,7 @@ impl Backend for CpuBackend {
         let ff = freq_factors.map(|w| self.vector(w).to_vec());
         let b = &mut self.bufs[x.0 as usize];
         let width = b.width;
-        pool::par_chunks_mut(&mut b.data, width, |t, row| {
-            let tok = &tokens[t];
+        pool::par_chunks_mut(&mut b.data, width * SMALL_ROWS_PER_TASK, |ci, rows| {
             // The angles of this position, on the stack for every head size in use (no
             // allocation per token in the decode loop).
             let mut stack = [0.0f32; ROPE_STACK];
@@ -976,9 +991,12 @@ impl Backend for CpuBackend {
                 heap.resize(p.n_rot, 0.0);
                 &mut heap[..]
             };
-            rope_cache(tok.pos as f32, p, ff.as_deref(), cache);
-            for head in row.chunks_exact_mut(p.head_dim) {
-                rope_apply(head, cache, p.n_rot, p.neox);
+            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                let tok = &tokens[ci * SMALL_ROWS_PER_TASK + i];
+                rope_cache(tok.pos as f32, p, ff.as_deref(), cache);
+                for head in row.chunks_exact_mut(p.head_dim) {
+                    rope_apply(head, cache, p.n_rot, p.neox);
+                }
             }
         });
     }
