@@ -116,7 +116,9 @@ for ke in ${KERNEL_ENVS:-ORCHARD_NONE=1}; do
         done
     fi
 done
-[ "${PROFILE:-1}" = 1 ] && timeout 90 $N --profile -r 1 -p 512 -n 128 /tmp/llama8b-synth-q4km.gguf 2>&1 | grep -v XDG_RUNTIME | tee "$OUT/profile.txt"
+# PROFILE_ENV: settings (comma-joined VAR=value) for the profile run.
+pe=${PROFILE_ENV:-ORCHARD_NONE=1}
+[ "${PROFILE:-1}" = 1 ] && timeout 90 env ${pe//,/ } $N --profile -r 1 -p 512 -n 128 /tmp/llama8b-synth-q4km.gguf 2>&1 | grep -v XDG_RUNTIME | tee "$OUT/profile.txt"
 # The A/B of this tree against the earlier binary, alternating under the same contention.
 for r in 1 2; do
     { [ -z "$BUILD" ] || ! kill -0 "$BUILD" 2>/dev/null; } && break
