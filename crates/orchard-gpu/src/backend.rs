@@ -448,6 +448,25 @@ enum Fusable {
     },
 }
 
+/// The RoPE of Q and K recorded just before an attention: (Q width, head dim, rotated dims,
+/// table offset, NeoX).
+type RopeQk = (u32, u32, u32, u32, u32);
+
+/// What `store_kv` needs: the step's K and V (`n` rows), the cache buffers and row widths
+/// (halves), the token cells' arena offset, the arena, and the RoPE of Q and K to fold in
+/// (their buffers and parameters) if it was recorded just before.
+struct KvStoreCall<'a> {
+    ropes: Option<(&'a Res, &'a Res, RopeQk)>,
+    n: usize,
+    k: BufId,
+    v: BufId,
+    kres: &'a Res,
+    vres: &'a Res,
+    widths: (usize, usize),
+    cells_off: u32,
+    aux: &'a Res,
+}
+
 /// A RoPE table already in this step's arena: parameters, positions and its word offset.
 struct RopeMemo {
     key: (usize, u32, u32, bool, Option<u32>),
@@ -972,6 +991,102 @@ impl GpuBackend {
         let ck = cells(p.head_dim_k as u32 / 2 + 1)?;
         let cv = cells(p.head_dim_v as u32 / 2)?;
         Some((hg, dmax, ck, cv))
+    }
+
+    /// The tiled prefill kernel and its blocks (first token, tokens, and the union of their
+    /// cell ranges, 4 words each, pushed to the arena): where every run is on the f32 path
+    /// with 64 or more queries, the head dims fit and some tile shape (32 queries, else 16)
+    /// fits the shared memory. Returns (kernel, blocks, their arena offset).
+    fn attn_tile_blocks(
+        &mut self,
+        p: &AttnParams,
+        runs: &[(usize, usize)],
+        ranges: &[u32],
+    ) -> Option<(Kernel, u32, u32)> {
+        let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
+        let first = self.attn_tile_first.min(ATTN_TILES.len() - 1);
+        let (wg, bq, bk) = ATTN_TILES[first..].iter().copied().find(|&(wg, bq, bk)| {
+            shaders::attn_tile_shared_bytes(bq, bk, dmax)
+                <= self.limits.max_compute_workgroup_storage_size
+                && wg <= self.limits.max_compute_invocations_per_workgroup
+        })?;
+        if !(self.attn_tile
+            && dmax <= 256
+            && p.head_dim_v.is_multiple_of(2)
+            && runs.iter().all(|&(_, len)| len >= 64))
+        {
+            return None;
+        }
+        let mut blocks = Vec::new();
+        for &(s0, len) in runs {
+            for b0 in (s0..s0 + len).step_by(bq as usize) {
+                let b1 = (b0 + bq as usize).min(s0 + len);
+                let (mut lo, mut hi) = (u32::MAX, 0u32);
+                for t in b0..b1 {
+                    lo = lo.min(ranges[2 * t]);
+                    hi = hi.max(ranges[2 * t] + ranges[2 * t + 1]);
+                }
+                blocks.extend_from_slice(&[b0 as u32, (b1 - b0) as u32, lo, hi]);
+            }
+        }
+        let kernel = Kernel::AttnTile(wg, bq, bk, dmax);
+        Some((kernel, (blocks.len() / 4) as u32, self.push_aux(&blocks)))
+    }
+
+    /// Stores the step's K and V rows into the cache: with the RoPEs of Q and K just recorded
+    /// as one `RopeKv` dispatch that replaces them, else as one `KvStore2` (or a `KvStore`
+    /// each where fusion is off).
+    fn store_kv(&mut self, c: KvStoreCall<'_>) {
+        let KvStoreCall {
+            ropes,
+            n,
+            k,
+            v,
+            kres,
+            vres,
+            widths: (kw, vw),
+            cells_off,
+            aux,
+        } = c;
+        if let Some((qr, kr, (q_width, head_dim, n_rot, table, neox))) = ropes {
+            self.drop_tail(2);
+            let vwords = vw / 2;
+            let items = n * (q_width as usize / head_dim as usize) * (n_rot as usize / 2)
+                + n * (kw / 2)
+                + n * vwords;
+            let (groups, gx) = self.grid(items, 256);
+            let vs = self.res(v);
+            let mut pp = [0u32; 16];
+            pp[..10].copy_from_slice(&[
+                n as u32,
+                q_width,
+                kw as u32,
+                head_dim,
+                n_rot,
+                table,
+                neox,
+                gx,
+                cells_off,
+                vwords as u32,
+            ]);
+            self.dispatch(Kernel::RopeKv, &[qr, kr, &vs, kres, vres, aux], pp, groups);
+        } else if self.fuse_q8k {
+            let (kwords, vwords) = (kw / 2, vw / 2);
+            let (groups, gx) = self.grid(n * (kwords + vwords), 256);
+            let (ks, vs) = (self.res(k), self.res(v));
+            let mut pp = [0u32; 16];
+            pp[..5].copy_from_slice(&[n as u32, kwords as u32, cells_off, gx, vwords as u32]);
+            self.dispatch(Kernel::KvStore2, &[&ks, &vs, kres, vres, aux], pp, groups);
+        } else {
+            for (src, dst, width) in [(k, kres, kw), (v, vres, vw)] {
+                let words = width / 2;
+                let (groups, gx) = self.grid(n * words, 256);
+                let s = self.res(src);
+                let mut pp = [0u32; 16];
+                pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
+                self.dispatch(Kernel::KvStore, &[&s, dst, aux], pp, groups);
+            }
+        }
     }
 
     /// Split decode attention's work items, 3 words each (token, first cell of its range,
@@ -2616,39 +2731,7 @@ impl Backend for GpuBackend {
             runs.push((run.start, run.len()));
         }
         let ranges_off = self.push_aux(&ranges);
-        // Tiled prefill kernel: every run on the f32 path, head dims it holds, shared memory
-        // for its tiles (32 queries, else 16).
-        let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
-        let first = self.attn_tile_first.min(ATTN_TILES.len() - 1);
-        let tile_shape = ATTN_TILES[first..].iter().copied().find(|&(wg, bq, bk)| {
-            shaders::attn_tile_shared_bytes(bq, bk, dmax)
-                <= self.limits.max_compute_workgroup_storage_size
-                && wg <= self.limits.max_compute_invocations_per_workgroup
-        });
-        let tile = match tile_shape {
-            Some((wg, bq, bk))
-                if self.attn_tile
-                    && dmax <= 256
-                    && p.head_dim_v.is_multiple_of(2)
-                    && runs.iter().all(|&(_, len)| len >= 64) =>
-            {
-                let mut blocks = Vec::new();
-                for &(s0, len) in &runs {
-                    for b0 in (s0..s0 + len).step_by(bq as usize) {
-                        let b1 = (b0 + bq as usize).min(s0 + len);
-                        let (mut lo, mut hi) = (u32::MAX, 0u32);
-                        for t in b0..b1 {
-                            lo = lo.min(ranges[2 * t]);
-                            hi = hi.max(ranges[2 * t] + ranges[2 * t + 1]);
-                        }
-                        blocks.extend_from_slice(&[b0 as u32, (b1 - b0) as u32, lo, hi]);
-                    }
-                }
-                let kernel = Kernel::AttnTile(wg, bq, bk, dmax);
-                Some((kernel, (blocks.len() / 4) as u32, self.push_aux(&blocks)))
-            }
-            _ => None,
-        };
+        let tile = self.attn_tile_blocks(p, &runs, &ranges);
         let aux = self.aux_res.clone();
         let (qr, kr) = (self.res(q), self.res(k));
         // The RoPEs of Q and K just recorded (same table), folded into the KV store.
@@ -2697,56 +2780,20 @@ impl Backend for GpuBackend {
                 .collect(),
             None => Vec::new(),
         };
-        if rope_words.is_some() {
-            // K and V are stored by the attention dispatch below.
-        } else if let Some((q_width, head_dim, n_rot, table, neox)) = ropes {
-            self.drop_tail(2);
-            let vwords = vw / 2;
-            let items = n * (q_width as usize / head_dim as usize) * (n_rot as usize / 2)
-                + n * (kw / 2)
-                + n * vwords;
-            let (groups, gx) = self.grid(items, 256);
-            let vs = self.res(v);
-            let mut pp = [0u32; 16];
-            pp[..10].copy_from_slice(&[
-                n as u32,
-                q_width,
-                kw as u32,
-                head_dim,
-                n_rot,
-                table,
-                neox,
-                gx,
+        // K and V go to the cache here, unless the decode kernel below stores them itself.
+        if rope_words.is_none() {
+            let kv_store = KvStoreCall {
+                ropes: ropes.map(|r| (&qr, &kr, r)),
+                n,
+                k,
+                v,
+                kres: &kres,
+                vres: &vres,
+                widths: (kw, vw),
                 cells_off,
-                vwords as u32,
-            ]);
-            self.dispatch(
-                Kernel::RopeKv,
-                &[&qr, &kr, &vs, &kres, &vres, &aux],
-                pp,
-                groups,
-            );
-        } else if self.fuse_q8k {
-            let (kwords, vwords) = (kw / 2, vw / 2);
-            let (groups, gx) = self.grid(n * (kwords + vwords), 256);
-            let (ks, vs) = (self.res(k), self.res(v));
-            let mut pp = [0u32; 16];
-            pp[..5].copy_from_slice(&[n as u32, kwords as u32, cells_off, gx, vwords as u32]);
-            self.dispatch(
-                Kernel::KvStore2,
-                &[&ks, &vs, &kres, &vres, &aux],
-                pp,
-                groups,
-            );
-        } else {
-            for (src, dst, width) in [(k, &kres, kw), (v, &vres, vw)] {
-                let words = width / 2;
-                let (groups, gx) = self.grid(n * words, 256);
-                let s = self.res(src);
-                let mut pp = [0u32; 16];
-                pp[..4].copy_from_slice(&[n as u32, words as u32, cells_off, gx]);
-                self.dispatch(Kernel::KvStore, &[&s, dst, &aux], pp, groups);
-            }
+                aux: &aux,
+            };
+            self.store_kv(kv_store);
         }
         self.set_rows(out, n);
         let width = p.n_head * p.head_dim_v;
