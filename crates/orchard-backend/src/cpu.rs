@@ -952,7 +952,18 @@ impl Backend for CpuBackend {
     fn add(&mut self, x: BufId, y: BufId) {
         self.with_pair(y, x, |_, y, x| {
             assert_eq!(x.data.len(), y.data.len());
-            x.data.iter_mut().zip(&y.data).for_each(|(a, &b)| *a += b);
+            let add = |start: usize, chunk: &mut [f32]| {
+                let ys = &y.data[start..start + chunk.len()];
+                chunk.iter_mut().zip(ys).for_each(|(a, &b)| *a += b);
+            };
+            // Prompts: split across the pool (run alone, the residual adds were ~1 % of a
+            // SmolLM2 prompt at 2 threads while the other thread waited); decode: inline.
+            let per_task = x.width.max(1) * NORM_ROWS_PER_TASK;
+            if x.data.len() > per_task {
+                pool::par_chunks_mut(&mut x.data, per_task, |ci, c| add(ci * per_task, c));
+            } else {
+                add(0, &mut x.data);
+            }
         });
     }
 
@@ -1115,12 +1126,11 @@ impl Backend for CpuBackend {
         if !units.is_empty() {
             // One task per (head, block of FA_TILE_Q queries), as ggml tiles it: each KV tile is
             // converted to f32 once per block instead of once per query.
-            let mut blocks: Vec<Vec<f32>> = units
-                .iter()
-                .map(|&(_, t0, t1)| vec![0.0f32; (t1 - t0) * dv])
-                .collect();
+            // Each task sizes its own block (allocated and zeroed in parallel, not up front).
+            let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); units.len()];
             pool::par_chunks_mut(&mut blocks, 1, |u, local| {
                 let (h, t0, t1) = units[u];
+                local[0].resize((t1 - t0) * dv, 0.0);
                 let head = HeadKv {
                     kv,
                     kvh: h / group,
