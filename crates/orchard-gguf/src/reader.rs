@@ -122,8 +122,8 @@ impl GgufFile {
         // 2 MiB pages where the kernel can give them: a file the page cache does not hold yet is
         // then read into huge folios and mapped with one TLB entry per 2 MiB, which lifts
         // decode that streams every weight per token (SmolLM2 Q4_K_M tg128 at 1 thread, page
-        // cache dropped before each run: 105-112 -> 113-115 t/s; F16 89 -> 99). Pages cached
-        // earlier keep their size; a kernel or file system without this ignores the advice.
+        // cache dropped before each run: 105-112 -> 113-115 t/s). Pages cached earlier keep
+        // their size; a kernel or file system without this ignores the advice.
         #[cfg(target_os = "linux")]
         let _ = mmap.advise(memmap2::Advice::HugePage);
         Self::parse(Storage::Mmap(mmap))
