@@ -7,7 +7,7 @@ use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache};
 use crate::*;
 use crate::{pool, vec_math};
 use half::f16;
-use orchard_quant::{traits, TypeTraits};
+use orchard_quant::{traits, TypeTraits, PANEL_ROWS, PANEL_TOKENS};
 
 struct Buf {
     data: Vec<f32>,
@@ -39,6 +39,10 @@ pub struct CpuBackend {
     kv: Vec<Option<LayerKv>>,
     /// Activations quantized for the current matmul, reused across calls.
     act_scratch: Vec<u8>,
+    /// The current matmul's `DotOrder::Panel` tokens packed for the panel kernel, in groups of
+    /// up to `PANEL_TOKENS` (`panel_groups`: first token and count of each), reused.
+    panel_acts: Vec<f32>,
+    panel_groups: Vec<(usize, usize)>,
     /// Sequence of each activation row (`Backend::set_row_sequences`).
     row_seqs: Vec<u32>,
     /// Per-token dot order of the current matmul, reused across calls.
@@ -56,6 +60,9 @@ enum DotOrder {
     Gemv,
     /// Tiled Q6_K order: batches of at least `TILED_MIN_BATCH` tokens.
     Tiled,
+    /// The outer-product order of the type's `PanelKernel` (F16 on AVX-512): one FMA chain per
+    /// result, for sequences with at least `PANEL_MIN_TOKENS` tokens in the step.
+    Panel,
 }
 
 impl Default for CpuBackend {
@@ -80,6 +87,8 @@ impl CpuBackend {
             bufs: Vec::new(),
             kv: Vec::new(),
             act_scratch: Vec::new(),
+            panel_acts: Vec::new(),
+            panel_groups: Vec::new(),
             row_seqs: Vec::new(),
             orders: Vec::new(),
         }
@@ -120,7 +129,15 @@ thread_local! {
     static UNPACKED_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// The same for four activation rows in a tile kernel's own layout.
     static UNPACKED_ACTS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The same for a task's weight rows packed as panels (`PanelKernel`).
+    static PANEL_ROWS_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
+
+/// Fewest tokens of one sequence in a step for which a type's `PanelKernel` takes its products
+/// (its float order then differs from single-token decode): the batch size from which the
+/// attention is tiled too (`FA_TILE_Q`), so that a sequence's passes under 64 tokens keep
+/// giving the same bits however they are batched.
+const PANEL_MIN_TOKENS: usize = FA_TILE_Q;
 
 /// Rotated dimensions whose RoPE angles fit on the stack (heads up to 512).
 const ROPE_STACK: usize = 512;
@@ -174,7 +191,14 @@ fn rows_per_task(rows: usize, tile: Option<orchard_quant::TileKernel>, threads: 
 /// weight of this type and row count, decided per sequence (runs of equal `seqs` entries) from
 /// that sequence's own row count, as llama.cpp decides it for a batch holding that sequence
 /// alone. `seqs` that do not describe these rows count as one sequence.
-fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mut Vec<DotOrder>) {
+fn dot_orders(
+    dtype: DType,
+    rows: usize,
+    panel: bool,
+    seqs: &[u32],
+    n_tokens: usize,
+    out: &mut Vec<DotOrder>,
+) {
     use crate::ggml_order::{uses_repack_order, uses_tiled_order};
     out.clear();
     let runs: Box<dyn Iterator<Item = std::ops::Range<usize>>> = if seqs.len() == n_tokens {
@@ -194,6 +218,8 @@ fn dot_orders(dtype: DType, rows: usize, seqs: &[u32], n_tokens: usize, out: &mu
                 }
             } else if uses_tiled_order(dtype, rows, len) {
                 DotOrder::Tiled
+            } else if panel && len >= PANEL_MIN_TOKENS {
+                DotOrder::Panel
             } else {
                 DotOrder::Plain
             }
@@ -721,21 +747,31 @@ impl Backend for CpuBackend {
         let tiled = t
             .vec_dot_tiled
             .unwrap_or(crate::ggml_order::vec_dot_q6_k_q8_k_tiled_order);
+        let panel = t.vec_dot_panel;
         let dot_of = |o: DotOrder| match o {
             DotOrder::Plain => plain,
             DotOrder::Gemm => gemm,
             DotOrder::Gemv => gemv,
             DotOrder::Tiled => tiled,
+            DotOrder::Panel => panel.map_or(plain, |k| k.dot_one),
         };
         let mut orders = std::mem::take(&mut self.orders);
-        dot_orders(t.dtype, rows, &self.row_seqs, n_tokens, &mut orders);
+        let panel_ok = panel.is_some() && n_tokens >= PANEL_MIN_TOKENS;
+        dot_orders(
+            t.dtype,
+            rows,
+            panel_ok,
+            &self.row_seqs,
+            n_tokens,
+            &mut orders,
+        );
         // Four-activation kernels per order (the repacked GEMV order only ever runs on a
         // sequence's last `len % 4` rows, so it needs none); the 4 x 4 tile for the plain order.
         let dot4_of = |o: DotOrder| match o {
             DotOrder::Plain => t.vec_dot_4act,
             DotOrder::Gemm => t.vec_dot_interleaved_gemm_4act,
             DotOrder::Tiled => t.vec_dot_tiled_4act,
-            DotOrder::Gemv => None,
+            DotOrder::Gemv | DotOrder::Panel => None,
         };
         let tile4 = t.vec_dot_tile;
         let rows_gemm = t.vec_dot_interleaved_gemm_rows;
@@ -750,6 +786,32 @@ impl Backend for CpuBackend {
                 vdt_from(&xb[tk * cols..(tk + 1) * cols], a);
             }
         });
+
+        // The panel order's tokens, packed once for every task: consecutive runs of them in
+        // groups of up to PANEL_TOKENS.
+        let mut groups = std::mem::take(&mut self.panel_groups);
+        let mut panel_acts = std::mem::take(&mut self.panel_acts);
+        groups.clear();
+        if let Some(k) = panel.filter(|_| orders.contains(&DotOrder::Panel)) {
+            let mut tk = 0;
+            while tk < n_tokens {
+                let run = orders[tk..]
+                    .iter()
+                    .take_while(|&&o| o == DotOrder::Panel)
+                    .count();
+                for g in (0..run).step_by(PANEL_TOKENS) {
+                    groups.push((tk + g, PANEL_TOKENS.min(run - g)));
+                }
+                tk += run.max(1);
+            }
+            let g_len = PANEL_TOKENS * cols;
+            panel_acts.resize(groups.len() * g_len, 0.0);
+            pool::par_chunks_mut(&mut panel_acts, g_len, |g, dst| {
+                let (t0, nt) = groups[g];
+                (k.pack_acts)(cols, &act[t0 * act_row..], act_row, nt, dst);
+            });
+        }
+        let plain_tokens = orders.iter().filter(|&&o| o == DotOrder::Plain).count();
 
         self.set_rows(out, n_tokens);
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
@@ -796,7 +858,7 @@ impl Backend for CpuBackend {
                 // The task's weight rows in the tile kernel's layout, unpacked once for all
                 // tokens into this thread's reusable scratch (grown only: shrinking and
                 // regrowing between matrices of different widths zero-filled tens of KiB).
-                let tile = tile4.filter(|_| n_rows >= 4);
+                let tile = tile4.filter(|_| n_rows >= 4 && plain_tokens >= 4);
                 let mut unpacked = UNPACKED_ROWS.take();
                 let mut act_rows = UNPACKED_ACTS.take();
                 let u_row = tile.map_or(0, |t| (t.unpacked_row_bytes)(cols));
@@ -837,10 +899,49 @@ impl Backend for CpuBackend {
                 // weight row of the task (also L1-resident) passes over it. With rows outermost
                 // each weight row swept all activations from L2 and the kernel waited on those
                 // loads.
+                // The panel order's tokens: the task's rows packed as panels of PANEL_ROWS, then
+                // every group against every panel (the group, 8 rows of k, stays in L1).
+                if let Some(k) = panel.filter(|_| !groups.is_empty()) {
+                    let p_len = PANEL_ROWS * cols;
+                    let n_panels = n_rows.div_ceil(PANEL_ROWS);
+                    let mut panels = PANEL_ROWS_SCRATCH.take();
+                    if panels.len() < n_panels * p_len {
+                        panels.resize(n_panels * p_len, 0.0);
+                    }
+                    let task_rows = &wbytes[r0 * w_row..(r0 + n_rows) * w_row];
+                    for (p, dst) in panels.chunks_exact_mut(p_len).take(n_panels).enumerate() {
+                        let rp = PANEL_ROWS.min(n_rows - p * PANEL_ROWS);
+                        (k.pack_rows)(cols, &task_rows[p * PANEL_ROWS * w_row..], w_row, rp, dst);
+                    }
+                    let g_len = PANEL_TOKENS * cols;
+                    let mut res = [[0f32; PANEL_ROWS]; PANEL_TOKENS];
+                    for (g, &(t0, nt)) in groups.iter().enumerate() {
+                        let acts = &panel_acts[g * g_len..(g + 1) * g_len];
+                        for (p, pnl) in panels.chunks_exact(p_len).take(n_panels).enumerate() {
+                            (k.dot)(cols, pnl, acts, &mut res[..nt]);
+                            let (i0, rp) =
+                                (p * PANEL_ROWS, PANEL_ROWS.min(n_rows - p * PANEL_ROWS));
+                            for (t, r) in res[..nt].iter().enumerate() {
+                                let dst = &mut out_cols.row_mut(t0 + t)[i0..i0 + rp];
+                                // A whole panel's 16 as a fixed-size copy (two register moves;
+                                // with the length unknown it went through `memmove`, 2.5 %).
+                                match <&mut [f32; PANEL_ROWS]>::try_from(&mut *dst) {
+                                    Ok(d) => *d = *r,
+                                    Err(_) => dst.copy_from_slice(&r[..rp]),
+                                }
+                            }
+                        }
+                    }
+                    PANEL_ROWS_SCRATCH.set(panels);
+                }
                 let u_of = |i: usize| &unpacked[i * u_row..(i + 1) * u_row];
                 let mut tk = 0;
                 while tk < n_tokens {
                     let order = orders[tk];
+                    if order == DotOrder::Panel {
+                        tk += 1;
+                        continue;
+                    }
                     if let Some(k) = block.filter(|_| order == block_order) {
                         let four =
                             tk + 4 <= n_tokens && orders[tk..tk + 4].iter().all(|&o| o == order);
@@ -931,6 +1032,8 @@ impl Backend for CpuBackend {
         self.bufs[out.0 as usize].data = o;
         self.act_scratch = act;
         self.orders = orders;
+        self.panel_acts = panel_acts;
+        self.panel_groups = groups;
     }
 
     fn set_row_sequences(&mut self, seqs: &[u32]) {
@@ -1178,5 +1281,101 @@ impl Backend for CpuBackend {
         ob.data = o;
         ob.n_tokens = n_tokens;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Deterministic values in [-1, 1).
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+                ((h >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn f16_weight(rows: usize, cols: usize) -> HostWeight {
+        let bytes: Vec<u8> = values(7, rows * cols)
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect();
+        let len = bytes.len();
+        HostWeight {
+            name: "w".into(),
+            dtype: DType::F16,
+            dims: vec![cols as u64, rows as u64],
+            source: Arc::new(bytes),
+            range: 0..len,
+        }
+    }
+
+    /// `x` (token-major, `seqs[t]` the sequence of token t) through the F16 weight `w`.
+    fn matmul(b: &mut CpuBackend, w: WeightId, rows: usize, x: &[f32], seqs: &[u32]) -> Vec<f32> {
+        let n = seqs.len();
+        let (bx, bo) = (b.alloc(n, x.len() / n), b.alloc(n, rows));
+        b.upload(bx, x);
+        b.set_row_sequences(seqs);
+        b.matmul(w, bx, bo);
+        let mut out = Vec::new();
+        b.download(bo, &mut out);
+        out
+    }
+
+    /// F16 products decide their order per sequence: a long sequence (the panel order where
+    /// the CPU has it) and short ones (the per-token order) give the same bits alone and batched
+    /// together, ragged panels and token groups included, and both orders agree closely with
+    /// an f64 sum.
+    #[test]
+    fn f16_matmul_orders_are_per_sequence_and_agree() {
+        let (rows, cols) = (40, 70);
+        let mut b = CpuBackend::new();
+        let w = b.add_weight(&f16_weight(rows, cols)).unwrap();
+        let long = PANEL_MIN_TOKENS + 5;
+        let x = values(3, (long + 3) * cols);
+        let seqs: Vec<u32> = (0..long + 3)
+            .map(|t| u32::from(t >= long) + u32::from(t > long))
+            .collect();
+        let together = matmul(&mut b, w, rows, &x, &seqs);
+        let alone_long = matmul(&mut b, w, rows, &x[..long * cols], &seqs[..long]);
+        assert_eq!(
+            together[..long * rows]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            alone_long.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        for t in long..long + 3 {
+            let one = matmul(&mut b, w, rows, &x[t * cols..(t + 1) * cols], &[9]);
+            assert_eq!(
+                together[t * rows..(t + 1) * rows]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "token {t}"
+            );
+        }
+        let wv = values(7, rows * cols);
+        let round = |v: f32| f64::from(f16::from_f32(v).to_f32());
+        for t in 0..long + 3 {
+            for r in 0..rows {
+                let (mut sum, mut abs) = (0f64, 0f64);
+                for k in 0..cols {
+                    let p = round(wv[r * cols + k]) * round(x[t * cols + k]);
+                    sum += p;
+                    abs += p.abs();
+                }
+                let got = f64::from(together[t * rows + r]);
+                assert!(
+                    (got - sum).abs() <= 1e-6 * abs,
+                    "token {t} row {r}: {got} vs {sum}"
+                );
+            }
+        }
     }
 }

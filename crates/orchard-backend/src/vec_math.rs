@@ -180,7 +180,9 @@ fn soft_max_scalar(path: VecPath, y: &mut [f32], x: &[f32], max: f32) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Public kernels
 
-/// Whether this CPU can run `path`'s SIMD code (the scalar path always can).
+/// Whether this CPU can run `path`'s SIMD code (the scalar path always can). Only the x86
+/// kernels ask (the aarch64 build has no SIMD paths here yet).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn runnable(path: VecPath) -> bool {
     match path {
         VecPath::Avx512 => orchard_quant::Tier::Avx512.is_available(),

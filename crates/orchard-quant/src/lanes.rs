@@ -533,6 +533,40 @@ pub fn vec_dot_f16_scalar(n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf as f32
 }
 
+/// The F16 order of the outer-product prompt kernel (`PanelKernel`): one FMA chain over the
+/// elements in order, from 0.0. Not ggml's order (llama.cpp's F16 prompts sum 16 lanes, then
+/// reduce them); the results differ from `vec_dot_f16_scalar`'s only in rounding.
+pub fn vec_dot_f16_sequential(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let n = n.min(w.len() / 2).min(act.len() / 2);
+    let at = |b: &[u8], i: usize| f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32();
+    (0..n).fold(0f32, |s, k| at(w, k).mul_add(at(act, k), s))
+}
+
+/// The panel layout of `PanelKernel::pack_rows`/`pack_acts` (`L` = 16 or 8), element by
+/// element: the fallback for row strides a SIMD gather cannot address.
+pub fn panel_pack_f16_scalar<const L: usize>(
+    n: usize,
+    first: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let n = n.min(out.len() / L);
+    let rows = (0..rows.min(L))
+        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
+        .count();
+    for k in 0..n {
+        for r in 0..L {
+            out[L * k + r] = if r < rows {
+                let at = r * row_bytes + 2 * k;
+                f16::from_le_bytes([first[at], first[at + 1]]).to_f32()
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// ggml_vec_dot_f16 as the AVX2 build computes it: four 8-lane accumulators over runs of 32,
 /// reduced with two `hadd_ps`.
 pub fn vec_dot_f16_scalar_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {

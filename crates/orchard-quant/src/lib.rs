@@ -22,9 +22,9 @@ pub use kquants::*;
 pub use lanes::*;
 pub use legacy::*;
 pub use traits::{
-    active_tier, traits, traits_for, ActUnpack, FromFloatFn, RowBlockKernel, Tier, TileKernel,
-    ToFloatFn, TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotTile8Fn, VecDotTileFn,
-    VecDotX4Fn,
+    active_tier, traits, traits_for, ActUnpack, FromFloatFn, PanelKernel, RowBlockKernel, Tier,
+    TileKernel, ToFloatFn, TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotTile8Fn,
+    VecDotTileFn, VecDotX4Fn, PANEL_ROWS, PANEL_TOKENS,
 };
 
 use orchard_core::DType;

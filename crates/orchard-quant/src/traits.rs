@@ -6,8 +6,9 @@
 //! once (feature detection, then a `OnceLock`); `ORCHARD_FORCE_SCALAR=1` picks the portable scalar
 //! table instead, and `ORCHARD_FORCE_SCALAR=ref` ggml's generic reference kernels. Every table
 //! except the reference one computes ggml-cpu's x86 results bit for bit (see `lanes.rs`), so the
-//! choice changes speed, not numbers; the one exception is the F16 dot on the AVX2 tier, which
-//! reproduces ggml's AVX2 build (as llama.cpp would compute it on that CPU).
+//! choice changes speed, not numbers; the exceptions are the F16 dot on the AVX2 tier, which
+//! reproduces ggml's AVX2 build (as llama.cpp would compute it on that CPU), and the F16
+//! `PanelKernel` (AVX-512), an order of its own that callers choose explicitly.
 
 use crate::*;
 use orchard_core::DType;
@@ -70,6 +71,36 @@ pub struct TileKernel {
 pub struct ActUnpack {
     pub row_bytes: fn(usize) -> usize,
     pub unpack: UnpackRowFn,
+}
+
+/// Weight rows a [`PanelKernel`] panel holds (one 512-bit register of f32 per element index).
+pub const PANEL_ROWS: usize = 16;
+/// Activation rows a [`PanelKernel`] call takes at most.
+pub const PANEL_TOKENS: usize = 8;
+
+/// `dot(n, panel, acts, out)` of a [`PanelKernel`].
+pub type PanelDotFn = fn(usize, &[f32], &[f32], &mut [[f32; PANEL_ROWS]]);
+
+/// An outer-product matmul kernel for long prompts: [`PANEL_ROWS`] weight rows are packed once
+/// per task as f32 with the rows interleaved (`[k][16]`), up to [`PANEL_TOKENS`] activation
+/// rows once per matmul the same way (`[k][8]`), and each call multiplies one panel by one
+/// group, one register of 16 rows per token, so that no result needs a horizontal sum. Its
+/// float order is its own: each result is one FMA chain over k in order from 0.0
+/// (`dot_one`), not `vec_dot`'s, so callers use it only where they decide the order per
+/// sequence (see orchard-backend's `DotOrder::Panel`).
+#[derive(Clone, Copy)]
+pub struct PanelKernel {
+    /// `pack_rows(n, first_row, row_bytes, rows, out)`: `rows` (at most 16) consecutive weight
+    /// rows `row_bytes` apart into `n * 16` f32, missing rows as zeros.
+    pub pack_rows: fn(usize, &[u8], usize, usize, &mut [f32]),
+    /// `pack_acts(n, first_row, row_bytes, rows, out)`: at most 8 consecutive activation rows
+    /// of `vec_dot_type` into `n * 8` f32, missing rows as zeros.
+    pub pack_acts: fn(usize, &[u8], usize, usize, &mut [f32]),
+    /// `dot(n, panel, acts, out)`: `out.len()` (at most 8) tokens of a packed group against a
+    /// packed panel, `out[token][row]`.
+    pub dot: PanelDotFn,
+    /// One (weight row, activation row) pair in the same order, unpacked.
+    pub dot_one: VecDotFn,
 }
 
 /// `dot8(n, [eight unpacked weight rows], [four activation rows])`, `out[row][act]`.
@@ -136,6 +167,8 @@ pub struct TypeTraits {
     /// `vec_dot_tiled` for a block of weight rows packed together, each result bit-identical
     /// to it.
     pub vec_dot_tiled_rows: Option<RowBlockKernel>,
+    /// The outer-product prompt kernel (F16 on AVX-512), with an order of its own.
+    pub vec_dot_panel: Option<PanelKernel>,
 }
 
 /// A family of kernels, from the portable reference to the widest SIMD this build supports.
@@ -241,6 +274,7 @@ macro_rules! entry {
             vec_dot_tiled_4act: None,
             vec_dot_tiled_rows: None,
             vec_dot_tiled: None,
+            vec_dot_panel: None,
         }
     };
 }

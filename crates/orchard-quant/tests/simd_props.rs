@@ -224,6 +224,46 @@ proptest! {
     }
 
     #[test]
+    fn panel_kernel_equals_its_sequential_order(seed in any::<u64>(), n in 0usize..300, rows in 0usize..18, toks in 0usize..10, stride_pad in 0usize..3) {
+        // Up to 16 F16 rows (rows `row_bytes` apart, maybe with a gap) against up to 8
+        // activation rows: the packed layouts equal the scalar packing, and every result is
+        // the sequential FMA chain's bits, missing rows and tokens zero.
+        let mut rng = Rng::new(seed);
+        let row_bytes = 2 * n + 2 * stride_pad;
+        let block = |m: usize, rng: &mut Rng| {
+            let mut v = vec![0u8; 1];
+            for _ in 0..m {
+                v.extend_from_slice(&random_blocks(DType::F16, n, rng));
+                v.extend(std::iter::repeat_n(0xffu8, 2 * stride_pad));
+            }
+            v
+        };
+        let (w, a) = (block(rows, &mut rng), block(toks, &mut rng));
+        for tier in Tier::ALL.into_iter().filter(|t| t.is_available()) {
+            let Some(k) = traits_for(tier, DType::F16).unwrap().vec_dot_panel else { continue };
+            let mut panel = vec![f32::NAN; 16 * n];
+            (k.pack_rows)(n, &w[1..], row_bytes, rows, &mut panel);
+            let mut want_panel = vec![f32::NAN; 16 * n];
+            orchard_quant::panel_pack_f16_scalar::<16>(n, &w[1..], row_bytes, rows, &mut want_panel);
+            prop_assert_eq!(panel.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want_panel.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            let mut acts = vec![f32::NAN; 8 * n];
+            (k.pack_acts)(n, &a[1..], row_bytes, toks, &mut acts);
+            let mut out = vec![[f32::NAN; 16]; toks.min(8)];
+            (k.dot)(n, &panel, &acts, &mut out);
+            for (t, o) in out.iter().enumerate() {
+                for (r, got) in o.iter().enumerate() {
+                    let want = if r < rows.min(16) {
+                        (k.dot_one)(n, &w[1 + r * row_bytes..1 + r * row_bytes + 2 * n], &a[1 + t * row_bytes..1 + t * row_bytes + 2 * n])
+                    } else {
+                        0.0
+                    };
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "{:?} n={} row {} token {}", tier, n, r, t);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn interleaved_q4_k_orders_equal_their_scalar_twins(seed in any::<u64>(), n_blocks in 0usize..6) {
         let mut rng = Rng::new(seed);
         let n = n_blocks * 256;

@@ -1754,6 +1754,162 @@ unsafe fn f16_tile_avx512(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]
     out
 }
 
+/// Rows of `first` (`row_bytes` apart, at most `L`) that hold `n` F16 elements inside it.
+fn panel_rows(n: usize, first: &[u8], row_bytes: usize, rows: usize, lanes: usize) -> usize {
+    (0..rows.min(lanes))
+        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
+        .count()
+}
+
+/// `rows` F16 rows (`row_bytes` apart) into `[k][16]` f32: one gather of a 32-bit word per
+/// row and pair of elements, split into its two halves.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_pack16(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+    let n = n.min(out.len() / 16);
+    let rows = panel_rows(n, first, row_bytes, rows, 16);
+    let o = out.as_mut_ptr();
+    let mask: __mmask16 = ((1u32 << rows) - 1) as __mmask16;
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(row_bytes as i32),
+    );
+    let base = first.as_ptr();
+    for kp in 0..n / 2 {
+        // Lanes past `rows` stay zero (masked off: nothing is read for them).
+        let v = _mm512_mask_i32gather_epi32::<1>(
+            _mm512_setzero_si512(),
+            mask,
+            idx,
+            base.add(4 * kp) as *const _,
+        );
+        let lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+        let hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(v)));
+        _mm512_storeu_ps(o.add(32 * kp), lo);
+        _mm512_storeu_ps(o.add(32 * kp + 16), hi);
+    }
+    if n % 2 == 1 {
+        let k = n - 1;
+        for r in 0..16 {
+            let v = if r < rows {
+                f16_scalar(base.add(r * row_bytes), k)
+            } else {
+                0.0
+            };
+            *o.add(16 * k + r) = v;
+        }
+    }
+}
+
+/// As `f16_pack16` for at most 8 rows into `[k][8]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_pack8(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+    let n = n.min(out.len() / 8);
+    let rows = panel_rows(n, first, row_bytes, rows, 8);
+    let o = out.as_mut_ptr();
+    let mask: __mmask8 = ((1u32 << rows) - 1) as __mmask8;
+    let idx = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(row_bytes as i32),
+    );
+    let base = first.as_ptr();
+    for kp in 0..n / 2 {
+        let v = _mm256_mmask_i32gather_epi32::<1>(
+            _mm256_setzero_si256(),
+            mask,
+            idx,
+            base.add(4 * kp) as *const _,
+        );
+        let lo = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
+        let hi = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(v)));
+        _mm256_storeu_ps(o.add(16 * kp), lo);
+        _mm256_storeu_ps(o.add(16 * kp + 8), hi);
+    }
+    if n % 2 == 1 {
+        let k = n - 1;
+        for r in 0..8 {
+            let v = if r < rows {
+                f16_scalar(base.add(r * row_bytes), k)
+            } else {
+                0.0
+            };
+            *o.add(8 * k + r) = v;
+        }
+    }
+}
+
+/// `T` tokens of a packed group (`[k][8]`, from `acts`) against a packed panel (`[k][16]`):
+/// one register of 16 rows per token, one FMA chain per result over k in order.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn f16_panel_dot<const T: usize>(
+    n: usize,
+    panel: *const f32,
+    acts: *const f32,
+    out: &mut [[f32; 16]],
+) {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for k in 0..n {
+        let w = _mm512_loadu_ps(panel.add(16 * k));
+        let a = acts.add(8 * k);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(w, _mm512_set1_ps(*a.add(t)), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(&acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), *acc);
+    }
+}
+
+fn pack16_f16_avx512(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+    if rows > 1 && row_bytes.saturating_mul(16) > i32::MAX as usize {
+        return crate::lanes::panel_pack_f16_scalar::<16>(n, first, row_bytes, rows, out);
+    }
+    // SAFETY: only reachable through the AVX-512 table (features detected); `n` is clamped to
+    // `out`, and `rows` to the rows whose `n` elements lie inside `first`, the only rows
+    // gathered (masked lanes read nothing); row offsets fit the gather's i32 (checked above).
+    unsafe { f16_pack16(n, first, row_bytes, rows, out) }
+}
+
+fn pack8_f16_avx512(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+    if rows > 1 && row_bytes.saturating_mul(8) > i32::MAX as usize {
+        return crate::lanes::panel_pack_f16_scalar::<8>(n, first, row_bytes, rows, out);
+    }
+    // SAFETY: as `pack16_f16_avx512`.
+    unsafe { f16_pack8(n, first, row_bytes, rows, out) }
+}
+
+fn panel_dot_f16_avx512(n: usize, panel: &[f32], acts: &[f32], out: &mut [[f32; 16]]) {
+    let n = n.min(panel.len() / 16).min(acts.len() / 8);
+    let nt = out.len().min(8);
+    let (p, a) = (panel.as_ptr(), acts.as_ptr());
+    let mut t = 0;
+    // SAFETY: only reachable through the AVX-512 table; `n` is clamped so that every panel
+    // load (16 floats at 16 k) and every token's load (at 8 k + t, t < 8) stays inside the
+    // slices, and each call writes `T` rows of `out[t..]` (T <= nt - t).
+    unsafe {
+        while t < nt {
+            let o = &mut out[t..];
+            t += match nt - t {
+                8.. => {
+                    f16_panel_dot::<8>(n, p, a.add(t), o);
+                    8
+                }
+                4..=7 => {
+                    f16_panel_dot::<4>(n, p, a.add(t), o);
+                    4
+                }
+                2 | 3 => {
+                    f16_panel_dot::<2>(n, p, a.add(t), o);
+                    2
+                }
+                _ => {
+                    f16_panel_dot::<1>(n, p, a.add(t), o);
+                    1
+                }
+            };
+        }
+    }
+}
+
 fn unpack_f16_avx512(n: usize, row: &[u8], out: &mut [u8]) {
     // SAFETY: only reachable through the AVX-512 table (features detected); bounded loads.
     unsafe { f16_unpack_avx512(n, row, out) }
@@ -1864,6 +2020,12 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
                         row_bytes: |n| 4 * n,
                         unpack: unpack_f16_avx512,
                     }),
+                });
+                e.vec_dot_panel = Some(crate::traits::PanelKernel {
+                    pack_rows: pack16_f16_avx512,
+                    pack_acts: pack8_f16_avx512,
+                    dot: panel_dot_f16_avx512,
+                    dot_one: crate::lanes::vec_dot_f16_sequential,
                 });
             }
         }
