@@ -567,6 +567,31 @@ pub fn panel_pack_f16_scalar<const L: usize>(
     }
 }
 
+/// The activation layout of `PanelKernel::pack_acts` (8 rows of `n` f32, missing rows zero),
+/// element by element.
+pub fn panel_acts_f16_scalar(
+    n: usize,
+    first: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let n = n.min(out.len() / 8);
+    let rows = (0..rows.min(8))
+        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
+        .count();
+    for r in 0..8 {
+        for k in 0..n {
+            out[r * n + k] = if r < rows {
+                let at = r * row_bytes + 2 * k;
+                f16::from_le_bytes([first[at], first[at + 1]]).to_f32()
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// ggml_vec_dot_f16 as the AVX2 build computes it: four 8-lane accumulators over runs of 32,
 /// reduced with two `hadd_ps`.
 pub fn vec_dot_f16_scalar_avx2(n: usize, w: &[u8], act: &[u8]) -> f32 {

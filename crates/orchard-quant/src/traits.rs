@@ -83,18 +83,18 @@ pub type PanelDotFn = fn(usize, &[f32], &[f32], &mut [[f32; PANEL_ROWS]]);
 
 /// An outer-product matmul kernel for long prompts: [`PANEL_ROWS`] weight rows are packed once
 /// per task as f32 with the rows interleaved (`[k][16]`), up to [`PANEL_TOKENS`] activation
-/// rows once per matmul the same way (`[k][8]`), and each call multiplies one panel by one
-/// group, one register of 16 rows per token, so that no result needs a horizontal sum. Its
-/// float order is its own: each result is one FMA chain over k in order from 0.0
-/// (`dot_one`), not `vec_dot`'s, so callers use it only where they decide the order per
-/// sequence (see orchard-backend's `DotOrder::Panel`).
+/// rows once per matmul as f32 rows (`[8][n]`), and each call multiplies one panel by one
+/// group, one register of 16 rows per token (each token's element broadcast), so that no
+/// result needs a horizontal sum. Its float order is its own: each result is one FMA chain
+/// over k in order from 0.0 (`dot_one`), not `vec_dot`'s, so callers use it only where they
+/// decide the order per sequence (see orchard-backend's `DotOrder::Panel`).
 #[derive(Clone, Copy)]
 pub struct PanelKernel {
     /// `pack_rows(n, first_row, row_bytes, rows, out)`: `rows` (at most 16) consecutive weight
     /// rows `row_bytes` apart into `n * 16` f32, missing rows as zeros.
     pub pack_rows: fn(usize, &[u8], usize, usize, &mut [f32]),
     /// `pack_acts(n, first_row, row_bytes, rows, out)`: at most 8 consecutive activation rows
-    /// of `vec_dot_type` into `n * 8` f32, missing rows as zeros.
+    /// of `vec_dot_type` as `8 * n` f32 (row by row), missing rows as zeros.
     pub pack_acts: fn(usize, &[u8], usize, usize, &mut [f32]),
     /// `dot(n, panel, acts, out)`: `out.len()` (at most 8) tokens of a packed group against a
     /// packed panel, `out[token][row]`.

@@ -248,6 +248,9 @@ proptest! {
             prop_assert_eq!(panel.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want_panel.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
             let mut acts = vec![f32::NAN; 8 * n];
             (k.pack_acts)(n, &a[1..], row_bytes, toks, &mut acts);
+            let mut want_acts = vec![f32::NAN; 8 * n];
+            orchard_quant::panel_acts_f16_scalar(n, &a[1..], row_bytes, toks, &mut want_acts);
+            prop_assert_eq!(acts.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want_acts.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
             let mut out = vec![[f32::NAN; 16]; toks.min(8)];
             (k.dot)(n, &panel, &acts, &mut out);
             for (t, o) in out.iter().enumerate() {

@@ -1761,34 +1761,67 @@ fn panel_rows(n: usize, first: &[u8], row_bytes: usize, rows: usize, lanes: usiz
         .count()
 }
 
-/// `rows` F16 rows (`row_bytes` apart) into `[k][16]` f32: one gather of a 32-bit word per
-/// row and pair of elements, split into its two halves.
+/// 16 x 16 f32 transpose: `r[i]` holds row i's 16 elements; returns `c` with `c[j]` holding
+/// element j of every row (unpacks within 128-bit lanes, then 64-bit pairs, then lanes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4g + m]: lane L holds rows 4g..4g+4 at element 4L + m.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, m) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
+        if m % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    let mut c = [_mm512_setzero_ps(); 16];
+    for m in 0..4 {
+        let (a, b, cc, d) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+        let v0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+        let v1 = _mm512_shuffle_f32x4::<0x44>(cc, d);
+        let v2 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+        let v3 = _mm512_shuffle_f32x4::<0xEE>(cc, d);
+        c[m] = _mm512_shuffle_f32x4::<0x88>(v0, v1);
+        c[4 + m] = _mm512_shuffle_f32x4::<0xDD>(v0, v1);
+        c[8 + m] = _mm512_shuffle_f32x4::<0x88>(v2, v3);
+        c[12 + m] = _mm512_shuffle_f32x4::<0xDD>(v2, v3);
+    }
+    c
+}
+
+/// `rows` F16 rows (`row_bytes` apart) into `[k][16]` f32: 16 elements of every row widened,
+/// then transposed in registers.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_pack16(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
     let n = n.min(out.len() / 16);
     let rows = panel_rows(n, first, row_bytes, rows, 16);
     let o = out.as_mut_ptr();
-    let mask: __mmask16 = ((1u32 << rows) - 1) as __mmask16;
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(row_bytes as i32),
-    );
     let base = first.as_ptr();
-    for kp in 0..n / 2 {
-        // Lanes past `rows` stay zero (masked off: nothing is read for them).
-        let v = _mm512_mask_i32gather_epi32::<1>(
-            _mm512_setzero_si512(),
-            mask,
-            idx,
-            base.add(4 * kp) as *const _,
-        );
-        let lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
-        let hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(v)));
-        _mm512_storeu_ps(o.add(32 * kp), lo);
-        _mm512_storeu_ps(o.add(32 * kp + 16), hi);
+    let mut k = 0;
+    while k + 16 <= n {
+        let r: [__m512; 16] = std::array::from_fn(|i| {
+            if i < rows {
+                ld16(base.add(i * row_bytes), k)
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        for (j, c) in transpose16(r).iter().enumerate() {
+            _mm512_storeu_ps(o.add(16 * (k + j)), *c);
+        }
+        k += 16;
     }
-    if n % 2 == 1 {
-        let k = n - 1;
+    for k in k..n {
         for r in 0..16 {
             let v = if r < rows {
                 f16_scalar(base.add(r * row_bytes), k)
@@ -1800,58 +1833,48 @@ unsafe fn f16_pack16(n: usize, first: &[u8], row_bytes: usize, rows: usize, out:
     }
 }
 
-/// As `f16_pack16` for at most 8 rows into `[k][8]`.
+/// At most 8 F16 rows (`row_bytes` apart) widened to f32 row by row (`[8][n]`), missing rows
+/// as zeros: the panel kernel broadcasts each token's element from its own row, so these need
+/// no transposition.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-unsafe fn f16_pack8(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+unsafe fn f16_widen8(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
     let n = n.min(out.len() / 8);
     let rows = panel_rows(n, first, row_bytes, rows, 8);
     let o = out.as_mut_ptr();
-    let mask: __mmask8 = ((1u32 << rows) - 1) as __mmask8;
-    let idx = _mm256_mullo_epi32(
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        _mm256_set1_epi32(row_bytes as i32),
-    );
-    let base = first.as_ptr();
-    for kp in 0..n / 2 {
-        let v = _mm256_mmask_i32gather_epi32::<1>(
-            _mm256_setzero_si256(),
-            mask,
-            idx,
-            base.add(4 * kp) as *const _,
-        );
-        let lo = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(v));
-        let hi = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32::<16>(v)));
-        _mm256_storeu_ps(o.add(16 * kp), lo);
-        _mm256_storeu_ps(o.add(16 * kp + 8), hi);
-    }
-    if n % 2 == 1 {
-        let k = n - 1;
-        for r in 0..8 {
-            let v = if r < rows {
-                f16_scalar(base.add(r * row_bytes), k)
-            } else {
-                0.0
-            };
-            *o.add(8 * k + r) = v;
+    for r in 0..8 {
+        let dst = o.add(r * n);
+        if r >= rows {
+            std::ptr::write_bytes(dst, 0, n);
+            continue;
+        }
+        let x = first.as_ptr().add(r * row_bytes);
+        let mut k = 0;
+        while k + 16 <= n {
+            _mm512_storeu_ps(dst.add(k), ld16(x, k));
+            k += 16;
+        }
+        for k in k..n {
+            *dst.add(k) = f16_scalar(x, k);
         }
     }
 }
 
-/// `T` tokens of a packed group (`[k][8]`, from `acts`) against a packed panel (`[k][16]`):
-/// one register of 16 rows per token, one FMA chain per result over k in order.
+/// `T` tokens (rows of `acts`, `stride` apart) against a packed panel (`[k][16]`): one
+/// register of 16 rows per token, one FMA chain per result over k in order.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_panel_dot<const T: usize>(
     n: usize,
     panel: *const f32,
     acts: *const f32,
+    stride: usize,
     out: &mut [[f32; 16]],
 ) {
+    let a: [*const f32; T] = std::array::from_fn(|t| acts.add(t * stride));
     let mut acc = [_mm512_setzero_ps(); T];
     for k in 0..n {
         let w = _mm512_loadu_ps(panel.add(16 * k));
-        let a = acts.add(8 * k);
         for (t, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(w, _mm512_set1_ps(*a.add(t)), *acc);
+            *acc = _mm512_fmadd_ps(w, _mm512_set1_ps(*a[t].add(k)), *acc);
         }
     }
     for (o, acc) in out.iter_mut().zip(&acc) {
@@ -1860,49 +1883,49 @@ unsafe fn f16_panel_dot<const T: usize>(
 }
 
 fn pack16_f16_avx512(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
-    if rows > 1 && row_bytes.saturating_mul(16) > i32::MAX as usize {
-        return crate::lanes::panel_pack_f16_scalar::<16>(n, first, row_bytes, rows, out);
-    }
     // SAFETY: only reachable through the AVX-512 table (features detected); `n` is clamped to
-    // `out`, and `rows` to the rows whose `n` elements lie inside `first`, the only rows
-    // gathered (masked lanes read nothing); row offsets fit the gather's i32 (checked above).
+    // `out`, and `rows` to the rows whose `n` elements lie inside `first`, the only rows read.
     unsafe { f16_pack16(n, first, row_bytes, rows, out) }
 }
 
-fn pack8_f16_avx512(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
-    if rows > 1 && row_bytes.saturating_mul(8) > i32::MAX as usize {
-        return crate::lanes::panel_pack_f16_scalar::<8>(n, first, row_bytes, rows, out);
-    }
-    // SAFETY: as `pack16_f16_avx512`.
-    unsafe { f16_pack8(n, first, row_bytes, rows, out) }
+fn widen8_f16_avx512(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
+    // SAFETY: only reachable through the AVX-512 table (features detected); `n` is clamped to
+    // `out` (8 rows of n), `rows` to the rows whose `n` elements lie inside `first`.
+    unsafe { f16_widen8(n, first, row_bytes, rows, out) }
 }
 
 fn panel_dot_f16_avx512(n: usize, panel: &[f32], acts: &[f32], out: &mut [[f32; 16]]) {
-    let n = n.min(panel.len() / 16).min(acts.len() / 8);
-    let nt = out.len().min(8);
+    // Token rows are `n` apart in `acts`; a shorter panel shortens the dots, not the stride.
+    let stride = n;
+    let nt = out
+        .len()
+        .min(8)
+        .min(acts.len().checked_div(stride).unwrap_or(8));
+    let n = n.min(panel.len() / 16);
     let (p, a) = (panel.as_ptr(), acts.as_ptr());
     let mut t = 0;
-    // SAFETY: only reachable through the AVX-512 table; `n` is clamped so that every panel
-    // load (16 floats at 16 k) and every token's load (at 8 k + t, t < 8) stays inside the
-    // slices, and each call writes `T` rows of `out[t..]` (T <= nt - t).
+    // SAFETY: only reachable through the AVX-512 table; every panel load (16 floats at 16 k,
+    // k < n <= panel.len() / 16) stays in `panel`, every token row t < nt lies inside `acts`
+    // (nt <= acts.len() / stride, reads at t * stride + k with k < n <= stride), and each
+    // call writes `T` rows of `out[t..]` (T <= nt - t).
     unsafe {
         while t < nt {
-            let o = &mut out[t..];
+            let (o, at) = (&mut out[t..], a.add(t * stride));
             t += match nt - t {
                 8.. => {
-                    f16_panel_dot::<8>(n, p, a.add(t), o);
+                    f16_panel_dot::<8>(n, p, at, stride, o);
                     8
                 }
                 4..=7 => {
-                    f16_panel_dot::<4>(n, p, a.add(t), o);
+                    f16_panel_dot::<4>(n, p, at, stride, o);
                     4
                 }
                 2 | 3 => {
-                    f16_panel_dot::<2>(n, p, a.add(t), o);
+                    f16_panel_dot::<2>(n, p, at, stride, o);
                     2
                 }
                 _ => {
-                    f16_panel_dot::<1>(n, p, a.add(t), o);
+                    f16_panel_dot::<1>(n, p, at, stride, o);
                     1
                 }
             };
@@ -2023,7 +2046,7 @@ pub(super) fn install(tier: Tier, table: &mut [TypeTraits]) {
                 });
                 e.vec_dot_panel = Some(crate::traits::PanelKernel {
                     pack_rows: pack16_f16_avx512,
-                    pack_acts: pack8_f16_avx512,
+                    pack_acts: widen8_f16_avx512,
                     dot: panel_dot_f16_avx512,
                     dot_one: crate::lanes::vec_dot_f16_sequential,
                 });
