@@ -44,47 +44,7 @@ macro_rules! unpack {
 
 /// Dots of the symmetric formats (`d_x * d_y` per block, signed levels).
 macro_rules! dot_sym {
-    ($feat:literal, $name:ident, $name4:ident, $name4a:ident, $rows:ident, $fmt:tt, $wb:expr) => {
-        /// `$name` over `out.len()` consecutive rows (`row_bytes` apart), each result
-        /// bit-identical to it: four rows a quarter of the run apart advance together, sharing
-        /// each activation block, so that four FMA chains and four memory streams are in flight
-        /// (the single-row kernel waits on its one chain: Gemma 3's Q8_0 output matrix decoded
-        /// at ~17 GB/s on one core through it).
-        #[target_feature(enable = $feat)]
-        unsafe fn $rows(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
-            let m = match row_bytes {
-                0 => out.len(),
-                b => out.len().min(rows.len() / b),
-            };
-            let nb = (n / 32).min(row_bytes / $wb).min(act.len() / Q8_0);
-            let (base, y) = (rows.as_ptr(), act.as_ptr());
-            let q = m / 4;
-            for r in 0..q {
-                let x = [0, 1, 2, 3].map(|j| base.add((r + j * q) * row_bytes));
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for i in 0..nb {
-                    let yb = y.add(i * Q8_0);
-                    let dy = f16_at(yb);
-                    let qy = load256(yb.add(2));
-                    for j in 0..4 {
-                        let xb = x[j].add(i * $wb);
-                        prefetch(xb);
-                        let d = _mm256_set1_ps(f16_at(xb) * dy);
-                        let qq = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), qy));
-                        acc[j] = _mm256_fmadd_ps(d, qq, acc[j]);
-                    }
-                }
-                for j in 0..4 {
-                    out[r + j * q] = hsum8(acc[j]);
-                }
-            }
-            for r in 4 * q..m {
-                // SAFETY: r < m <= rows.len() / row_bytes, so the row lies inside `rows`.
-                let row = std::slice::from_raw_parts(base.add(r * row_bytes), row_bytes);
-                out[r] = $name(n, row, act);
-            }
-        }
-
+    ($feat:literal, $name:ident, $name4:ident, $name4a:ident, $fmt:tt, $wb:expr) => {
         #[target_feature(enable = $feat)]
         unsafe fn $name4a(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
             let nb = act
@@ -145,6 +105,8 @@ macro_rules! dot_sym {
                 let qy = load256(yb.add(2));
                 for r in 0..4 {
                     let xb = x[r].add(i * $wb);
+                    // Decode runs four streams through here (`rows_by_quarters`).
+                    prefetch(xb);
                     let d = _mm256_set1_ps(f16_at(xb) * dy);
                     let q = _mm256_cvtepi32_ps(dot_ss(unpack!($fmt, xb), qy));
                     acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
@@ -360,15 +322,6 @@ fn rows_by_quarters(
     }
 }
 
-macro_rules! wrap_rows {
-    ($($dot:ident => $inner:ident;)*) => {$(
-        pub(in crate::simd) fn $dot(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
-            // SAFETY: as for the single-row wrappers; the kernel clamps the row count to whole
-            // rows inside `rows` and the blocks to `row_bytes` and `act`.
-            unsafe { $inner(n, rows, row_bytes, act, out) }
-        }
-    )*};
-}
 macro_rules! wrap4a {
     ($($dot:ident => $inner:ident;)*) => {$(
         pub(in crate::simd) fn $dot(n: usize, w: &[u8], act: [&[u8]; 4]) -> [f32; 4] {
@@ -544,9 +497,9 @@ macro_rules! shared_kernels {
         // -------------------------------------------------------------------------------------
         // Legacy formats against Q8_0 / Q8_1.
 
-        dot_sym!($feat, q4_0_q8_0, q4_0_q8_0_x4, q4_0_q8_0_4a, q4_0_q8_0_rows, q4_0, Q4_0);
-        dot_sym!($feat, q5_0_q8_0, q5_0_q8_0_x4, q5_0_q8_0_4a, q5_0_q8_0_rows, q5_0, Q5_0);
-        dot_sym!($feat, q8_0_q8_0, q8_0_q8_0_x4, q8_0_q8_0_4a, q8_0_q8_0_rows, q8_0, Q8_0);
+        dot_sym!($feat, q4_0_q8_0, q4_0_q8_0_x4, q4_0_q8_0_4a, q4_0, Q4_0);
+        dot_sym!($feat, q5_0_q8_0, q5_0_q8_0_x4, q5_0_q8_0_4a, q5_0, Q5_0);
+        dot_sym!($feat, q8_0_q8_0, q8_0_q8_0_x4, q8_0_q8_0_4a, q8_0, Q8_0);
 
         dot_min!($feat, q4_1_q8_1, q4_1_q8_1_x4, q4_1_q8_1_4a, q4_1, Q4_1);
         dot_min!($feat, q5_1_q8_1, q5_1_q8_1_x4, q5_1_q8_1_4a, q5_1, Q5_1);
@@ -1039,10 +992,14 @@ macro_rules! shared_kernels {
             dot4a_q5_1 => q5_1_q8_1_4a;
             dot4a_q8_0 => q8_0_q8_0_4a;
         }
-        wrap_rows! {
-            rows_q4_0 => q4_0_q8_0_rows;
-            rows_q5_0 => q5_0_q8_0_rows;
-            rows_q8_0 => q8_0_q8_0_rows;
+        fn rows_q4_0(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
+            rows_by_quarters(dot4_q4_0, dot_q4_0, n, rows, row_bytes, act, out)
+        }
+        fn rows_q5_0(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
+            rows_by_quarters(dot4_q5_0, dot_q5_0, n, rows, row_bytes, act, out)
+        }
+        fn rows_q8_0(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
+            rows_by_quarters(dot4_q8_0, dot_q8_0, n, rows, row_bytes, act, out)
         }
         fn rows_q4_1(n: usize, rows: &[u8], row_bytes: usize, act: &[u8], out: &mut [f32]) {
             rows_by_quarters(dot4_q4_1, dot_q4_1, n, rows, row_bytes, act, out)
