@@ -756,11 +756,10 @@ impl Backend for CpuBackend {
             DotOrder::Panel => panel.map_or(plain, |k| k.dot_one),
         };
         let mut orders = std::mem::take(&mut self.orders);
-        let panel_ok = panel.is_some() && n_tokens >= PANEL_MIN_TOKENS;
         dot_orders(
             t.dtype,
             rows,
-            panel_ok,
+            panel.is_some(),
             &self.row_seqs,
             n_tokens,
             &mut orders,
@@ -895,10 +894,6 @@ impl Backend for CpuBackend {
                     }
                     (k.pack)(cols, &refs[..n_rows], &mut unpacked[u_end..need]);
                 }
-                // Tokens outermost: a group of four activation rows stays in L1 while every
-                // weight row of the task (also L1-resident) passes over it. With rows outermost
-                // each weight row swept all activations from L2 and the kernel waited on those
-                // loads.
                 // The panel order's tokens: the task's rows packed as panels of PANEL_ROWS, then
                 // every group against every panel (the group, 8 rows of k, stays in L1).
                 if let Some(k) = panel.filter(|_| !groups.is_empty()) {
@@ -934,6 +929,10 @@ impl Backend for CpuBackend {
                     }
                     PANEL_ROWS_SCRATCH.set(panels);
                 }
+                // Tokens outermost: a group of four activation rows stays in L1 while every
+                // weight row of the task (also L1-resident) passes over it. With rows outermost
+                // each weight row swept all activations from L2 and the kernel waited on those
+                // loads.
                 let u_of = |i: usize| &unpacked[i * u_row..(i + 1) * u_row];
                 let mut tk = 0;
                 while tk < n_tokens {

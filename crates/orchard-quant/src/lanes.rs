@@ -542,8 +542,22 @@ pub fn vec_dot_f16_sequential(n: usize, w: &[u8], act: &[u8]) -> f32 {
     (0..n).fold(0f32, |s, k| at(w, k).mul_add(at(act, k), s))
 }
 
-/// The panel layout of `PanelKernel::pack_rows`/`pack_acts` (`L` = 16 or 8), element by
-/// element: the fallback for row strides a SIMD gather cannot address.
+/// Rows of `first` (`row_bytes` apart, at most `lanes`) that hold `n` F16 elements inside it:
+/// the rows a panel packing reads (the others are packed as zeros).
+pub(crate) fn panel_rows(
+    n: usize,
+    first: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    lanes: usize,
+) -> usize {
+    (0..rows.min(lanes))
+        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
+        .count()
+}
+
+/// The weight-panel layout of `PanelKernel::pack_rows` (`[k][L]`, L = 16, missing rows zero),
+/// element by element: the definition the SIMD packing is tested against.
 pub fn panel_pack_f16_scalar<const L: usize>(
     n: usize,
     first: &[u8],
@@ -552,9 +566,7 @@ pub fn panel_pack_f16_scalar<const L: usize>(
     out: &mut [f32],
 ) {
     let n = n.min(out.len() / L);
-    let rows = (0..rows.min(L))
-        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
-        .count();
+    let rows = panel_rows(n, first, row_bytes, rows, L);
     for k in 0..n {
         for r in 0..L {
             out[L * k + r] = if r < rows {
@@ -577,9 +589,7 @@ pub fn panel_acts_f16_scalar(
     out: &mut [f32],
 ) {
     let n = n.min(out.len() / 8);
-    let rows = (0..rows.min(8))
-        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
-        .count();
+    let rows = panel_rows(n, first, row_bytes, rows, 8);
     for r in 0..8 {
         for k in 0..n {
             out[r * n + k] = if r < rows {

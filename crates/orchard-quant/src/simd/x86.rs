@@ -1814,13 +1814,6 @@ unsafe fn f16_tile_avx512(n: usize, w: [&[u8]; 4], act: [&[u8]; 4]) -> [[f32; 4]
     out
 }
 
-/// Rows of `first` (`row_bytes` apart, at most `L`) that hold `n` F16 elements inside it.
-fn panel_rows(n: usize, first: &[u8], row_bytes: usize, rows: usize, lanes: usize) -> usize {
-    (0..rows.min(lanes))
-        .take_while(|&r| r * row_bytes + 2 * n <= first.len())
-        .count()
-}
-
 /// 16 x 16 f32 transpose: `r[i]` holds row i's 16 elements; returns `c` with `c[j]` holding
 /// element j of every row (unpacks within 128-bit lanes, then 64-bit pairs, then lanes).
 #[inline]
@@ -1864,7 +1857,7 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_pack16(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
     let n = n.min(out.len() / 16);
-    let rows = panel_rows(n, first, row_bytes, rows, 16);
+    let rows = crate::lanes::panel_rows(n, first, row_bytes, rows, 16);
     let o = out.as_mut_ptr();
     let base = first.as_ptr();
     let mut k = 0;
@@ -1899,7 +1892,7 @@ unsafe fn f16_pack16(n: usize, first: &[u8], row_bytes: usize, rows: usize, out:
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 unsafe fn f16_widen8(n: usize, first: &[u8], row_bytes: usize, rows: usize, out: &mut [f32]) {
     let n = n.min(out.len() / 8);
-    let rows = panel_rows(n, first, row_bytes, rows, 8);
+    let rows = crate::lanes::panel_rows(n, first, row_bytes, rows, 8);
     let o = out.as_mut_ptr();
     for r in 0..8 {
         let dst = o.add(r * n);
