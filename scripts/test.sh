@@ -9,7 +9,12 @@ cd "$ROOT"
 bash scripts/setup.sh
 export ORCHARD_MODELS="$ROOT/models"
 export WGPU_BACKEND=vulkan
+# CI machines' free disk varies (one CI run died with ENOSPC linking tests). Line tables in ~40
+# release test binaries were most of the ~3.8 GB target dir; CI has no use for them.
+export CARGO_PROFILE_RELEASE_DEBUG=false
 step() { echo; echo "=== $* ($(date +%T))"; }
+step "disk"
+df -h "$ROOT" | tail -1
 
 step "format"
 cargo fmt --all -- --check
@@ -20,12 +25,15 @@ cargo build --release --workspace --all-targets
 step "rust tests"
 export ORCHARD_TEST_POSTGRES_URL="$(bash crates/orchard-ledger/scripts/start-test-postgres.sh)"
 cargo test --release --workspace
+# `--workspace --test NAME` rather than `-p CRATE`: the same package selection as the step above,
+# so the same feature resolution and no second build of the dependency graph.
 step "ledger on PostgreSQL (the #[ignore]d tests that need a server)"
-cargo test --release -p orchard-ledger -- --ignored
+cargo test --release --workspace --test postgres -- --ignored
 step "ledger end to end on PostgreSQL (orchard serve --ledger postgres://..., SIGKILL under load)"
-cargo test --release -p orchard --test ledger -- --ignored
+cargo test --release --workspace --test ledger -- --ignored
 step "OpenAI client tests against orchard-server"
 ORCHARD_SERVER_BIN="$ROOT/target/release/orchard-server" bash tests/server/run.sh
 step "llama-server's own test suite against orchard-server"
 bash tests/peer-suite/run-ci.sh
 step "done"
+du -sh target; df -h "$ROOT" | tail -1
