@@ -688,10 +688,10 @@ macro_rules! shared_kernels {
             _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
         }
 
-        /// Q4_K in the order of llama.cpp's repacked kernels (see `lanes.rs`): per block, or per
-        /// sub-block pair with `per_pair` (its gemm), one FMA into each of two scalar chains.
+        /// Q4_K in the order of llama.cpp's repacked gemm (see `lanes.rs`): per sub-block pair,
+        /// one FMA into each of two scalar chains.
         #[target_feature(enable = $feat)]
-        unsafe fn q4_k_interleaved(n: usize, w: &[u8], act: &[u8], per_pair: bool) -> f32 {
+        unsafe fn q4_k_q8_k_gemm(n: usize, w: &[u8], act: &[u8]) -> f32 {
             let nb = blocks(n, QK_K, w, Q4K, act, Q8K);
             let (x, y) = (w.as_ptr(), act.as_ptr());
             let m4 = _mm256_set1_epi8(0xF);
@@ -718,16 +718,9 @@ macro_rules! shared_kernels {
                     let s = madd_acc(madd_acc(_mm256_setzero_si256(), scale_l, pl), scale_h, ph);
                     *p = hsum_i32(s);
                 }
-                if per_pair {
-                    for j in 0..4 {
-                        acc = (pairs[j] as f32).mul_add(d, acc);
-                        acc_min = (mins[j] as f32).mul_add(dmin, acc_min);
-                    }
-                } else {
-                    let isum = pairs.iter().fold(0i32, |a, v| a.wrapping_add(*v));
-                    let imin = mins.iter().fold(0i32, |a, v| a.wrapping_add(*v));
-                    acc = (isum as f32).mul_add(d, acc);
-                    acc_min = (imin as f32).mul_add(dmin, acc_min);
+                for j in 0..4 {
+                    acc = (pairs[j] as f32).mul_add(d, acc);
+                    acc_min = (mins[j] as f32).mul_add(dmin, acc_min);
                 }
             }
             acc - acc_min
@@ -862,16 +855,6 @@ macro_rules! shared_kernels {
             out
         }
 
-        #[target_feature(enable = $feat)]
-        unsafe fn q4_k_q8_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
-            q4_k_interleaved(n, w, act, false)
-        }
-
-        #[target_feature(enable = $feat)]
-        unsafe fn q4_k_q8_k_gemm(n: usize, w: &[u8], act: &[u8]) -> f32 {
-            q4_k_interleaved(n, w, act, true)
-        }
-
         /// `get_scale_shuffle(i)`: bytes 2i (first 8) and 2i+1 (last 8).
         #[inline]
         #[target_feature(enable = $feat)]
@@ -963,7 +946,6 @@ macro_rules! shared_kernels {
             dot_q4_k => q4_k_q8_k;
             dot_q5_k => q5_k_q8_k;
             dot_q6_k => q6_k_q8_k;
-            dot_q4_k_gemv => q4_k_q8_k_gemv;
             dot_q4_k_gemm => q4_k_q8_k_gemm;
             dot_q6_k_tiled => q6_k_q8_k_tiled;
         }
@@ -1069,6 +1051,38 @@ macro_rules! shared_kernels {
 mod avx2 {
     shared_kernels!("avx2,fma,f16c");
 
+    /// Q4_K in the order of llama.cpp's repacked gemv (see `lanes.rs`). The block's integer
+    /// dot and min correction are exact i32 sums whatever their order, so the four pairs
+    /// accumulate in one vector, reduced once per block (not once per pair).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_q8_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
+        let nb = blocks(n, QK_K, w, Q4K, act, Q8K);
+        let (x, y) = (w.as_ptr(), act.as_ptr());
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for i in 0..nb {
+            let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
+            prefetch(xb);
+            let yd = (yb as *const f32).read_unaligned();
+            let dd = f16_pairs(xb, xb);
+            let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
+            let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+            let mins = k4_min_prod(ms, yb);
+            let sc = _mm256_castsi256_si128(ms);
+            let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+            let isum = hsum_i32(k4_sumi(scales, xb.add(16), yb.add(4), None));
+            let h = _mm_hadd_epi32(mins, mins);
+            let imin = _mm_cvtsi128_si32(_mm_hadd_epi32(h, h));
+            acc = (isum as f32).mul_add(d, acc);
+            acc_min = (imin as f32).mul_add(dmin, acc_min);
+        }
+        acc - acc_min
+    }
+
+    pub(in crate::simd) fn dot_q4_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
+        // SAFETY: as for the shared wrappers: reachable only through this tier's table.
+        unsafe { q4_k_q8_k_gemv(n, w, act) }
+    }
+
     /// Unsigned bytes times signed bytes, 4-sums per i32 lane (`maddubs` then `madd` by ones).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1086,6 +1100,61 @@ mod avx2 {
 
 mod avx512 {
     shared_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni");
+
+    /// `q4_k_q8_k_gemv` (the repacked gemv order) on 512-bit vectors: each sub-block pair's 32
+    /// nibble bytes are broadcast to both halves and the high half shifted, so one register
+    /// holds the pair's 64 levels in the activation's order; the pair's two scales come from
+    /// one byte shuffle, and one VNNI step adds the pair into the block's sum. The block's
+    /// integer dot and min correction are reduced together; both are exact, so the results
+    /// equal the scalar order's bits.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    unsafe fn q4_k_q8_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
+        let nb = blocks(n, QK_K, w, Q4K, act, Q8K);
+        let (x, y) = (w.as_ptr(), act.as_ptr());
+        let m4 = _mm512_set1_epi8(0xF);
+        // Scale 2j of the block in the low 256 bits, scale 2j + 1 in the high ones.
+        let ctrl: [__m512i; 4] = std::array::from_fn(|j| {
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(k4_shuffle(2 * j as i8)),
+                k4_shuffle(2 * j as i8 + 1),
+            )
+        });
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for i in 0..nb {
+            let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
+            prefetch(xb);
+            let yd = (yb as *const f32).read_unaligned();
+            let dd = f16_pairs(xb, xb);
+            let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
+            let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+            let mins = k4_min_prod(ms, yb);
+            let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
+            let mut sumi = _mm512_setzero_si512();
+            for (j, c) in ctrl.iter().enumerate() {
+                let q4 = _mm512_broadcast_i64x4(load256(xb.add(16 + 32 * j)));
+                let q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q4, 0xFFFF_0000, q4), m4);
+                let a = _mm512_loadu_si512(yb.add(4 + 64 * j) as *const _);
+                let p16 = _mm512_maddubs_epi16(q, a);
+                sumi = _mm512_dpwssd_epi32(sumi, _mm512_shuffle_epi8(sc, *c), p16);
+            }
+            let s = _mm256_add_epi32(
+                _mm512_castsi512_si256(sumi),
+                _mm512_extracti64x4_epi64::<1>(sumi),
+            );
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            // [isum, imin, isum, imin]
+            let h = _mm_hadd_epi32(s, mins);
+            let h = _mm_hadd_epi32(h, h);
+            acc = (_mm_cvtsi128_si32(h) as f32).mul_add(d, acc);
+            acc_min = (_mm_extract_epi32::<1>(h) as f32).mul_add(dmin, acc_min);
+        }
+        acc - acc_min
+    }
+
+    pub(in crate::simd) fn dot_q4_k_gemv(n: usize, w: &[u8], act: &[u8]) -> f32 {
+        // SAFETY: as for the shared wrappers: reachable only through this tier's table.
+        unsafe { q4_k_q8_k_gemv(n, w, act) }
+    }
 
     /// A weight block of the symmetric formats as unsigned bytes `q + OFFSET` (the stored
     /// levels before the format subtracts its offset; Q8_0's with the sign bit flipped).
@@ -1324,7 +1393,7 @@ mod avx512 {
     }
 
     /// 16 packed Q4_K rows against `T` Q8_K activation rows in the order of ggml's repacked
-    /// GEMM (see `q4_k_interleaved` with `per_pair`): each lane is one row, so the per-row
+    /// GEMM (see `q4_k_q8_k_gemm`): each lane is one row, so the per-row
     /// scalar chains (one FMA per sub-block pair for the scales, one for the mins) become
     /// lanes of two 16-lane chains per activation with the same exact integer sums and the same
     /// float steps. Each packed weight vector is loaded once for the `T` activations (one at a
