@@ -3,7 +3,8 @@
 //! compiled by `scripts/x86_c_crosscheck.sh` with `-march=native` (the AVX-512 build on the
 //! machines we validate on) and with `-march=x86-64-v3` (ggml's AVX2 build). Every kernel tier
 //! this CPU can run must reproduce the build it mirrors: the scalar and AVX-512 tables the native
-//! build, the AVX2 table the AVX2 build. Ignored by default: it needs a llama.cpp tree, gcc and an
+//! build, the AVX2 table the AVX2 build (except F16 on the first two, which keep one FMA chain
+//! where ggml's AVX-512 build keeps four: equal to rounding). Ignored by default: it needs a llama.cpp tree, gcc and an
 //! x86-64 CPU, which CI does not have.
 
 mod common;
@@ -17,7 +18,7 @@ use simd_data::{activations, random_blocks, DOT_TYPES};
 use std::path::Path;
 use std::process::Command;
 
-/// Weight types whose dots every tier reproduces bit for bit.
+/// Weight types whose dots every tier reproduces bit for bit (F16: see `same_bits` below).
 const EXACT: [DType; 9] = [
     DType::Q4_0,
     DType::Q4_1,
@@ -118,25 +119,33 @@ fn check(harness: &str, tiers: &[Tier], n: usize, rows: usize, seed: u64) -> usi
             let rb = row_bytes(*w, n);
             let ai = ACT_TYPES.iter().position(|x| x == act).unwrap();
             let theirs = read_bits(&dir.join(&format!("c_dots_{}.bin", c_name(*w))));
+            // F16 on the one-chain tiers (d28cb03): ggml's AVX-512 build sums four 16-lane
+            // chains, ours one, so the two agree to rounding, not to the bit; the AVX2 tier
+            // keeps ggml's AVX2 order and is held to the bit.
+            let same_bits = |ours: f32, c: f32| {
+                if *w == DType::F16 && tier != Tier::Avx2 {
+                    let scale = ours.abs().max(c.abs()).max(1e-30);
+                    (ours - c).abs() / scale <= 1e-5
+                } else {
+                    ours.to_bits() == c.to_bits()
+                }
+            };
             for (k, act_row) in [&c_acts[ai], &raw_acts[ai]].into_iter().enumerate() {
                 let rows_of = |r: usize| &wbytes[r * rb..(r + 1) * rb];
                 for r in 0..rows {
                     let ours = dot(e, rows_of(r), act_row);
-                    let c = theirs[k * rows + r];
-                    assert_eq!(
-                        ours.to_bits(),
-                        c,
-                        "{tier:?} {w} n={n} row {r} ({}): ours {ours:e} C {:e}",
+                    let c = f32::from_bits(theirs[k * rows + r]);
+                    assert!(
+                        same_bits(ours, c),
+                        "{tier:?} {w} n={n} row {r} ({}): ours {ours:e} C {c:e}",
                         ["quantized activations", "raw activation blocks"][k],
-                        f32::from_bits(c)
                     );
                 }
                 for r0 in (0..rows - rows % 4).step_by(4) {
                     let four = dot4(e, std::array::from_fn(|i| rows_of(r0 + i)), act_row);
                     for (i, v) in four.iter().enumerate() {
-                        assert_eq!(
-                            v.to_bits(),
-                            theirs[k * rows + r0 + i],
+                        assert!(
+                            same_bits(*v, f32::from_bits(theirs[k * rows + r0 + i])),
                             "{tier:?} {w} x4 n={n} row {}",
                             r0 + i
                         );
@@ -160,7 +169,10 @@ fn run_harness(var: &str, tiers: &[Tier]) {
     {
         total += check(&harness, &tiers, n, rows, 0x5EED + i as u64);
     }
-    eprintln!("{var}: tiers {tiers:?}: {total} bytes and dots bit-identical to ggml-cpu's C");
+    eprintln!(
+        "{var}: tiers {tiers:?}: {total} bytes and dots bit-identical to ggml-cpu's C \
+         (F16 on the one-chain tiers: within 1e-5 relative)"
+    );
 }
 
 #[test]
