@@ -4,7 +4,7 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TN/BK,...] [--attn] [--decode-attn] [--floor]
+//!        [--warm-ms MS] [--coop-tiles TMxTNxBK/SGMxSGN[/db],...] [--attn] [--decode-attn] [--floor]
 //!        [--profile] [MODEL...]
 //!        (SHAPE: smollm2, gemma3 (270M) or 8b, written as Q4_K_M before the runs; --shape:
 //!        the kernel micro-benchmarks' weight, 4096x14336 by default; --profile: after each
@@ -13,7 +13,7 @@
 
 use orchard_backend::{AttnBatch, AttnParams, Backend, CpuBackend, HostWeight, TokenSlot};
 use orchard_core::DType;
-use orchard_gpu::{GpuBackend, GpuProfile, Profiling};
+use orchard_gpu::{CoopTile, GpuBackend, GpuProfile, Profiling};
 use orchard_models::synth::{write_synthetic_llama, SynthSpec};
 use orchard_models::{Batch, Context, ContextOptions, Model};
 use std::sync::Arc;
@@ -46,8 +46,9 @@ struct Args {
     /// `--q8k-shapes WG/TPR/NR,...`: integer-dot matrix-vector shapes timed side by side (in
     /// that order, then again in reverse) on the K-quant formats.
     q8k_shapes: Vec<(u32, u32, u32)>,
-    /// `--coop-tiles TN/BK,...`: cooperative-matrix matmul tiles timed side by side.
-    coop_tiles: Vec<(u32, u32)>,
+    /// `--coop-tiles TMxTNxBK/SGMxSGN[/db],...`: cooperative-matrix matmul tiles timed side
+    /// by side.
+    coop_tiles: Vec<CoopTile>,
     /// `--profile`: per-kernel device time of decode tokens and a prompt step, after the runs.
     profile: bool,
     p: usize,
@@ -116,13 +117,10 @@ fn parse() -> Args {
                     .collect();
             }
             "--coop-tiles" => {
-                let v = it.next().expect("TN/BK,...");
+                let v = it.next().expect("TMxTNxBK/SGMxSGN[/db],...");
                 a.coop_tiles = v
                     .split(',')
-                    .map(|t| {
-                        let (x, y) = t.split_once('/').expect("TN/BK");
-                        (x.parse().expect("TN"), y.parse().expect("BK"))
-                    })
+                    .map(|t| t.parse().unwrap_or_else(|e| panic!("{e}")))
                     .collect();
             }
             "--synth" => {
@@ -527,7 +525,7 @@ fn bench_kernels(a: &Args) {
             v
         };
         let coop_default = g.coop();
-        let variants: Vec<Option<(u32, u32)>> = if !g.coop_available() {
+        let variants: Vec<Option<CoopTile>> = if !g.coop_available() {
             vec![None]
         } else if a.coop_tiles.is_empty() {
             vec![None, Some(g.coop_tile()), None, Some(g.coop_tile())]
@@ -541,9 +539,9 @@ fn bench_kernels(a: &Args) {
         };
         for var in variants {
             g.set_coop(var.is_some());
-            if let Some((tn, bk)) = var {
-                if !g.set_coop_tile(tn, bk) {
-                    println!("coop tile {tn}/{bk} refused");
+            if let Some(t) = var {
+                if !g.set_coop_tile(t) {
+                    println!("coop tile {t} refused");
                     continue;
                 }
             }
@@ -556,7 +554,7 @@ fn bench_kernels(a: &Args) {
                 "{dtype:>5} {cols}x{rows_w}: matmul {} n=512 {:.3} ms {:.2} TFLOP/s (n={nc} NMSE vs CPU {:.1e})",
                 match var {
                     None => "f32       ".to_string(),
-                    Some((tn, bk)) => format!("coop {tn:>3}/{bk}"),
+                    Some(t) => format!("coop {t:<17}"),
                 },
                 s512 * 1e3,
                 2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12,

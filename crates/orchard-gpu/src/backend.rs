@@ -1,7 +1,7 @@
 //! `GpuBackend`: device setup, the per-step command recorder and the `Backend` ops.
 
 use crate::formats::{format, Format};
-use crate::shaders;
+use crate::shaders::{self, CoopTile};
 use crate::{adapters, describe, device_error, instance, AdapterInfo};
 use orchard_backend::{
     rope_cache, AttnBatch, AttnParams, Backend, BackendError, BufId, GluKind, HostWeight,
@@ -223,11 +223,27 @@ const Q8K_NR: u32 = 4;
 /// first layers while the host encodes the rest (wgpu spends ~2-4 us of CPU per dispatch).
 /// 40 rather than 80: 8B decode +2-3 %, SmolLM2's shape +5 % on an H200 (runs 22, 23).
 const FLUSH_EVERY_DISPATCHES: usize = 40;
-/// Default (TN, BK) of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
-/// run 13: 75-86 TFLOP/s on the big products against 55-62 for 64/32), and the smallest tile,
+/// Default tile of the cooperative-matrix matmul (the fastest on the 8B shapes of an H200,
+/// run 13: 75-86 TFLOP/s on the big products against 55-62 for 128x64x32), and the smallest,
 /// used where the device's shared memory cannot hold the default.
-const COOP_TILE: (u32, u32) = (128, 64);
-const COOP_TILE_MIN: (u32, u32) = (64, 32);
+const COOP_TILE: CoopTile = CoopTile {
+    tm: 128,
+    tn: 128,
+    bk: 64,
+    sgm: 4,
+    sgn: 2,
+    double: false,
+    stage_first: false,
+};
+const COOP_TILE_MIN: CoopTile = CoopTile {
+    tm: 128,
+    tn: 64,
+    bk: 32,
+    sgm: 4,
+    sgn: 2,
+    double: false,
+    stage_first: false,
+};
 /// Threads of an attention workgroup (one head of one token); also the KV tile length.
 const ATTN_WG: u32 = 64;
 /// Workgroups split decode attention aims at per step (flash-decoding): an 8B decode token
@@ -257,9 +273,8 @@ enum Kernel {
     MatMul(DType),
     /// `MATMUL_KMAJOR`: the 128x128 tile with k-contiguous shared tiles.
     MatMulK(DType),
-    /// `MATMUL_COOP`: 128 x TN tiles on cooperative matrices (f16 x f16 -> f32), K steps of
-    /// BK: (format, TN, BK).
-    MatMulCoop(DType, u32, u32),
+    /// `MATMUL_COOP`: tiles on cooperative matrices (f16 x f16 -> f32).
+    MatMulCoop(DType, CoopTile),
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
@@ -526,8 +541,8 @@ pub struct GpuBackend {
     coop_available: bool,
     /// Whether prompt matmuls use `MATMUL_COOP` (`ORCHARD_GPU_COOP=0` turns it off).
     coop: bool,
-    /// (TN, BK) of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TN/BK`).
-    coop_tile: (u32, u32),
+    /// The tile of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TMxTNxBK/SGMxSGN[/db]`).
+    coop_tile: CoopTile,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
@@ -638,8 +653,7 @@ impl GpuBackend {
             wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
         let coop_available = subgroup == Some(32)
             && adapter.features().contains(coop_features)
-            && limits.max_compute_workgroup_storage_size
-                >= shaders::coop_shared_bytes(COOP_TILE_MIN.0, COOP_TILE_MIN.1)
+            && limits.max_compute_workgroup_storage_size >= COOP_TILE_MIN.shared_bytes()
             && adapter.cooperative_matrix_properties().iter().any(|p| {
                 (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
                     && p.ab_type == wgpu::CooperativeScalarType::F16
@@ -835,12 +849,14 @@ impl GpuBackend {
         if let Some((wg, tpr, nr)) = shape("ORCHARD_GPU_Q6K_SHAPE") {
             me.set_q6k_shape(wg, tpr, nr);
         }
-        me.set_coop_tile(COOP_TILE.0, COOP_TILE.1);
+        me.set_coop_tile(COOP_TILE);
         if let Ok(v) = std::env::var("ORCHARD_GPU_COOP_TILE") {
-            if let Some((tn, bk)) = v.split_once('/') {
-                if let (Ok(tn), Ok(bk)) = (tn.parse(), bk.parse()) {
-                    me.set_coop_tile(tn, bk);
-                }
+            match v.parse() {
+                Ok(t) if me.set_coop_tile(t) => {}
+                Ok(t) => tracing::warn!(
+                    "ORCHARD_GPU_COOP_TILE={t}: more shared memory than the device has"
+                ),
+                Err(e) => tracing::warn!("ORCHARD_GPU_COOP_TILE: {e}"),
             }
         }
         me.sync();
@@ -1227,19 +1243,18 @@ impl GpuBackend {
         self.coop
     }
 
-    /// Sets `MATMUL_COOP`'s token tile and K step (one of `shaders::COOP_TILES` that fits the
-    /// device's shared memory); returns whether it was taken.
-    pub fn set_coop_tile(&mut self, tn: u32, bk: u32) -> bool {
-        let ok = shaders::COOP_TILES.contains(&(tn, bk))
-            && shaders::coop_shared_bytes(tn, bk) <= self.limits.max_compute_workgroup_storage_size;
+    /// Sets `MATMUL_COOP`'s tile (one `coop_source` writes, that fits the device's shared
+    /// memory); returns whether it was taken.
+    pub fn set_coop_tile(&mut self, t: CoopTile) -> bool {
+        let ok = t.valid() && t.shared_bytes() <= self.limits.max_compute_workgroup_storage_size;
         if ok {
-            self.coop_tile = (tn, bk);
+            self.coop_tile = t;
         }
         ok
     }
 
-    /// (TN, BK) of the cooperative-matrix matmul.
-    pub fn coop_tile(&self) -> (u32, u32) {
+    /// The tile of the cooperative-matrix matmul.
+    pub fn coop_tile(&self) -> CoopTile {
         self.coop_tile
     }
 
@@ -1372,7 +1387,7 @@ impl GpuBackend {
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
-                Kernel::MatMulCoop(dt, ..) => ("", 256, format(dt)),
+                Kernel::MatMulCoop(dt, t) => ("", t.threads(), format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
                 Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm | Kernel::NormInplace => ("", 256, None),
@@ -1411,7 +1426,7 @@ impl GpuBackend {
                     shaders::source_q8k_multi(unit, wg, tpr, nr, packed, reduce, m)
                 }
                 Kernel::Glu => shaders::glu_source(body, false),
-                Kernel::MatMulCoop(_, tn, bk) => shaders::coop_source(tn, bk, fmt.as_ref()),
+                Kernel::MatMulCoop(_, t) => shaders::coop_source(t, fmt.as_ref()),
                 Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::ActQ8K => shaders::act_q8k_source(),
                 Kernel::Norm => shaders::norm_source(shaders::NormKind::Plain),
@@ -2443,15 +2458,24 @@ impl Backend for GpuBackend {
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
                 if self.coop && ragged == 0 {
-                    let (mut tn, bk) = self.coop_tile;
+                    let mut t = self.coop_tile;
                     // Few tiles (K and V of the 8B shape: 32 of 128 x 128 on 132 SMs): halve
                     // the token tile for twice the workgroups (run 13: 0.16-0.21 ms against
                     // 0.21-0.25 for 4096 x 1024 at n = 512; at 128 tiles the wide tile wins).
-                    if tn == 128 && crow.div_ceil(128) * n.div_ceil(128) < 64 {
-                        tn = 64;
+                    let tiles =
+                        |t: CoopTile| crow.div_ceil(t.tm as usize) * n.div_ceil(t.tn as usize);
+                    while tiles(t) < 64 {
+                        match t.narrower() {
+                            Some(nt) if nt.tn >= 64 => t = nt,
+                            _ => break,
+                        }
                     }
-                    let groups = [crow.div_ceil(128) as u32, n.div_ceil(tn as usize) as u32, 1];
-                    self.dispatch(Kernel::MatMulCoop(dt, tn, bk), &[&res, &xr, &or], p, groups);
+                    let groups = [
+                        crow.div_ceil(t.tm as usize) as u32,
+                        n.div_ceil(t.tn as usize) as u32,
+                        1,
+                    ];
+                    self.dispatch(Kernel::MatMulCoop(dt, t), &[&res, &xr, &or], p, groups);
                     continue;
                 }
                 // Small products: 64x64 tiles fill the device where 128x128 would not.

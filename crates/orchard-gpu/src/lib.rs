@@ -39,6 +39,7 @@ mod shaders;
 pub use backend::{
     set_profiling, stats, take_profile, GpuBackend, GpuProfile, GpuStats, ProfileRow, Profiling,
 };
+pub use shaders::CoopTile;
 
 use orchard_backend::BackendError;
 

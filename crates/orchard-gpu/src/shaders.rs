@@ -359,26 +359,26 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 
 /// Tiled matrix-matrix product on cooperative matrices (tensor cores where the device has
 /// them; only used when the adapter reports 16x16x16 f16 x f16 -> f32 products and subgroups
-/// of 32): a 256-thread workgroup (8 subgroups) computes a 128 x TN tile (weight rows x
-/// tokens, TN = 64 or 128); per K step of BK (32 or 64) the threads dequantize the weight
-/// tile's 16-element chunks and convert the activations to f16 into shared memory (k
-/// contiguous, rows padded by 8 halves), then each subgroup multiplies its 32 x TN/2 corner as
-/// 2 x TN/32 accumulators of 16 x 16 (f32). Outputs go through a per-subgroup 16 x 16 f32
-/// scratch so that ragged edges are masked. Weights and activations are rounded to f16
-/// (11-bit significand; the CPU rounds activations of K-quant products to 8-bit Q8_K levels,
-/// which this kernel reads when exact activations are on), products accumulate in f32.
-/// Parameters as `MATMUL`. `coop_source` writes the body for one (TN, BK).
+/// of 32). A workgroup of SGM x SGN subgroups computes a TM x TN tile (weight rows x tokens);
+/// per K step of BK the threads dequantize the weight tile's 16-element chunks and convert the
+/// activations to f16 into shared memory (k contiguous, rows padded by 8 halves), then each
+/// subgroup multiplies its WM x WN corner as (WM/16) x (WN/16) accumulators of 16 x 16 (f32).
+/// With two buffers (`CoopTile::double`) step k+1 is staged into the other pair of tiles while
+/// step k multiplies, one barrier a step instead of two. Outputs go through a per-subgroup
+/// 16 x 16 f32 scratch so that ragged edges are masked. Weights and activations are rounded to
+/// f16 (11-bit significand; the CPU rounds activations of K-quant products to 8-bit Q8_K
+/// levels, which this kernel reads when exact activations are on), products accumulate in f32.
+/// Parameters as `MATMUL`. `coop_source` writes the body for one `CoopTile`.
 const MATMUL_COOP_HEAD: &str = r#"
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
-const TM: u32 = 128u;
 const LD: u32 = BK + 8u; // halves per tile row
-var<workgroup> As: array<f16, TM * LD>; // [TM][LD]
-var<workgroup> Bs: array<f16, TN * LD>; // [TN][LD]
-var<workgroup> Cs: array<f32, 2048>; // [8 subgroups][16 tokens][16 rows]
+var<workgroup> As: array<f16, NBUF * TM * LD>; // [buffer][TM][LD]
+var<workgroup> Bs: array<f16, NBUF * TN * LD>; // [buffer][TN][LD]
+var<workgroup> Cs: array<f32, NSG * 256u>; // [subgroup][16 tokens][16 rows]
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32,
         @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let m0 = g.x * TM;
@@ -388,54 +388,57 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let cols4 = P.a.z / 4u;
     let ntok = P.c.x;
     let nch = P.c.y;
-    let sm = (sg & 3u) * 32u; // this subgroup's rows within the tile
-    let sn = (sg >> 2u) * (TN / 2u); // and tokens
+    let sm = (sg % SGM) * WM; // this subgroup's rows within the tile
+    let sn = (sg / SGM) * WN; // and tokens
+    let steps = (nch * 16u + BK - 1u) / BK;
 ACC_DECL
-    for (var k0 = 0u; k0 < nch * 16u; k0 += BK) {
-        for (var q = 0u; q < BK / 32u; q++) {
-            let c = lid + 256u * q;
-            let r = c / (BK / 16u);
-            let sc = c % (BK / 16u);
-            let ch = (k0 >> 4u) + sc;
-            let row = m0 + r;
-            var w: array<vec4<f32>, 4>;
-            if (row < rows && ch < nch) {
-                w = deq(row * nblk + ch / CPB, ch % CPB);
-            }
-            let base = r * LD + sc * 16u;
-            for (var k = 0u; k < 4u; k++) {
-                let h = vec4<f16>(w[k]);
-                As[base + 4u * k] = h.x;
-                As[base + 4u * k + 1u] = h.y;
-                As[base + 4u * k + 2u] = h.z;
-                As[base + 4u * k + 3u] = h.w;
-            }
-        }
-        for (var q = 0u; q < TN * BK / 1024u; q++) {
-            let i = lid + 256u * q;
-            let t = i / (BK / 4u);
-            let kq = i % (BK / 4u);
-            let tok = n0 + t;
-            let e4 = (k0 >> 2u) + kq;
-            var v = vec4<f32>(0.0);
-            if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
-            let h = vec4<f16>(v);
-            let base = t * LD + 4u * kq;
-            Bs[base] = h.x;
-            Bs[base + 1u] = h.y;
-            Bs[base + 2u] = h.z;
-            Bs[base + 3u] = h.w;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[sm * LD + kk], LD);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(sm + 16u) * LD + kk], LD);
-MMA
-        }
-        workgroupBarrier();
-    }
+LOOP
 STORE
 }
+"#;
+
+/// Stages K step `STEP` into shared buffer `BUF`: the weight tile dequantized, the activation
+/// tile converted, both to f16.
+const COOP_STAGE: &str = r#"
+        {
+            let k0 = STEP * BK;
+            let ao = BUF * TM * LD;
+            let bo = BUF * TN * LD;
+            for (var q = 0u; q < TM * BK / 16u / WG; q++) {
+                let c = lid + WG * q;
+                let r = c / (BK / 16u);
+                let sc = c % (BK / 16u);
+                let ch = (k0 >> 4u) + sc;
+                let row = m0 + r;
+                var w: array<vec4<f32>, 4>;
+                if (row < rows && ch < nch) {
+                    w = deq(row * nblk + ch / CPB, ch % CPB);
+                }
+                let base = ao + r * LD + sc * 16u;
+                for (var k = 0u; k < 4u; k++) {
+                    let h = vec4<f16>(w[k]);
+                    As[base + 4u * k] = h.x;
+                    As[base + 4u * k + 1u] = h.y;
+                    As[base + 4u * k + 2u] = h.z;
+                    As[base + 4u * k + 3u] = h.w;
+                }
+            }
+            for (var q = 0u; q < TN * BK / 4u / WG; q++) {
+                let i = lid + WG * q;
+                let t = i / (BK / 4u);
+                let kq = i % (BK / 4u);
+                let tok = n0 + t;
+                let e4 = (k0 >> 2u) + kq;
+                var v = vec4<f32>(0.0);
+                if (tok < ntok && e4 < cols4) { v = X[tok * cols4 + e4]; }
+                let h = vec4<f16>(v);
+                let base = bo + t * LD + 4u * kq;
+                Bs[base] = h.x;
+                Bs[base + 1u] = h.y;
+                Bs[base + 2u] = h.z;
+                Bs[base + 3u] = h.w;
+            }
+        }
 "#;
 
 /// The 16 x 16 accumulator `c{i}{j}` (rows 16 i, tokens 16 j of the subgroup's corner) written
@@ -451,31 +454,161 @@ const COOP_STORE_ONE: &str = r#"
     workgroupBarrier();
 "#;
 
-/// Token and K tile sizes `MATMUL_COOP` is written for.
-pub(crate) const COOP_TILES: [(u32, u32); 4] = [(64, 32), (128, 32), (64, 64), (128, 64)];
-
-/// Shared memory of the `MATMUL_COOP` tile (TN, BK), in bytes.
-pub(crate) fn coop_shared_bytes(tn: u32, bk: u32) -> u32 {
-    (128 + tn) * (bk + 8) * 2 + 2048 * 4
+/// A `MATMUL_COOP` configuration: a `tm` x `tn` (weight rows x tokens) workgroup tile in K
+/// steps of `bk`, over `sgm` x `sgn` subgroups of 32, each owning a (tm / sgm) x (tn / sgn)
+/// corner; `double` stages the next K step into a second pair of shared tiles while the
+/// current one multiplies, after its products (`/db`) or before them (`/dbs`, `stage_first`).
+/// Written `TMxTNxBK/SGMxSGN[/db|/dbs]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopTile {
+    pub tm: u32,
+    pub tn: u32,
+    pub bk: u32,
+    pub sgm: u32,
+    pub sgn: u32,
+    pub double: bool,
+    pub stage_first: bool,
 }
 
-/// The `MATMUL_COOP` module for tile (TN, BK) and a weight format (`enable` directives first).
+impl CoopTile {
+    /// Threads of a workgroup.
+    pub const fn threads(&self) -> u32 {
+        32 * self.sgm * self.sgn
+    }
+
+    /// Whether `coop_source` can write this tile: corners of whole 16 x 16 matrices, K steps
+    /// of whole chunks, and staging loops that give every thread the same count.
+    pub fn valid(&self) -> bool {
+        // Bounds first: the products below stay far from overflow for any parsed input.
+        if !(1..=8).contains(&self.sgm)
+            || !(1..=8).contains(&self.sgn)
+            || !(16..=512).contains(&self.tm)
+            || !(16..=512).contains(&self.tn)
+            || (self.bk != 32 && self.bk != 64)
+            || (self.stage_first && !self.double)
+        {
+            return false;
+        }
+        let (t, wm, wn) = (self.threads(), self.tm / self.sgm, self.tn / self.sgn);
+        self.tm.is_multiple_of(self.sgm)
+            && self.tn.is_multiple_of(self.sgn)
+            && wm % 16 == 0
+            && wn % 16 == 0
+            && (1..=4).contains(&(wm / 16))
+            && (1..=4).contains(&(wn / 16))
+            && (self.tm * self.bk / 16).is_multiple_of(t)
+            && (self.tn * self.bk / 4).is_multiple_of(t)
+    }
+
+    /// Shared memory of the tile, in bytes.
+    pub fn shared_bytes(&self) -> u32 {
+        let bufs = if self.double { 2 } else { 1 };
+        bufs * (self.tm + self.tn) * (self.bk + 8) * 2 + self.sgm * self.sgn * 256 * 4
+    }
+
+    /// The same tile with half the tokens (twice the workgroups for products with few tiles),
+    /// if its corners stay whole matrices.
+    pub fn narrower(&self) -> Option<CoopTile> {
+        let t = CoopTile {
+            tn: self.tn / 2,
+            ..*self
+        };
+        t.valid().then_some(t)
+    }
+}
+
+impl std::fmt::Display for CoopTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}{}",
+            self.tm,
+            self.tn,
+            self.bk,
+            self.sgm,
+            self.sgn,
+            match (self.double, self.stage_first) {
+                (false, _) => "",
+                (true, false) => "/db",
+                (true, true) => "/dbs",
+            }
+        )
+    }
+}
+
+impl std::str::FromStr for CoopTile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("coop tile {s:?}: want TMxTNxBK/SGMxSGN[/db|/dbs]");
+        let mut parts = s.split('/');
+        let dims: Vec<u32> = parts
+            .next()
+            .ok_or_else(bad)?
+            .split('x')
+            .map(|v| v.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let sgs: Vec<u32> = parts
+            .next()
+            .ok_or_else(bad)?
+            .split('x')
+            .map(|v| v.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let (double, stage_first) = match parts.next() {
+            None => (false, false),
+            Some("db") => (true, false),
+            Some("dbs") => (true, true),
+            Some(_) => return Err(bad()),
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let (&[tm, tn, bk], &[sgm, sgn]) = (dims.as_slice(), sgs.as_slice()) else {
+            return Err(bad());
+        };
+        let t = CoopTile {
+            tm,
+            tn,
+            bk,
+            sgm,
+            sgn,
+            double,
+            stage_first,
+        };
+        if t.valid() {
+            Ok(t)
+        } else {
+            Err(format!(
+                "coop tile {s}: not a tile MATMUL_COOP is written for"
+            ))
+        }
+    }
+}
+
+/// The `MATMUL_COOP` module for a tile and a weight format (`enable` directives first).
 /// F16 weights are read eight halves a load instead of through `deq`'s one-word loads (runs 29
 /// and 30, the 8B prompt's products on f16 copies of their weights: 367 -> 340 us each).
-pub(crate) fn coop_source(tn: u32, bk: u32, fmt: Option<&Format>) -> String {
-    assert!(COOP_TILES.contains(&(tn, bk)), "coop tile {tn}/{bk}");
+pub(crate) fn coop_source(t: CoopTile, fmt: Option<&Format>) -> String {
+    assert!(t.valid(), "coop tile {t}");
     let f16_rows = fmt.is_some_and(|f| f.dtype == orchard_core::DType::F16);
-    let nj = tn / 32; // 16-token accumulators per subgroup
+    let (wm, wn) = (t.tm / t.sgm, t.tn / t.sgn);
+    let (ni, nj) = (wm / 16, wn / 16); // accumulators per subgroup
     let mut decl = String::new();
     let mut mma = String::new();
     let mut store = String::new();
+    for i in 0..ni {
+        mma.push_str(&format!(
+            "            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&As[ao + (sm + {}u) * LD + kk], LD);\n",
+            16 * i
+        ));
+    }
     for j in 0..nj {
         mma.push_str(&format!(
-            "            let b{j} = coopLoad<coop_mat16x16<f16, B>>(&Bs[(sn + {}u) * LD + kk], LD);\n",
+            "            let b{j} = coopLoad<coop_mat16x16<f16, B>>(&Bs[bo + (sn + {}u) * LD + kk], LD);\n",
             16 * j
         ));
     }
-    for i in 0..2 {
+    for i in 0..ni {
         for j in 0..nj {
             decl.push_str(&format!("    var c{i}{j} = coop_mat16x16<f32, C>();\n"));
             mma.push_str(&format!(
@@ -489,9 +622,42 @@ pub(crate) fn coop_source(tn: u32, bk: u32, fmt: Option<&Format>) -> String {
             );
         }
     }
+    let multiply = |buf: &str| {
+        format!(
+            "        {{\n            let ao = {buf} * TM * LD;\n            let bo = {buf} * TN * LD;\n\
+             \x20           for (var kk = 0u; kk < BK; kk += 16u) {{\n{mma}            }}\n        }}\n"
+        )
+    };
+    let stage = |step: &str, buf: &str| COOP_STAGE.replace("STEP", step).replace("BUF", buf);
+    let lp = if t.double {
+        // Step s multiplies buffer s & 1 while step s + 1 is staged into the other; the one
+        // barrier a step both publishes the staged tiles and retires the reads of the buffer
+        // the next step overwrites. The products are issued first so that the staging's
+        // loads are in flight while the tensor cores work.
+        let next = format!(
+            "        if (s + 1u < steps) {{\n{}        }}\n",
+            stage("(s + 1u)", "((s + 1u) & 1u)")
+        );
+        let (first, second) = if t.stage_first {
+            (next, multiply("(s & 1u)"))
+        } else {
+            (multiply("(s & 1u)"), next)
+        };
+        format!(
+            "{}    workgroupBarrier();\n    for (var s = 0u; s < steps; s++) {{\n{first}{second}        \
+             workgroupBarrier();\n    }}\n",
+            stage("0u", "0u"),
+        )
+    } else {
+        format!(
+            "    for (var s = 0u; s < steps; s++) {{\n{}        workgroupBarrier();\n{}        workgroupBarrier();\n    }}\n",
+            stage("s", "0u"),
+            multiply("0u")
+        )
+    };
     let mut body = MATMUL_COOP_HEAD
         .replace("ACC_DECL\n", &decl)
-        .replace("MMA\n", &mma)
+        .replace("LOOP\n", &lp)
         .replace("STORE\n", &store);
     if f16_rows {
         body = body
@@ -500,8 +666,8 @@ pub(crate) fn coop_source(tn: u32, bk: u32, fmt: Option<&Format>) -> String {
                 "var<storage, read> W4: array<vec4<u32>>;",
             )
             .replace(
-                "                w = deq(row * nblk + ch / CPB, ch % CPB);\n",
-                "                let v0 = W4[2u * (row * nblk + ch)];\n\
+                "                    w = deq(row * nblk + ch / CPB, ch % CPB);\n",
+                "                    let v0 = W4[2u * (row * nblk + ch)];\n\
                  let v1 = W4[2u * (row * nblk + ch) + 1u];\n\
                  w = array<vec4<f32>, 4>(\n\
                      vec4<f32>(unpack2x16float(v0.x), unpack2x16float(v0.y)),\n\
@@ -509,10 +675,19 @@ pub(crate) fn coop_source(tn: u32, bk: u32, fmt: Option<&Format>) -> String {
                      vec4<f32>(unpack2x16float(v1.x), unpack2x16float(v1.y)),\n\
                      vec4<f32>(unpack2x16float(v1.z), unpack2x16float(v1.w)));\n",
             );
+        assert!(body.contains("W4[2u"), "the f16 load replaced deq");
     }
     format!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\nconst TN: u32 = {tn}u;\nconst BK: u32 = {bk}u;\n{}",
-        source(&body, 256, if f16_rows { None } else { fmt })
+        "enable f16;\nenable wgpu_cooperative_matrix;\nconst TM: u32 = {}u;\nconst TN: u32 = {}u;\n\
+         const BK: u32 = {}u;\nconst SGM: u32 = {}u;\nconst WM: u32 = {wm}u;\nconst WN: u32 = {wn}u;\n\
+         const NSG: u32 = {}u;\nconst NBUF: u32 = {}u;\n{}",
+        t.tm,
+        t.tn,
+        t.bk,
+        t.sgm,
+        t.sgm * t.sgn,
+        if t.double { 2 } else { 1 },
+        source(&body, t.threads(), if f16_rows { None } else { fmt })
     )
 }
 
@@ -2528,6 +2703,49 @@ mod tests {
     /// lavapipe has no cooperative matrices, so the device tests never compile `MATMUL_COOP`:
     /// this parses, validates and translates it to SPIR-V with naga for every weight format
     /// (what wgpu does before handing it to the driver), so a syntax or typing error shows here.
+    /// Tiles `coop_matmul_compiles_for_every_format` compiles: the default, its narrower twin,
+    /// the smallest, and the variants `gpu_bench --coop-tiles` times on the card.
+    const TESTED_COOP_TILES: [&str; 11] = [
+        "128x128x64/4x2",
+        "128x64x64/4x2",
+        "128x64x32/4x2",
+        "128x128x32/4x2/db",
+        "128x128x32/2x2",
+        "128x128x32/2x2/db",
+        "128x128x32/2x2/dbs",
+        "128x64x32/2x2",
+        "128x128x64/2x2",
+        "128x256x32/2x4",
+        "256x128x32/4x2",
+    ];
+
+    #[test]
+    fn coop_tiles_parse_print_and_validate() {
+        for s in TESTED_COOP_TILES {
+            let t: CoopTile = s.parse().expect("a tile");
+            assert_eq!(t.to_string(), s);
+        }
+        let t: CoopTile = "128x128x32/2x2/db".parse().unwrap();
+        assert_eq!((t.threads(), t.double), (128, true));
+        assert_eq!(t.shared_bytes(), 2 * 256 * 40 * 2 + 4 * 1024);
+        assert_eq!(t.narrower().map(|n| n.tn), Some(64));
+        // corners of 8 tokens, a K step of 48, staging counts that do not divide
+        for bad in [
+            "128x64x32/2x8",
+            "128x128x48/4x2",
+            "64x64x32/4x4",
+            "128x128/4x2",
+            "1x2x3/1x1/x",
+            "4294967295x128x32/4x2",
+            "128x128x32/4294967295x2",
+            "128x128x32/4x2/dbx",
+            "128x128x32/4x2/db/db",
+            "128x128x32/4x2/dbs/",
+        ] {
+            assert!(bad.parse::<CoopTile>().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn coop_matmul_compiles_for_every_format() {
         for dt in [
@@ -2541,9 +2759,10 @@ mod tests {
             DType::Q5_K,
             DType::Q6_K,
         ] {
-            for (tn, bk) in COOP_TILES {
+            for tile in TESTED_COOP_TILES {
+                let tile: CoopTile = tile.parse().expect("a tile");
                 let fmt = crate::formats::format(dt);
-                let src = coop_source(tn, bk, fmt.as_ref());
+                let src = coop_source(tile, fmt.as_ref());
                 let module = naga::front::wgsl::parse_str(&src)
                     .unwrap_or_else(|e| panic!("{dt}: {}", e.emit_to_string(&src)));
                 let info = naga::valid::Validator::new(
@@ -2563,7 +2782,7 @@ mod tests {
                 // `spirv-val --target-env vulkan1.3`, which checks rules naga does not (Debian
                 // 13's spirv-tools runs here through bench/gpu/prepare-vulkan.sh's loader).
                 if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
-                    let name = format!("{dir}/coop-{dt}-{tn}-{bk}");
+                    let name = format!("{dir}/coop-{dt}-{}", tile.to_string().replace('/', "-"));
                     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
                     std::fs::write(format!("{name}.spv"), bytes).expect("writes the module");
                     std::fs::write(format!("{name}.wgsl"), &src).expect("writes the source");
