@@ -7,7 +7,7 @@ use crate::ops::{gelu_tanh_f16_rounded, rms_scale, rope_apply, rope_cache};
 use crate::*;
 use crate::{pool, vec_math};
 use half::f16;
-use orchard_quant::{traits, TypeTraits, PANEL_ROWS, PANEL_TOKENS};
+use orchard_quant::{traits, TypeTraits, GROUP_ROWS, PANEL_ROWS, PANEL_TOKENS};
 
 struct Buf {
     data: Vec<f32>,
@@ -20,6 +20,11 @@ struct CpuWeight {
     traits: &'static TypeTraits,
     /// Dequantized copy of vectors (norm weights, biases, rope factors): small and read often.
     vector: Option<Vec<f32>>,
+    /// Q4_K matrices in the repacked order: the rows block-interleaved in groups of four
+    /// (`orchard_quant::interleave_rows`), which decode reads as one stream with four rows'
+    /// work per activation load, as llama.cpp reads its repacked copy. The file's pages of
+    /// such a weight are released once copied; every path reads this copy.
+    groups: Option<memmap2::MmapMut>,
 }
 
 struct LayerKv {
@@ -47,6 +52,10 @@ pub struct CpuBackend {
     row_seqs: Vec<u32>,
     /// Per-token dot order of the current matmul, reused across calls.
     orders: Vec<DotOrder>,
+    /// The size from which `add_weight` makes the block-interleaved copy of repacked-order
+    /// Q4_K matrices (`CpuWeight::groups`), `None` for never; `ORCHARD_NO_REPACK=1` turns it
+    /// off, as llama.cpp's `--no-repack`.
+    repack: Option<usize>,
 }
 
 /// Which of ggml's float orders a (weight row, token) dot product follows.
@@ -91,7 +100,15 @@ impl CpuBackend {
             panel_groups: Vec::new(),
             row_seqs: Vec::new(),
             orders: Vec::new(),
+            repack: std::env::var("ORCHARD_NO_REPACK")
+                .map_or(true, |v| v.is_empty() || v == "0")
+                .then_some(REPACK_MIN_BYTES),
         }
+    }
+
+    /// Whether weights added from now on get the repacked Q4_K copy (see `CpuWeight::groups`).
+    pub fn set_repack(&mut self, on: bool) {
+        self.repack = on.then_some(REPACK_MIN_BYTES);
     }
 
     fn vector(&self, w: WeightId) -> &[f32] {
@@ -123,12 +140,21 @@ impl CpuBackend {
     }
 }
 
+/// The smallest matrix `add_weight` repacks. Releasing the file's pages only shrinks the
+/// resident set where they are not mapped again for a neighbouring tensor: with the file in
+/// 2 MiB folios, touching any byte of a folio maps all of it, so a small tensor's copy was
+/// pure overhead (Gemma 3 270M: +13 MB peak, above llama.cpp's) while an 8B model's tensors
+/// (tens of MB) give back nearly all their pages.
+const REPACK_MIN_BYTES: usize = 8 << 20;
+
 thread_local! {
     /// Each pool thread's scratch for weight rows unpacked for a tile kernel (grown once, then
     /// reused by every matmul).
     static UNPACKED_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// The same for four activation rows in a tile kernel's own layout.
     static UNPACKED_ACTS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A task's weight rows taken out of a repacked weight's groups, in row order.
+    static TASK_ROWS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// The same for a task's weight rows packed as panels (`PanelKernel`).
     static PANEL_ROWS_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -559,10 +585,39 @@ impl Backend for CpuBackend {
         } else {
             None
         };
+        let groups = t.vec_dot_interleaved_group.filter(|_| {
+            self.repack.is_some_and(|min| w.range.len() >= min)
+                && vector.is_none()
+                && crate::ggml_order::uses_repack_order(w.dtype, w.n_rows())
+        });
+        let groups = groups.map(|_| {
+            let bytes = w.bytes();
+            let group = GROUP_ROWS * row as usize;
+            // Anonymous memory advised into 2 MiB pages: an 8B model's copy is 3.4 GB, which
+            // in 4 KiB pages is ~850k first-touch faults at load and as many TLB entries for
+            // decode to walk.
+            let mut copy = match memmap2::MmapMut::map_anon(bytes.len()) {
+                Ok(m) => m,
+                Err(_) => return None,
+            };
+            #[cfg(target_os = "linux")]
+            let _ = copy.advise(memmap2::Advice::HugePage);
+            // Whole groups per task; the copy is written by the pool threads in parallel.
+            pool::par_chunks_mut(&mut copy, 64 * group, |ci, dst| {
+                let src = &bytes[ci * 64 * group..ci * 64 * group + dst.len()];
+                for (s, d) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
+                    orchard_quant::interleave_rows(s, w.dtype.block_bytes(), d);
+                }
+            });
+            w.source.release(w.range.clone());
+            Some(copy)
+        });
+        let groups = groups.flatten();
         self.weights.push(CpuWeight {
             host: w.clone(),
             traits: t,
             vector,
+            groups,
         });
         Ok(WeightId(self.weights.len() as u32 - 1))
     }
@@ -815,6 +870,8 @@ impl Backend for CpuBackend {
         self.set_rows(out, n_tokens);
         let mut o = std::mem::take(&mut self.bufs[out.0 as usize].data);
         let wbytes = self.weights[w.0 as usize].host.bytes();
+        let repacked = self.weights[w.0 as usize].groups.as_deref();
+        let group_kernel = t.vec_dot_interleaved_group;
         let w_row = t.dtype.row_bytes(cols as u64).expect("validated") as usize;
         if n_tokens == 1 {
             let dot = dot_of(orders[0]);
@@ -826,23 +883,37 @@ impl Backend for CpuBackend {
             let per_task = rows.div_ceil(pool::global().threads());
             // A type's run kernel, where it has one, takes the thread's whole run at once.
             let rows_kernel = t.vec_dot_rows.filter(|_| orders[0] == DotOrder::Plain);
-            pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
-                let r0 = ci * per_task;
-                if let Some(k) = rows_kernel {
-                    k(
-                        cols,
-                        &wbytes[r0 * w_row..(r0 + chunk.len()) * w_row],
-                        w_row,
-                        &act,
-                        chunk,
-                    );
-                    return;
-                }
-                for (i, v) in chunk.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
-                }
-            });
+            // A repacked weight: each thread takes whole groups and reads them as one stream.
+            if let (Some(g), Some(k), DotOrder::Gemv) = (repacked, group_kernel, orders[0]) {
+                let per_task = per_task.next_multiple_of(GROUP_ROWS);
+                let g_bytes = GROUP_ROWS * w_row;
+                pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
+                    let g0 = ci * per_task / GROUP_ROWS;
+                    for (j, out4) in chunk.chunks_mut(GROUP_ROWS).enumerate() {
+                        let at = (g0 + j) * g_bytes;
+                        let v = k(cols, &g[at..at + g_bytes], &act);
+                        out4.copy_from_slice(&v[..out4.len()]);
+                    }
+                });
+            } else {
+                pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
+                    let r0 = ci * per_task;
+                    if let Some(k) = rows_kernel {
+                        k(
+                            cols,
+                            &wbytes[r0 * w_row..(r0 + chunk.len()) * w_row],
+                            w_row,
+                            &act,
+                            chunk,
+                        );
+                        return;
+                    }
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        let r = r0 + i;
+                        *v = dot(cols, &wbytes[r * w_row..(r + 1) * w_row], &act);
+                    }
+                });
+            }
         } else {
             // Each task owns a block of weight rows (output columns) and dots it with every
             // token, so a weight row is read from memory once per step; four tokens share each
@@ -853,7 +924,37 @@ impl Backend for CpuBackend {
             pool::par_column_blocks(&mut o, rows, per_task, |ci, mut out_cols| {
                 let r0 = ci * per_task;
                 let n_rows = per_task.min(rows - r0);
-                let w_of = |i: usize| &wbytes[(r0 + i) * w_row..(r0 + i + 1) * w_row];
+                // A repacked weight's task rows are taken out of its groups once per task.
+                let mut from_groups = TASK_ROWS.take();
+                // (Not needed when every token takes the groups directly.)
+                let whole_groups =
+                    r0.is_multiple_of(GROUP_ROWS) && n_rows.is_multiple_of(GROUP_ROWS);
+                let group_kernel = group_kernel.filter(|_| whole_groups);
+                let rows_needed =
+                    group_kernel.is_none() || orders.iter().any(|&o| o != DotOrder::Gemv);
+                let task_bytes: &[u8] = match repacked {
+                    Some(_) if !rows_needed => &[],
+                    Some(g) => {
+                        let need = n_rows * w_row;
+                        if from_groups.len() < need {
+                            from_groups.resize(need, 0);
+                        }
+                        let g_bytes = GROUP_ROWS * w_row;
+                        for (i, dst) in from_groups[..need].chunks_exact_mut(w_row).enumerate() {
+                            let r = r0 + i;
+                            let at = r / GROUP_ROWS * g_bytes;
+                            orchard_quant::deinterleave_row(
+                                &g[at..at + g_bytes],
+                                t.dtype.block_bytes(),
+                                r % GROUP_ROWS,
+                                dst,
+                            );
+                        }
+                        &from_groups[..need]
+                    }
+                    None => &wbytes[r0 * w_row..(r0 + n_rows) * w_row],
+                };
+                let w_of = |i: usize| &task_bytes[i * w_row..(i + 1) * w_row];
                 // The task's weight rows in the tile kernel's layout, unpacked once for all
                 // tokens into this thread's reusable scratch (grown only: shrinking and
                 // regrowing between matrices of different widths zero-filled tens of KiB).
@@ -903,7 +1004,7 @@ impl Backend for CpuBackend {
                     if panels.len() < n_panels * p_len {
                         panels.resize(n_panels * p_len, 0.0);
                     }
-                    let task_rows = &wbytes[r0 * w_row..(r0 + n_rows) * w_row];
+                    let task_rows = task_bytes;
                     for (p, dst) in panels.chunks_exact_mut(p_len).take(n_panels).enumerate() {
                         let rp = PANEL_ROWS.min(n_rows - p * PANEL_ROWS);
                         (k.pack_rows)(cols, &task_rows[p * PANEL_ROWS * w_row..], w_row, rp, dst);
@@ -938,6 +1039,19 @@ impl Backend for CpuBackend {
                 while tk < n_tokens {
                     let order = orders[tk];
                     if order == DotOrder::Panel {
+                        tk += 1;
+                        continue;
+                    }
+                    // GEMV-order tokens of a repacked weight read its groups directly (tasks
+                    // hold whole groups: 16 rows of a row count that is a multiple of 8).
+                    if let (Some(g), Some(k), DotOrder::Gemv) = (repacked, group_kernel, order) {
+                        let g_bytes = GROUP_ROWS * w_row;
+                        let dst = out_cols.row_mut(tk);
+                        for (j, d4) in dst.chunks_mut(GROUP_ROWS).enumerate() {
+                            let at = (r0 / GROUP_ROWS + j) * g_bytes;
+                            let v = k(cols, &g[at..at + g_bytes], act_of(tk));
+                            d4.copy_from_slice(&v[..d4.len()]);
+                        }
                         tk += 1;
                         continue;
                     }
@@ -1026,6 +1140,7 @@ impl Backend for CpuBackend {
                 }
                 UNPACKED_ROWS.set(unpacked);
                 UNPACKED_ACTS.set(act_rows);
+                TASK_ROWS.set(from_groups);
             });
         }
         self.bufs[out.0 as usize].data = o;
@@ -1323,6 +1438,84 @@ mod tests {
         let mut out = Vec::new();
         b.download(bo, &mut out);
         out
+    }
+
+    /// A byte source that records what it is told to release.
+    struct Recording(Vec<u8>, std::sync::Mutex<Vec<std::ops::Range<usize>>>);
+    impl ByteSource for Recording {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn release(&self, range: std::ops::Range<usize>) {
+            self.1.lock().unwrap().push(range);
+        }
+    }
+
+    /// A repacked-order Q4_K matrix (rows a multiple of 8) gets the block-interleaved copy and
+    /// releases its source; decode, a few sequences and a prompt give the bits of the same
+    /// weight used in place, and a matrix with other row counts keeps its source.
+    #[test]
+    fn repacked_q4_k_copy_gives_the_same_bits_and_releases_the_source() {
+        let (rows, cols) = (24, 512);
+        let q = orchard_quant::traits(DType::Q4_K).unwrap();
+        let mut bytes = vec![0u8; 7]; // the tensor does not start the source
+        for r in 0..rows {
+            let mut row = vec![0u8; DType::Q4_K.row_bytes(cols as u64).unwrap() as usize];
+            (q.from_float_ref.unwrap())(&values(r as u32 + 1, cols), &mut row);
+            bytes.extend_from_slice(&row);
+        }
+        let len = bytes.len();
+        let src = Arc::new(Recording(bytes, Default::default()));
+        let weight = HostWeight {
+            name: "w".into(),
+            dtype: DType::Q4_K,
+            dims: vec![cols as u64, rows as u64],
+            source: src.clone(),
+            range: 7..len,
+        };
+        let mut plain = CpuBackend::new();
+        plain.set_repack(false);
+        let wp = plain.add_weight(&weight).unwrap();
+        assert!(src.1.lock().unwrap().is_empty(), "no copy, no release");
+        let mut packed = CpuBackend::new();
+        packed.repack = Some(0); // this small matrix too
+        let wr = packed.add_weight(&weight).unwrap();
+        let grouped = packed.weights[wr.0 as usize].groups.is_some();
+        assert_eq!(
+            grouped,
+            cfg!(target_arch = "x86_64"),
+            "repacked where the order is"
+        );
+        if grouped {
+            assert_eq!(*src.1.lock().unwrap(), vec![7..len]);
+        }
+        for seqs in [
+            vec![0],
+            vec![0, 1, 2],
+            vec![0; 9],
+            (0..70).map(|t| t / 30).collect(),
+        ] {
+            let x = values(99, seqs.len() * cols);
+            let a = matmul(&mut plain, wp, rows, &x, &seqs);
+            let b = matmul(&mut packed, wr, rows, &x, &seqs);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{} tokens", seqs.len());
+        }
+        // Below the size threshold: used in place.
+        let mut default = CpuBackend::new();
+        default.set_repack(true);
+        let id = default.add_weight(&weight).unwrap();
+        assert!(default.weights[id.0 as usize].groups.is_none());
+        // 12 rows: not the repacked order's (rows % 8), so used in place.
+        let w12 = HostWeight {
+            dims: vec![cols as u64, 12],
+            range: 7..7 + 12 * (len - 7) / rows,
+            ..weight
+        };
+        let before = src.1.lock().unwrap().len();
+        let id = packed.add_weight(&w12).unwrap();
+        assert!(packed.weights[id.0 as usize].groups.is_none());
+        assert_eq!(src.1.lock().unwrap().len(), before);
     }
 
     /// F16 products decide their order per sequence: a long sequence (the panel order where

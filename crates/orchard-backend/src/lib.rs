@@ -32,6 +32,12 @@ pub struct WeightId(pub u32);
 /// Something that holds weight bytes for as long as a backend needs them (an mmapped GGUF).
 pub trait ByteSource: Send + Sync {
     fn bytes(&self) -> &[u8];
+    /// Says that `range` of `bytes()` will not be read again soon (a backend keeps its own
+    /// copy), so a mapped file may drop those pages from the resident set. Reading them later
+    /// must still work. The default does nothing.
+    fn release(&self, range: Range<usize>) {
+        let _ = range;
+    }
 }
 
 impl ByteSource for Vec<u8> {

@@ -168,6 +168,30 @@ impl GgufFile {
         self.storage.as_slice().len() as u64
     }
 
+    /// Drops this process's mapping of the whole pages inside `range` of the file image (a
+    /// tensor a backend has copied into a layout of its own), so they leave the resident set;
+    /// reading them again maps them back from the page cache or the file. A no-op for images
+    /// held in memory and outside Linux.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mmap(m) = &self.storage {
+            const PAGE: usize = 4096;
+            let start = range.start.div_ceil(PAGE) * PAGE;
+            let end = (range.end.min(m.len()) / PAGE) * PAGE;
+            if start < end {
+                // SAFETY: the mapping is read-only and shared (`Mmap::map`), so MADV_DONTNEED
+                // discards no data: the pages are only unmapped, and any later read, including
+                // one through a slice borrowed before this call, faults the same file bytes
+                // back in. `start..end` lies inside the mapping.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = range;
+    }
+
     /// The whole file image.
     pub fn as_bytes(&self) -> &[u8] {
         self.storage.as_slice()

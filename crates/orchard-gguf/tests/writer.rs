@@ -294,3 +294,31 @@ fn sparse_hole_file_is_large_but_parses() {
         eprintln!("sparse file: apparent {apparent} bytes, allocated {on_disk} bytes");
     }
 }
+
+/// `release` drops the mapping of a tensor's pages (a backend copied it): the bytes read the
+/// same afterwards, through the file and through a slice borrowed before the call, and it is a
+/// no-op for an image held in memory.
+#[test]
+fn released_pages_read_back_the_same() {
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", "llama".into());
+    let big: Vec<f32> = (0..3 * 4096).map(|i| (i % 251) as f32).collect();
+    w.add_tensor("big", vec![4096, 3], DType::F32, f32_bytes(&big))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.gguf");
+    w.write_to_path(&path).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let t = g.tensor("big").unwrap();
+    let before = g.tensor_data(t).to_vec();
+    let start = (g.data_offset() + t.offset) as usize;
+    let borrowed = &g.as_bytes()[start..start + before.len()];
+    g.release(start..start + before.len());
+    assert_eq!(borrowed, &before[..]);
+    assert_eq!(g.tensor_data(t), &before[..]);
+    g.release(0..g.as_bytes().len() + 4096); // past the end: clamped
+    assert_eq!(g.tensor_data(t), &before[..]);
+    let m = GgufFile::from_bytes(std::fs::read(&path).unwrap()).unwrap();
+    m.release(0..m.as_bytes().len());
+    assert_eq!(m.tensor_data(m.tensor("big").unwrap()), &before[..]);
+}

@@ -90,6 +90,9 @@ impl ByteSource for GgufBytes {
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+    fn release(&self, range: std::ops::Range<usize>) {
+        self.0.release(range);
+    }
 }
 
 /// Helps an architecture's `load` find its tensors and keys; records which tensors were used so

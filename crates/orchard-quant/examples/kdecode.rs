@@ -107,6 +107,30 @@ fn main() {
                     black_box(&out);
                 });
             }
+            if let Some(k) = t.vec_dot_interleaved_group {
+                // The same rows block-interleaved in groups of four: one stream.
+                let mut g = if rows > 64 {
+                    let (mut b, off) = huge_buffer(w.len());
+                    b.drain(..off);
+                    b
+                } else {
+                    vec![0u8; w.len()]
+                };
+                for (src, dst) in w.chunks_exact(4 * rb).zip(g.chunks_exact_mut(4 * rb)) {
+                    orchard_quant::interleave_rows(src, dtype.block_bytes(), dst);
+                }
+                time(
+                    &format!("{dtype} {what} gemv order groups"),
+                    w.len(),
+                    reps,
+                    || {
+                        for (gi, o) in out.chunks_exact_mut(4).enumerate() {
+                            o.copy_from_slice(&k(N, &g[gi * 4 * rb..(gi + 1) * 4 * rb], &act));
+                        }
+                        black_box(&out);
+                    },
+                );
+            }
             if let Some(k) = t.vec_dot_rows {
                 time(
                     &format!("{dtype} {what} vec_dot rows"),

@@ -403,6 +403,42 @@ pub fn vec_dot_q4_k_q8_k_interleaved_gemm_scalar(n: usize, w: &[u8], act: &[u8])
     q4k_interleaved(n, w, act, true)
 }
 
+/// Rows per block-interleaved group (`interleave_rows`, `vec_dot_interleaved_group`).
+pub const GROUP_ROWS: usize = 4;
+
+/// Writes `GROUP_ROWS` rows of `blocks` blocks of `block_bytes` each, block-interleaved: block
+/// 0 of every row, then block 1 of every row, and so on (one stream for a four-row kernel).
+/// `rows` holds the rows back to back; `out` takes `GROUP_ROWS * blocks * block_bytes` bytes.
+pub fn interleave_rows(rows: &[u8], block_bytes: usize, out: &mut [u8]) {
+    let row = rows.len() / GROUP_ROWS;
+    for (i, dst) in out.chunks_exact_mut(GROUP_ROWS * block_bytes).enumerate() {
+        for (r, d) in dst.chunks_exact_mut(block_bytes).enumerate() {
+            d.copy_from_slice(&rows[r * row + i * block_bytes..r * row + (i + 1) * block_bytes]);
+        }
+    }
+}
+
+/// The inverse of [`interleave_rows`] for one row: row `r` of a group into `out`.
+pub fn deinterleave_row(group: &[u8], block_bytes: usize, r: usize, out: &mut [u8]) {
+    for (i, d) in out.chunks_exact_mut(block_bytes).enumerate() {
+        let at = (i * GROUP_ROWS + r) * block_bytes;
+        d.copy_from_slice(&group[at..at + block_bytes]);
+    }
+}
+
+/// [`vec_dot_q4_k_q8_k_interleaved_scalar`] of the four rows of a block-interleaved group.
+pub fn vec_dot_q4_k_q8_k_interleaved_group_scalar(n: usize, group: &[u8], act: &[u8]) -> [f32; 4] {
+    let row = (n / QK_K) * BlockQ4K::SIZE;
+    let mut buf = vec![0u8; row];
+    std::array::from_fn(|r| {
+        if group.len() < GROUP_ROWS * row {
+            return 0.0;
+        }
+        deinterleave_row(&group[..GROUP_ROWS * row], BlockQ4K::SIZE, r, &mut buf);
+        q4k_interleaved(n, &buf, act, false)
+    })
+}
+
 fn q4k_interleaved(n: usize, w: &[u8], act: &[u8], per_pair: bool) -> f32 {
     let (mut acc, mut acc_min) = (0f32, 0f32);
     for (x, y) in k_pairs::<{ BlockQ4K::SIZE }>(n, w, act) {

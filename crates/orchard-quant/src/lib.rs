@@ -23,8 +23,8 @@ pub use lanes::*;
 pub use legacy::*;
 pub use traits::{
     active_tier, traits, traits_for, ActUnpack, FromFloatFn, PanelKernel, RowBlockKernel, Tier,
-    TileKernel, ToFloatFn, TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotTile8Fn,
-    VecDotTileFn, VecDotX4Fn, PANEL_ROWS, PANEL_TOKENS,
+    TileKernel, ToFloatFn, TypeTraits, UnpackRowFn, VecDot4ActFn, VecDotFn, VecDotGroupFn,
+    VecDotTile8Fn, VecDotTileFn, VecDotX4Fn, PANEL_ROWS, PANEL_TOKENS,
 };
 
 use orchard_core::DType;

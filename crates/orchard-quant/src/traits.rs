@@ -25,6 +25,9 @@ pub type VecDotX4Fn = fn(usize, [&[u8]; 4], &[u8]) -> [f32; 4];
 /// `vec_dot_rows(n, rows, row_bytes, act_row, out)`: `out.len()` consecutive weight rows
 /// (`row_bytes` apart) against one activation row; `out[i]` bit-identical to `vec_dot` of row i.
 pub type VecDotRowsFn = fn(usize, &[u8], usize, &[u8], &mut [f32]);
+/// `dot(n, group, act_row)`: four weight rows stored block-interleaved (`Q4K_GROUP_ROWS` rows:
+/// block 0 of each row, then block 1 of each, ...) against one activation row, `out[row]`.
+pub type VecDotGroupFn = fn(usize, &[u8], &[u8]) -> [f32; 4];
 /// `vec_dot_4act(n, weight_row, [four activation rows])`: four dots sharing one weight row.
 pub type VecDot4ActFn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// `dot(n, [four unpacked weight rows], [four activation rows])`: the 4 x 4 dots of a
@@ -151,6 +154,9 @@ pub struct TypeTraits {
     pub vec_dot_interleaved: Option<VecDotFn>,
     /// See `vec_dot_interleaved`.
     pub vec_dot_interleaved_gemm: Option<VecDotFn>,
+    /// `vec_dot_interleaved` of four rows stored block-interleaved ([`interleave_rows`]), each
+    /// result bit-identical to it: decode reads such a group as one stream.
+    pub vec_dot_interleaved_group: Option<VecDotGroupFn>,
     /// `vec_dot_interleaved_gemm` for one weight row and four activation rows, each result
     /// bit-identical to it.
     pub vec_dot_interleaved_gemm_4act: Option<VecDot4ActFn>,
@@ -269,6 +275,7 @@ macro_rules! entry {
             vec_dot_tile: None,
             vec_dot_interleaved: None,
             vec_dot_interleaved_gemm: None,
+            vec_dot_interleaved_group: None,
             vec_dot_interleaved_gemm_4act: None,
             vec_dot_interleaved_gemm_rows: None,
             vec_dot_tiled_4act: None,
@@ -532,6 +539,7 @@ fn scalar_table() -> Vec<TypeTraits> {
         if e.dtype == DType::Q4_K {
             e.vec_dot_interleaved = Some(vec_dot_q4_k_q8_k_interleaved_scalar);
             e.vec_dot_interleaved_gemm = Some(vec_dot_q4_k_q8_k_interleaved_gemm_scalar);
+            e.vec_dot_interleaved_group = Some(vec_dot_q4_k_q8_k_interleaved_group_scalar);
         }
         if e.dtype == DType::Q6_K {
             e.vec_dot_tiled = Some(vec_dot_q6_k_q8_k_tiled_scalar);

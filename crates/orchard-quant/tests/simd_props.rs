@@ -282,6 +282,18 @@ proptest! {
                 let (ours, theirs) = (ours.unwrap()(n, &w[1..], &a[1..]), theirs.unwrap()(n, &w[1..], &a[1..]));
                 prop_assert_eq!(ours.to_bits(), theirs.to_bits(), "{:?} n={}", tier, n);
             }
+            // Four rows block-interleaved: each result equals the scalar gemv order of its row.
+            let rows4: Vec<u8> = (0..4).flat_map(|_| random_blocks(DType::Q4_K, n, &mut rng)).collect();
+            let mut group = vec![0u8; rows4.len() + 1];
+            orchard_quant::interleave_rows(&rows4, 144, &mut group[1..]);
+            let got = t.vec_dot_interleaved_group.unwrap()(n, &group[1..], &a[1..]);
+            let row = rows4.len() / 4;
+            for (r, g) in got.iter().enumerate() {
+                let want = s.vec_dot_interleaved.unwrap()(n, &rows4[r * row..(r + 1) * row], &a[1..]);
+                prop_assert_eq!(g.to_bits(), want.to_bits(), "{:?} group row {} n={}", tier, r, n);
+            }
+            let scalar = s.vec_dot_interleaved_group.unwrap()(n, &group[1..], &a[1..]);
+            prop_assert_eq!(scalar.map(f32::to_bits), got.map(f32::to_bits));
             // The 16-row block kernel of the gemm order: each lane equals the single-row kernel.
             if let Some(k) = t.vec_dot_interleaved_gemm_rows {
                 let n_rows = 1 + (seed % k.rows as u64) as usize;
