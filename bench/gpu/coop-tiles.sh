@@ -13,12 +13,7 @@ set -u
 OUT=${OUT:-/tmp/coop-tiles-out}
 mkdir -p "$OUT"
 BIN=${BIN:-.bin}
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export WGPU_BACKEND=vulkan
+. bench/gpu/vulkan-env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.txt"
 N=$BIN/gpu_bench
 TILES=${TILES:-128x128x64/4x2}

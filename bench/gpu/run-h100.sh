@@ -22,12 +22,7 @@ OUT=${OUT:-/tmp/gpu-bench-out}
 mkdir -p "$OUT"
 REPO=$(pwd)
 BIN=${BIN:-.bin}
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-if ! ls /usr/share/vulkan/icd.d/*nvidia* /etc/vulkan/icd.d/*nvidia* >/dev/null 2>&1; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export WGPU_BACKEND=vulkan
+. bench/gpu/vulkan-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/card.txt"
 
 # llama.cpp CUDA build, low priority, in parallel with our runs (about 4 minutes on 16 cores);

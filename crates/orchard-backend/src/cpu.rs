@@ -140,6 +140,25 @@ impl CpuBackend {
     }
 }
 
+/// `out[i]` for the rows of `groups` (a repacked weight from one group's start, rows `w_row`
+/// bytes each, `out.len()` a multiple of `GROUP_ROWS`), one group's stream at a time.
+fn group_dots(
+    k: orchard_quant::VecDotGroupFn,
+    cols: usize,
+    groups: &[u8],
+    w_row: usize,
+    act: &[u8],
+    out: &mut [f32],
+) {
+    let g_bytes = GROUP_ROWS * w_row;
+    for (group, o4) in groups
+        .chunks_exact(g_bytes)
+        .zip(out.chunks_exact_mut(GROUP_ROWS))
+    {
+        o4.copy_from_slice(&k(cols, group, act));
+    }
+}
+
 /// The smallest matrix `add_weight` repacks. Releasing the file's pages only shrinks the
 /// resident set where they are not mapped again for a neighbouring tensor: with the file in
 /// 2 MiB folios, touching any byte of a folio maps all of it, so a small tensor's copy was
@@ -585,21 +604,17 @@ impl Backend for CpuBackend {
         } else {
             None
         };
-        let groups = t.vec_dot_interleaved_group.filter(|_| {
-            self.repack.is_some_and(|min| w.range.len() >= min)
-                && vector.is_none()
-                && crate::ggml_order::uses_repack_order(w.dtype, w.n_rows())
-        });
-        let groups = groups.map(|_| {
+        let repack = t.vec_dot_interleaved_group.is_some()
+            && self.repack.is_some_and(|min| w.range.len() >= min)
+            && vector.is_none()
+            && crate::ggml_order::uses_repack_order(w.dtype, w.n_rows());
+        let groups = repack.then(|| {
             let bytes = w.bytes();
             let group = GROUP_ROWS * row as usize;
             // Anonymous memory advised into 2 MiB pages: an 8B model's copy is 3.4 GB, which
             // in 4 KiB pages is ~850k first-touch faults at load and as many TLB entries for
             // decode to walk.
-            let mut copy = match memmap2::MmapMut::map_anon(bytes.len()) {
-                Ok(m) => m,
-                Err(_) => return None,
-            };
+            let mut copy = memmap2::MmapMut::map_anon(bytes.len()).ok()?;
             #[cfg(target_os = "linux")]
             let _ = copy.advise(memmap2::Advice::HugePage);
             // Whole groups per task; the copy is written by the pool threads in parallel.
@@ -886,14 +901,8 @@ impl Backend for CpuBackend {
             // A repacked weight: each thread takes whole groups and reads them as one stream.
             if let (Some(g), Some(k), DotOrder::Gemv) = (repacked, group_kernel, orders[0]) {
                 let per_task = per_task.next_multiple_of(GROUP_ROWS);
-                let g_bytes = GROUP_ROWS * w_row;
                 pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
-                    let g0 = ci * per_task / GROUP_ROWS;
-                    for (j, out4) in chunk.chunks_mut(GROUP_ROWS).enumerate() {
-                        let at = (g0 + j) * g_bytes;
-                        let v = k(cols, &g[at..at + g_bytes], &act);
-                        out4.copy_from_slice(&v[..out4.len()]);
-                    }
+                    group_dots(k, cols, &g[ci * per_task * w_row..], w_row, &act, chunk);
                 });
             } else {
                 pool::par_chunks_mut(&mut o, per_task, |ci, chunk| {
@@ -1045,13 +1054,8 @@ impl Backend for CpuBackend {
                     // GEMV-order tokens of a repacked weight read its groups directly (tasks
                     // hold whole groups: 16 rows of a row count that is a multiple of 8).
                     if let (Some(g), Some(k), DotOrder::Gemv) = (repacked, group_kernel, order) {
-                        let g_bytes = GROUP_ROWS * w_row;
                         let dst = out_cols.row_mut(tk);
-                        for (j, d4) in dst.chunks_mut(GROUP_ROWS).enumerate() {
-                            let at = (r0 / GROUP_ROWS + j) * g_bytes;
-                            let v = k(cols, &g[at..at + g_bytes], act_of(tk));
-                            d4.copy_from_slice(&v[..d4.len()]);
-                        }
+                        group_dots(k, cols, &g[r0 * w_row..], w_row, act_of(tk), dst);
                         tk += 1;
                         continue;
                     }

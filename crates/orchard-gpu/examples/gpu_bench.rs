@@ -4,7 +4,7 @@
 //!
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
-//!        [--warm-ms MS] [--coop-tiles TMxTNxBK/SGMxSGN[/db],...] [--attn] [--decode-attn] [--floor]
+//!        [--warm-ms MS] [--coop-tiles TMxTNxBK/SGMxSGN[/db|/dbs],...] [--attn] [--decode-attn] [--floor]
 //!        [--profile] [MODEL...]
 //!        (SHAPE: smollm2, gemma3 (270M) or 8b, written as Q4_K_M before the runs; --shape:
 //!        the kernel micro-benchmarks' weight, 4096x14336 by default; --profile: after each
@@ -46,7 +46,7 @@ struct Args {
     /// `--q8k-shapes WG/TPR/NR,...`: integer-dot matrix-vector shapes timed side by side (in
     /// that order, then again in reverse) on the K-quant formats.
     q8k_shapes: Vec<(u32, u32, u32)>,
-    /// `--coop-tiles TMxTNxBK/SGMxSGN[/db],...`: cooperative-matrix matmul tiles timed side
+    /// `--coop-tiles TMxTNxBK/SGMxSGN[/db|/dbs],...`: cooperative-matrix matmul tiles timed side
     /// by side.
     coop_tiles: Vec<CoopTile>,
     /// `--profile`: per-kernel device time of decode tokens and a prompt step, after the runs.
@@ -117,7 +117,7 @@ fn parse() -> Args {
                     .collect();
             }
             "--coop-tiles" => {
-                let v = it.next().expect("TMxTNxBK/SGMxSGN[/db],...");
+                let v = it.next().expect("TMxTNxBK/SGMxSGN[/db|/dbs],...");
                 a.coop_tiles = v
                     .split(',')
                     .map(|t| t.parse().unwrap_or_else(|e| panic!("{e}")))

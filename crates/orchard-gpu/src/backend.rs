@@ -541,7 +541,7 @@ pub struct GpuBackend {
     coop_available: bool,
     /// Whether prompt matmuls use `MATMUL_COOP` (`ORCHARD_GPU_COOP=0` turns it off).
     coop: bool,
-    /// The tile of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TMxTNxBK/SGMxSGN[/db]`).
+    /// The tile of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TMxTNxBK/SGMxSGN[/db|/dbs]`).
     coop_tile: CoopTile,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),

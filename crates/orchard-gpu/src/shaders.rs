@@ -542,18 +542,13 @@ impl std::str::FromStr for CoopTile {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("coop tile {s:?}: want TMxTNxBK/SGMxSGN[/db|/dbs]");
         let mut parts = s.split('/');
-        let dims: Vec<u32> = parts
-            .next()
-            .ok_or_else(bad)?
-            .split('x')
-            .map(|v| v.parse().map_err(|_| bad()))
-            .collect::<Result<_, _>>()?;
-        let sgs: Vec<u32> = parts
-            .next()
-            .ok_or_else(bad)?
-            .split('x')
-            .map(|v| v.parse().map_err(|_| bad()))
-            .collect::<Result<_, _>>()?;
+        let mut numbers = || -> Result<Vec<u32>, String> {
+            let part = parts.next().ok_or_else(bad)?;
+            part.split('x')
+                .map(|v| v.parse().map_err(|_| bad()))
+                .collect()
+        };
+        let (dims, sgs) = (numbers()?, numbers()?);
         let (double, stage_first) = match parts.next() {
             None => (false, false),
             Some("db") => (true, false),

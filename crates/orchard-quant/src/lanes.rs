@@ -592,6 +592,16 @@ pub(crate) fn panel_rows(
         .count()
 }
 
+/// Element `k` of row `r` (`row_bytes` apart from `first`) as f32, zero for rows past `rows`.
+fn panel_elem(first: &[u8], row_bytes: usize, rows: usize, r: usize, k: usize) -> f32 {
+    if r < rows {
+        let at = r * row_bytes + 2 * k;
+        f16::from_le_bytes([first[at], first[at + 1]]).to_f32()
+    } else {
+        0.0
+    }
+}
+
 /// The weight-panel layout of `PanelKernel::pack_rows` (`[k][L]`, L = 16, missing rows zero),
 /// element by element: the definition the SIMD packing is tested against.
 pub fn panel_pack_f16_scalar<const L: usize>(
@@ -605,12 +615,7 @@ pub fn panel_pack_f16_scalar<const L: usize>(
     let rows = panel_rows(n, first, row_bytes, rows, L);
     for k in 0..n {
         for r in 0..L {
-            out[L * k + r] = if r < rows {
-                let at = r * row_bytes + 2 * k;
-                f16::from_le_bytes([first[at], first[at + 1]]).to_f32()
-            } else {
-                0.0
-            };
+            out[L * k + r] = panel_elem(first, row_bytes, rows, r, k);
         }
     }
 }
@@ -628,12 +633,7 @@ pub fn panel_acts_f16_scalar(
     let rows = panel_rows(n, first, row_bytes, rows, 8);
     for r in 0..8 {
         for k in 0..n {
-            out[r * n + k] = if r < rows {
-                let at = r * row_bytes + 2 * k;
-                f16::from_le_bytes([first[at], first[at + 1]]).to_f32()
-            } else {
-                0.0
-            };
+            out[r * n + k] = panel_elem(first, row_bytes, rows, r, k);
         }
     }
 }

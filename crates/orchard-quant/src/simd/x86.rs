@@ -248,8 +248,7 @@ macro_rules! dot_k4 {
                 } else {
                     acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
                 }
-                let sc = _mm256_castsi256_si128(ms);
-                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                let scales = k4_scales_x2(ms);
                 let (qs, hb) = if $q5 {
                     (xb.add(48), Some(load256(xb.add(16))))
                 } else {
@@ -637,6 +636,27 @@ macro_rules! shared_kernels {
             _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_scales), q8s)
         }
 
+        /// The eight scales of a Q4_K/Q5_K block (the low half of `ms`, widened to i16) in
+        /// both 128-bit halves, for `k4_shuffle`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_scales_x2(ms: __m256i) -> __m256i {
+            let sc = _mm256_castsi256_si128(ms);
+            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc)
+        }
+
+        /// What the repacked orders take from a Q4_K block and its Q8_K block first: `d` and
+        /// `dmin` times the activation's scale (the scalar order's f32 products), the scales
+        /// and mins widened (`ms`), and the four pair products of the mins (`k4_min_prod`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn k4_gemv_head(xb: *const u8, yb: *const u8) -> (f32, f32, __m256i, __m128i) {
+            let yd = (yb as *const f32).read_unaligned();
+            let dd = f16_pairs(xb, xb);
+            let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+            (lane(dd, 0) * yd, lane(dd, 1) * yd, ms, k4_min_prod(ms, yb))
+        }
+
         /// Integer lanes of the 256 quants of a Q4_K (or, with `hbits`, Q5_K) block.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -698,14 +718,10 @@ macro_rules! shared_kernels {
             let (mut acc, mut acc_min) = (0f32, 0f32);
             for i in 0..nb {
                 let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
-                let yd = (yb as *const f32).read_unaligned();
-                let dd = f16_pairs(xb, xb);
-                let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
-                let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
+                let (d, dmin, ms, min_prod) = k4_gemv_head(xb, yb);
                 let mut mins = [0i32; 4];
-                _mm_storeu_si128(mins.as_mut_ptr() as *mut __m128i, k4_min_prod(ms, yb));
-                let sc = _mm256_castsi256_si128(ms);
-                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                _mm_storeu_si128(mins.as_mut_ptr() as *mut __m128i, min_prod);
+                let scales = k4_scales_x2(ms);
                 let mut pairs = [0i32; 4];
                 for (j, p) in pairs.iter_mut().enumerate() {
                     let scale_l = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8));
@@ -776,8 +792,7 @@ macro_rules! shared_kernels {
                     _mm_unpacklo_epi64(n01, n23),
                     _mm_unpackhi_epi64(n01, n23),
                 ];
-                let sc = _mm256_castsi256_si128(ms);
-                let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                let scales = k4_scales_x2(ms);
                 for (j, mp) in min_pair.iter().enumerate() {
                     let scale_l = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8));
                     let scale_h = _mm256_shuffle_epi8(scales, k4_shuffle(2 * j as i8 + 1));
@@ -899,8 +914,7 @@ macro_rules! shared_kernels {
                     dd[r] = (xb as *const u32).read_unaligned();
                     let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
                     mins[r] = _mm_madd_epi16(_mm256_extracti128_si256::<1>(ms), q8s);
-                    let sc = _mm256_castsi256_si128(ms);
-                    let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+                    let scales = k4_scales_x2(ms);
                     sumi[r] = k4_sumi(scales, xb.add(16), yb.add(4), None);
                 }
                 let (d, dmin) = group_scales(dd, yd);
@@ -1129,13 +1143,8 @@ mod avx2 {
         for i in 0..nb {
             let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
             prefetch(xb);
-            let yd = (yb as *const f32).read_unaligned();
-            let dd = f16_pairs(xb, xb);
-            let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
-            let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
-            let mins = k4_min_prod(ms, yb);
-            let sc = _mm256_castsi256_si128(ms);
-            let scales = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(sc), sc);
+            let (d, dmin, ms, mins) = k4_gemv_head(xb, yb);
+            let scales = k4_scales_x2(ms);
             let isum = hsum_i32(k4_sumi(scales, xb.add(16), yb.add(4), None));
             let h = _mm_hadd_epi32(mins, mins);
             let imin = _mm_cvtsi128_si32(_mm_hadd_epi32(h, h));
@@ -1190,11 +1199,7 @@ mod avx512 {
         for i in 0..nb {
             let (xb, yb) = (x.add(i * Q4K), y.add(i * Q8K));
             prefetch(xb);
-            let yd = (yb as *const f32).read_unaligned();
-            let dd = f16_pairs(xb, xb);
-            let (d, dmin) = (lane(dd, 0) * yd, lane(dd, 1) * yd);
-            let ms = _mm256_cvtepu8_epi16(k4_scales_mins(xb.add(4)));
-            let mins = k4_min_prod(ms, yb);
+            let (d, dmin, ms, mins) = k4_gemv_head(xb, yb);
             let sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
             let mut sumi = _mm512_setzero_si512();
             for (j, c) in ctrl.iter().enumerate() {
