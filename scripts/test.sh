@@ -2,7 +2,7 @@
 # Sets up a fresh machine and runs every check CI runs: formatting, clippy, the Rust test suites
 # (release mode: the parity tests run real models), the ledger's PostgreSQL tests against a real
 # server, the GPU backend on Mesa's lavapipe, the OpenAI-client tests and llama-server's own test
-# suite against `orchard serve`.
+# suite against `orchard serve`; and a check of the macOS (aarch64, Metal) build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -16,6 +16,8 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 step "disk"
 df -h "$ROOT" | tail -1
 
+step "cargo check --target aarch64-apple-darwin (the Metal build; its own target dir, removed after)"
+bash scripts/check-macos.sh
 step "format"
 cargo fmt --all -- --check
 step "clippy"
