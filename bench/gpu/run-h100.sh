@@ -105,7 +105,7 @@ for ke in ${KERNEL_ENVS:-ORCHARD_NONE=1}; do
         for sh in ${KERNEL_SHAPES:-4096x14336}; do
             for f in ${FORMATS:-q4_K q6_K q5_K q8_0 q4_0 q5_0 f16}; do
                 echo "== kernels $f $sh $ke" >>"$OUT/orchard.txt"
-                timeout 60 env $ke $N --kernels --warm-ms 150 --formats $f --shape $sh ${KERNEL_ARGS:-} 2>&1 |
+                timeout "${KERNEL_TIMEOUT:-60}" env $ke $N --kernels --warm-ms 150 --formats $f --shape $sh ${KERNEL_ARGS:-} 2>&1 |
                     grep -v '^device' | tee -a "$OUT/orchard.txt"
             done
         done

@@ -154,7 +154,13 @@ fn bench_model(path: &str, a: &Args) {
     gpu.set_exact_activations(!a.f32_act);
     let dev = gpu.adapter().clone();
     let profiling = gpu.profiling();
-    let coop = gpu.coop();
+    let matmul = if gpu.cm2() {
+        "cm2+coop"
+    } else if gpu.coop() {
+        "coop"
+    } else {
+        "f32"
+    };
     let n_ctx = a.p.max(a.n) + 16;
     let mut ctx = Context::with_offload(
         model.clone(),
@@ -277,7 +283,7 @@ fn bench_model(path: &str, a: &Args) {
         gib,
         dev.name,
         a.ngl,
-        if coop { "coop" } else { "f32" },
+        matmul,
         a.p,
         ppm,
         pps,
@@ -398,6 +404,7 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
 fn bench_kernels(a: &Args) {
     let mut g = GpuBackend::new(None).expect("a GPU");
     println!("device: {:?}", g.adapter());
+    println!("VK_NV_cooperative_matrix2: {}", g.cm2_status());
     // buffer copy bandwidth (read + write), the ceiling for a bandwidth-bound kernel
     let n = 64 << 20; // 256 MiB of f32
     let src = g.alloc(1, n);
@@ -524,24 +531,50 @@ fn bench_kernels(a: &Args) {
             c.download(co, &mut v);
             v
         };
-        let coop_default = g.coop();
-        let variants: Vec<Option<CoopTile>> = if !g.coop_available() {
-            vec![None]
+        #[derive(Clone, Copy)]
+        enum Var {
+            F32,
+            Coop(CoopTile),
+            /// VK_NV_cooperative_matrix2, with its default tile choice or a fixed one.
+            Cm2(Option<&'static str>),
+        }
+        let (coop_default, cm2_default) = (g.coop(), g.cm2());
+        let mut variants: Vec<Var> = if !g.coop_available() {
+            vec![Var::F32]
         } else if a.coop_tiles.is_empty() {
-            vec![None, Some(g.coop_tile()), None, Some(g.coop_tile())]
+            vec![Var::F32, Var::Coop(g.coop_tile())]
         } else {
-            let t = a.coop_tiles.iter().map(|&t| Some(t));
-            std::iter::once(None)
-                .chain(t.clone())
-                .chain(t.rev())
-                .chain(std::iter::once(None))
+            std::iter::once(Var::F32)
+                .chain(a.coop_tiles.iter().map(|&t| Var::Coop(t)))
                 .collect()
         };
-        for var in variants {
-            g.set_coop(var.is_some());
-            if let Some(t) = var {
+        if g.cm2_available() && dtype == DType::Q4_K {
+            variants.push(Var::Cm2(None));
+            // ORCHARD_BENCH_CM2_TILES: the fixed tiles timed (default: all compiled).
+            let list = std::env::var("ORCHARD_BENCH_CM2_TILES")
+                .unwrap_or_else(|_| "128x64x32,128x128x64".into());
+            for t in list.split(',') {
+                variants.push(Var::Cm2(Some(t.to_string().leak())));
+            }
+        }
+        // Twice, the second time in reverse, so drift is seen.
+        let twice: Vec<Var> = variants
+            .iter()
+            .chain(variants.iter().rev())
+            .copied()
+            .collect();
+        for var in twice {
+            g.set_coop(matches!(var, Var::Coop(_)));
+            g.set_cm2(matches!(var, Var::Cm2(_)));
+            if let Var::Coop(t) = var {
                 if !g.set_coop_tile(t) {
                     println!("coop tile {t} refused");
+                    continue;
+                }
+            }
+            if let Var::Cm2(t) = var {
+                if let Err(e) = g.set_cm2_tile(t) {
+                    println!("{e}");
                     continue;
                 }
             }
@@ -553,8 +586,10 @@ fn bench_kernels(a: &Args) {
             println!(
                 "{dtype:>5} {cols}x{rows_w}: matmul {} n=512 {:.3} ms {:.2} TFLOP/s (n={nc} NMSE vs CPU {:.1e})",
                 match var {
-                    None => "f32       ".to_string(),
-                    Some(t) => format!("coop {t:<17}"),
+                    Var::F32 => "f32                   ".to_string(),
+                    Var::Coop(t) => format!("coop {t:<17}"),
+                    Var::Cm2(None) => "cm2 (default tile)    ".to_string(),
+                    Var::Cm2(Some(t)) => format!("cm2 {t:<18}"),
                 },
                 s512 * 1e3,
                 2.0 * (cols * rows_w * 512) as f64 / s512 / 1e12,
@@ -562,6 +597,8 @@ fn bench_kernels(a: &Args) {
             );
         }
         g.set_coop(coop_default);
+        g.set_cm2(cm2_default);
+        g.set_cm2_tile(None).expect("no tile");
     }
 }
 

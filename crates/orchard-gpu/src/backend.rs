@@ -1,5 +1,6 @@
 //! `GpuBackend`: device setup, the per-step command recorder and the `Backend` ops.
 
+use crate::cm2;
 use crate::formats::{format, Format};
 use crate::shaders::{self, CoopTile};
 use crate::{adapters, describe, device_error, instance, AdapterInfo};
@@ -256,6 +257,11 @@ const ATTN_SPLIT_TARGET: u32 = 1024;
 /// (twice the workgroups for a causal grid that is short of them; SmolLM2 shape 0.18-0.19 vs
 /// 0.20 ms). `ORCHARD_GPU_ATTN_TILE_SHAPE=1` starts at the 32-query shape (38 KiB at head dim 128).
 const ATTN_TILES: [(u32, u32, u32); 3] = [(128, 16, 16), (128, 32, 32), (64, 16, 8)];
+/// `matmul_cm2.comp`'s tile, and the one for products with fewer than 64 of those tiles.
+const CM2_TILE: cm2::Tile = cm2::TILES[1];
+const CM2_TILE_NARROW: cm2::Tile = cm2::TILES[0];
+/// The smallest width and row count of a product `matmul_cm2.comp` takes.
+const CM2_MIN_DIM: usize = 4096;
 /// Largest head dimension the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 512;
 
@@ -275,6 +281,8 @@ enum Kernel {
     MatMulK(DType),
     /// `MATMUL_COOP`: tiles on cooperative matrices (f16 x f16 -> f32).
     MatMulCoop(DType, CoopTile),
+    /// `matmul_cm2.comp` (VK_NV_cooperative_matrix2, passthrough SPIR-V; see `cm2`).
+    MatMulCm2(DType, cm2::Tile),
     /// Variants for float weights whose rows are not whole 16-element chunks (padded on upload).
     MatVecRagged(DType),
     MatMulRagged(DType),
@@ -320,6 +328,7 @@ impl Kernel {
             Kernel::MatMul(d) => format!("MatMul({d:?})"),
             Kernel::MatMulK(d) => format!("MatMulK({d:?})"),
             Kernel::MatMulCoop(d, ..) => format!("MatMulCoop({d:?})"),
+            Kernel::MatMulCm2(d, ..) => format!("MatMulCm2({d:?})"),
             Kernel::MatVecRagged(d) => format!("MatVecRagged({d:?})"),
             Kernel::MatMulRagged(d) => format!("MatMulRagged({d:?})"),
             Kernel::MatVecQ8K(d, ..) => format!("MatVecQ8K({d:?})"),
@@ -359,6 +368,7 @@ impl Kernel {
             | Kernel::MatMul(_)
             | Kernel::MatMulK(_)
             | Kernel::MatMulCoop(..)
+            | Kernel::MatMulCm2(..)
             | Kernel::MatVecRagged(_)
             | Kernel::MatMulRagged(_)
             | Kernel::MatVecQ8K(..)
@@ -543,6 +553,15 @@ pub struct GpuBackend {
     coop: bool,
     /// The tile of `MATMUL_COOP` (`ORCHARD_GPU_COOP_TILE=TMxTNxBK/SGMxSGN[/db|/dbs]`).
     coop_tile: CoopTile,
+    /// Whether the device was opened with VK_NV_cooperative_matrix2 (see `cm2`).
+    cm2_available: bool,
+    /// "on", or "off: " and why.
+    cm2_status: String,
+    /// Whether large Q4_K prompt matmuls use `matmul_cm2.comp` (`ORCHARD_GPU_CM2=0` turns it off).
+    cm2: bool,
+    /// A fixed tile for it (`ORCHARD_GPU_CM2_TILE=BMxBNxBK`, one of `cm2::TILES`); by default
+    /// `CM2_TILE`, `CM2_TILE_NARROW` where that leaves the device short of workgroups.
+    cm2_tile: Option<cm2::Tile>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
@@ -606,6 +625,9 @@ pub struct GpuBackend {
     /// Whether profiling was asked for at `new` (to tell `Off` from `Unsupported`).
     profile_asked: bool,
 }
+
+/// `act_q` key bit: the copy is f16, packed two a word.
+const ACT_F16: u32 = 16;
 
 /// A buffer's activations after the round trip through the CPU's activation format.
 struct ActQ {
@@ -672,7 +694,24 @@ impl GpuBackend {
         if profiled {
             required_features |= ts_features;
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let cm2_check = if !coop_available {
+            Err("no cooperative matrices".to_string())
+        } else if std::env::var("ORCHARD_GPU_CM2").as_deref() == Ok("0") {
+            Err("ORCHARD_GPU_CM2=0".to_string())
+        } else if !adapter
+            .features()
+            .contains(wgpu::Features::PASSTHROUGH_SHADERS)
+        {
+            Err("no SPIR-V passthrough".to_string())
+        } else {
+            cm2::supported(adapter)
+        };
+        let want_cm2 = cm2_check.is_ok();
+        let mut cm2_status = match &cm2_check {
+            Ok(()) => "on".to_string(),
+            Err(e) => format!("off: {e}"),
+        };
+        let mut desc = wgpu::DeviceDescriptor {
             label: Some("orchard"),
             required_features,
             required_limits: limits.clone(),
@@ -687,8 +726,29 @@ impl GpuBackend {
             },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| device_error(format!("opening {}: {e}", info.name)))?;
+        };
+        let mut cm2_available = false;
+        let mut opened = None;
+        if want_cm2 {
+            desc.required_features |= wgpu::Features::PASSTHROUGH_SHADERS;
+            match cm2::request_device(adapter, &desc) {
+                Ok(dq) => {
+                    cm2_available = true;
+                    opened = Some(dq);
+                }
+                Err(e) => {
+                    tracing::warn!("{}: VK_NV_cooperative_matrix2 not enabled ({e})", info.name);
+                    cm2_status = format!("off: {e}");
+                    desc.required_features
+                        .remove(wgpu::Features::PASSTHROUGH_SHADERS);
+                }
+            }
+        }
+        let (device, queue) = match opened {
+            Some(dq) => dq,
+            None => pollster::block_on(adapter.request_device(&desc))
+                .map_err(|e| device_error(format!("opening {}: {e}", info.name)))?,
+        };
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -793,6 +853,10 @@ impl GpuBackend {
             coop_available,
             coop: coop_available && std::env::var("ORCHARD_GPU_COOP").as_deref() != Ok("0"),
             coop_tile: COOP_TILE_MIN,
+            cm2_available,
+            cm2: cm2_available,
+            cm2_tile: None,
+            cm2_status,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
                 .ok()
@@ -857,6 +921,11 @@ impl GpuBackend {
                     "ORCHARD_GPU_COOP_TILE={t}: more shared memory than the device has"
                 ),
                 Err(e) => tracing::warn!("ORCHARD_GPU_COOP_TILE: {e}"),
+            }
+        }
+        if let Ok(v) = std::env::var("ORCHARD_GPU_CM2_TILE") {
+            if let Err(e) = me.set_cm2_tile(Some(&v)) {
+                tracing::warn!("ORCHARD_GPU_CM2_TILE: {e}");
             }
         }
         me.sync();
@@ -1263,6 +1332,36 @@ impl GpuBackend {
         self.coop
     }
 
+    /// Whether large Q4_K prompt matmuls run `matmul_cm2.comp` (VK_NV_cooperative_matrix2);
+    /// returns whether they now do (only where the device was opened with it).
+    pub fn set_cm2(&mut self, on: bool) -> bool {
+        self.cm2 = on && self.cm2_available;
+        self.cm2
+    }
+
+    /// Whether the device was opened with VK_NV_cooperative_matrix2.
+    pub fn cm2_available(&self) -> bool {
+        self.cm2_available
+    }
+
+    /// Whether the device has VK_NV_cooperative_matrix2 enabled ("on"), or why not.
+    pub fn cm2_status(&self) -> &str {
+        &self.cm2_status
+    }
+
+    /// Whether large Q4_K prompt matmuls run `matmul_cm2.comp` now.
+    pub fn cm2(&self) -> bool {
+        self.cm2
+    }
+
+    /// Fixes its tile (`BMxBNxBK`, weight rows x tokens x K step, `h` after for f16
+    /// accumulators: one that `scripts/build-cm2.sh` compiles), or with `None` lets each
+    /// product choose. An unknown tile changes nothing.
+    pub fn set_cm2_tile(&mut self, tile: Option<&str>) -> Result<(), String> {
+        self.cm2_tile = tile.map(str::parse).transpose()?;
+        Ok(())
+    }
+
     /// Whether the device was opened with the cooperative matrices `MATMUL_COOP` needs.
     pub fn coop_available(&self) -> bool {
         self.coop_available
@@ -1388,6 +1487,7 @@ impl GpuBackend {
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
                 Kernel::MatMulCoop(dt, t) => ("", t.threads(), format(dt)),
+                Kernel::MatMulCm2(dt, _) => ("", cm2::THREADS, format(dt)),
                 Kernel::MatVecRagged(dt) => (shaders::MATVEC_RAGGED, MATVEC_WG, format(dt)),
                 Kernel::MatMulRagged(dt) => (shaders::MATMUL_RAGGED, 256, format(dt)),
                 Kernel::Norm | Kernel::NormInplace => ("", 256, None),
@@ -1427,6 +1527,7 @@ impl GpuBackend {
                 }
                 Kernel::Glu => shaders::glu_source(body, false),
                 Kernel::MatMulCoop(_, t) => shaders::coop_source(t, fmt.as_ref()),
+                Kernel::MatMulCm2(..) => String::new(),
                 Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::ActQ8K => shaders::act_q8k_source(),
                 Kernel::Norm => shaders::norm_source(shaders::NormKind::Plain),
@@ -1464,7 +1565,22 @@ impl GpuBackend {
                 }
                 _ => self.shader_checks,
             };
-            let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
+            let module = match k {
+                Kernel::MatMulCm2(_, t) => {
+                    let words = cm2::spirv(t);
+                    // SAFETY: `cm2` is set only on a device `cm2::request_device` opened with
+                    // PASSTHROUGH_SHADERS, and `words` is one of the kernel's own modules
+                    // (validated by spirv-val when built); its bindings are the params block
+                    // and the three storage buffers of `bindings()`, as the layout below. Its
+                    // loads are tensor-addressed with the chunk's row, column and token
+                    // counts as bounds (clamped on edge tiles), and its scale reads are of rows
+                    // below the chunk's row count; checked against the CPU on the card by
+                    // `gpu_bench --kernels` and the cm2 device test.
+                    unsafe { cm2::module(&self.device, &format!("{k:?}"), words) }
+                }
+                // SAFETY: see above.
+                _ => unsafe { self.device.create_shader_module_trusted(desc, checks) },
+            };
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -1625,38 +1741,46 @@ impl GpuBackend {
 
     /// `x` as a matmul with weights of `dtype` should read it: the buffer itself, or a copy
     /// rounded through the CPU backend's activation format for that weight type.
-    fn matmul_input(&mut self, x: BufId, dtype: DType) -> Res {
+    /// With `f16`, the values rounded to f16 and packed two a word (what `matmul_cm2.comp`
+    /// reads; the rounding is the one `MATMUL_COOP` does as it loads).
+    fn matmul_input(&mut self, x: BufId, dtype: DType, f16: bool) -> Res {
         let xr = self.res(x);
         let vdt = orchard_quant::traits(dtype).map(|t| t.vec_dot_type);
-        let (mode, block) = match vdt {
+        let (mut mode, block) = match vdt {
             Some(DType::Q8_0 | DType::Q8_1) => (0u32, 32usize),
             Some(DType::Q8_K) => (1, 256),
             Some(DType::F16) => (2, 1),
+            _ if f16 => (2, 1),
             _ => return xr,
         };
         if !self.exact_activations {
-            return xr;
+            if !f16 {
+                return xr;
+            }
+            mode = 2;
         }
         let n = self.buf(x).n_tokens * self.buf(x).width;
-        if !n.is_multiple_of(block) {
+        if !n.is_multiple_of(block) || (f16 && !n.is_multiple_of(256)) {
+            assert!(!f16, "f16 activations of {n} values: not whole workgroups");
             return xr;
         }
+        let key = (x.0, mode | if f16 { ACT_F16 } else { 0 });
         let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
-        if let Some(q) = self.act_q.get(&(x.0, mode)) {
+        if let Some(q) = self.act_q.get(&key) {
             if q.src == src && q.cap >= n {
                 return q.res.clone();
             }
         }
-        let (res, cap) = match self.act_q.remove(&(x.0, mode)) {
+        let (res, cap) = match self.act_q.remove(&key) {
             Some(q) if q.cap >= n => (q.res, q.cap),
             _ => (self.storage("act_q", (n * 4) as u64), n),
         };
         let (groups, gx) = self.grid(n, 256);
         let mut p = [0u32; 16];
-        p[..4].copy_from_slice(&[n as u32, block as u32, mode, gx]);
+        p[..5].copy_from_slice(&[n as u32, block as u32, mode, gx, f16 as u32]);
         self.dispatch(Kernel::ActQuant, &[&xr, &res], p, groups);
         self.act_q.insert(
-            (x.0, mode),
+            key,
             ActQ {
                 src,
                 res: res.clone(),
@@ -2436,7 +2560,16 @@ impl Backend for GpuBackend {
             }
             return;
         }
-        let xr = self.matmul_input(x, fmt.dtype);
+        // Only products of 8B size and up: on an H200 it lost to MATMUL_COOP below that
+        // (4096 x 1000: 0.25 against 0.15 ms; SmolLM2's and Gemma 3 270M's whole prompts 10-15 %
+        // slower), and won from there (bench/gpu/results/run34).
+        let use_cm2 = n > MATVEC_MAX_TOKENS
+            && self.cm2
+            && ragged == 0
+            && cm2::has_format(fmt.dtype)
+            && cols >= CM2_MIN_DIM
+            && rows >= CM2_MIN_DIM;
+        let xr = self.matmul_input(x, fmt.dtype, use_cm2);
         let cpb = (fmt.block / 16) as u32;
         for (res, row0, crow, scale_off) in chunks {
             let mut p = [0u32; 16];
@@ -2457,6 +2590,24 @@ impl Backend for GpuBackend {
                 self.dispatch(k, &[&res, &xr, &or], p, groups);
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
+                if use_cm2 {
+                    let tiles =
+                        |t: cm2::Tile| crow.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
+                    // As for MATMUL_COOP: the narrower token tile where 128 x 128 would
+                    // leave the device short of workgroups.
+                    let t = self.cm2_tile.unwrap_or(if tiles(CM2_TILE) < 64 {
+                        CM2_TILE_NARROW
+                    } else {
+                        CM2_TILE
+                    });
+                    let groups = [
+                        crow.div_ceil(t.bm as usize) as u32,
+                        n.div_ceil(t.bn as usize) as u32,
+                        1,
+                    ];
+                    self.dispatch(Kernel::MatMulCm2(dt, t), &[&res, &xr, &or], p, groups);
+                    continue;
+                }
                 if self.coop && ragged == 0 {
                     let mut t = self.coop_tile;
                     // Few tiles (K and V of the 8B shape: 32 of 128 x 128 on 132 SMs): halve

@@ -33,6 +33,7 @@
 //! matmul, whose accesses are all guarded by its dispatch counts (backend.rs says why).
 
 mod backend;
+mod cm2;
 mod formats;
 mod shaders;
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Compiles src/cm2/matmul_cm2.comp into the SPIR-V modules orchard-gpu embeds (one per tile)
+# and validates them. Needs a glslc that knows GL_NV_cooperative_matrix2
+# (shaderc 2024 or newer; Debian 13's works, and bench/gpu/prepare-vulkan.sh sets one up for
+# Debian 12 in /work/trixie): GLSLC and SPIRV_VAL name them (default: from PATH).
+set -euo pipefail
+DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../src/cm2" && pwd)
+GLSLC=${GLSLC:-glslc}
+SPIRV_VAL=${SPIRV_VAL:-spirv-val}
+# The tiles `cm2::TILES` lists: weight rows x tokens x K step.
+for t in 128x64x32 128x128x64; do
+  IFS=x read -r bm bn bk <<<"$t"
+  out="$DIR/matmul_cm2_q4_K_${t}.spv"
+  "$GLSLC" -fshader-stage=compute --target-env=vulkan1.3 -O -DBM="$bm" -DBN="$bn" -DBK="$bk" \
+    "$DIR/matmul_cm2.comp" -o "$out"
+  "$SPIRV_VAL" --target-env vulkan1.3 "$out"
+  echo "$(basename "$out"): $(stat -c %s "$out") bytes"
+done

@@ -1,0 +1,287 @@
+//! Prompt matmuls on NVIDIA's `VK_NV_cooperative_matrix2` (workgroup-scope cooperative
+//! matrices, tensor-addressed loads that decode K-quant blocks as the driver stages them).
+//!
+//! WGSL reaches tensor cores only through subgroup-scope KHR matrices (`MATMUL_COOP`), where
+//! llama.cpp's own KHR path on an H200 runs an 8B prompt at ~6.9k t/s against 10.7k with this
+//! extension (bench/gpu/results/run32). So on a device that has it, Q4_K prompt products of 8B
+//! size run `src/cm2/matmul_cm2.comp`: GLSL compiled ahead of time (`scripts/build-cm2.sh`), loaded
+//! through wgpu's SPIR-V passthrough, on a device opened through wgpu-hal with the extension and
+//! its features enabled. Everything else about the device is wgpu's.
+
+use std::borrow::Cow;
+use std::ffi::{c_void, CStr};
+
+use ash::vk;
+use orchard_core::DType;
+
+const EXTENSION: &CStr = c"VK_NV_cooperative_matrix2";
+/// `VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV` (and `_PROPERTIES_`):
+/// extension 594, so 1000000000 + 593 * 1000 (+ 2). ash 0.38 predates the extension.
+const FEATURES_STYPE: i32 = 1_000_593_000;
+const PROPERTIES_STYPE: i32 = 1_000_593_002;
+/// Invocations of the kernel's workgroup (its `local_size_x`).
+pub(crate) const THREADS: u32 = 256;
+
+/// `VkPhysicalDeviceCooperativeMatrix2FeaturesNV`.
+#[repr(C)]
+struct Features {
+    s_type: vk::StructureType,
+    p_next: *mut c_void,
+    workgroup_scope: vk::Bool32,
+    flexible_dimensions: vk::Bool32,
+    reductions: vk::Bool32,
+    conversions: vk::Bool32,
+    per_element_operations: vk::Bool32,
+    tensor_addressing: vk::Bool32,
+    block_loads: vk::Bool32,
+}
+
+impl Features {
+    fn new() -> Features {
+        Features {
+            s_type: vk::StructureType::from_raw(FEATURES_STYPE),
+            p_next: std::ptr::null_mut(),
+            workgroup_scope: 0,
+            flexible_dimensions: 0,
+            reductions: 0,
+            conversions: 0,
+            per_element_operations: 0,
+            tensor_addressing: 0,
+            block_loads: 0,
+        }
+    }
+
+    /// What the kernel's SPIR-V uses (workgroup scope, flexible sizes, f32 -> f16 conversion,
+    /// tensor addressing with decode callbacks).
+    fn needed(&self) -> bool {
+        [
+            self.workgroup_scope,
+            self.flexible_dimensions,
+            self.conversions,
+            self.tensor_addressing,
+            self.block_loads,
+        ]
+        .iter()
+        .all(|&f| f == vk::TRUE)
+    }
+
+    fn enable_needed(&mut self) {
+        self.workgroup_scope = vk::TRUE;
+        self.flexible_dimensions = vk::TRUE;
+        self.conversions = vk::TRUE;
+        self.tensor_addressing = vk::TRUE;
+        self.block_loads = vk::TRUE;
+    }
+}
+
+/// `VkPhysicalDeviceCooperativeMatrix2PropertiesNV`.
+#[repr(C)]
+struct Properties {
+    s_type: vk::StructureType,
+    p_next: *mut c_void,
+    workgroup_scope_max_workgroup_size: u32,
+    flexible_dimensions_max_dimension: u32,
+    workgroup_scope_reserved_shared_memory: u32,
+}
+
+/// Whether `adapter` is a Vulkan device with the extension and every feature the kernel uses
+/// (and `bufferDeviceAddress`: the decode callback receives a block pointer).
+pub(crate) fn supported(adapter: &wgpu::Adapter) -> Result<(), String> {
+    // SAFETY: the hal adapter is only read (extension list, features and properties through
+    // the instance's own entry points) while the guard keeps it alive; every structure chained
+    // for the queries lives on this stack frame until the call returns.
+    unsafe {
+        let Some(hal) = adapter.as_hal::<wgpu::hal::api::Vulkan>() else {
+            return Err("not a Vulkan adapter".into());
+        };
+        let instance = hal.shared_instance().raw_instance();
+        let pd = hal.raw_physical_device();
+        let has_extension = instance
+            .enumerate_device_extension_properties(pd)
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.extension_name_as_c_str() == Ok(EXTENSION));
+        if !has_extension {
+            return Err(format!("no {EXTENSION:?}"));
+        }
+        if instance.get_physical_device_properties(pd).api_version < vk::API_VERSION_1_2 {
+            return Err("Vulkan below 1.2".into());
+        }
+        let mut cm2 = Features::new();
+        let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
+            p_next: (&mut cm2 as *mut Features).cast(),
+            ..Default::default()
+        };
+        let mut f2 = vk::PhysicalDeviceFeatures2 {
+            p_next: (&mut bda as *mut vk::PhysicalDeviceBufferDeviceAddressFeatures).cast(),
+            ..Default::default()
+        };
+        instance.get_physical_device_features2(pd, &mut f2);
+        let mut props = Properties {
+            s_type: vk::StructureType::from_raw(PROPERTIES_STYPE),
+            p_next: std::ptr::null_mut(),
+            workgroup_scope_max_workgroup_size: 0,
+            flexible_dimensions_max_dimension: 0,
+            workgroup_scope_reserved_shared_memory: 0,
+        };
+        let mut p2 = vk::PhysicalDeviceProperties2 {
+            p_next: (&mut props as *mut Properties).cast(),
+            ..Default::default()
+        };
+        instance.get_physical_device_properties2(pd, &mut p2);
+        if !cm2.needed() || bda.buffer_device_address != vk::TRUE {
+            return Err("a feature the kernel uses is missing".into());
+        }
+        if props.workgroup_scope_max_workgroup_size < THREADS
+            || props.flexible_dimensions_max_dimension < 256
+        {
+            return Err(format!(
+                "workgroup-scope limits {} invocations, dimension {}",
+                props.workgroup_scope_max_workgroup_size, props.flexible_dimensions_max_dimension
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens `adapter` as `request_device` would, with the extension, its features and
+/// `bufferDeviceAddress` enabled as well. Call only where [`supported`] said yes.
+pub(crate) fn request_device(
+    adapter: &wgpu::Adapter,
+    desc: &wgpu::DeviceDescriptor,
+) -> Result<(wgpu::Device, wgpu::Queue), String> {
+    let mut cm2 = Features::new();
+    cm2.enable_needed();
+    let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
+        buffer_device_address: vk::TRUE,
+        ..Default::default()
+    };
+    // SAFETY: wgpu-hal's documented hook for extra extensions and features: the extension is
+    // only added to its list (which it passes on), and the two feature structures are put at
+    // the head of the create-info chain, ahead of wgpu's own; neither is one wgpu chains
+    // itself (it adds `bufferDeviceAddress` only for ray tracing, not requested here). Both
+    // outlive the call. The device returned is made from this adapter, with the features asked.
+    unsafe {
+        let open = {
+            let hal = adapter
+                .as_hal::<wgpu::hal::api::Vulkan>()
+                .ok_or("not a Vulkan adapter")?;
+            let cm2_ptr: *mut Features = &mut cm2;
+            let bda_ptr: *mut vk::PhysicalDeviceBufferDeviceAddressFeatures = &mut bda;
+            let callback = move |args: wgpu::hal::vulkan::CreateDeviceCallbackArgs| {
+                args.extensions.push(EXTENSION);
+                (*bda_ptr).p_next = args.create_info.p_next as *mut c_void;
+                (*cm2_ptr).p_next = bda_ptr.cast();
+                args.create_info.p_next = cm2_ptr as *const c_void;
+            };
+            hal.open_with_callback(
+                desc.required_features,
+                &desc.required_limits,
+                &desc.memory_hints,
+                Some(Box::new(callback)),
+            )
+            .map_err(|e| format!("vkCreateDevice with {EXTENSION:?}: {e}"))?
+        };
+        adapter
+            .create_device_from_hal(open, desc)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A compiled tile: `bm` weight rows x `bn` tokens, `bk` of K a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Tile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+}
+
+/// The tiles `scripts/build-cm2.sh` compiles: the one for few token tiles, the default.
+/// (Measured and dropped on an H200, bench/gpu/results/run34: 128 x 128 x 32, 128 x 256 x 32
+/// and 128 x 256 x 64 were slower on the 8B products.)
+pub(crate) const TILES: [Tile; 2] = [
+    Tile {
+        bm: 128,
+        bn: 64,
+        bk: 32,
+    },
+    Tile {
+        bm: 128,
+        bn: 128,
+        bk: 64,
+    },
+];
+
+impl std::fmt::Display for Tile {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.bm, self.bn, self.bk)
+    }
+}
+
+impl std::str::FromStr for Tile {
+    type Err = String;
+    /// `BMxBNxBK`: one of [`TILES`].
+    fn from_str(s: &str) -> Result<Tile, String> {
+        TILES
+            .into_iter()
+            .find(|t| t.to_string() == s)
+            .ok_or_else(|| format!("cm2 tile {s}: not one of {TILES:?}"))
+    }
+}
+
+/// Whether the kernel is written for weights of `dt`.
+pub(crate) fn has_format(dt: DType) -> bool {
+    dt == DType::Q4_K
+}
+
+/// The SPIR-V words of the kernel for `tile`.
+pub(crate) fn spirv(tile: Tile) -> Vec<u32> {
+    let bytes: &[u8] = match (tile.bm, tile.bn, tile.bk) {
+        (128, 64, 32) => include_bytes!("cm2/matmul_cm2_q4_K_128x64x32.spv"),
+        _ => include_bytes!("cm2/matmul_cm2_q4_K_128x128x64.spv"),
+    };
+    debug_assert!(TILES.contains(&tile));
+    // include_bytes! gives no alignment: copy into words.
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+/// The passthrough module of `words` (entry point `main`, [`THREADS`] invocations).
+///
+/// # Safety
+/// `words` must be one of [`spirv`]'s modules and the device opened by [`request_device`] with
+/// `PASSTHROUGH_SHADERS`: wgpu does not parse or validate passthrough SPIR-V.
+pub(crate) unsafe fn module(
+    device: &wgpu::Device,
+    label: &str,
+    words: Vec<u32>,
+) -> wgpu::ShaderModule {
+    let desc = wgpu::ShaderModuleDescriptorPassthrough {
+        label: Some(label),
+        entry_points: Cow::Owned(vec![wgpu::PassthroughShaderEntryPoint {
+            name: Cow::Borrowed("main"),
+            workgroup_size: (THREADS, 1, 1),
+        }]),
+        spirv: Some(Cow::Owned(words)),
+        ..Default::default()
+    };
+    // SAFETY: the caller's contract above.
+    unsafe { device.create_shader_module_passthrough(desc) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tile_has_a_module_and_parses_back() {
+        assert!(has_format(DType::Q4_K) && !has_format(DType::Q6_K));
+        for t in TILES {
+            let w = spirv(t);
+            assert_eq!(w[0], 0x0723_0203, "SPIR-V magic");
+            assert!(w.len() > 100);
+            assert_eq!(t.to_string().parse::<Tile>(), Ok(t));
+        }
+        assert_ne!(spirv(TILES[0]), spirv(TILES[1]));
+        assert!("128x256x64".parse::<Tile>().is_err());
+    }
+}
