@@ -9,182 +9,206 @@
 //! its features enabled. Everything else about the device is wgpu's.
 
 use std::borrow::Cow;
-use std::ffi::{c_void, CStr};
 
-use ash::vk;
 use orchard_core::DType;
 
-const EXTENSION: &CStr = c"VK_NV_cooperative_matrix2";
-/// `VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV` (and `_PROPERTIES_`):
-/// extension 594, so 1000000000 + 593 * 1000 (+ 2). ash 0.38 predates the extension.
-const FEATURES_STYPE: i32 = 1_000_593_000;
-const PROPERTIES_STYPE: i32 = 1_000_593_002;
 /// Invocations of the kernel's workgroup (its `local_size_x`).
 pub(crate) const THREADS: u32 = 256;
 
-/// `VkPhysicalDeviceCooperativeMatrix2FeaturesNV`.
-#[repr(C)]
-struct Features {
-    s_type: vk::StructureType,
-    p_next: *mut c_void,
-    workgroup_scope: vk::Bool32,
-    flexible_dimensions: vk::Bool32,
-    reductions: vk::Bool32,
-    conversions: vk::Bool32,
-    per_element_operations: vk::Bool32,
-    tensor_addressing: vk::Bool32,
-    block_loads: vk::Bool32,
+#[cfg(not(target_vendor = "apple"))]
+pub(crate) use vulkan::{request_device, supported};
+
+/// No Vulkan backend in wgpu on Apple platforms (Metal only): never available there.
+#[cfg(target_vendor = "apple")]
+pub(crate) fn supported(_adapter: &wgpu::Adapter) -> Result<(), String> {
+    Err("no Vulkan backend on this platform".into())
 }
 
-impl Features {
-    fn new() -> Features {
-        Features {
-            s_type: vk::StructureType::from_raw(FEATURES_STYPE),
-            p_next: std::ptr::null_mut(),
-            workgroup_scope: 0,
-            flexible_dimensions: 0,
-            reductions: 0,
-            conversions: 0,
-            per_element_operations: 0,
-            tensor_addressing: 0,
-            block_loads: 0,
-        }
-    }
-
-    /// What the kernel's SPIR-V uses (workgroup scope, flexible sizes, f32 -> f16 conversion,
-    /// tensor addressing with decode callbacks).
-    fn needed(&self) -> bool {
-        [
-            self.workgroup_scope,
-            self.flexible_dimensions,
-            self.conversions,
-            self.tensor_addressing,
-            self.block_loads,
-        ]
-        .iter()
-        .all(|&f| f == vk::TRUE)
-    }
-
-    fn enable_needed(&mut self) {
-        self.workgroup_scope = vk::TRUE;
-        self.flexible_dimensions = vk::TRUE;
-        self.conversions = vk::TRUE;
-        self.tensor_addressing = vk::TRUE;
-        self.block_loads = vk::TRUE;
-    }
-}
-
-/// `VkPhysicalDeviceCooperativeMatrix2PropertiesNV`.
-#[repr(C)]
-struct Properties {
-    s_type: vk::StructureType,
-    p_next: *mut c_void,
-    workgroup_scope_max_workgroup_size: u32,
-    flexible_dimensions_max_dimension: u32,
-    workgroup_scope_reserved_shared_memory: u32,
-}
-
-/// Whether `adapter` is a Vulkan device with the extension and every feature the kernel uses
-/// (and `bufferDeviceAddress`: the decode callback receives a block pointer).
-pub(crate) fn supported(adapter: &wgpu::Adapter) -> Result<(), String> {
-    // SAFETY: the hal adapter is only read (extension list, features and properties through
-    // the instance's own entry points) while the guard keeps it alive; every structure chained
-    // for the queries lives on this stack frame until the call returns.
-    unsafe {
-        let Some(hal) = adapter.as_hal::<wgpu::hal::api::Vulkan>() else {
-            return Err("not a Vulkan adapter".into());
-        };
-        let instance = hal.shared_instance().raw_instance();
-        let pd = hal.raw_physical_device();
-        let has_extension = instance
-            .enumerate_device_extension_properties(pd)
-            .unwrap_or_default()
-            .iter()
-            .any(|e| e.extension_name_as_c_str() == Ok(EXTENSION));
-        if !has_extension {
-            return Err(format!("no {EXTENSION:?}"));
-        }
-        if instance.get_physical_device_properties(pd).api_version < vk::API_VERSION_1_2 {
-            return Err("Vulkan below 1.2".into());
-        }
-        let mut cm2 = Features::new();
-        let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
-            p_next: (&mut cm2 as *mut Features).cast(),
-            ..Default::default()
-        };
-        let mut f2 = vk::PhysicalDeviceFeatures2 {
-            p_next: (&mut bda as *mut vk::PhysicalDeviceBufferDeviceAddressFeatures).cast(),
-            ..Default::default()
-        };
-        instance.get_physical_device_features2(pd, &mut f2);
-        let mut props = Properties {
-            s_type: vk::StructureType::from_raw(PROPERTIES_STYPE),
-            p_next: std::ptr::null_mut(),
-            workgroup_scope_max_workgroup_size: 0,
-            flexible_dimensions_max_dimension: 0,
-            workgroup_scope_reserved_shared_memory: 0,
-        };
-        let mut p2 = vk::PhysicalDeviceProperties2 {
-            p_next: (&mut props as *mut Properties).cast(),
-            ..Default::default()
-        };
-        instance.get_physical_device_properties2(pd, &mut p2);
-        if !cm2.needed() || bda.buffer_device_address != vk::TRUE {
-            return Err("a feature the kernel uses is missing".into());
-        }
-        if props.workgroup_scope_max_workgroup_size < THREADS
-            || props.flexible_dimensions_max_dimension < 256
-        {
-            return Err(format!(
-                "workgroup-scope limits {} invocations, dimension {}",
-                props.workgroup_scope_max_workgroup_size, props.flexible_dimensions_max_dimension
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Opens `adapter` as `request_device` would, with the extension, its features and
-/// `bufferDeviceAddress` enabled as well. Call only where [`supported`] said yes.
+#[cfg(target_vendor = "apple")]
 pub(crate) fn request_device(
-    adapter: &wgpu::Adapter,
-    desc: &wgpu::DeviceDescriptor,
+    _adapter: &wgpu::Adapter,
+    _desc: &wgpu::DeviceDescriptor,
 ) -> Result<(wgpu::Device, wgpu::Queue), String> {
-    let mut cm2 = Features::new();
-    cm2.enable_needed();
-    let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
-        buffer_device_address: vk::TRUE,
-        ..Default::default()
-    };
-    // SAFETY: wgpu-hal's documented hook for extra extensions and features: the extension is
-    // only added to its list (which it passes on), and the two feature structures are put at
-    // the head of the create-info chain, ahead of wgpu's own; neither is one wgpu chains
-    // itself (it adds `bufferDeviceAddress` only for ray tracing, not requested here). Both
-    // outlive the call. The device returned is made from this adapter, with the features asked.
-    unsafe {
-        let open = {
-            let hal = adapter
-                .as_hal::<wgpu::hal::api::Vulkan>()
-                .ok_or("not a Vulkan adapter")?;
-            let cm2_ptr: *mut Features = &mut cm2;
-            let bda_ptr: *mut vk::PhysicalDeviceBufferDeviceAddressFeatures = &mut bda;
-            let callback = move |args: wgpu::hal::vulkan::CreateDeviceCallbackArgs| {
-                args.extensions.push(EXTENSION);
-                (*bda_ptr).p_next = args.create_info.p_next as *mut c_void;
-                (*cm2_ptr).p_next = bda_ptr.cast();
-                args.create_info.p_next = cm2_ptr as *const c_void;
+    Err("no Vulkan backend on this platform".into())
+}
+
+#[cfg(not(target_vendor = "apple"))]
+mod vulkan {
+    use super::THREADS;
+    use ash::vk;
+    use std::ffi::{c_void, CStr};
+
+    const EXTENSION: &CStr = c"VK_NV_cooperative_matrix2";
+    /// `VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV` (and `_PROPERTIES_`):
+    /// extension 594, so 1000000000 + 593 * 1000 (+ 2). ash 0.38 predates the extension.
+    const FEATURES_STYPE: i32 = 1_000_593_000;
+    const PROPERTIES_STYPE: i32 = 1_000_593_002;
+
+    /// `VkPhysicalDeviceCooperativeMatrix2FeaturesNV`.
+    #[repr(C)]
+    struct Features {
+        s_type: vk::StructureType,
+        p_next: *mut c_void,
+        workgroup_scope: vk::Bool32,
+        flexible_dimensions: vk::Bool32,
+        reductions: vk::Bool32,
+        conversions: vk::Bool32,
+        per_element_operations: vk::Bool32,
+        tensor_addressing: vk::Bool32,
+        block_loads: vk::Bool32,
+    }
+
+    impl Features {
+        fn new() -> Features {
+            Features {
+                s_type: vk::StructureType::from_raw(FEATURES_STYPE),
+                p_next: std::ptr::null_mut(),
+                workgroup_scope: 0,
+                flexible_dimensions: 0,
+                reductions: 0,
+                conversions: 0,
+                per_element_operations: 0,
+                tensor_addressing: 0,
+                block_loads: 0,
+            }
+        }
+
+        /// What the kernel's SPIR-V uses (workgroup scope, flexible sizes, f32 -> f16 conversion,
+        /// tensor addressing with decode callbacks).
+        fn needed(&self) -> bool {
+            [
+                self.workgroup_scope,
+                self.flexible_dimensions,
+                self.conversions,
+                self.tensor_addressing,
+                self.block_loads,
+            ]
+            .iter()
+            .all(|&f| f == vk::TRUE)
+        }
+
+        fn enable_needed(&mut self) {
+            self.workgroup_scope = vk::TRUE;
+            self.flexible_dimensions = vk::TRUE;
+            self.conversions = vk::TRUE;
+            self.tensor_addressing = vk::TRUE;
+            self.block_loads = vk::TRUE;
+        }
+    }
+
+    /// `VkPhysicalDeviceCooperativeMatrix2PropertiesNV`.
+    #[repr(C)]
+    struct Properties {
+        s_type: vk::StructureType,
+        p_next: *mut c_void,
+        workgroup_scope_max_workgroup_size: u32,
+        flexible_dimensions_max_dimension: u32,
+        workgroup_scope_reserved_shared_memory: u32,
+    }
+
+    /// Whether `adapter` is a Vulkan device with the extension and every feature the kernel uses
+    /// (and `bufferDeviceAddress`: the decode callback receives a block pointer).
+    pub(crate) fn supported(adapter: &wgpu::Adapter) -> Result<(), String> {
+        // SAFETY: the hal adapter is only read (extension list, features and properties through
+        // the instance's own entry points) while the guard keeps it alive; every structure chained
+        // for the queries lives on this stack frame until the call returns.
+        unsafe {
+            let Some(hal) = adapter.as_hal::<wgpu::hal::api::Vulkan>() else {
+                return Err("not a Vulkan adapter".into());
             };
-            hal.open_with_callback(
-                desc.required_features,
-                &desc.required_limits,
-                &desc.memory_hints,
-                Some(Box::new(callback)),
-            )
-            .map_err(|e| format!("vkCreateDevice with {EXTENSION:?}: {e}"))?
+            let instance = hal.shared_instance().raw_instance();
+            let pd = hal.raw_physical_device();
+            let has_extension = instance
+                .enumerate_device_extension_properties(pd)
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.extension_name_as_c_str() == Ok(EXTENSION));
+            if !has_extension {
+                return Err(format!("no {EXTENSION:?}"));
+            }
+            if instance.get_physical_device_properties(pd).api_version < vk::API_VERSION_1_2 {
+                return Err("Vulkan below 1.2".into());
+            }
+            let mut cm2 = Features::new();
+            let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
+                p_next: (&mut cm2 as *mut Features).cast(),
+                ..Default::default()
+            };
+            let mut f2 = vk::PhysicalDeviceFeatures2 {
+                p_next: (&mut bda as *mut vk::PhysicalDeviceBufferDeviceAddressFeatures).cast(),
+                ..Default::default()
+            };
+            instance.get_physical_device_features2(pd, &mut f2);
+            let mut props = Properties {
+                s_type: vk::StructureType::from_raw(PROPERTIES_STYPE),
+                p_next: std::ptr::null_mut(),
+                workgroup_scope_max_workgroup_size: 0,
+                flexible_dimensions_max_dimension: 0,
+                workgroup_scope_reserved_shared_memory: 0,
+            };
+            let mut p2 = vk::PhysicalDeviceProperties2 {
+                p_next: (&mut props as *mut Properties).cast(),
+                ..Default::default()
+            };
+            instance.get_physical_device_properties2(pd, &mut p2);
+            if !cm2.needed() || bda.buffer_device_address != vk::TRUE {
+                return Err("a feature the kernel uses is missing".into());
+            }
+            if props.workgroup_scope_max_workgroup_size < THREADS
+                || props.flexible_dimensions_max_dimension < 256
+            {
+                return Err(format!(
+                    "workgroup-scope limits {} invocations, dimension {}",
+                    props.workgroup_scope_max_workgroup_size,
+                    props.flexible_dimensions_max_dimension
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Opens `adapter` as `request_device` would, with the extension, its features and
+    /// `bufferDeviceAddress` enabled as well. Call only where [`supported`] said yes.
+    pub(crate) fn request_device(
+        adapter: &wgpu::Adapter,
+        desc: &wgpu::DeviceDescriptor,
+    ) -> Result<(wgpu::Device, wgpu::Queue), String> {
+        let mut cm2 = Features::new();
+        cm2.enable_needed();
+        let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
+            buffer_device_address: vk::TRUE,
+            ..Default::default()
         };
-        adapter
-            .create_device_from_hal(open, desc)
-            .map_err(|e| e.to_string())
+        // SAFETY: wgpu-hal's documented hook for extra extensions and features: the extension is
+        // only added to its list (which it passes on), and the two feature structures are put at
+        // the head of the create-info chain, ahead of wgpu's own; neither is one wgpu chains
+        // itself (it adds `bufferDeviceAddress` only for ray tracing, not requested here). Both
+        // outlive the call. The device returned is made from this adapter, with the features asked.
+        unsafe {
+            let open = {
+                let hal = adapter
+                    .as_hal::<wgpu::hal::api::Vulkan>()
+                    .ok_or("not a Vulkan adapter")?;
+                let cm2_ptr: *mut Features = &mut cm2;
+                let bda_ptr: *mut vk::PhysicalDeviceBufferDeviceAddressFeatures = &mut bda;
+                let callback = move |args: wgpu::hal::vulkan::CreateDeviceCallbackArgs| {
+                    args.extensions.push(EXTENSION);
+                    (*bda_ptr).p_next = args.create_info.p_next as *mut c_void;
+                    (*cm2_ptr).p_next = bda_ptr.cast();
+                    args.create_info.p_next = cm2_ptr as *const c_void;
+                };
+                hal.open_with_callback(
+                    desc.required_features,
+                    &desc.required_limits,
+                    &desc.memory_hints,
+                    Some(Box::new(callback)),
+                )
+                .map_err(|e| format!("vkCreateDevice with {EXTENSION:?}: {e}"))?
+            };
+            adapter
+                .create_device_from_hal(open, desc)
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
