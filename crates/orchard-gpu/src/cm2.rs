@@ -73,13 +73,12 @@ mod vulkan {
             }
         }
 
-        /// What the kernel's SPIR-V uses (workgroup scope, flexible sizes, f32 -> f16 conversion,
-        /// tensor addressing with decode callbacks).
+        /// What the kernel's SPIR-V uses (workgroup scope, its tile sizes, tensor addressing
+        /// with decode callbacks).
         fn needed(&self) -> bool {
             [
                 self.workgroup_scope,
                 self.flexible_dimensions,
-                self.conversions,
                 self.tensor_addressing,
                 self.block_loads,
             ]
@@ -90,7 +89,6 @@ mod vulkan {
         fn enable_needed(&mut self) {
             self.workgroup_scope = vk::TRUE;
             self.flexible_dimensions = vk::TRUE;
-            self.conversions = vk::TRUE;
             self.tensor_addressing = vk::TRUE;
             self.block_loads = vk::TRUE;
         }
