@@ -6,9 +6,10 @@
 //!
 //! ggml's AVX-512 and AVX2 builds use different `expf` polynomials and reduction orders; each
 //! path here reproduces one of them, chosen from `orchard_quant::active_tier()` so that the whole
-//! backend follows one build. The scalar path reproduces the AVX-512 build (the one llama.cpp
-//! uses on the machines we validate against), on any CPU, and is what `ORCHARD_FORCE_SCALAR=1`
-//! selects. Tails past the last full vector use libm's `expf` (`f32::exp`), as ggml's do.
+//! backend follows one build (checked against llama.cpp's outputs of each: `testdata/parity`,
+//! `testdata/parity-avx2`). The scalar path reproduces the AVX-512 build, on any CPU, and is
+//! what `ORCHARD_FORCE_SCALAR=1` selects. Tails past the last full vector use libm's `expf`
+//! (`f32::exp`), as ggml's do.
 //!
 //! f16 values are converted with `half`, which matches F16C except for the payload bits of NaNs.
 
@@ -325,16 +326,54 @@ pub fn simd_gemm(c_out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n:
     }
 }
 
-/// `k · y` for an f16 row `k` (a KV cache row) and f16-valued `y`, in the order of ggml's
-/// AVX-512 `ggml_vec_dot_f16`: four 16-lane FMA accumulators over 64-element steps, folded
-/// 0+2, 1+3, then gcc's `_mm512_reduce_add_ps` tree; the tail in f64.
+/// `k · y` for an f16 row `k` (a KV cache row) and f16-valued `y`: `ggml_vec_dot_f16`, the
+/// per-query attention score, in the order of the build [`vec_path`] follows.
 pub fn dot_f16(k: &[f16], y: &[f32]) -> f32 {
+    dot_f16_with(vec_path(), k, y)
+}
+
+/// [`dot_f16`] as a given build computes it. The AVX-512 build (and the scalar path): four
+/// 16-lane FMA accumulators over 64-element steps, folded 0+2, 1+3, then gcc's
+/// `_mm512_reduce_add_ps` tree. The AVX2 build: four 8-lane accumulators over 32-element
+/// steps, folded the same way, then `GGML_F32x8_REDUCE`'s halves and two `hadd_ps`. Both add
+/// the tail in f64.
+pub fn dot_f16_with(path: VecPath, k: &[f16], y: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if runnable(VecPath::Avx2) {
         // SAFETY: the AVX2 tier includes AVX2, FMA and F16C (checked by runnable()).
-        return unsafe { x86::dot_f16_f16c(k, y) };
+        return unsafe {
+            match path {
+                VecPath::Avx2 => x86::dot_f16_avx2_build(k, y),
+                _ => x86::dot_f16_f16c(k, y),
+            }
+        };
     }
-    dot_f16_scalar(k, y)
+    match path {
+        VecPath::Avx2 => dot_f16_scalar_avx2_build(k, y),
+        _ => dot_f16_scalar(k, y),
+    }
+}
+
+/// The AVX2 build's `ggml_vec_dot_f16` one lane at a time.
+fn dot_f16_scalar_avx2_build(k: &[f16], y: &[f32]) -> f32 {
+    let n = k.len().min(y.len());
+    let np = n & !31;
+    let mut acc = [[0.0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let idx = i + 8 * j + l;
+                *v = k[idx].to_f32().mul_add(y[idx], *v);
+            }
+        }
+    }
+    let r: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t0: [f32; 4] = std::array::from_fn(|l| r[l] + r[l + 4]);
+    let mut sum = f64::from((t0[0] + t0[1]) + (t0[2] + t0[3]));
+    for i in np..n {
+        sum += f64::from(k[i].to_f32() * y[i]);
+    }
+    sum as f32
 }
 
 fn dot_f16_scalar(k: &[f16], y: &[f32]) -> f32 {
@@ -821,6 +860,32 @@ mod x86 {
         sum as f32
     }
 
+    /// `dot_f16_scalar_avx2_build` in AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_avx2_build(k: &[f16], y: &[f32]) -> f32 {
+        let n = k.len().min(y.len());
+        let np = n & !31;
+        let (kp, yp) = (k.as_ptr() as *const __m128i, y.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                let kv = _mm256_cvtph_ps(_mm_loadu_si128(kp.byte_add(2 * o)));
+                *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(yp.add(o)), *a);
+            }
+            i += 32;
+        }
+        let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
+        let t1 = _mm_hadd_ps(t0, t0);
+        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t1, t1)));
+        for i in np..n {
+            sum += f64::from(k[i].to_f32() * y[i]);
+        }
+        sum as f32
+    }
+
     #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn f32_to_f16_f16c(dst: &mut [f16], src: &[f32]) {
         let n = dst.len().min(src.len());
@@ -973,11 +1038,16 @@ mod tests {
             let a: Vec<f32> = x[..n].iter().map(|v| v * 0.01).collect();
             let b: Vec<f32> = x[n..2 * n].iter().map(|v| v * 0.3).collect();
             let ka: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_eq!(
-                dot_f16(&ka, &b).to_bits(),
-                dot_f16_scalar(&ka, &b).to_bits(),
-                "dot n={n}"
-            );
+            for (path, scalar) in [
+                (VecPath::Avx512, dot_f16_scalar as fn(&[f16], &[f32]) -> f32),
+                (VecPath::Avx2, dot_f16_scalar_avx2_build),
+            ] {
+                assert_eq!(
+                    dot_f16_with(path, &ka, &b).to_bits(),
+                    scalar(&ka, &b).to_bits(),
+                    "dot {path:?} n={n}"
+                );
+            }
             let mut h = vec![f16::ZERO; n];
             f32_to_f16(&mut h, &a);
             assert_eq!(h, ka, "f32_to_f16 n={n}");

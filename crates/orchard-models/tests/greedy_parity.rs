@@ -1,4 +1,4 @@
-//! Greedy continuations against llama.cpp's (`testdata/parity/*/greedy.jsonl`): the prompt
+//! Greedy continuations against llama.cpp's (`*/greedy.jsonl` in [`reference_dir`]): the prompt
 //! decoded as one batch, then one token at a time by argmax.
 
 mod common;
@@ -21,7 +21,7 @@ fn argmax(row: &[f32]) -> u32 {
 
 fn check(model_file: &str, greedy_file: &str) {
     let model = load(models_dir().join(model_file));
-    let text = std::fs::read_to_string(parity_dir().join(greedy_file)).unwrap();
+    let text = std::fs::read_to_string(reference_dir().join(greedy_file)).unwrap();
     let (mut full, mut total) = (0, 0);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -1,4 +1,4 @@
-//! Teacher-forced logits against llama.cpp's (`testdata/parity/*/logits.jsonl`) for the real
+//! Teacher-forced logits against llama.cpp's (`*logits.jsonl` in [`reference_dir`]) for the real
 //! models and every tiny architecture model.
 
 mod common;
@@ -23,7 +23,7 @@ fn check(model_path: std::path::PathBuf, logits_file: std::path::PathBuf) {
 fn smollm2_q4_1_logits_match_llama_cpp() {
     check(
         models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-        parity_dir().join("smollm2-135m-q4_1/logits.jsonl"),
+        reference_dir().join("smollm2-135m-q4_1/logits.jsonl"),
     );
 }
 
@@ -31,7 +31,7 @@ fn smollm2_q4_1_logits_match_llama_cpp() {
 fn gemma3_270m_logits_match_llama_cpp() {
     check(
         models_dir().join("gemma-3-270m-q4_k_m.gguf"),
-        parity_dir().join("gemma3-270m-q4_k_m/logits.jsonl"),
+        reference_dir().join("gemma3-270m-q4_k_m/logits.jsonl"),
     );
 }
 
@@ -39,7 +39,7 @@ fn gemma3_270m_logits_match_llama_cpp() {
 fn tiny_llama3_logits_match_llama_cpp() {
     check(
         parity_dir().join("tiny/tiny-llama3.Q4_K_M.gguf"),
-        parity_dir().join("tiny/tiny-llama3.logits.jsonl"),
+        reference_dir().join("tiny/tiny-llama3.logits.jsonl"),
     );
 }
 
@@ -47,7 +47,7 @@ fn tiny_llama3_logits_match_llama_cpp() {
 fn tiny_qwen2_logits_match_llama_cpp() {
     check(
         parity_dir().join("tiny/tiny-qwen2.Q8_0.gguf"),
-        parity_dir().join("tiny/tiny-qwen2.logits.jsonl"),
+        reference_dir().join("tiny/tiny-qwen2.logits.jsonl"),
     );
 }
 
@@ -55,7 +55,7 @@ fn tiny_qwen2_logits_match_llama_cpp() {
 fn tiny_qwen3_logits_match_llama_cpp() {
     check(
         parity_dir().join("tiny/tiny-qwen3.Q4_K_M.gguf"),
-        parity_dir().join("tiny/tiny-qwen3.logits.jsonl"),
+        reference_dir().join("tiny/tiny-qwen3.logits.jsonl"),
     );
 }
 
@@ -63,6 +63,6 @@ fn tiny_qwen3_logits_match_llama_cpp() {
 fn tiny_gemma3_logits_match_llama_cpp() {
     check(
         parity_dir().join("tiny/tiny-gemma3.Q4_K_M.gguf"),
-        parity_dir().join("tiny/tiny-gemma3.logits.jsonl"),
+        reference_dir().join("tiny/tiny-gemma3.logits.jsonl"),
     );
 }
