@@ -5,9 +5,9 @@
 //! llama.cpp's defaults and are not implemented here. A temperature <= 0 means greedy: the best token
 //! that survives the earlier stages.
 //!
-//! The random stream is our own (xoshiro256++), not llama.cpp's `std::mt19937`, so the same seed picks
-//! different tokens than llama.cpp does; the distribution sampled from is the same, and a seeded
-//! [`Sampler`] is reproducible run to run.
+//! The random stream is llama.cpp's (`std::mt19937` and libstdc++'s conversion to double, one draw
+//! per sampled token), so with the same seed and the same logits a [`Sampler`] picks the tokens
+//! llama.cpp picks, and a seeded one is reproducible run to run.
 
 mod rng;
 mod stages;

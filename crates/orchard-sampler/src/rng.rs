@@ -1,53 +1,42 @@
-//! A small seeded PRNG so that sampling streams are reproducible from a seed and do not change when a
-//! dependency changes its float conversion or algorithm (xoshiro256++ seeded through SplitMix64).
+//! llama.cpp's random stream: its dist sampler draws `std::uniform_real_distribution<double>(0, 1)`
+//! from a `std::mt19937` seeded with the request's seed, once per sampled token. Drawing the same
+//! numbers (mt19937 from `rand_mt`, the conversion to double as libstdc++ does it) makes a seeded
+//! request pick the tokens llama-server picks from the same logits.
 
 use std::hash::{BuildHasher, Hasher};
 
-/// xoshiro256++: fast, 256 bits of state, passes the usual statistical batteries; more than enough for
-/// drawing one uniform number per generated token.
 #[derive(Clone, Debug)]
 pub(crate) struct Rng {
-    s: [u64; 4],
+    mt: rand_mt::Mt,
 }
 
 impl Rng {
+    /// llama.cpp's seeds are `uint32_t`; larger ones keep their low 32 bits, as a C++ conversion
+    /// to `uint32_t` would.
     pub(crate) fn from_seed(seed: u64) -> Rng {
-        // SplitMix64 spreads a (possibly tiny) user seed over the whole state and never yields the
-        // all-zero state that xoshiro cannot leave.
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
         Rng {
-            s: [next(), next(), next(), next()],
+            mt: rand_mt::Mt::new(seed as u32),
         }
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1) with 53 bits of resolution.
+    /// libstdc++'s `generate_canonical<double, 53>` on a 32-bit engine: two draws,
+    /// `(a + b * 2^32) / 2^64` in double arithmetic, and 1 mapped to the largest double below it.
     pub(crate) fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        const R: f64 = 4_294_967_296.0; // 2^32
+        let a = f64::from(self.mt.next_u32());
+        let b = f64::from(self.mt.next_u32());
+        let u = (a + b * R) / (R * R);
+        if u >= 1.0 {
+            1.0 - f64::EPSILON / 2.0
+        } else {
+            u
+        }
     }
 }
 
-/// A seed nobody chose: std's per-process random hasher keys mixed with the clock, so two servers
-/// started at the same instant still differ.
+/// A seed nobody chose, in llama.cpp's 32-bit range: std's per-process random hasher keys mixed
+/// with the clock, so two servers started at the same instant still differ. Never
+/// `DEFAULT_SEED` itself (that value means "pick one").
 pub(crate) fn entropy_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
@@ -55,7 +44,12 @@ pub(crate) fn entropy_seed() -> u64 {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     h.write_u128(nanos);
-    h.finish()
+    let s = h.finish() as u32;
+    u64::from(if u64::from(s) == crate::DEFAULT_SEED {
+        s - 1
+    } else {
+        s
+    })
 }
 
 #[cfg(test)]
@@ -67,11 +61,48 @@ mod tests {
         let mut a = Rng::from_seed(42);
         let mut b = Rng::from_seed(42);
         let mut c = Rng::from_seed(43);
-        let xa: Vec<u64> = (0..8).map(|_| a.next_u64()).collect();
-        let xb: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
-        let xc: Vec<u64> = (0..8).map(|_| c.next_u64()).collect();
+        let xa: Vec<f64> = (0..8).map(|_| a.next_f64()).collect();
+        let xb: Vec<f64> = (0..8).map(|_| b.next_f64()).collect();
+        let xc: Vec<f64> = (0..8).map(|_| c.next_f64()).collect();
         assert_eq!(xa, xb);
         assert_ne!(xa, xc);
+    }
+
+    /// The numbers libstdc++ (GCC 12, Debian 12) gives for
+    /// `std::uniform_real_distribution<double> dist(0.0f, 1.0f); std::mt19937 rng(seed);`,
+    /// printed with `%a` by a four-line C++ program.
+    #[test]
+    fn stream_equals_libstdcxx_uniform_real_distribution_on_mt19937() {
+        let mut r = Rng::from_seed(42);
+        let want = [
+            "0x1.97d47b66bfc3cp-1",
+            "0x1.77aca8779b102p-3",
+            "0x1.8f33a88f76c7fp-1",
+            "0x1.3196582932836p-1",
+            "0x1.c88861e49fc36p-2",
+            "0x1.997f4d627ef42p-4",
+        ];
+        for w in want {
+            assert_eq!(hex(r.next_f64()), w);
+        }
+        assert_eq!(
+            hex(Rng::from_seed(0xFFFF_FFFE).next_f64()),
+            "0x1.a12c688854a6ep-4"
+        );
+        // The C++ standard's check of mt19937 itself: the 10000th output of the default seed.
+        let mut mt = rand_mt::Mt::new(5489);
+        let last = (0..10_000).map(|_| mt.next_u32()).last();
+        assert_eq!(last, Some(4_123_659_995));
+    }
+
+    /// `%a` formatting of a normal double.
+    fn hex(x: f64) -> String {
+        let bits = x.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
+        let frac = bits & ((1u64 << 52) - 1);
+        let digits = format!("{frac:013x}");
+        let digits = digits.trim_end_matches('0');
+        format!("0x1.{digits}p{exp}")
     }
 
     #[test]
