@@ -125,6 +125,13 @@ fn reduce8(v: &[f32]) -> f32 {
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
+/// `GGML_F32x8_REDUCE`'s last steps: lanes 4-7 onto 0-3, then two `hadd_ps`.
+#[inline]
+fn reduce8_hadd(v: &[f32]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|k| v[k] + v[4 + k]);
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
 /// Vector width of a path's silu/softmax loops, its `expf` and its horizontal sum.
 type Lanes = (usize, fn(f32) -> f32, fn(&[f32]) -> f32);
 
@@ -356,40 +363,30 @@ pub fn dot_f16_with(path: VecPath, k: &[f16], y: &[f32]) -> f32 {
 
 /// The AVX2 build's `ggml_vec_dot_f16` one lane at a time.
 fn dot_f16_scalar_avx2_build(k: &[f16], y: &[f32]) -> f32 {
-    let n = k.len().min(y.len());
-    let np = n & !31;
-    let mut acc = [[0.0f32; 8]; 4];
-    for i in (0..np).step_by(32) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, v) in a.iter_mut().enumerate() {
-                let idx = i + 8 * j + l;
-                *v = k[idx].to_f32().mul_add(y[idx], *v);
-            }
-        }
-    }
-    let r: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-    let t0: [f32; 4] = std::array::from_fn(|l| r[l] + r[l + 4]);
-    let mut sum = f64::from((t0[0] + t0[1]) + (t0[2] + t0[3]));
-    for i in np..n {
-        sum += f64::from(k[i].to_f32() * y[i]);
-    }
-    sum as f32
+    dot_f16_lanes::<8>(k, y, reduce8_hadd)
 }
 
+/// The AVX-512 build's `ggml_vec_dot_f16` one lane at a time.
 fn dot_f16_scalar(k: &[f16], y: &[f32]) -> f32 {
+    dot_f16_lanes::<16>(k, y, reduce16)
+}
+
+/// `ggml_vec_dot_f16` with `W`-lane vectors: four FMA accumulators over `4 * W`-element steps,
+/// folded (0+2)+(1+3), reduced by the build's horizontal sum, then the tail added in f64.
+fn dot_f16_lanes<const W: usize>(k: &[f16], y: &[f32], reduce: fn(&[f32]) -> f32) -> f32 {
     let n = k.len().min(y.len());
-    let np = n & !63;
-    let mut acc = [[0.0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
+    let np = n - n % (4 * W);
+    let mut acc = [[0.0f32; W]; 4];
+    for i in (0..np).step_by(4 * W) {
         for (j, a) in acc.iter_mut().enumerate() {
             for (l, v) in a.iter_mut().enumerate() {
-                let idx = i + 16 * j + l;
+                let idx = i + W * j + l;
                 *v = k[idx].to_f32().mul_add(y[idx], *v);
             }
         }
     }
-    let r: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-    let mut sum = f64::from(reduce16(&r));
+    let r: [f32; W] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let mut sum = f64::from(reduce(&r));
     for i in np..n {
         sum += f64::from(k[i].to_f32() * y[i]);
     }
