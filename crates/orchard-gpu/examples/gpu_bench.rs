@@ -516,7 +516,13 @@ fn bench_kernels(a: &Args) {
         };
         g.upload(xb, &xbv);
         let ob = g.alloc(512, rows_w);
-        let nc = 77;
+        // ORCHARD_BENCH_CHECK_TOKENS: another checked width (over 128 tokens the cm2 products
+        // take their wide tile; 300 leaves its second token tile ragged).
+        let nc = std::env::var("ORCHARD_BENCH_CHECK_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| (1..=512).contains(&v))
+            .unwrap_or(77);
         let xc = g.alloc(nc, cols);
         g.upload(xc, &xbv[..nc * cols]);
         let oc = g.alloc(nc, rows_w);
@@ -552,7 +558,7 @@ fn bench_kernels(a: &Args) {
             variants.push(Var::Cm2(None));
             // ORCHARD_BENCH_CM2_TILES: the fixed tiles timed (default: all compiled).
             let list = std::env::var("ORCHARD_BENCH_CM2_TILES")
-                .unwrap_or_else(|_| "128x64x32,128x128x64".into());
+                .unwrap_or_else(|_| "128x64x32,128x128x64,128x256x64h".into());
             for t in list.split(',') {
                 variants.push(Var::Cm2(Some(t.to_string().leak())));
             }
@@ -666,8 +672,19 @@ fn bench_attn(n: usize) {
         let mut want = Vec::new();
         cpu.download(o, &mut want);
         let (q, k, v, o) = run(&mut g);
+        // The kernels: on cooperative matrices (where the device has them), tiled, per token.
+        let kinds: &[(&str, bool, bool)] = if g.coop_available() {
+            &[
+                ("coop", true, true),
+                ("tiled", false, true),
+                ("per-token", false, false),
+            ]
+        } else {
+            &[("tiled", false, true), ("per-token", false, false)]
+        };
         for round in 0..2 {
-            for tile in [true, false] {
+            for &(kind, coop, tile) in kinds {
+                g.set_attn_coop(coop);
                 g.set_attn_tile(tile);
                 let t = time_ops(&mut g, 20, |g| {
                     g.attention(0, q, k, v, &batch, &p, o).unwrap()
@@ -683,7 +700,7 @@ fn bench_attn(n: usize) {
                 g.download(o, &mut got);
                 println!(
                     "attn {name} n={n} heads {nh}/{nkv} dim {hd} {} (round {}): {:.3} ms (host encoding {:.3} ms of it), NMSE vs CPU {:.2e}",
-                    if tile { "tiled" } else { "per-token" },
+                    kind,
                     round + 1,
                     t * 1e3,
                     host * 1e3,
@@ -692,6 +709,7 @@ fn bench_attn(n: usize) {
             }
         }
         g.set_attn_tile(true);
+        g.set_attn_coop(true);
         let errs = g.take_errors();
         assert!(errs.is_empty(), "GPU errors: {errs:?}");
     }

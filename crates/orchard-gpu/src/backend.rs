@@ -257,11 +257,24 @@ const ATTN_SPLIT_TARGET: u32 = 1024;
 /// (twice the workgroups for a causal grid that is short of them; SmolLM2 shape 0.18-0.19 vs
 /// 0.20 ms). `ORCHARD_GPU_ATTN_TILE_SHAPE=1` starts at the 32-query shape (38 KiB at head dim 128).
 const ATTN_TILES: [(u32, u32, u32); 3] = [(128, 16, 16), (128, 32, 32), (64, 16, 8)];
-/// `matmul_cm2.comp`'s tile, and the one for products with fewer than 64 of those tiles.
+/// `matmul_cm2.comp`'s tiles: llama.cpp's large one (f16 accumulators) where it alone fills
+/// the device (the 8B gate/up products at 512 tokens: 0.475 against 0.54 ms on an H100), else
+/// the f32 128 x 128 tile, split-K where it leaves the device short (the 8B q/o products
+/// lost with the large tile split in two, 0.19-0.20 against 0.13-0.14 ms; K and V at 4096 x
+/// 1024 run 0.058-0.066 ms split in four, bench/gpu/results/run36), or the narrow one for
+/// prompts of up to 128 tokens where 128 x 128 would give fewer than 64 workgroups.
+const CM2_TILE_WIDE: cm2::Tile = cm2::TILES[2];
 const CM2_TILE: cm2::Tile = cm2::TILES[1];
 const CM2_TILE_NARROW: cm2::Tile = cm2::TILES[0];
-/// The smallest width and row count of a product `matmul_cm2.comp` takes.
-const CM2_MIN_DIM: usize = 4096;
+/// The smallest width and row count of a product `matmul_cm2.comp` takes. Below 4096 columns it
+/// lost to MATMUL_COOP on an H200 (4096 x 1000 before split-K: 0.25 against 0.15 ms; SmolLM2's
+/// and Gemma 3 270M's whole prompts 10-15 % slower, bench/gpu/results/run34); split-K fills the
+/// device for the 1024-row K and V products of 8B shapes.
+const CM2_MIN_COLS: usize = 4096;
+const CM2_MIN_ROWS: usize = 1024;
+/// Workgroups that fill the device, for the split-K rule: the SM count of an H100 or H200
+/// (llama.cpp reads it from the driver; wgpu does not expose it).
+const CM2_FILL_GROUPS: usize = 132;
 /// Largest head dimension the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 512;
 
@@ -317,7 +330,13 @@ enum Kernel {
     AttnCombine(bool),
     /// Tiled prefill attention: (threads, queries per tile, cells per tile, largest head dim).
     AttnTile(u32, u32, u32, u32),
+    /// `ATTN_COOP`: prefill attention on cooperative matrices, for head dim (64 or 128).
+    AttnCoop(u32),
     ActQuant,
+    /// `ACT_Q8K_WIDE`: `ActQuant`'s Q8_K mode, eight values a thread.
+    ActQ8KWide,
+    /// Adds `MatMulCm2`'s split-K partial products into the output.
+    SplitSum,
 }
 
 impl Kernel {
@@ -337,6 +356,7 @@ impl Kernel {
             Kernel::AddNorm(false) => "AddNorm".into(),
             Kernel::AddNorm(true) => "AddNormQ8K".into(),
             Kernel::AttnTile(..) => "AttnTile".into(),
+            Kernel::AttnCoop(..) => "AttnCoop".into(),
             Kernel::ActQ8K => "ActQ8K".into(),
             Kernel::NormQ8K => "NormQ8K".into(),
             Kernel::GluQ8K => "GluQ8K".into(),
@@ -358,6 +378,8 @@ impl Kernel {
             Kernel::AttnCombine(false) => "AttnCombine".into(),
             Kernel::AttnCombine(true) => "AttnCombineQ8K".into(),
             Kernel::ActQuant => "ActQuant".into(),
+            Kernel::SplitSum => "SplitSum".into(),
+            Kernel::ActQ8KWide => "ActQ8KWide".into(),
         }
     }
 
@@ -377,15 +399,18 @@ impl Kernel {
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
-            Kernel::ActQuant | Kernel::ActQ8K => &[false, true],
+            Kernel::ActQuant | Kernel::ActQ8K | Kernel::SplitSum | Kernel::ActQ8KWide => {
+                &[false, true]
+            }
             Kernel::AttnDecode(a) if a.rope && a.q8k => {
                 &[false, true, true, false, true, true, false, false]
             }
             Kernel::AttnDecode(a) if a.rope => &[false, true, true, false, true, false, false],
             Kernel::AttnDecode(a) if a.q8k => &[false, false, false, false, true, true],
-            Kernel::Attention | Kernel::AttnDecode(..) | Kernel::AttnTile(..) => {
-                &[false, false, false, false, true]
-            }
+            Kernel::Attention
+            | Kernel::AttnDecode(..)
+            | Kernel::AttnTile(..)
+            | Kernel::AttnCoop(..) => &[false, false, false, false, true],
             Kernel::AttnCombine(false) => &[false, false, true],
             Kernel::AttnCombine(true) => &[false, false, true, true],
             Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
@@ -557,9 +582,11 @@ pub struct GpuBackend {
     cm2_state: Result<(), String>,
     /// Whether large Q4_K prompt matmuls use `matmul_cm2.comp` (`ORCHARD_GPU_CM2=0` turns it off).
     cm2: bool,
-    /// A fixed tile for it (`ORCHARD_GPU_CM2_TILE=BMxBNxBK`, one of `cm2::TILES`); by default
-    /// `CM2_TILE`, `CM2_TILE_NARROW` where that leaves the device short of workgroups.
+    /// A fixed tile for it (`ORCHARD_GPU_CM2_TILE=BMxBNxBK[h]`, one of `cm2::TILES`; split-K
+    /// still applies); by default chosen per product (`matmul_cm2`).
     cm2_tile: Option<cm2::Tile>,
+    /// `matmul_cm2`'s split-K partial products (grown to the largest product's).
+    cm2_scratch: Option<Res>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
@@ -574,6 +601,9 @@ pub struct GpuBackend {
     attn_tile: bool,
     /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
     attn_tile_first: usize,
+    /// `ATTN_COOP` instead of `ATTN_TILE` where cooperative matrices are available and the
+    /// head dims fit it (`ORCHARD_GPU_ATTN_COOP=0` turns it off).
+    attn_coop: bool,
     /// Most query heads per `ATTN_DECODE` workgroup (1 to 4; `ORCHARD_GPU_ATTN_GROUP`), or
     /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
     attn_group: u32,
@@ -804,6 +834,7 @@ impl GpuBackend {
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
             attn_tile: std::env::var("ORCHARD_GPU_ATTN_TILE").as_deref() != Ok("0"),
+            attn_coop: std::env::var("ORCHARD_GPU_ATTN_COOP").as_deref() != Ok("0"),
             attn_tile_first: std::env::var("ORCHARD_GPU_ATTN_TILE_SHAPE")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -845,6 +876,7 @@ impl GpuBackend {
             cm2: cm2_state.is_ok(),
             cm2_state,
             cm2_tile: None,
+            cm2_scratch: None,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
                 .ok()
@@ -1077,12 +1109,6 @@ impl GpuBackend {
         ranges: &[u32],
     ) -> Option<(Kernel, u32, u32)> {
         let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
-        let first = self.attn_tile_first.min(ATTN_TILES.len() - 1);
-        let (wg, bq, bk) = ATTN_TILES[first..].iter().copied().find(|&(wg, bq, bk)| {
-            shaders::attn_tile_shared_bytes(bq, bk, dmax)
-                <= self.limits.max_compute_workgroup_storage_size
-                && wg <= self.limits.max_compute_invocations_per_workgroup
-        })?;
         if !(self.attn_tile
             && dmax <= 256
             && p.head_dim_v.is_multiple_of(2)
@@ -1090,6 +1116,24 @@ impl GpuBackend {
         {
             return None;
         }
+        let coop_dim = p.head_dim_k as u32;
+        let (kernel, bq) = if self.attn_coop
+            && self.coop_available
+            && p.head_dim_k == p.head_dim_v
+            && (coop_dim == 64 || coop_dim == 128)
+            && shaders::attn_coop_shared_bytes(coop_dim)
+                <= self.limits.max_compute_workgroup_storage_size
+        {
+            (Kernel::AttnCoop(coop_dim), 32)
+        } else {
+            let first = self.attn_tile_first.min(ATTN_TILES.len() - 1);
+            let (wg, bq, bk) = ATTN_TILES[first..].iter().copied().find(|&(wg, bq, bk)| {
+                shaders::attn_tile_shared_bytes(bq, bk, dmax)
+                    <= self.limits.max_compute_workgroup_storage_size
+                    && wg <= self.limits.max_compute_invocations_per_workgroup
+            })?;
+            (Kernel::AttnTile(wg, bq, bk, dmax), bq)
+        };
         let mut blocks = Vec::new();
         for &(s0, len) in runs {
             for b0 in (s0..s0 + len).step_by(bq as usize) {
@@ -1102,7 +1146,6 @@ impl GpuBackend {
                 blocks.extend_from_slice(&[b0 as u32, (b1 - b0) as u32, lo, hi]);
             }
         }
-        let kernel = Kernel::AttnTile(wg, bq, bk, dmax);
         Some((kernel, (blocks.len() / 4) as u32, self.push_aux(&blocks)))
     }
 
@@ -1215,6 +1258,12 @@ impl GpuBackend {
     /// fits the device's shared memory is taken), as `ORCHARD_GPU_ATTN_TILE_SHAPE`.
     pub fn set_attn_tile_shape(&mut self, first: usize) {
         self.attn_tile_first = first;
+    }
+
+    /// Prefill attention on cooperative matrices on or off (`ORCHARD_GPU_ATTN_COOP=0` turns it
+    /// off; it runs only where `coop_available`), for tests and measurement.
+    pub fn set_attn_coop(&mut self, on: bool) {
+        self.attn_coop = on;
     }
 
     /// Tiled prefill attention on or off (`ORCHARD_GPU_ATTN_TILE=0` turns it off), for tests
@@ -1345,9 +1394,9 @@ impl GpuBackend {
         self.cm2
     }
 
-    /// Fixes its tile (`BMxBNxBK`, weight rows x tokens x K step: one that
-    /// `scripts/build-cm2.sh` compiles), or with `None` lets each product choose. An unknown
-    /// tile changes nothing.
+    /// Fixes its tile (`BMxBNxBK[h]`, weight rows x tokens x K step, `h` for f16 accumulators:
+    /// one that `scripts/build-cm2.sh` compiles), or with `None` lets each product choose. An
+    /// unknown tile changes nothing.
     pub fn set_cm2_tile(&mut self, tile: Option<&str>) -> Result<(), String> {
         self.cm2_tile = tile.map(str::parse).transpose()?;
         Ok(())
@@ -1491,9 +1540,12 @@ impl GpuBackend {
                 Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
+                Kernel::AttnCoop(_) => ("", 128, None),
                 Kernel::AttnDecode(a) => ("", 64 * a.hg, None),
                 Kernel::AttnCombine(q8k) => ("", if q8k { 256 } else { 64 }, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
+                Kernel::SplitSum => (shaders::SPLIT_SUM, 256, None),
+                Kernel::ActQ8KWide => (shaders::ACT_Q8K_WIDE, 256, None),
             };
             let src = match k {
                 Kernel::MatVecQ8K(dt, packed, reduce, (_, tpr, nr))
@@ -1527,6 +1579,7 @@ impl GpuBackend {
                 Kernel::AddNorm(false) => shaders::norm_source(shaders::NormKind::Add),
                 Kernel::AddNorm(true) => shaders::norm_source(shaders::NormKind::AddQ8K),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
+                Kernel::AttnCoop(dmax) => shaders::attn_coop_source(dmax),
                 Kernel::AttnDecode(a) => shaders::attn_decode_source(a),
                 Kernel::AttnCombine(q8k) => shaders::attn_combine_source(q8k),
                 Kernel::RopeKv => shaders::source(body, wg, None),
@@ -1550,8 +1603,9 @@ impl GpuBackend {
             // prompt attention): shared-memory indices are bounded by constants; storage reads
             // are the host's block and range words, Q rows below the block's token count, and
             // K/V of cells the host validated (cell 0 past the range); writes are rows < count.
+            // `ATTN_COOP` the same (its head dim is the K and V head dim, checked by the host).
             let checks = match k {
-                Kernel::MatMulCoop(..) | Kernel::AttnTile(..) => {
+                Kernel::MatMulCoop(..) | Kernel::AttnTile(..) | Kernel::AttnCoop(..) => {
                     wgpu::ShaderRuntimeChecks::unchecked()
                 }
                 _ => self.shader_checks,
@@ -1730,6 +1784,86 @@ impl GpuBackend {
         });
     }
 
+    /// One chunk of a Q4_K prompt product on `matmul_cm2.comp`: weight chunk, f16 activations
+    /// and output in `res`, parameters `p` as the WGSL matmuls take them, and the chunk's rows,
+    /// first row, the output's row stride, K blocks a row and tokens in `dims`. Products of few
+    /// tiles split K over more workgroups (llama.cpp's rule: below half the SMs, as many
+    /// splits as fill them; below two thirds, three; at most 8, at least one 256-block each),
+    /// the partial products going to a scratch buffer that `SPLIT_SUM` adds into the output.
+    fn matmul_cm2(
+        &mut self,
+        dt: DType,
+        res: [&Res; 3],
+        mut p: [u32; 16],
+        dims: (usize, usize, usize, usize, usize),
+    ) {
+        let (crow, row0, stride, bpr, n) = dims;
+        let tiles = |t: cm2::Tile| crow.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
+        let t = self
+            .cm2_tile
+            .unwrap_or(if n > 128 && tiles(CM2_TILE_WIDE) >= CM2_FILL_GROUPS {
+                CM2_TILE_WIDE
+            } else if n <= 128 && tiles(CM2_TILE) < 64 {
+                CM2_TILE_NARROW
+            } else {
+                CM2_TILE
+            });
+        let nt = tiles(t);
+        let mut split = if bpr < 8 {
+            1
+        } else if nt <= CM2_FILL_GROUPS / 2 {
+            (CM2_FILL_GROUPS / nt).min(8)
+        } else if nt <= CM2_FILL_GROUPS * 2 / 3 {
+            3
+        } else {
+            1
+        };
+        let per = bpr.div_ceil(split.max(1));
+        split = bpr.div_ceil(per);
+        p[9] = per as u32;
+        let groups = [
+            crow.div_ceil(t.bm as usize) as u32,
+            n.div_ceil(t.bn as usize) as u32,
+            split as u32,
+        ];
+        if split == 1 {
+            p[10] = 0;
+            self.dispatch(Kernel::MatMulCm2(dt, t), &res, p, groups);
+            return;
+        }
+        let part = n * crow;
+        let bytes = (split * part * 4) as u64;
+        let scratch = match &self.cm2_scratch {
+            Some(s) if s.buf.size() >= bytes => s.clone(),
+            _ => {
+                let s = self.storage("cm2_split", bytes);
+                self.cm2_scratch = Some(s.clone());
+                s
+            }
+        };
+        // The partial products: tokens x crow each, from row 0.
+        p[3] = crow as u32;
+        p[4] = 0;
+        p[10] = part as u32;
+        self.dispatch(
+            Kernel::MatMulCm2(dt, t),
+            &[res[0], res[1], &scratch],
+            p,
+            groups,
+        );
+        let (g, gx) = self.grid(part, 256);
+        let mut q = [0u32; 16];
+        q[..6].copy_from_slice(&[
+            part as u32,
+            crow as u32,
+            split as u32,
+            gx,
+            stride as u32,
+            row0 as u32,
+        ]);
+        self.dispatch(Kernel::SplitSum, &[&scratch, res[2]], q, g);
+    }
+
     /// `x` as a matmul with weights of `dtype` should read it: the buffer itself, or a copy
     /// rounded through the CPU backend's activation format for that weight type.
     /// With `f16`, the values rounded to f16 and packed two a word (what `matmul_cm2.comp`
@@ -1766,10 +1900,18 @@ impl GpuBackend {
             Some(q) if q.cap >= n => (q.res, q.cap),
             _ => (self.storage("act_q", (n * 4) as u64), n),
         };
-        let (groups, gx) = self.grid(n, 256);
-        let mut p = [0u32; 16];
-        p[..5].copy_from_slice(&[n as u32, block as u32, mode, gx, f16 as u32]);
-        self.dispatch(Kernel::ActQuant, &[&xr, &res], p, groups);
+        if mode == 1 {
+            // Q8_K: whole 256-value blocks (checked above), eight a workgroup.
+            let (groups, gx) = self.grid((n / 256).div_ceil(8), 1);
+            let mut p = [0u32; 16];
+            p[..5].copy_from_slice(&[n as u32, 0, 0, gx, f16 as u32]);
+            self.dispatch(Kernel::ActQ8KWide, &[&xr, &res], p, groups);
+        } else {
+            let (groups, gx) = self.grid(n, 256);
+            let mut p = [0u32; 16];
+            p[..5].copy_from_slice(&[n as u32, block as u32, mode, gx, f16 as u32]);
+            self.dispatch(Kernel::ActQuant, &[&xr, &res], p, groups);
+        }
         self.act_q.insert(
             key,
             ActQ {
@@ -2551,15 +2693,12 @@ impl Backend for GpuBackend {
             }
             return;
         }
-        // Only products of 8B size and up: on an H200 it lost to MATMUL_COOP below that
-        // (4096 x 1000: 0.25 against 0.15 ms; SmolLM2's and Gemma 3 270M's whole prompts 10-15 %
-        // slower), and won from there (bench/gpu/results/run34).
         let use_cm2 = n > MATVEC_MAX_TOKENS
             && self.cm2
             && ragged == 0
             && cm2::has_format(fmt.dtype)
-            && cols >= CM2_MIN_DIM
-            && rows >= CM2_MIN_DIM;
+            && cols >= CM2_MIN_COLS
+            && rows >= CM2_MIN_ROWS;
         let xr = self.matmul_input(x, fmt.dtype, use_cm2);
         let cpb = (fmt.block / 16) as u32;
         for (res, row0, crow, scale_off) in chunks {
@@ -2582,21 +2721,7 @@ impl Backend for GpuBackend {
             } else {
                 p[4..8].copy_from_slice(&[row0 as u32, scale_off, 0, 0]);
                 if use_cm2 {
-                    let tiles =
-                        |t: cm2::Tile| crow.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
-                    // As for MATMUL_COOP: the narrower token tile where 128 x 128 would
-                    // leave the device short of workgroups.
-                    let t = self.cm2_tile.unwrap_or(if tiles(CM2_TILE) < 64 {
-                        CM2_TILE_NARROW
-                    } else {
-                        CM2_TILE
-                    });
-                    let groups = [
-                        crow.div_ceil(t.bm as usize) as u32,
-                        n.div_ceil(t.bn as usize) as u32,
-                        1,
-                    ];
-                    self.dispatch(Kernel::MatMulCm2(dt, t), &[&res, &xr, &or], p, groups);
+                    self.matmul_cm2(dt, [&res, &xr, &or], p, (crow, row0, rows, bpr, n));
                     continue;
                 }
                 if self.coop && ragged == 0 {

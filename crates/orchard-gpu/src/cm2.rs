@@ -210,44 +210,61 @@ mod vulkan {
     }
 }
 
-/// A compiled tile: `bm` weight rows x `bn` tokens, `bk` of K a step.
+/// A compiled tile: `bm` weight rows x `bn` tokens, `bk` of K a step, accumulating in f16
+/// (`f16_acc`, written with an `h`) or f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Tile {
     pub bm: u32,
     pub bn: u32,
     pub bk: u32,
+    pub f16_acc: bool,
 }
 
-/// The tiles `scripts/build-cm2.sh` compiles: the one for few token tiles, the default.
-/// (Measured and dropped on an H200, bench/gpu/results/run34: 128 x 128 x 32, 128 x 256 x 32
-/// and 128 x 256 x 64 were slower on the 8B products.)
-pub(crate) const TILES: [Tile; 2] = [
+/// The tiles `scripts/build-cm2.sh` compiles: the narrow one and the f32 one the default was
+/// before, and the default, llama.cpp's large tile with its f16 accumulators. On an H200 the
+/// 8B gate/up product (14336 x 4096, 512 tokens) took 0.49-0.51 ms with 128 x 128 x 64 f32
+/// against llama.cpp's 0.306 ms with 128 x 256 x 64 f16 (bench/gpu/results/run36); with f32
+/// accumulators the 128 x 256 tile was slower still (0.57 ms: 128 accumulator registers a
+/// thread).
+pub(crate) const TILES: [Tile; 3] = [
     Tile {
         bm: 128,
         bn: 64,
         bk: 32,
+        f16_acc: false,
     },
     Tile {
         bm: 128,
         bn: 128,
         bk: 64,
+        f16_acc: false,
+    },
+    Tile {
+        bm: 128,
+        bn: 256,
+        bk: 64,
+        f16_acc: true,
     },
 ];
 
 impl std::fmt::Display for Tile {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}x{}x{}", self.bm, self.bn, self.bk)
+        let h = if self.f16_acc { "h" } else { "" };
+        write!(f, "{}x{}x{}{h}", self.bm, self.bn, self.bk)
     }
 }
 
 impl std::str::FromStr for Tile {
     type Err = String;
-    /// `BMxBNxBK`: one of [`TILES`].
+    /// `BMxBNxBK[h]`: one of [`TILES`].
     fn from_str(s: &str) -> Result<Tile, String> {
         TILES
             .into_iter()
             .find(|t| t.to_string() == s)
-            .ok_or_else(|| format!("cm2 tile {s}: not one of {TILES:?}"))
+            .ok_or_else(|| {
+                let names: Vec<String> = TILES.iter().map(Tile::to_string).collect();
+                format!("cm2 tile {s}: not one of {}", names.join(", "))
+            })
     }
 }
 
@@ -260,9 +277,18 @@ pub(crate) fn has_format(dt: DType) -> bool {
 pub(crate) fn spirv(tile: Tile) -> Vec<u32> {
     let bytes: &[u8] = match (tile.bm, tile.bn, tile.bk) {
         (128, 64, 32) => include_bytes!("cm2/matmul_cm2_q4_K_128x64x32.spv"),
+        (128, 256, 64) => include_bytes!("cm2/matmul_cm2_q4_K_128x256x64h.spv"),
         _ => include_bytes!("cm2/matmul_cm2_q4_K_128x128x64.spv"),
     };
     debug_assert!(TILES.contains(&tile));
+    #[cfg(feature = "cm2-spv-override")]
+    if let Some(dir) = std::env::var_os("ORCHARD_GPU_CM2_SPV_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("matmul_cm2_q4_K_{tile}.spv"));
+        if let Ok(b) = std::fs::read(&path) {
+            tracing::warn!("cm2 {tile}: module from {}", path.display());
+            return bytemuck::pod_collect_to_vec(&b);
+        }
+    }
     // include_bytes! gives no alignment: copy into words.
     bytemuck::pod_collect_to_vec(bytes)
 }
@@ -304,6 +330,8 @@ mod tests {
             assert_eq!(t.to_string().parse::<Tile>(), Ok(t));
         }
         assert_ne!(spirv(TILES[0]), spirv(TILES[1]));
+        assert_ne!(spirv(TILES[1]), spirv(TILES[2]));
+        assert_eq!("128x256x64h".parse::<Tile>(), Ok(TILES[2]));
         assert!("128x256x64".parse::<Tile>().is_err());
     }
 }

@@ -2108,17 +2108,240 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
+/// Prefill attention on cooperative matrices (tensor cores; the devices `MATMUL_COOP` runs
+/// on): a workgroup of four subgroups takes a block of up to 32 consecutive query tokens of one
+/// sequence and one head, the block's visible cells 64 at a time (K, then V, staged in shared
+/// memory as f16). S = Q K^T and O += P V are 16 x 16 x 16 matrix products (f16 in, f32
+/// accumulated); subgroup sg owns query rows 16 (sg % 2) and half the cells of S and half the
+/// dims of O (sg / 2). WGSL cannot rescale an accumulator, so the softmax takes two passes:
+/// the first computes each query's maximum score, the second P = exp(s - max) (masked by the
+/// query's own visible range, as `ATTN_TILE`) and its sum, and O accumulates unscaled; the
+/// scores are computed twice (tensor-core work, which is cheap next to the staging). Q and P
+/// are rounded to f16 for the products (K and V are f16 already). Head dims of K and V equal
+/// and DMAX (64 or 128: larger ones do not fit 48 KiB of shared memory). Parameters and
+/// bindings as `ATTN_TILE` (the Aux arena named T: A is a matrix role). Grid (n_head, blocks).
+const ATTN_COOP: &str = r#"
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> T: array<u32>; // the Aux arena
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+const BQ: u32 = 32u;
+const BK: u32 = 64u;
+const DW: u32 = DMAX / 2u; // words of a K or V row
+const DQ: u32 = DMAX / 8u; // and 16-byte quads
+const NL: u32 = BK * DQ / 128u; // quads a thread stages
+// Row strides in halves, padded by 8 so that the rows a matrix load reads fall in other banks.
+const LDQ: u32 = DMAX + 8u;
+const LDP: u32 = BK + 8u;
+const MASKED: f32 = -3.0e38;
+var<workgroup> qs: array<f16, BQ * LDQ>; // [query][dim]
+var<workgroup> kv: array<f16, BK * LDQ>; // [cell][dim]: K, then V
+var<workgroup> ss: array<f32, BK * BQ>; // scores, [cell][query]
+var<workgroup> ps: array<f16, BQ * LDP>; // probabilities, [query][cell]
+var<workgroup> cs: array<f32, 4u * 256u>; // per subgroup: one 16 x 16 output block
+var<workgroup> cl: array<u32, BK>;
+var<workgroup> qr: array<vec2<u32>, BQ>; // each query's visible table positions [x, y)
+var<workgroup> rm: array<f32, BQ>;
+var<workgroup> rl: array<f32, BQ>;
+
+// Quad w of cell jj's row into the staging tile as f16.
+fn stage(jj: u32, w: u32, v: vec4<u32>) {
+    let o = jj * LDQ + 8u * w;
+    for (var e = 0u; e < 4u; e++) {
+        let h = unpack2x16float(v[e]);
+        kv[o + 2u * e] = f16(h.x);
+        kv[o + 2u * e + 1u] = f16(h.y);
+    }
+}
+
+fn score(d: f32) -> f32 {
+    if (P.f.y != 0.0) {
+        return P.f.y * tanh(d * (P.f.x / P.f.y));
+    }
+    return d * P.f.x;
+}
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let h = g.x;
+    let bo = P.c.y + 4u * g.y;
+    let t0 = T[bo];
+    let nt = T[bo + 1u];
+    let lo = T[bo + 2u];
+    let hi = T[bo + 3u];
+    let kvh = h / P.a.y;
+    let kb = kvh * DQ;
+    let sq = (sg % 2u) * 16u; // this subgroup's query rows
+    let half = sg / 2u; // and its half of the block's cells (S) and of the dims (O)
+    for (var i = lid; i < BQ * DW; i += 128u) {
+        let r = i / DW;
+        let w = i % DW;
+        var v = vec2<f32>(0.0);
+        if (r < nt) {
+            let qi = (t0 + r) * P.b.x + h * DMAX + 2u * w;
+            v = vec2<f32>(Q[qi], Q[qi + 1u]);
+        }
+        qs[r * LDQ + 2u * w] = f16(v.x);
+        qs[r * LDQ + 2u * w + 1u] = f16(v.y);
+    }
+    if (lid < BQ) {
+        var rg = vec2<u32>(0u);
+        if (lid < nt) {
+            let tok = t0 + lid;
+            let off = T[P.c.x + 2u * tok];
+            rg = vec2<u32>(off, off + (T[P.c.x + 2u * tok + 1u] & 0x7fffffffu));
+        }
+        qr[lid] = rg;
+        rm[lid] = MASKED;
+        rl[lid] = 0.0;
+    }
+//@O_DECL
+    for (var sweep = 0u; sweep < 2u; sweep++) {
+        for (var j0 = lo; j0 < hi; j0 += BK) {
+            workgroupBarrier();
+            if (lid < BK) {
+                var cell = 0u;
+                if (j0 + lid < hi) { cell = T[j0 + lid]; }
+                cl[lid] = cell;
+            }
+            workgroupBarrier();
+            // Every load issued before the first is used (one at a time, the staging waited
+            // on memory latency NL times an iteration).
+            var st: array<vec4<u32>, NL>;
+            for (var q = 0u; q < NL; q++) {
+                let i = lid + 128u * q;
+                st[q] = K[cl[i / DQ] * (P.b.y / 4u) + kb + i % DQ];
+            }
+            for (var q = 0u; q < NL; q++) {
+                let i = lid + 128u * q;
+                stage(i / DQ, i % DQ, st[q]);
+            }
+            workgroupBarrier();
+            var s0 = coop_mat16x16<f32, C>();
+            var s1 = coop_mat16x16<f32, C>();
+            for (var kk = 0u; kk < DMAX; kk += 16u) {
+                let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[sq * LDQ + kk], LDQ);
+                let b0 = coopLoad<coop_mat16x16<f16, B>>(&kv[(32u * half) * LDQ + kk], LDQ);
+                let b1 = coopLoad<coop_mat16x16<f16, B>>(&kv[(32u * half + 16u) * LDQ + kk], LDQ);
+                s0 = coopMultiplyAdd(a, b0, s0);
+                s1 = coopMultiplyAdd(a, b1, s1);
+            }
+            coopStore(s0, &ss[(32u * half) * BQ + sq], BQ);
+            coopStore(s1, &ss[(32u * half + 16u) * BQ + sq], BQ);
+            workgroupBarrier();
+            // Four threads a query row (adjacent lanes), 16 cells each (cells c, c + 4, ...).
+            let r = lid / 4u;
+            let c = lid % 4u;
+            let rg = qr[r];
+            if (sweep == 0u) {
+                var mx = MASKED;
+                for (var i = 0u; i < BK / 4u; i++) {
+                    let jj = 4u * i + c;
+                    let j = j0 + jj;
+                    if (j >= rg.x && j < rg.y) { mx = max(mx, score(ss[jj * BQ + r])); }
+                }
+                mx = max(mx, subgroupShuffleXor(mx, 1u));
+                mx = max(mx, subgroupShuffleXor(mx, 2u));
+                if (c == 0u) { rm[r] = max(rm[r], mx); }
+                continue;
+            }
+            // Every K read is done (the barrier after the scores): V of the same cells, its
+            // loads in flight while the probabilities are computed.
+            for (var q = 0u; q < NL; q++) {
+                let i = lid + 128u * q;
+                st[q] = V[cl[i / DQ] * (P.b.z / 4u) + kb + i % DQ];
+            }
+            let m = rm[r];
+            var sum = 0.0;
+            for (var i = 0u; i < BK / 4u; i++) {
+                let jj = 4u * i + c;
+                let j = j0 + jj;
+                var pr = 0.0;
+                if (j >= rg.x && j < rg.y) { pr = exp(score(ss[jj * BQ + r]) - m); }
+                sum += pr;
+                ps[r * LDP + jj] = f16(pr);
+            }
+            sum += subgroupShuffleXor(sum, 1u);
+            sum += subgroupShuffleXor(sum, 2u);
+            if (c == 0u) { rl[r] += sum; }
+            for (var q = 0u; q < NL; q++) {
+                let i = lid + 128u * q;
+                stage(i / DQ, i % DQ, st[q]);
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < BK; kk += 16u) {
+                let a = coopLoadT<coop_mat16x16<f16, A>>(&ps[sq * LDP + kk], LDP);
+//@PV
+            }
+        }
+    }
+    workgroupBarrier();
+//@OUT
+}
+"#;
+
+/// One 16 x 16 output block `oJ` (dims 16 J of the subgroup's half) through its scratch:
+/// normalized by the query's sum and written for the block's tokens.
+const ATTN_COOP_OUT_ONE: &str = r#"    coopStore(oJ, &cs[sg * 256u], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        let r = sq + (e & 15u);
+        let l = rl[r];
+        if (r < nt && l != 0.0) {
+            let d = half * (DMAX / 2u) + 16u * J + (e >> 4u);
+            O[(t0 + r) * P.b.w + h * DMAX + d] = cs[sg * 256u + e] / l;
+        }
+    }
+    workgroupBarrier();
+"#;
+
+/// `ATTN_COOP` for head dim `dmax` (64 or 128), with its `enable` directives.
+pub(crate) fn attn_coop_source(dmax: u32) -> String {
+    assert!(dmax == 64 || dmax == 128, "attn coop head dim {dmax}");
+    let nj = dmax / 32; // output blocks a subgroup
+    let mut decl = String::new();
+    let mut pv = String::new();
+    let mut out = String::new();
+    for j in 0..nj {
+        decl.push_str(&format!("    var o{j} = coop_mat16x16<f32, C>();\n"));
+        pv.push_str(&format!(
+            "                let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&kv[kk * LDQ + half * (DMAX / 2u) + {}u], LDQ);\n                o{j} = coopMultiplyAdd(a, b{j}, o{j});\n",
+            16 * j
+        ));
+        out.push_str(
+            &ATTN_COOP_OUT_ONE
+                .replace("oJ", &format!("o{j}"))
+                .replace("16u * J", &format!("{}u", 16 * j)),
+        );
+    }
+    let body = ATTN_COOP
+        .replace("//@O_DECL\n", &decl)
+        .replace("//@PV\n", &pv)
+        .replace("//@OUT\n", &out);
+    format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\nconst DMAX: u32 = {dmax}u;\n{}",
+        source(&body, 128, None)
+    )
+}
+
+/// Shared memory of `ATTN_COOP` at head dim `dmax`, in bytes.
+pub(crate) fn attn_coop_shared_bytes(dmax: u32) -> u32 {
+    let (bq, bk) = (32, 64);
+    2 * (bq + bk) * (dmax + 8) + 4 * bk * bq + 2 * bq * (bk + 8) + 4 * 4 * 256 + 4 * bk + 16 * bq
+}
+
 /// Rounds activations through the format the CPU backend quantizes them to before a matmul, so
 /// that GPU and CPU products agree to f32 rounding. A workgroup takes 256 consecutive values
 /// (whole blocks), one per thread; each block's extreme is found by a segmented tree.
 /// mode 0: Q8_0/Q8_1 (32 values, d = amax/127 stored as f16, levels rounded half to even);
-/// mode 1: Q8_K (256 values, scale -127/max of the first signed extreme, d = 1/scale in f32);
-/// mode 2: f16 (block of 1). a = (n values, block size, mode, grid x).
+/// mode 2: f16 (block of 1). a = (n values, block size, mode, grid x). (Mode 1, Q8_K, is
+/// `ACT_Q8K_WIDE`.)
 pub(crate) const ACT_QUANT: &str = r#"
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read_write> O: array<f32>;
 var<workgroup> am: array<f32, 256>;
-var<workgroup> ai: array<u32, 256>;
 fn round_f16(x: f32) -> f32 { return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x; }
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -2132,26 +2355,19 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         o = round_f16(v);
     } else {
         am[lid] = abs(v);
-        ai[lid] = lid;
         workgroupBarrier();
         for (var st = 128u; st > 0u; st >>= 1u) {
             if (st < bs && (lid % bs) < st) {
                 let k = lid + st;
-                if (am[k] > am[lid]) { am[lid] = am[k]; ai[lid] = ai[k]; }
+                am[lid] = max(am[lid], am[k]);
             }
             workgroupBarrier();
         }
         let lead = lid - lid % bs;
         let amax = am[lead];
-        if (P.a.z == 0u) {
-            var id = 0.0;
-            if (amax != 0.0) { id = 127.0 / amax; }
-            o = clamp(round(v * id), -128.0, 127.0) * round_f16(amax / 127.0);
-        } else if (amax != 0.0) {
-            // the signed value of largest magnitude (a live one: the rest are 0)
-            let iscale = -127.0 / X[i - lid + ai[lead]];
-            o = min(round(iscale * v), 127.0) * (1.0 / iscale);
-        }
+        var id = 0.0;
+        if (amax != 0.0) { id = 127.0 / amax; }
+        o = clamp(round(v * id), -128.0, 127.0) * round_f16(amax / 127.0);
     }
     if (P.b.x == 0u) {
         if (live) { O[i] = o; }
@@ -2164,6 +2380,88 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     if (live && lid < 128u) {
         let h = pack2x16float(vec2<f32>(am[2u * lid], am[2u * lid + 1u]));
         O[(i - lid) / 2u + lid] = bitcast<f32>(h);
+    }
+}
+"#;
+
+/// Adds `matmul_cm2.comp`'s split-K partial products (`splits` slices of tokens x rows, row
+/// stride rows, in S) into the output: token t's row r goes to O[t * stride + row0 + r], the
+/// slices summed in order. a = (tokens * rows, rows, splits, grid x), b = (stride, row0, _, _).
+pub(crate) const SPLIT_SUM: &str = r#"
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (g.y * P.a.w + g.x) * 256u + lid;
+    if (i >= P.a.x) { return; }
+    var s = S[i];
+    for (var z = 1u; z < P.a.z; z++) { s += S[z * P.a.x + i]; }
+    O[(i / P.a.y) * P.b.x + P.b.y + i % P.a.y] = s;
+}
+"#;
+
+/// `ACT_QUANT`'s Q8_K mode (same arithmetic: the first signed extreme of each 256-value block
+/// sets the scale), eight values a thread and eight blocks a workgroup: the tree over a
+/// block's extreme is 5 steps over 32 partial extremes instead of 8 over 256 values (the
+/// one-value-a-thread kernel took ~50 us per 8B prompt matrix on an H200, run 36). Output as
+/// f32 (b.x = 0) or packed f16 (b.x = 1, what `matmul_cm2.comp` reads). a = (values (a
+/// multiple of 256), _, _, grid x).
+pub(crate) const ACT_Q8K_WIDE: &str = r#"
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> O: array<vec4<u32>>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> ai: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = lid % 32u; // this thread's eight values of its block
+    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
+    let live = blk * 256u < P.a.x;
+    let q0 = blk * 64u + 2u * s; // first of its two quads
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    if (live) {
+        a = X[q0];
+        b = X[q0 + 1u];
+    }
+    let v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    var mx = 0.0;
+    var mi = 0u;
+    for (var e = 0u; e < 8u; e++) {
+        if (abs(v[e]) > mx) {
+            mx = abs(v[e]);
+            mi = e;
+        }
+    }
+    am[lid] = mx;
+    ai[lid] = 8u * s + mi;
+    workgroupBarrier();
+    for (var st = 16u; st > 0u; st >>= 1u) {
+        if (s < st) {
+            let k = lid + st;
+            if (am[k] > am[lid]) {
+                am[lid] = am[k];
+                ai[lid] = ai[k];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (!live) { return; }
+    let lead = lid - s;
+    var o = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if (am[lead] != 0.0) {
+        let xi = blk * 256u + ai[lead];
+        let iscale = -127.0 / X[xi / 4u][xi % 4u];
+        for (var e = 0u; e < 8u; e++) {
+            o[e] = min(round(iscale * v[e]), 127.0) * (1.0 / iscale);
+        }
+    }
+    if (P.b.x == 0u) {
+        O[q0] = bitcast<vec4<u32>>(vec4<f32>(o[0], o[1], o[2], o[3]));
+        O[q0 + 1u] = bitcast<vec4<u32>>(vec4<f32>(o[4], o[5], o[6], o[7]));
+    } else {
+        O[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
+            pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
+            pack2x16float(vec2<f32>(o[6], o[7])));
     }
 }
 "#;
@@ -2749,6 +3047,35 @@ mod tests {
             "128x128x32/4x2/dbs/",
         ] {
             assert!(bad.parse::<CoopTile>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn coop_attention_compiles() {
+        for dmax in [64, 128] {
+            let src = attn_coop_source(dmax);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{dmax}: {}", e.emit_to_string(&src)));
+            let info = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{dmax}: {e:?}"));
+            let opts = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            let words = naga::back::spv::write_vec(&module, &info, &opts, None)
+                .unwrap_or_else(|e| panic!("{dmax}: {e:?}"));
+            assert!(words.len() > 100);
+            assert!(attn_coop_shared_bytes(dmax) <= 48 * 1024, "{dmax}");
+            if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
+                let name = format!("{dir}/attn-coop-{dmax}");
+                let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+                std::fs::write(format!("{name}.spv"), bytes).expect("writes the module");
+                std::fs::write(format!("{name}.wgsl"), &src).expect("writes the source");
+            }
         }
     }
 

@@ -6,13 +6,16 @@
 // portable path. Same bindings and parameters as the WGSL matmuls:
 //   binding 0: P (p[0] rows of this chunk, p[1] blocks a row, p[2] cols, p[3] output row stride,
 //              p[4] first output row of the chunk, p[5] word offset of the scale region,
-//              p[8] tokens)
+//              p[8] tokens, p[9] K blocks a split, p[10] output offset between splits)
 //   binding 1: the weight chunk as uploaded (formats.rs: block bodies, then the scale region)
 //   binding 2: activations, tokens x cols f16;  binding 3: output, tokens x p[3] f32
-// Defines: BM (weight rows), BN (tokens), BK (K step) of the tile. Q4_K weights only: a Q6_K
-// version (d and the int8 scales staged the same way) ran 0.72-0.94 ms on the 8B shapes on an
-// H200 against MATMUL_COOP's 0.66-0.76, and f16 accumulators (llama.cpp's default here) gave
-// 2 % with 250x the error (bench/gpu/results/run34).
+// Workgroup (x, y, z) computes rows x, tokens y over K split z: split-K gives products of few
+// tiles enough workgroups (llama.cpp's rule), the partial sums then added by SPLIT_SUM.
+// Defines: BM (weight rows), BN (tokens), BK (K step) of the tile; ACC_F16: f16 accumulators
+// (llama.cpp's default for quantized products on this extension: half the registers, so a
+// 128 x 256 tile keeps two workgroups an SM and its decode is spread over twice the tokens).
+// Q4_K weights only: a Q6_K version (d and the int8 scales staged the same way) ran 0.72-0.94 ms
+// on the 8B shapes on an H200 against MATMUL_COOP's 0.66-0.76 (bench/gpu/results/run34).
 
 #extension GL_EXT_control_flow_attributes : enable
 #extension GL_EXT_shader_16bit_storage : require
@@ -27,6 +30,12 @@ const uint WG = 256;
 layout(local_size_x = 256, local_size_y = 1, local_size_z = 1) in;
 
 layout(set = 0, binding = 0) uniform Params { uvec4 pv[4]; };
+
+#ifdef ACC_F16
+#define ACC_T float16_t
+#else
+#define ACC_T float
+#endif
 
 // 128 bytes of nibbles a block; the header (five words a block) is in the scale region.
 struct Body { uvec4 q[8]; };
@@ -98,6 +107,10 @@ void main() {
     const uint n = pv[2].x;
     const uint ir = gl_WorkGroupID.x;
     const uint ic = gl_WorkGroupID.y;
+    // This workgroup's K blocks [kb0, kb1) and where its (partial) products go.
+    const uint kb0 = gl_WorkGroupID.z * pv[2].y;
+    const uint kb1 = min(bpr, kb0 + pv[2].y);
+    const uint out_off = row_off + gl_WorkGroupID.z * pv[2].z;
 
     tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> ld =
         createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
@@ -105,14 +118,14 @@ void main() {
     ld = setTensorLayoutStrideNV(ld, stride, 1);
     tensorViewNV<2, false, 1, 0> tr = createTensorViewNV(2, false, 1, 0);
 
-    coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator> acc =
-        coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>(0.0);
+    coopmat<ACC_T, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator> acc =
+        coopmat<ACC_T, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>(ACC_T(0.0));
 
 // One 256-wide K block: its scales to shared memory (the next block's fetched meanwhile),
 // then 256 / BK products. LA / LB: the weight and activation layouts.
 #define K_BLOCK(LA, LB)                                                                      \
     store();                                                                                 \
-    if (kb + 1 < bpr) {                                                                      \
+    if (kb + 1 < kb1) {                                                                      \
         fetch(ir * BM, rows, bpr, kb + 1);                                                   \
     }                                                                                        \
     [[unroll]] for (uint j = 0; j < 256 / BK; j++) {                                         \
@@ -124,7 +137,7 @@ void main() {
         acc = coopMatMulAdd(a, b, acc);                                                      \
     }
 
-    fetch(ir * BM, rows, bpr, 0);
+    fetch(ir * BM, rows, bpr, kb0);
     if ((ir + 1) * BM <= rows && (ic + 1) * BN <= n) {
         // Interior tile: no clamping, and the activation row stride (cols, a multiple of
         // 256 for these formats) shown to be a multiple of 8 so that loads can be 16 bytes.
@@ -136,7 +149,7 @@ void main() {
         tensorLayoutNV<2> lb = createTensorLayoutNV(2);
         lb = setTensorLayoutDimensionNV(lb, n, cols);
         lb = setTensorLayoutStrideNV(lb, sb, 1);
-        for (uint kb = 0; kb < bpr; kb++) {
+        for (uint kb = kb0; kb < kb1; kb++) {
             K_BLOCK(la, lb)
         }
     } else {
@@ -149,9 +162,11 @@ void main() {
             createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
         lb = setTensorLayoutDimensionNV(lb, n, cols);
         lb = setTensorLayoutStrideNV(lb, cols, 1);
-        for (uint kb = 0; kb < bpr; kb++) {
+        for (uint kb = kb0; kb < kb1; kb++) {
             K_BLOCK(la, lb)
         }
     }
-    coopMatStoreTensorNV(acc, y, row_off, sliceTensorLayoutNV(ld, ic * BN, BN, ir * BM, BM), tr);
+    coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator> d =
+        coopmat<float, gl_ScopeWorkgroup, BM, BN, gl_MatrixUseAccumulator>(acc);
+    coopMatStoreTensorNV(d, y, out_off, sliceTensorLayoutNV(ld, ic * BN, BN, ir * BM, BM), tr);
 }
