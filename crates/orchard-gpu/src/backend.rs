@@ -1818,7 +1818,7 @@ impl GpuBackend {
         } else {
             1
         };
-        let per = bpr.div_ceil(split.max(1));
+        let per = bpr.div_ceil(split);
         split = bpr.div_ceil(per);
         p[9] = per as u32;
         let groups = [

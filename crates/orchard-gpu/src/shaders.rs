@@ -3050,32 +3050,44 @@ mod tests {
         }
     }
 
+    /// Parses, validates and translates `src` to SPIR-V with naga (`what` names it in
+    /// failures). ORCHARD_SPV_DUMP=DIR keeps the module (`DIR/name.spv`) and its source
+    /// (`.wgsl`) for `spirv-val --target-env vulkan1.3`, which checks rules naga does not
+    /// (Debian 13's spirv-tools runs here through bench/gpu/prepare-vulkan.sh's loader).
+    fn naga_spirv(src: &str, what: &str, name: &str) -> Vec<u32> {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let opts = naga::back::spv::Options {
+            lang_version: (1, 3),
+            ..Default::default()
+        };
+        let words = naga::back::spv::write_vec(&module, &info, &opts, None)
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert!(words.len() > 100, "{what}: SPIR-V written");
+        if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            std::fs::write(format!("{dir}/{name}.spv"), bytes).expect("writes the module");
+            std::fs::write(format!("{dir}/{name}.wgsl"), src).expect("writes the source");
+        }
+        words
+    }
+
     #[test]
     fn coop_attention_compiles() {
         for dmax in [64, 128] {
             let src = attn_coop_source(dmax);
-            let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{dmax}: {}", e.emit_to_string(&src)));
-            let info = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{dmax}: {e:?}"));
-            let opts = naga::back::spv::Options {
-                lang_version: (1, 3),
-                ..Default::default()
-            };
-            let words = naga::back::spv::write_vec(&module, &info, &opts, None)
-                .unwrap_or_else(|e| panic!("{dmax}: {e:?}"));
-            assert!(words.len() > 100);
+            naga_spirv(
+                &src,
+                &format!("attn coop {dmax}"),
+                &format!("attn-coop-{dmax}"),
+            );
             assert!(attn_coop_shared_bytes(dmax) <= 48 * 1024, "{dmax}");
-            if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
-                let name = format!("{dir}/attn-coop-{dmax}");
-                let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-                std::fs::write(format!("{name}.spv"), bytes).expect("writes the module");
-                std::fs::write(format!("{name}.wgsl"), &src).expect("writes the source");
-            }
         }
     }
 
@@ -3096,30 +3108,8 @@ mod tests {
                 let tile: CoopTile = tile.parse().expect("a tile");
                 let fmt = crate::formats::format(dt);
                 let src = coop_source(tile, fmt.as_ref());
-                let module = naga::front::wgsl::parse_str(&src)
-                    .unwrap_or_else(|e| panic!("{dt}: {}", e.emit_to_string(&src)));
-                let info = naga::valid::Validator::new(
-                    naga::valid::ValidationFlags::all(),
-                    naga::valid::Capabilities::all(),
-                )
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{dt}: {e:?}"));
-                let opts = naga::back::spv::Options {
-                    lang_version: (1, 3),
-                    ..Default::default()
-                };
-                let words = naga::back::spv::write_vec(&module, &info, &opts, None)
-                    .unwrap_or_else(|e| panic!("{dt}: {e:?}"));
-                assert!(words.len() > 100, "{dt}: SPIR-V written");
-                // ORCHARD_SPV_DUMP=DIR keeps each module (.spv) and its source (.wgsl) for
-                // `spirv-val --target-env vulkan1.3`, which checks rules naga does not (Debian
-                // 13's spirv-tools runs here through bench/gpu/prepare-vulkan.sh's loader).
-                if let Ok(dir) = std::env::var("ORCHARD_SPV_DUMP") {
-                    let name = format!("{dir}/coop-{dt}-{}", tile.to_string().replace('/', "-"));
-                    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-                    std::fs::write(format!("{name}.spv"), bytes).expect("writes the module");
-                    std::fs::write(format!("{name}.wgsl"), &src).expect("writes the source");
-                }
+                let name = format!("coop-{dt}-{}", tile.to_string().replace('/', "-"));
+                naga_spirv(&src, &format!("{dt} {tile}"), &name);
             }
         }
     }
