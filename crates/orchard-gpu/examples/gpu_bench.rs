@@ -32,6 +32,13 @@ struct Args {
     /// `--floor`: 300 trivial dispatches in one submission, chained and independent.
     floor: bool,
     write_only: bool,
+    /// `--foreign-cm2 FILE`: time a cm2 SPIR-V module written to llama.cpp's Q4_K matmul
+    /// interface (its spec constants frozen: a 128 x 256 tile) on `--shape` at 512 tokens
+    /// (feature `cm2-spv-override`).
+    foreign_cm2: Option<String>,
+    /// `--cm2-stats`: the driver's statistics of every cm2 module (ours, each tile, honouring
+    /// ORCHARD_GPU_CM2_SPV_DIR; and `--foreign-cm2`'s).
+    cm2_stats: bool,
     f32_act: bool,
     /// `--formats q4_K,q6_K`: only these in the kernel micro-benchmarks.
     formats: Option<String>,
@@ -66,6 +73,8 @@ fn parse() -> Args {
         decode_attn: false,
         floor: false,
         write_only: false,
+        foreign_cm2: None,
+        cm2_stats: false,
         f32_act: false,
         formats: None,
         no_matmul: false,
@@ -94,6 +103,8 @@ fn parse() -> Args {
             "--floor" => a.floor = true,
             "--profile" => a.profile = true,
             "--write-only" => a.write_only = true,
+            "--foreign-cm2" => a.foreign_cm2 = it.next(),
+            "--cm2-stats" => a.cm2_stats = true,
             "--f32-act" => a.f32_act = true,
             "--no-matmul" => a.no_matmul = true,
             "--warm-ms" => WARM_MS.store(num() as u64, std::sync::atomic::Ordering::Relaxed),
@@ -554,7 +565,7 @@ fn bench_kernels(a: &Args) {
                 .chain(a.coop_tiles.iter().map(|&t| Var::Coop(t)))
                 .collect()
         };
-        if g.cm2_available() && dtype == DType::Q4_K {
+        if g.cm2_available() && matches!(dtype, DType::Q4_K | DType::Q6_K) {
             variants.push(Var::Cm2(None));
             // ORCHARD_BENCH_CM2_TILES: the fixed tiles timed (default: all compiled).
             let list = std::env::var("ORCHARD_BENCH_CM2_TILES")
@@ -941,8 +952,111 @@ fn bench_floor() {
     assert!(errs.is_empty(), "GPU errors: {errs:?}");
 }
 
+/// `--foreign-cm2`: llama.cpp's Q4_K layout (144-byte blocks, header first) of random blocks,
+/// random f16 activations, its push constants for one unsplit product, and its 128 x 256 grid.
+#[cfg(feature = "cm2-spv-override")]
+fn bench_foreign_cm2(a: &Args, path: &str) {
+    let (cols, rows) = a.shape;
+    let n = 512usize;
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&std::fs::read(path).expect("module"));
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    let blocks = rows * cols / 256;
+    let mut wa = vec![0u8; blocks * 144];
+    for b in wa.chunks_mut(144) {
+        for x in b.iter_mut() {
+            *x = next() as u8;
+        }
+        // d and dmin: small positive halves (2^-8 .. 2^-7)
+        for h in 0..2 {
+            let bits = 0x1C00u16 | (next() as u16 & 0x3FF);
+            b[2 * h..2 * h + 2].copy_from_slice(&bits.to_le_bytes());
+        }
+    }
+    let xb: Vec<u8> = (0..n * cols)
+        .flat_map(|_| {
+            let r = next();
+            (0x3800u16 | (r as u16 & 0x3FF) | (((r >> 10) & 1) as u16) << 15).to_le_bytes()
+        })
+        .collect();
+    let (m, k) = (rows as u32, cols as u32);
+    let imm = [
+        m,
+        n as u32,
+        k,
+        k,
+        k,
+        m,
+        m * k,
+        n as u32 * k,
+        m * n as u32,
+        0,
+        1,
+        k,
+        1,
+        1,
+        1,
+        1,
+        n as u32,
+    ];
+    let groups = [m.div_ceil(128), (n as u32).div_ceil(256), 1];
+    let mut g = GpuBackend::new(None).expect("GPU");
+    match g.time_foreign_cm2(words, &wa, &xb, (rows * n * 4) as u64, &imm, groups, 50) {
+        Ok(s) => println!(
+            "foreign cm2 {path} {cols}x{rows}: n=512 {:.3} ms {:.2} TFLOP/s",
+            s * 1e3,
+            2.0 * (cols * rows * n) as f64 / s / 1e12
+        ),
+        Err(e) => println!("foreign cm2 {path}: {e}"),
+    }
+}
+
+#[cfg(feature = "cm2-spv-override")]
+fn cm2_stats(a: &Args) {
+    let g = GpuBackend::new(None).expect("GPU");
+    // ORCHARD_BENCH_CM2_TILES: our modules listed (default all; empty for none).
+    let tiles = std::env::var("ORCHARD_BENCH_CM2_TILES")
+        .unwrap_or_else(|_| "128x128x64,128x256x64h,128x64x32".into());
+    let mut list: Vec<(String, Option<Vec<u32>>, bool)> = tiles
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| (t.to_string(), None, false))
+        .collect();
+    if let Some(p) = &a.foreign_cm2 {
+        let w = bytemuck::pod_collect_to_vec(&std::fs::read(p).expect("module"));
+        list.push((p.clone(), Some(w), true));
+    }
+    for (name, words, foreign) in list {
+        match g.cm2_pipeline_statistics(words, &name, foreign) {
+            Ok(stats) => {
+                let s: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("cm2 stats {name}: {}", s.join(", "));
+            }
+            Err(e) => println!("cm2 stats {name}: {e}"),
+        }
+    }
+}
+
 fn main() {
     let a = parse();
+    if a.cm2_stats {
+        #[cfg(feature = "cm2-spv-override")]
+        cm2_stats(&a);
+        #[cfg(not(feature = "cm2-spv-override"))]
+        println!("--cm2-stats: built without feature cm2-spv-override");
+        return;
+    }
+    if let Some(p) = &a.foreign_cm2 {
+        #[cfg(feature = "cm2-spv-override")]
+        bench_foreign_cm2(&a, p);
+        #[cfg(not(feature = "cm2-spv-override"))]
+        println!("--foreign-cm2 {p}: built without feature cm2-spv-override");
+    }
     if a.kernels {
         bench_kernels(&a);
     }

@@ -8,13 +8,18 @@ DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../src/cm2" && pwd)
 GLSLC=${GLSLC:-glslc}
 SPIRV_VAL=${SPIRV_VAL:-spirv-val}
 # The tiles `cm2::TILES` lists: weight rows x tokens x K step, `h` for f16 accumulators.
-for t in 128x64x32 128x128x64 128x256x64h; do
-  acc=()
-  [[ $t == *h ]] && acc=(-DACC_F16)
-  IFS=x read -r bm bn bk <<<"${t%h}"
-  out="$DIR/matmul_cm2_q4_K_${t}.spv"
-  "$GLSLC" -fshader-stage=compute --target-env=vulkan1.3 -O -DBM="$bm" -DBN="$bn" -DBK="$bk" \
-    "${acc[@]}" "$DIR/matmul_cm2.comp" -o "$out"
-  "$SPIRV_VAL" --target-env vulkan1.3 "$out"
-  echo "$(basename "$out"): $(stat -c %s "$out") bytes"
+# Each for the two formats it reads (`cm2::has_format`).
+for f in q4_K q6_K; do
+  fmt=()
+  [[ $f == q6_K ]] && fmt=(-DFORMAT_Q6_K)
+  for t in 128x64x32 128x128x64 128x256x64h; do
+    acc=()
+    [[ $t == *h ]] && acc=(-DACC_F16)
+    IFS=x read -r bm bn bk <<<"${t%h}"
+    out="$DIR/matmul_cm2_${f}_${t}.spv"
+    "$GLSLC" -fshader-stage=compute --target-env=vulkan1.3 -O -DBM="$bm" -DBN="$bn" -DBK="$bk" \
+      "${acc[@]}" "${fmt[@]}" "$DIR/matmul_cm2.comp" -o "$out"
+    "$SPIRV_VAL" --target-env vulkan1.3 "$out"
+    echo "$(basename "$out"): $(stat -c %s "$out") bytes"
+  done
 done

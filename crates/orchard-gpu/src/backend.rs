@@ -259,10 +259,10 @@ const ATTN_SPLIT_TARGET: u32 = 1024;
 const ATTN_TILES: [(u32, u32, u32); 3] = [(128, 16, 16), (128, 32, 32), (64, 16, 8)];
 /// `matmul_cm2.comp`'s tiles: llama.cpp's large one (f16 accumulators) where it alone fills
 /// the device (the 8B gate/up products at 512 tokens: 0.475 against 0.54 ms on an H100), else
-/// the f32 128 x 128 tile, split-K where it leaves the device short (the 8B q/o products
-/// lost with the large tile split in two, 0.19-0.20 against 0.13-0.14 ms; K and V at 4096 x
-/// 1024 run 0.058-0.066 ms split in four, bench/gpu/results/run36), or the narrow one for
-/// prompts of up to 128 tokens where 128 x 128 would give fewer than 64 workgroups.
+/// the f32 128 x 128 tile, split-K where it leaves the device short (the 8B q/o products: the
+/// large tile split in two 0.12-0.16 ms against 0.11-0.12, bench/gpu/results/run37; K and V at
+/// 4096 x 1024 run 0.058-0.066 ms split in four, run36), or the narrow one for prompts of up to
+/// 128 tokens where 128 x 128 would give fewer than 64 workgroups.
 const CM2_TILE_WIDE: cm2::Tile = cm2::TILES[2];
 const CM2_TILE: cm2::Tile = cm2::TILES[1];
 const CM2_TILE_NARROW: cm2::Tile = cm2::TILES[0];
@@ -716,6 +716,18 @@ impl GpuBackend {
         if coop_available {
             required_features |= coop_features;
         }
+        // The foreign-kernel diagnostic (`time_foreign_cm2`) passes its parameters as push
+        // constants.
+        #[cfg(feature = "cm2-spv-override")]
+        let limits = if adapter.features().contains(wgpu::Features::IMMEDIATES) {
+            required_features |= wgpu::Features::IMMEDIATES;
+            wgpu::Limits {
+                max_immediate_size: limits.max_immediate_size.min(128),
+                ..limits
+            }
+        } else {
+            limits
+        };
         let ts_features =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let profiled = profile && adapter.features().contains(ts_features);
@@ -1611,8 +1623,8 @@ impl GpuBackend {
                 _ => self.shader_checks,
             };
             let module = match k {
-                Kernel::MatMulCm2(_, t) => {
-                    let words = cm2::spirv(t);
+                Kernel::MatMulCm2(dt, t) => {
+                    let words = cm2::spirv(dt, t);
                     // SAFETY: `cm2` is set only on a device `cm2::request_device` opened with
                     // PASSTHROUGH_SHADERS, and `words` is one of the kernel's own modules
                     // (validated by spirv-val when built); its bindings are the params block
@@ -3208,5 +3220,148 @@ impl Backend for GpuBackend {
     fn sync(&mut self) {
         self.flush(None);
         self.wait();
+    }
+}
+
+#[cfg(feature = "cm2-spv-override")]
+impl GpuBackend {
+    /// DIAGNOSTIC (bench only): the driver's statistics of a cm2 module built as a pipeline:
+    /// `words`, or this build's module of `tile` (honouring `ORCHARD_GPU_CM2_SPV_DIR`); with
+    /// `foreign`, llama.cpp's interface (three storage buffers, 68 bytes of push constants),
+    /// else ours (a uniform buffer, three storage buffers).
+    pub fn cm2_pipeline_statistics(
+        &self,
+        words: Option<Vec<u32>>,
+        tile: &str,
+        foreign: bool,
+    ) -> Result<Vec<(String, String)>, String> {
+        let words = match words {
+            Some(w) => w,
+            None => cm2::spirv(DType::Q4_K, tile.parse()?),
+        };
+        let (u, st, push) = if foreign { (0, 3, 68) } else { (1, 3, 0) };
+        #[cfg(not(target_vendor = "apple"))]
+        return cm2::pipeline_statistics(&self.device, &words, u, st, push);
+        #[cfg(target_vendor = "apple")]
+        return Err(format!(
+            "no Vulkan here ({} words, {u}/{st}/{push})",
+            words.len()
+        ));
+    }
+
+    /// DIAGNOSTIC (bench only): seconds a dispatch of a foreign cm2 module written to
+    /// llama.cpp's matmul interface (storage buffers A, B and D at bindings 0-2 of set 0, `imm`
+    /// as push constants), timed as `gpu_bench --kernels` times ours: `reps` dispatches in one
+    /// submission after 1.5 s of the same. So that one kernel can be run in both programs'
+    /// settings and the difference between them placed in the code or around it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_foreign_cm2(
+        &mut self,
+        words: Vec<u32>,
+        a: &[u8],
+        b: &[u8],
+        d_bytes: u64,
+        imm: &[u32],
+        groups: [u32; 3],
+        reps: usize,
+    ) -> Result<f64, String> {
+        use wgpu::util::DeviceExt;
+        if !self.cm2_available() {
+            return Err("no VK_NV_cooperative_matrix2".into());
+        }
+        if !self.device.features().contains(wgpu::Features::IMMEDIATES) {
+            return Err("no push constants".into());
+        }
+        self.sync();
+        let dev = self.device.clone();
+        let init = |data: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("foreign cm2 input"),
+                contents: data,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let (ba, bb) = (init(a), init(b));
+        let bd = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("foreign cm2 output"),
+            size: d_bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("foreign cm2"),
+            entries: &[entry(0, true), entry(1, true), entry(2, false)],
+        });
+        let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("foreign cm2"),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: (imm.len() * 4) as u32,
+        });
+        // SAFETY: a diagnostic outside the engine's paths, on a device `cm2::request_device`
+        // opened; the module is the caller's, run on buffers sized by the caller for it.
+        let module = unsafe { cm2::module(&dev, "foreign cm2", words) };
+        let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("foreign cm2"),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("foreign cm2"),
+            layout: &bgl,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: ba.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: bb.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: bd.as_entire_binding(),
+                },
+            ],
+        });
+        let run = |n: usize| {
+            let mut enc = dev.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipe);
+                pass.set_bind_group(0, &bg, &[]);
+                pass.set_immediates(0, bytemuck::cast_slice(imm));
+                for _ in 0..n {
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                }
+            }
+            self.queue.submit([enc.finish()]);
+            dev.poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| e.to_string())
+        };
+        let t = Instant::now();
+        while t.elapsed().as_secs_f64() < 1.5 {
+            run(20)?;
+        }
+        let t = Instant::now();
+        run(reps)?;
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        let errors = self.take_errors();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(s)
     }
 }

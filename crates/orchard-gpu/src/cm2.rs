@@ -15,6 +15,8 @@ use orchard_core::DType;
 /// Invocations of the kernel's workgroup (its `local_size_x`).
 pub(crate) const THREADS: u32 = 256;
 
+#[cfg(all(feature = "cm2-spv-override", not(target_vendor = "apple")))]
+pub(crate) use vulkan::pipeline_statistics;
 #[cfg(not(target_vendor = "apple"))]
 pub(crate) use vulkan::{request_device, supported};
 
@@ -39,6 +41,8 @@ mod vulkan {
     use std::ffi::{c_void, CStr};
 
     const EXTENSION: &CStr = c"VK_NV_cooperative_matrix2";
+    #[cfg(feature = "cm2-spv-override")]
+    const STATS_EXTENSION: &CStr = ash::khr::pipeline_executable_properties::NAME;
     /// `VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV` (and `_PROPERTIES_`):
     /// extension 594, so 1000000000 + 593 * 1000 (+ 2). ash 0.38 predates the extension.
     const FEATURES_STYPE: i32 = 1_000_593_000;
@@ -182,6 +186,8 @@ mod vulkan {
         // the head of the create-info chain, ahead of wgpu's own; neither is one wgpu chains
         // itself (it adds `bufferDeviceAddress` only for ray tracing, not requested here). Both
         // outlive the call. The device returned is made from this adapter, with the features asked.
+        // Diagnostic builds chain a third (pipeline executable properties, which wgpu never
+        // enables) the same way, only where the adapter lists its extension.
         unsafe {
             let open = {
                 let hal = adapter
@@ -189,9 +195,32 @@ mod vulkan {
                     .ok_or("not a Vulkan adapter")?;
                 let cm2_ptr: *mut Features = &mut cm2;
                 let bda_ptr: *mut vk::PhysicalDeviceBufferDeviceAddressFeatures = &mut bda;
+                // Diagnostics: the driver's statistics of a pipeline (`pipeline_statistics`).
+                #[cfg(feature = "cm2-spv-override")]
+                let stats = hal
+                    .shared_instance()
+                    .raw_instance()
+                    .enumerate_device_extension_properties(hal.raw_physical_device())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|e| e.extension_name_as_c_str() == Ok(STATS_EXTENSION));
+                #[cfg(feature = "cm2-spv-override")]
+                let mut pep = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR {
+                    pipeline_executable_info: vk::TRUE,
+                    ..Default::default()
+                };
+                #[cfg(feature = "cm2-spv-override")]
+                let pep_ptr: *mut vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR =
+                    &mut pep;
                 let callback = move |args: wgpu::hal::vulkan::CreateDeviceCallbackArgs| {
                     args.extensions.push(EXTENSION);
                     (*bda_ptr).p_next = args.create_info.p_next as *mut c_void;
+                    #[cfg(feature = "cm2-spv-override")]
+                    if stats {
+                        args.extensions.push(STATS_EXTENSION);
+                        (*pep_ptr).p_next = args.create_info.p_next as *mut c_void;
+                        (*bda_ptr).p_next = pep_ptr.cast();
+                    }
                     (*cm2_ptr).p_next = bda_ptr.cast();
                     args.create_info.p_next = cm2_ptr as *const c_void;
                 };
@@ -206,6 +235,118 @@ mod vulkan {
             adapter
                 .create_device_from_hal(open, desc)
                 .map_err(|e| e.to_string())
+        }
+    }
+
+    /// DIAGNOSTIC (feature `cm2-spv-override`): the driver's statistics of `words` built as
+    /// a compute pipeline with `uniforms` uniform-buffer bindings, then `storage` storage-buffer
+    /// ones, and `push` bytes of push constants (NVIDIA reports its register count: what sets
+    /// how many workgroups share an SM). Built beside wgpu's objects on its device and destroyed.
+    #[cfg(feature = "cm2-spv-override")]
+    pub(crate) fn pipeline_statistics(
+        device: &wgpu::Device,
+        words: &[u32],
+        uniforms: u32,
+        storage: u32,
+        push: u32,
+    ) -> Result<Vec<(String, String)>, String> {
+        // SAFETY: every object is made on the device's own handle from well-formed create
+        // infos living on this frame, used once and destroyed before returning; the module is
+        // the caller's SPIR-V, compiled but never dispatched.
+        unsafe {
+            let hal = device
+                .as_hal::<wgpu::hal::api::Vulkan>()
+                .ok_or("not a Vulkan device")?;
+            if !hal.enabled_device_extensions().contains(&STATS_EXTENSION) {
+                return Err(format!("no {STATS_EXTENSION:?}"));
+            }
+            let dev = hal.raw_device();
+            let sm = dev
+                .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(words), None)
+                .map_err(|e| e.to_string())?;
+            let bindings: Vec<vk::DescriptorSetLayoutBinding> = (0..uniforms + storage)
+                .map(|i| {
+                    vk::DescriptorSetLayoutBinding::default()
+                        .binding(i)
+                        .descriptor_type(if i < uniforms {
+                            vk::DescriptorType::UNIFORM_BUFFER
+                        } else {
+                            vk::DescriptorType::STORAGE_BUFFER
+                        })
+                        .descriptor_count(1)
+                        .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                })
+                .collect();
+            let dsl = dev
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+            let ranges = [vk::PushConstantRange {
+                stage_flags: vk::ShaderStageFlags::COMPUTE,
+                offset: 0,
+                size: push,
+            }];
+            let layouts = [dsl];
+            let mut pli = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
+            if push > 0 {
+                pli = pli.push_constant_ranges(&ranges);
+            }
+            let pl = dev
+                .create_pipeline_layout(&pli, None)
+                .map_err(|e| e.to_string())?;
+            let stage = vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::COMPUTE)
+                .module(sm)
+                .name(c"main");
+            let ci = vk::ComputePipelineCreateInfo::default()
+                .stage(stage)
+                .layout(pl)
+                .flags(vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR);
+            let made = dev.create_compute_pipelines(vk::PipelineCache::null(), &[ci], None);
+            let out = match made {
+                Ok(p) => {
+                    let ext = ash::khr::pipeline_executable_properties::Device::new(
+                        hal.shared_instance().raw_instance(),
+                        dev,
+                    );
+                    let info = vk::PipelineExecutableInfoKHR::default()
+                        .pipeline(p[0])
+                        .executable_index(0);
+                    let r = ext.get_pipeline_executable_statistics(&info);
+                    dev.destroy_pipeline(p[0], None);
+                    r.map_err(|e| e.to_string()).map(|stats| {
+                        stats
+                            .iter()
+                            .map(|s| {
+                                let v = match s.format {
+                                    vk::PipelineExecutableStatisticFormatKHR::BOOL32 => {
+                                        (s.value.b32 != 0).to_string()
+                                    }
+                                    vk::PipelineExecutableStatisticFormatKHR::INT64 => {
+                                        s.value.i64.to_string()
+                                    }
+                                    vk::PipelineExecutableStatisticFormatKHR::UINT64 => {
+                                        s.value.u64.to_string()
+                                    }
+                                    _ => s.value.f64.to_string(),
+                                };
+                                let name = s.name_as_c_str().map_or_else(
+                                    |_| "?".to_string(),
+                                    |c| c.to_string_lossy().into_owned(),
+                                );
+                                (name, v)
+                            })
+                            .collect()
+                    })
+                }
+                Err((_, e)) => Err(e.to_string()),
+            };
+            dev.destroy_pipeline_layout(pl, None);
+            dev.destroy_descriptor_set_layout(dsl, None);
+            dev.destroy_shader_module(sm, None);
+            out
         }
     }
 }
@@ -270,20 +411,23 @@ impl std::str::FromStr for Tile {
 
 /// Whether the kernel is written for weights of `dt`.
 pub(crate) fn has_format(dt: DType) -> bool {
-    dt == DType::Q4_K
+    matches!(dt, DType::Q4_K | DType::Q6_K)
 }
 
-/// The SPIR-V words of the kernel for `tile`.
-pub(crate) fn spirv(tile: Tile) -> Vec<u32> {
-    let bytes: &[u8] = match (tile.bm, tile.bn, tile.bk) {
-        (128, 64, 32) => include_bytes!("cm2/matmul_cm2_q4_K_128x64x32.spv"),
-        (128, 256, 64) => include_bytes!("cm2/matmul_cm2_q4_K_128x256x64h.spv"),
+/// The SPIR-V words of the kernel for weights of `dt` (one [`has_format`] accepts) and `tile`.
+pub(crate) fn spirv(dt: DType, tile: Tile) -> Vec<u32> {
+    let bytes: &[u8] = match (dt, tile.bm, tile.bn, tile.bk) {
+        (DType::Q6_K, 128, 64, 32) => include_bytes!("cm2/matmul_cm2_q6_K_128x64x32.spv"),
+        (DType::Q6_K, 128, 256, 64) => include_bytes!("cm2/matmul_cm2_q6_K_128x256x64h.spv"),
+        (DType::Q6_K, ..) => include_bytes!("cm2/matmul_cm2_q6_K_128x128x64.spv"),
+        (_, 128, 64, 32) => include_bytes!("cm2/matmul_cm2_q4_K_128x64x32.spv"),
+        (_, 128, 256, 64) => include_bytes!("cm2/matmul_cm2_q4_K_128x256x64h.spv"),
         _ => include_bytes!("cm2/matmul_cm2_q4_K_128x128x64.spv"),
     };
-    debug_assert!(TILES.contains(&tile));
+    debug_assert!(TILES.contains(&tile) && has_format(dt));
     #[cfg(feature = "cm2-spv-override")]
     if let Some(dir) = std::env::var_os("ORCHARD_GPU_CM2_SPV_DIR") {
-        let path = std::path::Path::new(&dir).join(format!("matmul_cm2_q4_K_{tile}.spv"));
+        let path = std::path::Path::new(&dir).join(format!("matmul_cm2_{dt}_{tile}.spv"));
         if let Ok(b) = std::fs::read(&path) {
             tracing::warn!("cm2 {tile}: module from {}", path.display());
             return bytemuck::pod_collect_to_vec(&b);
@@ -322,15 +466,18 @@ mod tests {
 
     #[test]
     fn every_tile_has_a_module_and_parses_back() {
-        assert!(has_format(DType::Q4_K) && !has_format(DType::Q6_K));
-        for t in TILES {
-            let w = spirv(t);
-            assert_eq!(w[0], 0x0723_0203, "SPIR-V magic");
-            assert!(w.len() > 100);
-            assert_eq!(t.to_string().parse::<Tile>(), Ok(t));
+        assert!(has_format(DType::Q4_K) && has_format(DType::Q6_K) && !has_format(DType::Q5_K));
+        for dt in [DType::Q4_K, DType::Q6_K] {
+            for t in TILES {
+                let w = spirv(dt, t);
+                assert_eq!(w[0], 0x0723_0203, "SPIR-V magic");
+                assert!(w.len() > 100);
+                assert_eq!(t.to_string().parse::<Tile>(), Ok(t));
+            }
+            assert_ne!(spirv(dt, TILES[0]), spirv(dt, TILES[1]));
+            assert_ne!(spirv(dt, TILES[1]), spirv(dt, TILES[2]));
         }
-        assert_ne!(spirv(TILES[0]), spirv(TILES[1]));
-        assert_ne!(spirv(TILES[1]), spirv(TILES[2]));
+        assert_ne!(spirv(DType::Q4_K, TILES[1]), spirv(DType::Q6_K, TILES[1]));
         assert_eq!("128x256x64h".parse::<Tile>(), Ok(TILES[2]));
         assert!("128x256x64".parse::<Tile>().is_err());
     }

@@ -14,8 +14,9 @@
 // Defines: BM (weight rows), BN (tokens), BK (K step) of the tile; ACC_F16: f16 accumulators
 // (llama.cpp's default for quantized products on this extension: half the registers, so a
 // 128 x 256 tile keeps two workgroups an SM and its decode is spread over twice the tokens).
-// Q4_K weights only: a Q6_K version (d and the int8 scales staged the same way) ran 0.72-0.94 ms
-// on the 8B shapes on an H200 against MATMUL_COOP's 0.66-0.76 (bench/gpu/results/run34).
+// FORMAT_Q6_K: Q6_K weights (d and the 16 int8 scales of a block staged as Q4_K's are; a first
+// Q6_K version, glslc-unrolled with f32 accumulators, ran 0.72-0.94 ms on the 8B shapes on an
+// H200 against MATMUL_COOP's 0.66-0.76, bench/gpu/results/run34); Q4_K otherwise.
 
 #extension GL_EXT_control_flow_attributes : enable
 #extension GL_EXT_shader_16bit_storage : require
@@ -37,20 +38,53 @@ layout(set = 0, binding = 0) uniform Params { uvec4 pv[4]; };
 #define ACC_T float
 #endif
 
+#ifdef FORMAT_Q6_K
+// 208 bytes a block (formats.rs): low nibbles (128), high crumbs (64), 16 int8 scales; d, a
+// half, in the scale region.
+struct Body { uvec4 q[13]; };
+layout(buffer_reference, std430, buffer_reference_align = 16) buffer BodyRef { uint q[52]; };
+const uint SUBS = 16;   // scale groups a block: 16 elements each
+#define SCALE_T float
+#else
 // 128 bytes of nibbles a block; the header (five words a block) is in the scale region.
 struct Body { uvec4 q[8]; };
 layout(buffer_reference, std430, buffer_reference_align = 16) buffer BodyRef { uint q[32]; };
 const uint SUBS = 8;    // scale groups a block: 32 elements each
+#define SCALE_T vec2
+#endif
 
 layout(set = 0, binding = 1) readonly buffer WBlocks { Body wb[]; };
 layout(set = 0, binding = 1) readonly buffer WWords { uint ww[]; };
 layout(set = 0, binding = 2) readonly buffer X { float16_t x[]; };
 layout(set = 0, binding = 3) buffer Y { float y[]; };
 
+// The K steps of a 256-wide block, as a specialization constant that is never set: glslc then
+// cannot unroll the loop over them, and it reaches the driver as a loop with an unroll hint, as
+// llama.cpp's does (its tile sizes are specialization constants). Unrolled by glslc, the
+// driver's build of the 128 x 256 tile was 1.38 MB of machine code spilling 368 bytes a thread;
+// now 0.17 MB spilling 96 (both 255 registers; llama.cpp's 0.40 MB, 253, none), and the 8B
+// gate/up product runs 0.33-0.36 ms against 0.43-0.46 (llama.cpp's kernel in our harness:
+// 0.315; H200, VK_KHR_pipeline_executable_properties, bench/gpu/results/run37).
+layout(constant_id = 0) const uint K_STEPS = 256 / BK;
+
 // Per tile row and scale group of the current 256-wide K block: (scale, min) with d folded in.
 const uint SH_STRIDE = BM + 1;
-shared vec2 sh_scale[SUBS * SH_STRIDE];
+shared SCALE_T sh_scale[SUBS * SH_STRIDE];
 
+#ifdef FORMAT_Q6_K
+float16_t decode(const in BodyRef bl, const in uint blockCoords[2], const in uint coordInBlock[2]) {
+    const uint i = coordInBlock[1];
+    const uint r = blockCoords[0] % BM;
+    // Half n = i/128, quarter qr of it, lane l: low nibble at byte 64n + 32(qr & 1) + l (the
+    // high nibble for qr >= 2), high crumb at bits 2qr of byte 128 + 32n + l, scale group i/16.
+    const uint qr = (i >> 5) & 3u;
+    const uint lb = ((i >> 7) << 6) | ((qr & 1u) << 5) | (i & 31u);
+    const uint hb = 128u | ((i >> 7) << 5) | (i & 31u);
+    const uint lo = (bl.q[lb >> 2] >> (((lb & 3u) << 3) | ((qr >> 1) << 2))) & 15u;
+    const uint hi = (bl.q[hb >> 2] >> (((hb & 3u) << 3) | (qr << 1))) & 3u;
+    return float16_t(sh_scale[(i >> 4) * SH_STRIDE + r] * float(int(lo | (hi << 4)) - 32));
+}
+#else
 float16_t decode(const in BodyRef bl, const in uint blockCoords[2], const in uint coordInBlock[2]) {
     const uint i = coordInBlock[1];
     const uint r = blockCoords[0] % BM;
@@ -60,11 +94,42 @@ float16_t decode(const in BodyRef bl, const in uint blockCoords[2], const in uin
     const vec2 sm = sh_scale[(i >> 5) * SH_STRIDE + r];
     return float16_t(sm.x * float(q) - sm.y);
 }
+#endif
 
 // The scales of K block `kb` for this tile's rows, computed into registers (`fetch`) and
 // stored to shared memory after the previous block's last use (`store`).
 const uint TPR = WG / BM;            // threads a row
 const uint SPT = SUBS / TPR;         // scale groups a thread
+#ifdef FORMAT_Q6_K
+// d's bits in the low half, then this thread's eight int8 scales: three words, not 8 floats.
+uvec3 pending;
+
+void fetch(uint row0, uint rows, uint bpr, uint kb) {
+    const uint tid = gl_LocalInvocationIndex;
+    const uint row = row0 + tid / TPR;
+    if (row >= rows) {
+        pending = uvec3(0);
+        return;
+    }
+    const uint b = row * bpr + kb;
+    const uint w = b * 52u + 48u + ((tid % TPR) * SPT >> 2);
+    pending = uvec3(ww[pv[1].y + (b >> 1)] >> ((b & 1u) << 4), ww[w], ww[w + 1u]);
+}
+
+void store() {
+    const uint tid = gl_LocalInvocationIndex;
+    const uint r = tid / TPR;
+    const uint s0 = (tid % TPR) * SPT;
+    barrier();
+    const float d = unpackHalf2x16(pending.x).x;
+    [[unroll]] for (uint j = 0; j < SPT; j++) {
+        const uint w = j < 4u ? pending.y : pending.z;
+        const int sc = int(w << (24u - ((j & 3u) << 3))) >> 24;
+        sh_scale[(s0 + j) * SH_STRIDE + r] = d * float(sc);
+    }
+    barrier();
+}
+#else
 vec2 pending[SPT];
 
 void fetch(uint row0, uint rows, uint bpr, uint kb) {
@@ -97,6 +162,7 @@ void store() {
     [[unroll]] for (uint j = 0; j < SPT; j++) sh_scale[(s0 + j) * SH_STRIDE + r] = pending[j];
     barrier();
 }
+#endif
 
 void main() {
     const uint rows = pv[0].x;
@@ -128,7 +194,7 @@ void main() {
     if (kb + 1 < kb1) {                                                                      \
         fetch(ir * BM, rows, bpr, kb + 1);                                                   \
     }                                                                                        \
-    [[unroll]] for (uint j = 0; j < 256 / BK; j++) {                                         \
+    [[unroll]] for (uint j = 0; j < K_STEPS; j++) {                                          \
         const uint k = kb * 256 + j * BK;                                                    \
         coopmat<float16_t, gl_ScopeWorkgroup, BM, BK, gl_MatrixUseA> a;                      \
         coopMatLoadTensorNV(a, wb, 0, sliceTensorLayoutNV(LA, ir * BM, BM, k, BK), decode);  \
