@@ -273,6 +273,12 @@ impl Context {
         for s in &mut self.slots {
             s.b.set_row_sequences(&self.row_seqs);
         }
+        // Rows that need no logits skip the last layer's feed-forward block (`keep_out_rows`),
+        // where the output head runs on the same backend (else the whole stream moves there).
+        let n_out = batch.logits.len();
+        let narrow_last =
+            n_out > 0 && n_out < n && self.layer_slot.last().copied() == Some(self.output_slot);
+        let mut kept: Option<BufId> = None;
         let mut cur_slot = self.layer_slot.first().copied().unwrap_or(0);
         {
             let s = &mut self.slots[cur_slot];
@@ -294,17 +300,21 @@ impl Context {
                 tokens: batch.slots,
                 attn,
                 x: s.x,
+                out_rows: (narrow_last && il + 1 == hp.n_layer).then_some(batch.logits),
             };
             model.arch.layer(&mut step, il)?;
+            if narrow_last && il + 1 == hp.n_layer && step.out_rows.is_none() {
+                kept = Some(step.x);
+            }
         }
         if self.output_slot != cur_slot {
             self.move_residual(cur_slot, self.output_slot, n);
             cur_slot = self.output_slot;
         }
 
-        // Output: pick the rows that need logits, final norm, head.
+        // Output: pick the rows that need logits (unless the last layer kept them), final
+        // norm, head.
         let s = &mut self.slots[cur_slot];
-        let n_out = batch.logits.len();
         let mut step = Step {
             b: s.b.as_mut(),
             weights: &s.weights,
@@ -313,6 +323,7 @@ impl Context {
             tokens: batch.slots,
             attn,
             x: s.x,
+            out_rows: None,
         };
         if n_out == 0 {
             out.clear();
@@ -323,8 +334,14 @@ impl Context {
         self.row_seqs
             .extend(batch.logits.iter().map(|&i| batch.slots[i as usize].seq));
         step.b.set_row_sequences(&self.row_seqs);
-        let sel = step.buf("out_rows", hp.n_embd);
-        step.b.copy_rows(step.x, batch.logits, sel);
+        let sel = match kept {
+            Some(x) => x,
+            None => {
+                let sel = step.buf("out_rows", hp.n_embd);
+                step.b.copy_rows(step.x, batch.logits, sel);
+                sel
+            }
+        };
         let normed = step.norm(sel, model.output_norm, hp.rms_eps, "out_norm", hp.n_embd);
         if hidden {
             step.b.download(normed, out);

@@ -102,6 +102,7 @@ impl Architecture for Gemma3 {
         let a = s.norm(a, l.attn_post_norm, hp.rms_eps, "attn_post", hp.n_embd);
         s.tap("attn_post_norm.MUL", il, a);
         s.b.add(s.x, a);
+        s.keep_out_rows(hp.n_embd);
         s.tap("sa_out.ADD", il, s.x);
         let cur = s.norm(s.x, l.ffn_norm, hp.rms_eps, "ffn_norm", hp.n_embd);
         s.tap("ffn_norm.MUL", il, cur);

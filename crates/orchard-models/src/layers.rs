@@ -24,6 +24,9 @@ pub struct Step<'a> {
     pub attn: AttnBatch<'a>,
     /// The residual stream, updated in place by each layer.
     pub x: BufId,
+    /// Set for the last layer when only some rows are wanted (the tokens that need logits):
+    /// [`Step::keep_out_rows`] then narrows the stream to them after attention.
+    pub out_rows: Option<&'a [u32]>,
 }
 
 /// Where `Step::tap` writes intermediate tensors (`ORCHARD_DUMP_DIR`), read once.
@@ -67,6 +70,23 @@ impl Step<'_> {
                 id
             }
         }
+    }
+
+    /// After the last layer's attention (whose K/V every row fed): keeps only the rows in
+    /// `out_rows`, so the rest of the layer (the feed-forward block, its norms and adds) runs
+    /// on those alone, as llama.cpp's graphs do (`inp_out_ids`). The kept rows are tokens of
+    /// their own sequences again, for the matmuls whose order depends on the row count. A
+    /// no-op where `out_rows` is unset; afterwards it is, and `x` holds the kept rows in order.
+    pub fn keep_out_rows(&mut self, n_embd: usize) {
+        let Some(rows) = self.out_rows.take() else {
+            return;
+        };
+        let seqs: Vec<u32> = rows.iter().map(|&r| self.tokens[r as usize].seq).collect();
+        self.n_tokens = rows.len();
+        let kept = self.buf("out_rows", n_embd);
+        self.b.copy_rows(self.x, rows, kept);
+        self.b.set_row_sequences(&seqs);
+        self.x = kept;
     }
 
     /// `out = rms_norm(x) * w` into a scratch buffer.
@@ -250,6 +270,7 @@ impl PreNormBlock {
         s.tap("attn_norm.MUL", il, cur);
         let a = attention(s, il, cur, &self.attn, cfg, hp.n_embd)?;
         s.b.add(s.x, a);
+        s.keep_out_rows(hp.n_embd);
         s.tap("ffn_inp.ADD", il, s.x);
         let cur = s.norm(s.x, self.ffn_norm, hp.rms_eps, "ffn_norm", hp.n_embd);
         s.tap("ffn_norm.MUL", il, cur);
