@@ -429,7 +429,7 @@ pub(crate) fn spirv(dt: DType, tile: Tile) -> Vec<u32> {
     if let Some(dir) = std::env::var_os("ORCHARD_GPU_CM2_SPV_DIR") {
         let path = std::path::Path::new(&dir).join(format!("matmul_cm2_{dt}_{tile}.spv"));
         if let Ok(b) = std::fs::read(&path) {
-            tracing::warn!("cm2 {tile}: module from {}", path.display());
+            tracing::warn!("cm2 {dt} {tile}: module from {}", path.display());
             return bytemuck::pod_collect_to_vec(&b);
         }
     }

@@ -291,6 +291,7 @@ impl Context {
                 self.move_residual(cur_slot, want, n);
                 cur_slot = want;
             }
+            let narrow = narrow_last && il + 1 == hp.n_layer;
             let s = &mut self.slots[cur_slot];
             let mut step = Step {
                 b: s.b.as_mut(),
@@ -300,10 +301,10 @@ impl Context {
                 tokens: batch.slots,
                 attn,
                 x: s.x,
-                out_rows: (narrow_last && il + 1 == hp.n_layer).then_some(batch.logits),
+                out_rows: narrow.then_some(batch.logits),
             };
             model.arch.layer(&mut step, il)?;
-            if narrow_last && il + 1 == hp.n_layer && step.out_rows.is_none() {
+            if narrow && step.out_rows.is_none() {
                 kept = Some(step.x);
             }
         }

@@ -49,6 +49,11 @@ pub fn load(path: PathBuf) -> Arc<Model> {
 
 /// Decodes `ids` as one batch of one sequence and returns logits for every position.
 pub fn all_logits(model: &Arc<Model>, ids: &[u32]) -> Vec<Vec<f32>> {
+    logits_of(model, ids, &(0..ids.len() as u32).collect::<Vec<u32>>())
+}
+
+/// Decodes `ids` as one batch of one sequence, asking for the logits of `rows` (in that order).
+pub fn logits_of(model: &Arc<Model>, ids: &[u32], rows: &[u32]) -> Vec<Vec<f32>> {
     let mut ctx = Context::new(
         model.clone(),
         ContextOptions {
@@ -65,14 +70,13 @@ pub fn all_logits(model: &Arc<Model>, ids: &[u32]) -> Vec<Vec<f32>> {
         .collect();
     let cells: Vec<u32> = (0..ctx.n_cells() as u32).collect();
     let tables = [cells.as_slice()];
-    let want: Vec<u32> = (0..ids.len() as u32).collect();
     let mut out = Vec::new();
     ctx.decode(
         &Batch {
             tokens: ids,
             slots: &slots,
             cells: &tables,
-            logits: &want,
+            logits: rows,
         },
         &mut out,
     )

@@ -5,41 +5,6 @@
 
 mod common;
 use common::*;
-use orchard_backend::TokenSlot;
-use orchard_models::{Batch, Context, ContextOptions, Model};
-use std::sync::Arc;
-
-/// Decodes `ids` as one sequence, asking for the logits of `rows` only.
-fn logits_of(model: &Arc<Model>, ids: &[u32], rows: &[u32]) -> Vec<Vec<f32>> {
-    let mut ctx = Context::new(
-        model.clone(),
-        ContextOptions {
-            n_ctx: ids.len().max(16),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let slots: Vec<TokenSlot> = (0..ids.len())
-        .map(|p| TokenSlot {
-            seq: 0,
-            pos: p as u32,
-        })
-        .collect();
-    let cells: Vec<u32> = (0..ctx.n_cells() as u32).collect();
-    let tables = [cells.as_slice()];
-    let mut out = Vec::new();
-    ctx.decode(
-        &Batch {
-            tokens: ids,
-            slots: &slots,
-            cells: &tables,
-            logits: rows,
-        },
-        &mut out,
-    )
-    .unwrap();
-    out.chunks(model.hp.n_vocab).map(|c| c.to_vec()).collect()
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))

@@ -12,8 +12,9 @@
 // Workgroup (x, y, z) computes rows x, tokens y over K split z: split-K gives products of few
 // tiles enough workgroups (llama.cpp's rule), the partial sums then added by SPLIT_SUM.
 // Defines: BM (weight rows), BN (tokens), BK (K step) of the tile; ACC_F16: f16 accumulators
-// (llama.cpp's default for quantized products on this extension: half the registers, so a
-// 128 x 256 tile keeps two workgroups an SM and its decode is spread over twice the tokens).
+// (llama.cpp's default for quantized products on this extension: half the accumulator
+// registers, so a 128 x 256 tile fits, its decode spread over twice the tokens; the driver
+// still gives it 255 registers a thread, one workgroup an SM, as the 128 x 128 f32 tile).
 // FORMAT_Q6_K: Q6_K weights (d and the 16 int8 scales of a block staged as Q4_K's are; a first
 // Q6_K version, glslc-unrolled with f32 accumulators, ran 0.72-0.94 ms on the 8B shapes on an
 // H200 against MATMUL_COOP's 0.66-0.76, bench/gpu/results/run34); Q4_K otherwise.
