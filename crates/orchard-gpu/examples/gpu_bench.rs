@@ -215,6 +215,18 @@ fn bench_model(path: &str, a: &Args) {
         run(&prompt, 0, &mut out);
         pp.push(a.p as f64 / t.elapsed().as_secs_f64());
     }
+    if a.r > 1 {
+        // each repetition, and the median: one slow repetition (a stall outside the step)
+        // moves the mean by thousands of tokens a second on an H200
+        let mut s = pp.clone();
+        s.sort_by(f64::total_cmp);
+        let reps: Vec<String> = pp.iter().map(|v| format!("{v:.0}")).collect();
+        eprintln!(
+            "  pp reps: {} (median {:.1})",
+            reps.join(" "),
+            s[s.len() / 2]
+        );
+    }
     let mut tg = Vec::new();
     let s0 = orchard_gpu::stats();
     for _ in 0..a.r {
@@ -653,10 +665,27 @@ fn xorshift_values(seed: &mut u64, len: usize) -> Vec<f32> {
 fn bench_attn(n: usize) {
     let mut g = GpuBackend::new(None).expect("a GPU");
     println!("device: {:?}", g.adapter());
-    for (name, nh, nkv, hd, p) in bench_heads() {
+    // Random inputs, and a ramp: scores rising by about 14 every 64 cells (each query's
+    // maximum at its last cell, far above the rest: the softmax's range handling).
+    let cases = bench_heads()
+        .into_iter()
+        .flat_map(|h| [(h, false), (h, true)]);
+    for ((name, nh, nkv, hd, p), ramp) in cases {
         let mut seed = 0x1234_5678u64;
         let mut rnd = |len: usize| xorshift_values(&mut seed, len);
-        let (qv, kv, vv) = (rnd(n * nh * hd), rnd(n * nkv * hd), rnd(n * nkv * hd));
+        let (mut qv, mut kv, vv) = (rnd(n * nh * hd), rnd(n * nkv * hd), rnd(n * nkv * hd));
+        if ramp {
+            qv.iter_mut().for_each(|x| *x = 1.0);
+            let slope = 14.0 / 64.0 / (hd as f32 * p.scale);
+            for (i, x) in kv.iter_mut().enumerate() {
+                *x = slope * (i / (nkv * hd)) as f32;
+            }
+        }
+        let name = if ramp {
+            format!("{name}-ramp")
+        } else {
+            name.to_string()
+        };
         let table: Vec<u32> = (0..n as u32).collect();
         let tables = [table.as_slice()];
         let tokens: Vec<TokenSlot> = (0..n as u32).map(|pos| TokenSlot { seq: 0, pos }).collect();
@@ -1030,6 +1059,24 @@ fn cm2_stats(a: &Args) {
     if let Some(p) = &a.foreign_cm2 {
         let w = bytemuck::pod_collect_to_vec(&std::fs::read(p).expect("module"));
         list.push((p.clone(), Some(w), true));
+    }
+    // ORCHARD_BENCH_SPV_STATS: other modules, `path:uniforms:storage` each, comma-separated
+    // (the WGSL kernels as `ORCHARD_SPV_DUMP` writes them: one uniform block, then storage).
+    for spec in std::env::var("ORCHARD_BENCH_SPV_STATS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        let f: Vec<&str> = spec.split(':').collect();
+        let (path, u, st) = (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
+        let w: Vec<u32> = bytemuck::pod_collect_to_vec(&std::fs::read(path).expect("module"));
+        match g.spirv_pipeline_statistics(&w, u, st, 0) {
+            Ok(stats) => {
+                let s: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("spv stats {path}: {}", s.join(", "));
+            }
+            Err(e) => println!("spv stats {path}: {e}"),
+        }
     }
     for (name, words, foreign) in list {
         match g.cm2_pipeline_statistics(words, &name, foreign) {

@@ -275,6 +275,13 @@ const CM2_MIN_ROWS: usize = 1024;
 /// Workgroups that fill the device, for the split-K rule: the SM count of an H100 or H200
 /// (llama.cpp reads it from the driver; wgpu does not expose it).
 const CM2_FILL_GROUPS: usize = 132;
+/// 256-value blocks of a row from which a product of over 128 tokens takes the wide tile even
+/// where its tiles do not fill the device (split-K then does): the 8B down products (56
+/// blocks; 64 tiles, split in two) at 512 tokens on an H200, 0.311-0.321 against 0.389-0.403
+/// ms for Q4_K and 0.324 against 0.460-0.485 for Q6_K (run 38; run 37: 0.309 against 0.370
+/// and 0.370 against 0.46-0.49); the q/o products (16 blocks) lose with it (0.19 against
+/// 0.12-0.13).
+const CM2_LONG_K_BLOCKS: usize = 32;
 /// Largest head dimension the attention kernel holds in shared memory.
 const MAX_HEAD_DIM: usize = 512;
 
@@ -311,6 +318,8 @@ enum Kernel {
     /// RMS norm and GLU writing a packed Q8_K copy of their output too (decode).
     NormQ8K,
     GluQ8K,
+    /// `GLU_F16`: the prompt form, writing the f16 Q8_K-rounded copy `matmul_cm2.comp` reads.
+    GluF16,
     Norm,
     NormInplace,
     Elementwise,
@@ -360,6 +369,7 @@ impl Kernel {
             Kernel::ActQ8K => "ActQ8K".into(),
             Kernel::NormQ8K => "NormQ8K".into(),
             Kernel::GluQ8K => "GluQ8K".into(),
+            Kernel::GluF16 => "GluF16".into(),
             Kernel::Norm => "Norm".into(),
             Kernel::NormInplace => "NormInplace".into(),
             Kernel::Elementwise => "Elementwise".into(),
@@ -413,7 +423,7 @@ impl Kernel {
             | Kernel::AttnCoop(..) => &[false, false, false, false, true],
             Kernel::AttnCombine(false) => &[false, false, true],
             Kernel::AttnCombine(true) => &[false, false, true, true],
-            Kernel::NormQ8K | Kernel::GluQ8K => &[false, false, true, true],
+            Kernel::NormQ8K | Kernel::GluQ8K | Kernel::GluF16 => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
             Kernel::AddNorm(true) => &[true, false, false, true, true],
             Kernel::RopeKv => &[true, true, false, true, true, false],
@@ -585,6 +595,9 @@ pub struct GpuBackend {
     /// A fixed tile for it (`ORCHARD_GPU_CM2_TILE=BMxBNxBK[h]`, one of `cm2::TILES`; split-K
     /// still applies); by default chosen per product (`matmul_cm2`).
     cm2_tile: Option<cm2::Tile>,
+    /// The wide tile also for long-K products, split-K filling the device
+    /// (`CM2_LONG_K_BLOCKS`; `ORCHARD_GPU_CM2_LONG_K=0` turns it off).
+    cm2_long_k: bool,
     /// `matmul_cm2`'s split-K partial products (grown to the largest product's).
     cm2_scratch: Option<Res>,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
@@ -597,6 +610,13 @@ pub struct GpuBackend {
     /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
     /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
     fuse_q8k: bool,
+    /// Whether prompt GLUs also write the f16 Q8_K-rounded copy a cm2 product reads
+    /// (`GLU_F16`; `ORCHARD_GPU_FUSE_F16=0` turns it off), and whether they do so without cm2
+    /// too (tests: lavapipe has no cm2). The norms do not: two fused forms of the residual add
+    /// and norm were slower than `ADD_NORM` plus `ACT_Q8K_WIDE` (34 and 42 against 30 us a
+    /// dispatch on 8B prompt rows, H200, run 38).
+    fuse_f16: bool,
+    fuse_f16_always: bool,
     /// Tiled prefill attention (`ATTN_TILE`) for steps whose sequences all have 64+ queries.
     attn_tile: bool,
     /// First of `ATTN_TILES` tried (`ORCHARD_GPU_ATTN_TILE_SHAPE`, a measurement knob).
@@ -845,6 +865,8 @@ impl GpuBackend {
             packed_dot: true,
             q8k_shape: (Q8K_WG, subgroup.unwrap_or(Q8K_TPR), Q8K_NR),
             fuse_q8k: std::env::var("ORCHARD_GPU_FUSE").as_deref() != Ok("0"),
+            fuse_f16: std::env::var("ORCHARD_GPU_FUSE_F16").as_deref() != Ok("0"),
+            fuse_f16_always: false,
             attn_tile: std::env::var("ORCHARD_GPU_ATTN_TILE").as_deref() != Ok("0"),
             attn_coop: std::env::var("ORCHARD_GPU_ATTN_COOP").as_deref() != Ok("0"),
             attn_tile_first: std::env::var("ORCHARD_GPU_ATTN_TILE_SHAPE")
@@ -888,6 +910,7 @@ impl GpuBackend {
             cm2: cm2_state.is_ok(),
             cm2_state,
             cm2_tile: None,
+            cm2_long_k: std::env::var("ORCHARD_GPU_CM2_LONG_K").as_deref() != Ok("0"),
             cm2_scratch: None,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
@@ -1155,9 +1178,13 @@ impl GpuBackend {
                     lo = lo.min(ranges[2 * t]);
                     hi = hi.max(ranges[2 * t] + ranges[2 * t + 1]);
                 }
-                blocks.extend_from_slice(&[b0 as u32, (b1 - b0) as u32, lo, hi]);
+                blocks.push([b0 as u32, (b1 - b0) as u32, lo, hi]);
             }
         }
+        // Longest cell ranges first: a causal prompt's last blocks see every cell and set the
+        // dispatch's length; started last (in token order) they ran alone at its end.
+        blocks.sort_by_key(|b| std::cmp::Reverse(b[3] - b[2]));
+        let blocks = blocks.concat();
         Some((kernel, (blocks.len() / 4) as u32, self.push_aux(&blocks)))
     }
 
@@ -1354,6 +1381,34 @@ impl GpuBackend {
         self.fuse_q8k = on;
     }
 
+    /// Whether prompt GLUs write the f16 Q8_K-rounded copy of their output that the cm2
+    /// products read (on by default, where cm2 runs and the rows are 4096 or wider); with
+    /// `always`, on every device and width (tests, through `prompt_f16_input`).
+    pub fn set_fuse_f16(&mut self, on: bool, always: bool) {
+        self.fuse_f16 = on;
+        self.fuse_f16_always = always;
+    }
+
+    /// The f16 Q8_K-rounded copy of `x` a cm2 prompt product reads (the fused one where a
+    /// GLU wrote it, else made now), unpacked: for tests of the fused kernel.
+    #[doc(hidden)]
+    pub fn prompt_f16_input(&mut self, x: BufId) -> Vec<f32> {
+        let n = self.buf(x).n_tokens * self.buf(x).width;
+        let r = self.matmul_input(x, DType::Q4_K, true);
+        let tmp = self.alloc(n / 2, 1);
+        let t = self.res(tmp);
+        self.push_copy(r.buf.clone(), 0, &t, 0, (n * 2) as u64);
+        let mut words = Vec::new();
+        self.download(tmp, &mut words);
+        words
+            .iter()
+            .flat_map(|w| {
+                let b = w.to_bits();
+                [b as u16, (b >> 16) as u16].map(|h| half::f16::from_bits(h).to_f32())
+            })
+            .collect()
+    }
+
     /// Whether prompt matmuls run on cooperative matrices (`MATMUL_COOP`); returns whether
     /// that is now the case (never where the device lacks them).
     pub fn set_coop(&mut self, on: bool) -> bool {
@@ -1535,6 +1590,7 @@ impl GpuBackend {
                 | Kernel::MatVecQ8KMulti(_, _, _, (wg, _, _), _) => (shaders::MATVEC_Q8K, wg, None),
                 Kernel::ActQ8K | Kernel::NormQ8K => ("", 256, None),
                 Kernel::GluQ8K => (shaders::GLU_Q8K, 256, None),
+                Kernel::GluF16 => (shaders::GLU_F16, 256, None),
                 Kernel::MatVec(dt) => (shaders::MATVEC, MATVEC_WG, format(dt)),
                 Kernel::MatMul(dt) => (shaders::MATMUL, 256, format(dt)),
                 Kernel::MatMulK(dt) => (shaders::MATMUL_KMAJOR, 256, format(dt)),
@@ -1584,6 +1640,7 @@ impl GpuBackend {
                 Kernel::MatMulCoop(_, t) => shaders::coop_source(t, fmt.as_ref()),
                 Kernel::MatMulCm2(..) => String::new(),
                 Kernel::GluQ8K => shaders::glu_source(body, true),
+                Kernel::GluF16 => shaders::glu_source(body, false),
                 Kernel::ActQ8K => shaders::act_q8k_source(),
                 Kernel::Norm => shaders::norm_source(shaders::NormKind::Plain),
                 Kernel::NormInplace => shaders::norm_source(shaders::NormKind::Inplace),
@@ -1811,15 +1868,17 @@ impl GpuBackend {
     ) {
         let (crow, row0, stride, bpr, n) = dims;
         let tiles = |t: cm2::Tile| crow.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
-        let t = self
-            .cm2_tile
-            .unwrap_or(if n > 128 && tiles(CM2_TILE_WIDE) >= CM2_FILL_GROUPS {
+        let t = self.cm2_tile.unwrap_or(
+            if n > 128 && tiles(CM2_TILE_WIDE) >= CM2_FILL_GROUPS
+                || n > 128 && self.cm2_long_k && bpr >= CM2_LONG_K_BLOCKS
+            {
                 CM2_TILE_WIDE
             } else if n <= 128 && tiles(CM2_TILE) < 64 {
                 CM2_TILE_NARROW
             } else {
                 CM2_TILE
-            });
+            },
+        );
         let nt = tiles(t);
         let mut split = if bpr < 8 {
             1
@@ -1968,6 +2027,40 @@ impl GpuBackend {
             _ => (self.storage("act_q8k", (words * 4) as u64), words),
         };
         Some((res, cap, (n / 4) as u32))
+    }
+
+    /// Where `GLU_F16` writing `x` (about to be `n_tokens` x `width`) should put
+    /// the f16 Q8_K-rounded copy `matmul_input` gives cm2 products, when that fusion applies:
+    /// the buffer and its capacity in values. Register it with `f16_written` after.
+    fn f16_fused_target(
+        &mut self,
+        x: BufId,
+        n_tokens: usize,
+        width: usize,
+    ) -> Option<(Res, usize)> {
+        let key = (x.0, 1 | ACT_F16);
+        let cm2_reads = self.cm2 && width >= CM2_MIN_COLS;
+        if !self.fuse_f16
+            || !self.exact_activations
+            || n_tokens <= MATVEC_MAX_TOKENS
+            || !width.is_multiple_of(256)
+            || !(cm2_reads || self.fuse_f16_always)
+        {
+            return None;
+        }
+        let n = n_tokens * width;
+        Some(match self.act_q.remove(&key) {
+            Some(q) if q.cap >= n => (q.res, q.cap),
+            _ => (self.storage("act_q", (n * 4) as u64), n),
+        })
+    }
+
+    /// Records that `res` holds the f16 Q8_K-rounded copy of `x` as `x` is now.
+    fn f16_written(&mut self, x: BufId, res: Res, cap: usize) {
+        let xr = self.res(x);
+        let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
+        self.act_q
+            .insert((x.0, 1 | ACT_F16), ActQ { src, res, cap });
     }
 
     /// Records that `res` holds the Q8_K copy of `x` as `x` is now.
@@ -2924,6 +3017,14 @@ impl Backend for GpuBackend {
             self.q8k_written(out, q, cap);
             return;
         }
+        if let Some((q, cap)) = self.f16_fused_target(out, n, width) {
+            let (groups, gx) = self.grid((total / 256).div_ceil(8), 1);
+            let mut p = [0u32; 16];
+            p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, 0, gx]);
+            self.dispatch(Kernel::GluF16, &[&g, &u, &o, &q], p, groups);
+            self.f16_written(out, q, cap);
+            return;
+        }
         let mut p = [0u32; 16];
         p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, 0, gx]);
         self.dispatch(Kernel::Glu, &[&g, &u, &o], p, groups);
@@ -3240,8 +3341,21 @@ impl GpuBackend {
             None => cm2::spirv(DType::Q4_K, tile.parse()?),
         };
         let (u, st, push) = if foreign { (0, 3, 68) } else { (1, 3, 0) };
+        self.spirv_pipeline_statistics(&words, u, st, push)
+    }
+
+    /// DIAGNOSTIC (bench only): the driver's statistics of any compute module `words` (entry
+    /// point `main`) with `u` uniform buffers, then `st` storage buffers, and `push` bytes of
+    /// push constants: the WGSL kernels as naga writes them (`ORCHARD_SPV_DUMP`) included.
+    pub fn spirv_pipeline_statistics(
+        &self,
+        words: &[u32],
+        u: u32,
+        st: u32,
+        push: u32,
+    ) -> Result<Vec<(String, String)>, String> {
         #[cfg(not(target_vendor = "apple"))]
-        return cm2::pipeline_statistics(&self.device, &words, u, st, push);
+        return cm2::pipeline_statistics(&self.device, words, u, st, push);
         #[cfg(target_vendor = "apple")]
         return Err(format!(
             "no Vulkan here ({} words, {u}/{st}/{push})",

@@ -1390,6 +1390,59 @@ fn residual_add_folds_into_the_norm() {
     }
 }
 
+/// The prompt form of the fused GLU (`GLU_F16`) writes the f16 Q8_K-rounded copy that cm2
+/// products read: bit for bit what the separate `ACT_Q8K_WIDE` pass makes of its output (a
+/// block of zeros, rows of several blocks, SwiGLU and GeGLU), in one fewer dispatch each, with
+/// the same f32 output.
+#[test]
+fn prompt_glu_writes_the_f16_product_input() {
+    let mut rng = Rng(0xf16);
+    for cols in [768usize, 4096] {
+        let n = 12;
+        let mut gv = rng.vec(n * cols, 4.0);
+        // row 1's first block is zero: its copy is zero
+        gv[cols..cols + 256].iter_mut().for_each(|v| *v = 0.0);
+        let uv = rng.vec(n * cols, 2.0);
+        let run = |g: &mut GpuBackend| {
+            let gate = buf(g, n, cols, &gv);
+            let up = buf(g, n, cols, &uv);
+            let mut v = Vec::new();
+            for kind in [GluKind::SwiGlu, GluKind::GeGlu] {
+                let a = g.alloc(n, cols);
+                g.glu(gate, up, kind, a);
+                v.extend(g.prompt_f16_input(a));
+                v.extend(read(g, a));
+            }
+            v
+        };
+        let mut g = gpu();
+        let got = assert_fusion_saves(
+            &mut g,
+            |g, on| g.set_fuse_f16(on, on),
+            2,
+            &format!("f16 copies, {cols} wide"),
+            run,
+        );
+        assert!(
+            got[cols..cols + 256].iter().all(|&v| v == 0.0),
+            "{cols}: zero block"
+        );
+        assert!(got[..256].iter().any(|&v| v != 0.0), "{cols}: copy written");
+        // the copy is the GLU's output rounded: within a Q8_K step (1/127 of its block's
+        // extreme) plus f16 rounding
+        let out = &got[n * cols..2 * n * cols];
+        for (b, (c, o)) in got[..n * cols].chunks(256).zip(out.chunks(256)).enumerate() {
+            let amax = o.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (x, y) in c.iter().zip(o) {
+                assert!(
+                    (x - y).abs() <= amax / 254.0 * 1.01 + y.abs() / 1024.0,
+                    "{cols}: block {b}: {x} for {y}"
+                );
+            }
+        }
+    }
+}
+
 /// RoPE of Q and K folded into attention's KV store (`ROPE_KV`): the attention output and the
 /// rotated Q and K buffers match the CPU for plain and NeoX rotation, partial rotation and
 /// grouped heads, over several steps, with two fewer dispatches per step.
