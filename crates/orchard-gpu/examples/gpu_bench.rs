@@ -738,6 +738,21 @@ fn bench_attn(n: usize) {
                 g.sync();
                 let mut got = Vec::new();
                 g.download(o, &mut got);
+                // Where a kernel left non-finite values (rows it did not write keep whatever
+                // the buffer held): token, head and dim, for the NMSE that reads NaN.
+                let bad: Vec<usize> = (0..got.len()).filter(|&i| !got[i].is_finite()).collect();
+                if let Some(&i) = bad.first() {
+                    let w = nh * hd;
+                    let heads: std::collections::BTreeSet<usize> =
+                        bad.iter().map(|i| i % w / hd).collect();
+                    println!(
+                        "  {} non-finite values, the first at token {} head {} dim {}; heads {heads:?}",
+                        bad.len(),
+                        i / w,
+                        i % w / hd,
+                        i % hd,
+                    );
+                }
                 println!(
                     "attn {name} n={n} heads {nh}/{nkv} dim {hd} {} (round {}): {:.3} ms (host encoding {:.3} ms of it), NMSE vs CPU {:.2e}",
                     kind,
