@@ -6,11 +6,7 @@
 # Runs from the repository root ON THE DEVICE MACHINE; carried: .gl/, $BIN/gpu_bench,
 # $BIN/llama-bench-vulkan.xz and $BIN/lib (see run-h100.sh).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 for sh in ${SHAPES:-4096x14336 14336x4096 4096x4096 4096x1024}; do
     for c in ${CHECK_TOKENS:-300 77}; do
         echo "== $sh check $c" >>"$OUT/kernels.txt"

@@ -4,11 +4,7 @@
 # llama.cpp's Vulkan backend and one profiled step. Carried: .gl/ and $BIN (gpu_bench,
 # llama-bench-vulkan.xz, lib/).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 for sh in ${SHAPES:-14336x4096 4096x1024}; do
     echo "== $sh" | tee -a "$OUT/kernels.txt"
     timeout 60 env ORCHARD_BENCH_CM2_TILES=128x256x64h,128x128x64 ORCHARD_BENCH_CHECK_TOKENS=300 \

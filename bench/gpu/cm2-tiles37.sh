@@ -3,11 +3,7 @@
 # products on each tile with the driver-unrolled kernel, then the 8B prompt with every cm2
 # product forced onto the wide tile. Carried: .gl/ and $BIN.
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 for sh in 14336x4096 4096x4096; do
     timeout 40 env ORCHARD_BENCH_CM2_TILES=128x256x64h,128x128x64 ORCHARD_BENCH_CHECK_TOKENS=77 \
         $N --kernels --no-matvec --warm-ms 200 --formats q4_K --shape "$sh" 2>&1 |

@@ -6,11 +6,7 @@
 # profiled step. Carried: .gl/ and $BIN (gpu_bench --features cm2-spv-override,
 # llama_q4k_128x256x64h.spv, var/old/*.spv, llama-bench-vulkan.xz, lib/).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 L=$BIN/llama_q4k_128x256x64h.spv
 O=ORCHARD_GPU_CM2_SPV_DIR=$BIN/var/old
 T=ORCHARD_BENCH_CM2_TILES=128x256x64h

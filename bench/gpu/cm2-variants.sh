@@ -19,9 +19,6 @@
 #                              with $BIN/lib: the libgomp it links (optional)
 # Then: run(command="BIN=.bin/runNN bash bench/gpu/cm2-variants.sh", carry=[".gl", ".bin/runNN"]).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.txt"
 if [ -f "$BIN/test-backend-ops.xz" ]; then

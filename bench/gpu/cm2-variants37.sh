@@ -8,11 +8,7 @@
 # variants, compiled as scripts/build-cm2.sh does with the variant's -D switches) and
 # $BIN/llama_q4k_128x256x64h.spv (see foreign-cm2.sh). Carried: .gl/ and $BIN.
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 L=$BIN/llama_q4k_128x256x64h.spv
 VARS=${VARIANTS:-$(ls "$BIN/var")}
 timeout 60 $N --cm2-stats --foreign-cm2 $L 2>&1 | grep "cm2 stats" | tee -a "$OUT/stats.txt"

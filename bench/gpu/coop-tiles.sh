@@ -11,11 +11,8 @@
 # Carry .gl and $BIN (gpu_bench, backend_ops). Results go to $OUT.
 set -u
 OUT=${OUT:-/tmp/coop-tiles-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.txt"
-N=$BIN/gpu_bench
 TILES=${TILES:-128x128x64/4x2}
 M8=/tmp/llama8b-synth-q4km.gguf
 (timeout 120 $N --write-only --synth 8b=$M8 >"$OUT/write.txt" 2>&1) &

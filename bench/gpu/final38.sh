@@ -6,11 +6,7 @@
 # default, e.g. ORCHARD_GPU_CM2_LONG_K=0 or ORCHARD_GPU_FUSE_F16=0); one profiled 8B step.
 # Carried: .gl/ and $BIN (gpu_bench, llama-bench-vulkan.xz, lib/).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 for f in ${SHAPES-q4_K:4096x4096 q4_K:4096x1024 q4_K:4096x14336 q4_K:14336x4096 q6_K:14336x4096 q6_K:4096x1024}; do
     timeout 40 env ORCHARD_BENCH_CM2_TILES=${TILES:-128x256x64h,128x128x64,128x64x32} ORCHARD_BENCH_CHECK_TOKENS=77 \
         $N --kernels --no-matvec --warm-ms 200 --formats ${f%%:*} --shape ${f#*:} 2>&1 |

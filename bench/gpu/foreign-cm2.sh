@@ -9,11 +9,7 @@
 # aligned, subgroup 32) and frozen with spirv-opt (see bench/README, run 37).
 # Runs from the repository root ON THE DEVICE MACHINE; carried: .gl/ and $BIN.
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
-N=$BIN/gpu_bench
 for r in 1 2; do
     for sh in ${SHAPES:-4096x14336 14336x4096 4096x4096}; do
         echo "== round $r $sh" | tee -a "$OUT/foreign.txt"

@@ -6,9 +6,6 @@
 # Carried: .gl/ (loader .debs), $BIN/gpu_bench, $BIN/llama-bench-vulkan.xz and $BIN/lib (see
 # run-h100.sh). run(command="BIN=.bin/runNN bash bench/gpu/op-profile.sh", carry=[".gl", ".bin/runNN"]).
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
 M=/tmp/llama8b-synth-q4km.gguf
 timeout 120 "$BIN/gpu_bench" --write-only --synth 8b=$M 2>&1 | tail -2

@@ -18,10 +18,7 @@
 # llama-quantize's Q4_K_M); all engines read the same files. After the build, two quiet rounds
 # alternate the engines: orchard, the earlier binary, llama.cpp CUDA, llama.cpp Vulkan.
 set -u
-OUT=${OUT:-/tmp/gpu-bench-out}
-mkdir -p "$OUT"
 REPO=$(pwd)
-BIN=${BIN:-.bin}
 . bench/gpu/vulkan-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/card.txt"
 
@@ -56,7 +53,6 @@ ms = s.elapsed_time(e) / 20
 print(f"torch copy 2 GiB: {ms:.3f} ms, {2 * x.numel() / ms / 1e6:.0f} GB/s (read + write)")
 PY
 
-N=$BIN/gpu_bench
 B=$BIN/gpu_bench_base
 # A llama-bench built here with llama.cpp's Vulkan backend (bench/gpu/prepare-vulkan.sh), if
 # carried: the third engine of the rounds.

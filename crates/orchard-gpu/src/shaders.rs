@@ -2400,106 +2400,13 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 }
 "#;
 
-/// `ACT_QUANT`'s Q8_K mode (same arithmetic: the first signed extreme of each 256-value block
-/// sets the scale), eight values a thread and eight blocks a workgroup: the tree over a
-/// block's extreme is 5 steps over 32 partial extremes instead of 8 over 256 values (the
-/// one-value-a-thread kernel took ~50 us per 8B prompt matrix on an H200, run 36). Output as
-/// f32 (b.x = 0) or packed f16 (b.x = 1, what `matmul_cm2.comp` reads). a = (values (a
-/// multiple of 256), _, _, grid x).
-pub(crate) const ACT_Q8K_WIDE: &str = r#"
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> O: array<vec4<u32>>;
-var<workgroup> am: array<f32, 256>;
-var<workgroup> ai: array<u32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = lid % 32u; // this thread's eight values of its block
-    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
-    let live = blk * 256u < P.a.x;
-    let q0 = blk * 64u + 2u * s; // first of its two quads
-    var a = vec4<f32>(0.0);
-    var b = vec4<f32>(0.0);
-    if (live) {
-        a = X[q0];
-        b = X[q0 + 1u];
-    }
-    let v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
-    var mx = 0.0;
-    var mi = 0u;
-    for (var e = 0u; e < 8u; e++) {
-        if (abs(v[e]) > mx) {
-            mx = abs(v[e]);
-            mi = e;
-        }
-    }
-    am[lid] = mx;
-    ai[lid] = 8u * s + mi;
-    workgroupBarrier();
-    for (var st = 16u; st > 0u; st >>= 1u) {
-        if (s < st) {
-            let k = lid + st;
-            if (am[k] > am[lid]) {
-                am[lid] = am[k];
-                ai[lid] = ai[k];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (!live) { return; }
-    let lead = lid - s;
-    var o = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    if (am[lead] != 0.0) {
-        let xi = blk * 256u + ai[lead];
-        let iscale = -127.0 / X[xi / 4u][xi % 4u];
-        for (var e = 0u; e < 8u; e++) {
-            o[e] = min(round(iscale * v[e]), 127.0) * (1.0 / iscale);
-        }
-    }
-    if (P.b.x == 0u) {
-        O[q0] = bitcast<vec4<u32>>(vec4<f32>(o[0], o[1], o[2], o[3]));
-        O[q0 + 1u] = bitcast<vec4<u32>>(vec4<f32>(o[4], o[5], o[6], o[7]));
-    } else {
-        O[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
-            pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
-            pack2x16float(vec2<f32>(o[6], o[7])));
-    }
-}
-"#;
-
-/// `GLU` fused with `ACT_Q8K_WIDE` on its output, for prompt rows whose products read f16
-/// (`matmul_cm2.comp`): each thread computes eight consecutive values of `act(G) * U`, writes
-/// them to O and rounds them through its block's Q8_K scale (the first signed extreme of the
-/// block, as `ACT_Q8K_WIDE`, held beside the maximum in shared memory rather than read back
-/// from O) into the packed f16 copy Q. Eight 256-value blocks a workgroup.
-/// a = (values (a multiple of 256), kind, _, grid x).
-pub(crate) const GLU_F16: &str = r#"
-@group(0) @binding(1) var<storage, read> G: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> U: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> Q: array<vec4<u32>>;
-var<workgroup> am: array<f32, 256>;
-var<workgroup> av: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = lid % 32u; // this thread's eight values of its block
-    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
-    let live = blk * 256u < P.a.x;
-    let q0 = blk * 64u + 2u * s; // first of its two quads
-    var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    if (live) {
-        let g0 = G[q0];
-        let g1 = G[q0 + 1u];
-        let u0 = U[q0];
-        let u1 = U[q0 + 1u];
-        let a = vec4<f32>(glu_elem(g0.x, u0.x, P.a.y), glu_elem(g0.y, u0.y, P.a.y),
-            glu_elem(g0.z, u0.z, P.a.y), glu_elem(g0.w, u0.w, P.a.y));
-        let b = vec4<f32>(glu_elem(g1.x, u1.x, P.a.y), glu_elem(g1.y, u1.y, P.a.y),
-            glu_elem(g1.z, u1.z, P.a.y), glu_elem(g1.w, u1.w, P.a.y));
-        O[q0] = a;
-        O[q0 + 1u] = b;
-        v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
-    }
-    var mx = 0.0;
+/// The part `ACT_Q8K_WIDE` and `GLU_F16` share: a thread's eight values `v` of 256-value block
+/// `blk` (its lane `s` of the block's 32; `live` where the block exists) rounded into `o`
+/// through the block's scale, set by its first signed extreme (kept beside each partial
+/// maximum in shared memory) as the CPU's Q8_K quantizer sets it.
+macro_rules! q8k_wide_round {
+    () => {
+        r#"    var mx = 0.0;
     var mv = 0.0;
     for (var e = 0u; e < 8u; e++) {
         if (abs(v[e]) > mx) {
@@ -2529,11 +2436,91 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
             o[e] = min(round(iscale * v[e]), 127.0) * (1.0 / iscale);
         }
     }
-    Q[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
+"#
+    };
+}
+
+/// `ACT_QUANT`'s Q8_K mode (same arithmetic: the first signed extreme of each 256-value block
+/// sets the scale), eight values a thread and eight blocks a workgroup: the tree over a
+/// block's extreme is 5 steps over 32 partial extremes instead of 8 over 256 values (the
+/// one-value-a-thread kernel took ~50 us per 8B prompt matrix on an H200, run 36). Output as
+/// f32 (b.x = 0) or packed f16 (b.x = 1, what `matmul_cm2.comp` reads). a = (values (a
+/// multiple of 256), _, _, grid x).
+pub(crate) const ACT_Q8K_WIDE: &str = concat!(
+    r#"
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> O: array<vec4<u32>>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> av: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = lid % 32u; // this thread's eight values of its block
+    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
+    let live = blk * 256u < P.a.x;
+    let q0 = blk * 64u + 2u * s; // first of its two quads
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    if (live) {
+        a = X[q0];
+        b = X[q0 + 1u];
+    }
+    let v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+"#,
+    q8k_wide_round!(),
+    r#"    if (P.b.x == 0u) {
+        O[q0] = bitcast<vec4<u32>>(vec4<f32>(o[0], o[1], o[2], o[3]));
+        O[q0 + 1u] = bitcast<vec4<u32>>(vec4<f32>(o[4], o[5], o[6], o[7]));
+    } else {
+        O[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
+            pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
+            pack2x16float(vec2<f32>(o[6], o[7])));
+    }
+}
+"#
+);
+
+/// `GLU` fused with `ACT_Q8K_WIDE` on its output, for prompt rows whose products read f16
+/// (`matmul_cm2.comp`): each thread computes eight consecutive values of `act(G) * U`, writes
+/// them to O and rounds them through its block's Q8_K scale (the first signed extreme of the
+/// block, as `ACT_Q8K_WIDE`, held beside the maximum in shared memory rather than read back
+/// from O) into the packed f16 copy Q. Eight 256-value blocks a workgroup.
+/// a = (values (a multiple of 256), kind, _, grid x).
+pub(crate) const GLU_F16: &str = concat!(
+    r#"
+@group(0) @binding(1) var<storage, read> G: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> U: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> Q: array<vec4<u32>>;
+var<workgroup> am: array<f32, 256>;
+var<workgroup> av: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = lid % 32u; // this thread's eight values of its block
+    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
+    let live = blk * 256u < P.a.x;
+    let q0 = blk * 64u + 2u * s; // first of its two quads
+    var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if (live) {
+        let g0 = G[q0];
+        let g1 = G[q0 + 1u];
+        let u0 = U[q0];
+        let u1 = U[q0 + 1u];
+        let a = vec4<f32>(glu_elem(g0.x, u0.x, P.a.y), glu_elem(g0.y, u0.y, P.a.y),
+            glu_elem(g0.z, u0.z, P.a.y), glu_elem(g0.w, u0.w, P.a.y));
+        let b = vec4<f32>(glu_elem(g1.x, u1.x, P.a.y), glu_elem(g1.y, u1.y, P.a.y),
+            glu_elem(g1.z, u1.z, P.a.y), glu_elem(g1.w, u1.w, P.a.y));
+        O[q0] = a;
+        O[q0 + 1u] = b;
+        v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    }
+"#,
+    q8k_wide_round!(),
+    r#"    Q[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
         pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
         pack2x16float(vec2<f32>(o[6], o[7])));
 }
-"#;
+"#
+);
 
 /// Assembles a kernel's source: the params block, the format's `deq` for weight kernels, the
 /// body, with `WG` defined.
