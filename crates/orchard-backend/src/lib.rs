@@ -350,8 +350,6 @@ pub trait Backend: Send {
     fn sync(&mut self) {}
 }
 
-/// Sizes the CPU thread pool used by every CPU kernel (`-t`). Call once, before the first op;
-/// later calls are ignored (the pool is global). `0` keeps the default (all cores).
 /// Ranges of consecutive `items` with equal `key`, in order (a batch's runs of one sequence:
 /// `runs_by(tokens, |t| t.seq)`). Batch-invariant kernels decide their float order per run.
 pub fn runs_by<'a, T, K: PartialEq>(
@@ -367,6 +365,8 @@ pub fn runs_by<'a, T, K: PartialEq>(
     })
 }
 
+/// Sizes the CPU thread pool used by every CPU kernel (`-t`). Call once, before the first op;
+/// later calls are ignored (the pool is global). `0` keeps the default (all cores).
 pub fn init_threads(n_threads: usize) {
     if n_threads > 0 {
         pool::init(n_threads);

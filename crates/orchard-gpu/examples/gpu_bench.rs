@@ -5,7 +5,7 @@
 //! usage: gpu_bench [--synth SHAPE=PATH]... [--kernels] [-p 512] [-n 128] [-r 3] [-ngl 999]
 //!        [--write-only] [--f32-act] [--shape COLSxROWS] [--q8k-shapes WG/TPR/NR,...]
 //!        [--warm-ms MS] [--coop-tiles TMxTNxBK/SGMxSGN[/db|/dbs],...] [--attn] [--decode-attn] [--floor]
-//!        [--profile] [MODEL...]
+//!        [--profile] [--logits] [MODEL...]
 //!        (SHAPE: smollm2, gemma3 (270M) or 8b, written as Q4_K_M before the runs; --shape:
 //!        the kernel micro-benchmarks' weight, 4096x14336 by default; --profile: after each
 //!        model's runs, 16 more decode tokens and one prompt step with per-dispatch
@@ -58,6 +58,9 @@ struct Args {
     coop_tiles: Vec<CoopTile>,
     /// `--profile`: per-kernel device time of decode tokens and a prompt step, after the runs.
     profile: bool,
+    /// `--logits`: after the pp runs, the prompt's last logits on the GPU against the CPU
+    /// backend's (NMSE, top token, top-10 overlap): what the GPU's roundings do to a model.
+    logits: bool,
     p: usize,
     n: usize,
     r: usize,
@@ -70,6 +73,7 @@ fn parse() -> Args {
         synth: Vec::new(),
         kernels: false,
         attn: false,
+        logits: false,
         decode_attn: false,
         floor: false,
         write_only: false,
@@ -99,6 +103,7 @@ fn parse() -> Args {
             "-ngl" => a.ngl = num(),
             "--kernels" => a.kernels = true,
             "--attn" => a.attn = true,
+            "--logits" => a.logits = true,
             "--decode-attn" => a.decode_attn = true,
             "--floor" => a.floor = true,
             "--profile" => a.profile = true,
@@ -206,14 +211,64 @@ fn bench_model(path: &str, a: &Args) {
         .expect("decode");
     };
     let prompt: Vec<u32> = (0..a.p as u32).map(|i| (i * 7919 + 13) % n_vocab).collect();
-    // warm-up: pipelines compile on first use
-    run(&prompt, 0, &mut out);
+    // warm-up: pipelines compile on first use, and the card's clocks rise: prompt steps for
+    // a second (after one step, the first one or two timed steps on an H200 still ran at a
+    // third to half speed in many runs, run 39, while llama-bench's were steady)
+    let warm = Instant::now();
+    while warm.elapsed().as_secs_f64() < 1.0 {
+        run(&prompt, 0, &mut out);
+    }
     run(&[1], 0, &mut out);
     let mut pp = Vec::new();
     for _ in 0..a.r {
         let t = Instant::now();
         run(&prompt, 0, &mut out);
         pp.push(a.p as f64 / t.elapsed().as_secs_f64());
+    }
+    if a.logits {
+        let t = Instant::now();
+        let mut cpu = Context::new(
+            model.clone(),
+            ContextOptions {
+                n_ctx,
+                ..Default::default()
+            },
+        )
+        .expect("CPU context");
+        let slots: Vec<TokenSlot> = (0..prompt.len() as u32)
+            .map(|pos| TokenSlot { seq: 0, pos })
+            .collect();
+        let mut want = Vec::new();
+        cpu.decode(
+            &Batch {
+                tokens: &prompt,
+                slots: &slots,
+                cells: &tables,
+                logits: &[prompt.len() as u32 - 1],
+            },
+            &mut want,
+        )
+        .expect("CPU decode");
+        let top = |v: &[f32], k: usize| {
+            let mut i: Vec<usize> = (0..v.len()).collect();
+            i.sort_by(|&x, &y| v[y].total_cmp(&v[x]));
+            i.truncate(k);
+            i
+        };
+        let (tg, tw) = (top(&out, 10), top(&want, 10));
+        let overlap = tg.iter().filter(|i| tw.contains(i)).count();
+        let max_diff = out
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!(
+            "  logits of token {} vs CPU ({:.1} s): NMSE {:.2e}, max |diff| {max_diff:.4}, top token {} / {}, top-10 overlap {overlap}/10",
+            prompt.len() - 1,
+            t.elapsed().as_secs_f64(),
+            nmse(&out, &want),
+            tg[0],
+            tw[0]
+        );
     }
     if a.r > 1 {
         // each repetition, and the median: one slow repetition (a stall outside the step)
@@ -633,16 +688,23 @@ fn bench_kernels(a: &Args) {
 
 /// The attention benchmarks' head shapes, 8B's and SmolLM2's: (name, heads, KV heads, head
 /// dim, their parameters).
-fn bench_heads() -> [(&'static str, usize, usize, usize, AttnParams); 2] {
-    [("8b", 32, 8, 128), ("smollm2", 9, 3, 64)].map(|(name, nh, nkv, hd)| {
+fn bench_heads() -> [(&'static str, usize, usize, usize, AttnParams); 3] {
+    // The third: Gemma 3's heads, with a 128-cell sliding window and a softcap (Gemma 2's) so
+    // that the masks and the capped scores are checked too.
+    [
+        ("8b", 32, 8, 128, None, None),
+        ("smollm2", 9, 3, 64, None, None),
+        ("gemma3-w128-cap", 4, 1, 256, Some(128), Some(50.0)),
+    ]
+    .map(|(name, nh, nkv, hd, window, softcap)| {
         let p = AttnParams {
             n_head: nh,
             n_head_kv: nkv,
             head_dim_k: hd,
             head_dim_v: hd,
             scale: 1.0 / (hd as f32).sqrt(),
-            window: None,
-            softcap: None,
+            window,
+            softcap,
         };
         (name, nh, nkv, hd, p)
     })
@@ -712,18 +774,22 @@ fn bench_attn(n: usize) {
         let mut want = Vec::new();
         cpu.download(o, &mut want);
         let (q, k, v, o) = run(&mut g);
-        // The kernels: on cooperative matrices (where the device has them), tiled, per token.
-        let kinds: &[(&str, bool, bool)] = if g.coop_available() {
-            &[
-                ("coop", true, true),
-                ("tiled", false, true),
-                ("per-token", false, false),
-            ]
-        } else {
-            &[("tiled", false, true), ("per-token", false, false)]
-        };
+        // The kernels: on VK_NV_cooperative_matrix2 and on WGSL cooperative matrices (where
+        // the device has them), tiled, per token.
+        let mut kinds: Vec<(&str, bool, bool, bool)> = Vec::new();
+        if g.attn_cm2_available() {
+            kinds.push(("cm2", true, true, true));
+        }
+        if g.coop_available() {
+            kinds.push(("coop", false, true, true));
+        }
+        kinds.extend([
+            ("tiled", false, false, true),
+            ("per-token", false, false, false),
+        ]);
         for round in 0..2 {
-            for &(kind, coop, tile) in kinds {
+            for &(kind, cm2, coop, tile) in &kinds {
+                g.set_attn_cm2(cm2);
                 g.set_attn_coop(coop);
                 g.set_attn_tile(tile);
                 let t = time_ops(&mut g, 20, |g| {
@@ -765,6 +831,7 @@ fn bench_attn(n: usize) {
         }
         g.set_attn_tile(true);
         g.set_attn_coop(true);
+        g.set_attn_cm2(true);
         let errs = g.take_errors();
         assert!(errs.is_empty(), "GPU errors: {errs:?}");
     }

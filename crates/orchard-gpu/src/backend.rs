@@ -330,8 +330,14 @@ enum Kernel {
     KvStore2,
     /// A residual add folded into the RMS norm after it (with the Q8_K copy when `true`).
     AddNorm(bool),
-    /// RoPE of Q and K fused with `KvStore2`.
-    RopeKv,
+    /// `AddNorm(false)` that also writes the plain f16 copy cm2 products read.
+    AddNormF16,
+    /// `AddNorm(false)` (`AddNormF16` with `true`) adding the split-K partial products of the
+    /// addend itself, in place of the `SplitSum` that would come before it.
+    AddNormSplit(bool),
+    /// RoPE of Q and K fused with `KvStore2` (and with `true`, with the split-K sums of
+    /// the K and V products that would come before it).
+    RopeKv(bool),
     Attention,
     /// `ATTN_DECODE` built for its shape and what it folds in.
     AttnDecode(shaders::AttnDecodeKind),
@@ -341,11 +347,14 @@ enum Kernel {
     AttnTile(u32, u32, u32, u32),
     /// `ATTN_COOP`: prefill attention on cooperative matrices, for head dim (64 or 128).
     AttnCoop(u32),
+    /// `attn_cm2.comp`: prefill attention on VK_NV_cooperative_matrix2, for head dim.
+    AttnCm2(u32),
     ActQuant,
     /// `ACT_Q8K_WIDE`: `ActQuant`'s Q8_K mode, eight values a thread.
     ActQ8KWide,
-    /// Adds `MatMulCm2`'s split-K partial products into the output.
-    SplitSum,
+    /// Adds `MatMulCm2`'s split-K partial products into the output (four values a thread
+    /// with `true`).
+    SplitSum(bool),
 }
 
 impl Kernel {
@@ -364,8 +373,12 @@ impl Kernel {
             Kernel::MatVecQ8KAdd(d, ..) => format!("MatVecQ8KAdd({d:?})"),
             Kernel::AddNorm(false) => "AddNorm".into(),
             Kernel::AddNorm(true) => "AddNormQ8K".into(),
+            Kernel::AddNormF16 => "AddNormF16".into(),
+            Kernel::AddNormSplit(false) => "AddNormSplit".into(),
+            Kernel::AddNormSplit(true) => "AddNormF16Split".into(),
             Kernel::AttnTile(..) => "AttnTile".into(),
             Kernel::AttnCoop(..) => "AttnCoop".into(),
+            Kernel::AttnCm2(..) => "AttnCm2".into(),
             Kernel::ActQ8K => "ActQ8K".into(),
             Kernel::NormQ8K => "NormQ8K".into(),
             Kernel::GluQ8K => "GluQ8K".into(),
@@ -377,7 +390,8 @@ impl Kernel {
             Kernel::Rope => "Rope".into(),
             Kernel::KvStore => "KvStore".into(),
             Kernel::KvStore2 => "KvStore2".into(),
-            Kernel::RopeKv => "RopeKv".into(),
+            Kernel::RopeKv(false) => "RopeKv".into(),
+            Kernel::RopeKv(true) => "RopeKvSplit".into(),
             Kernel::Attention => "Attention".into(),
             Kernel::AttnDecode(a) => format!(
                 "AttnDecode{}{}{}",
@@ -388,7 +402,7 @@ impl Kernel {
             Kernel::AttnCombine(false) => "AttnCombine".into(),
             Kernel::AttnCombine(true) => "AttnCombineQ8K".into(),
             Kernel::ActQuant => "ActQuant".into(),
-            Kernel::SplitSum => "SplitSum".into(),
+            Kernel::SplitSum(_) => "SplitSum".into(),
             Kernel::ActQ8KWide => "ActQ8KWide".into(),
         }
     }
@@ -409,7 +423,7 @@ impl Kernel {
             Kernel::NormInplace | Kernel::Elementwise | Kernel::Rope => &[true, false],
             Kernel::KvStore => &[false, true, false],
             Kernel::KvStore2 => &[false, false, true, true, false],
-            Kernel::ActQuant | Kernel::ActQ8K | Kernel::SplitSum | Kernel::ActQ8KWide => {
+            Kernel::ActQuant | Kernel::ActQ8K | Kernel::SplitSum(_) | Kernel::ActQ8KWide => {
                 &[false, true]
             }
             Kernel::AttnDecode(a) if a.rope && a.q8k => {
@@ -421,12 +435,16 @@ impl Kernel {
             | Kernel::AttnDecode(..)
             | Kernel::AttnTile(..)
             | Kernel::AttnCoop(..) => &[false, false, false, false, true],
+            Kernel::AttnCm2(..) => &[false, false, false, false, true, true],
             Kernel::AttnCombine(false) => &[false, false, true],
             Kernel::AttnCombine(true) => &[false, false, true, true],
             Kernel::NormQ8K | Kernel::GluQ8K | Kernel::GluF16 => &[false, false, true, true],
             Kernel::AddNorm(false) => &[true, false, false, true],
-            Kernel::AddNorm(true) => &[true, false, false, true, true],
-            Kernel::RopeKv => &[true, true, false, true, true, false],
+            Kernel::AddNorm(true) | Kernel::AddNormF16 => &[true, false, false, true, true],
+            Kernel::AddNormSplit(false) => &[true, true, false, true, false],
+            Kernel::AddNormSplit(true) => &[true, true, false, true, true, false],
+            Kernel::RopeKv(false) => &[true, true, false, true, true, false],
+            Kernel::RopeKv(true) => &[true, true, true, true, true, false, false, false],
             Kernel::MatVecQ8KAdd(..) => &[false, false, true, true],
             Kernel::MatVecQ8KMulti(.., 2) => &[false, false, false, true, true],
             Kernel::MatVecQ8KMulti(..) => &[false, false, false, false, true, true, true],
@@ -494,6 +512,8 @@ enum Fusable {
     Add { x: u64, y: Res, elems: usize },
     /// RoPE of buffer `x` with these `ROPE` parameters.
     Rope { x: u64, p: [u32; 8] },
+    /// `SPLIT_SUM` of `splits` partial products in `scratch` into all of buffer `out`.
+    SplitSum { out: u64, scratch: Res, splits: u32 },
     /// Integer-dot products of one Q8_K input (`xq`, scales at `d_off`), `n` tokens, blocks
     /// of `nblk`, with kernel `k`: (weight, rows, scale word offset, output) per matrix.
     MatVec {
@@ -595,11 +615,19 @@ pub struct GpuBackend {
     /// A fixed tile for it (`ORCHARD_GPU_CM2_TILE=BMxBNxBK[h]`, one of `cm2::TILES`; split-K
     /// still applies); by default chosen per product (`matmul_cm2`).
     cm2_tile: Option<cm2::Tile>,
+    /// Whether cm2 products read their inputs rounded through Q8_K (as the CPU backend's
+    /// integer products see them; `ORCHARD_GPU_CM2_Q8K=1`) or in plain f16 (the default, as
+    /// llama.cpp's Vulkan backend feeds its cm2 products), the copy then written by the
+    /// kernels that make the input (norm, attention, GLU) instead of a pass of its own.
+    cm2_q8k_inputs: bool,
     /// The wide tile also for long-K products, split-K filling the device
     /// (`CM2_LONG_K_BLOCKS`; `ORCHARD_GPU_CM2_LONG_K=0` turns it off).
     cm2_long_k: bool,
     /// `matmul_cm2`'s split-K partial products (grown to the largest product's).
-    cm2_scratch: Option<Res>,
+    cm2_scratch: [Option<Res>; 2],
+    /// Which of them the next split product takes: two in turn, so that the K product's
+    /// partial sums survive the V product's until `ROPE_KV` adds them (`store_kv`).
+    cm2_scratch_next: usize,
     /// (workgroup size, threads per row group, rows per group) of the integer-dot kernels.
     q8k_shape: (u32, u32, u32),
     /// The Q6_K kernel's own shape, when it differs from `q8k_shape`.
@@ -624,6 +652,15 @@ pub struct GpuBackend {
     /// `ATTN_COOP` instead of `ATTN_TILE` where cooperative matrices are available and the
     /// head dims fit it (`ORCHARD_GPU_ATTN_COOP=0` turns it off).
     attn_coop: bool,
+    /// `attn_cm2.comp` for prompt attention where the device has VK_NV_cooperative_matrix2
+    /// with its reductions and per-element operations, the head dims are equal and built
+    /// (`cm2::attention_spirv`) and the step's cells are consecutive; `ORCHARD_GPU_ATTN_CM2=0`
+    /// turns it off.
+    attn_cm2: bool,
+    /// Whether the device has what it needs.
+    attn_cm2_available: bool,
+    /// Whether the device was opened with f16 in shaders (`ADD_NORM_F16` needs it).
+    f16_shaders: bool,
     /// Most query heads per `ATTN_DECODE` workgroup (1 to 4; `ORCHARD_GPU_ATTN_GROUP`), or
     /// 0 for the old per-head `ATTENTION` kernel (`ORCHARD_GPU_ATTN_DECODE=0`).
     attn_group: u32,
@@ -736,6 +773,11 @@ impl GpuBackend {
         if coop_available {
             required_features |= coop_features;
         }
+        // f16 in WGSL (`ADD_NORM_F16`'s stores) wherever the adapter has it.
+        let f16_shaders = adapter.features().contains(wgpu::Features::SHADER_F16);
+        if f16_shaders {
+            required_features |= wgpu::Features::SHADER_F16;
+        }
         // The foreign-kernel diagnostic (`time_foreign_cm2`) passes its parameters as push
         // constants.
         #[cfg(feature = "cm2-spv-override")]
@@ -795,6 +837,7 @@ impl GpuBackend {
                 }
             }
         }
+        let attn_cm2_available = cm2_state.is_ok() && cm2::attention_supported(adapter);
         let (device, queue) = match opened {
             Some(dq) => dq,
             None => pollster::block_on(adapter.request_device(&desc))
@@ -869,6 +912,9 @@ impl GpuBackend {
             fuse_f16_always: false,
             attn_tile: std::env::var("ORCHARD_GPU_ATTN_TILE").as_deref() != Ok("0"),
             attn_coop: std::env::var("ORCHARD_GPU_ATTN_COOP").as_deref() != Ok("0"),
+            attn_cm2: std::env::var("ORCHARD_GPU_ATTN_CM2").as_deref() != Ok("0"),
+            attn_cm2_available,
+            f16_shaders,
             attn_tile_first: std::env::var("ORCHARD_GPU_ATTN_TILE_SHAPE")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -911,7 +957,9 @@ impl GpuBackend {
             cm2_state,
             cm2_tile: None,
             cm2_long_k: std::env::var("ORCHARD_GPU_CM2_LONG_K").as_deref() != Ok("0"),
-            cm2_scratch: None,
+            cm2_q8k_inputs: std::env::var("ORCHARD_GPU_CM2_Q8K").as_deref() == Ok("1"),
+            cm2_scratch: [None, None],
+            cm2_scratch_next: 0,
             shader_checks: wgpu::ShaderRuntimeChecks::checked(),
             flush_every: std::env::var("ORCHARD_GPU_FLUSH_EVERY")
                 .ok()
@@ -1142,6 +1190,7 @@ impl GpuBackend {
         p: &AttnParams,
         runs: &[(usize, usize)],
         ranges: &[u32],
+        consecutive: bool,
     ) -> Option<(Kernel, u32, u32)> {
         let dmax = p.head_dim_k.max(p.head_dim_v).max(64).next_power_of_two() as u32;
         if !(self.attn_tile
@@ -1152,7 +1201,14 @@ impl GpuBackend {
             return None;
         }
         let coop_dim = p.head_dim_k as u32;
-        let (kernel, bq) = if self.attn_coop
+        let (kernel, bq) = if self.attn_cm2
+            && self.attn_cm2_available
+            && consecutive
+            && p.head_dim_k == p.head_dim_v
+            && cm2::attention_spirv(coop_dim).is_some()
+        {
+            (Kernel::AttnCm2(coop_dim), cm2::ATTN_QUERIES)
+        } else if self.attn_coop
             && self.coop_available
             && p.head_dim_k == p.head_dim_v
             && (coop_dim == 64 || coop_dim == 128)
@@ -1204,13 +1260,41 @@ impl GpuBackend {
             aux,
         } = c;
         if let Some((qr, kr, (q_width, head_dim, n_rot, table, neox))) = ropes {
+            // The split-K sums of the K and V products, recorded just before the RoPEs (V's
+            // product between them, which reads neither), taken over too.
+            let vs = self.res(v);
+            let split = match (self.tail(4), self.tail(2)) {
+                (
+                    Some(Fusable::SplitSum {
+                        out: ko,
+                        scratch: ks,
+                        splits: kz,
+                    }),
+                    Some(Fusable::SplitSum {
+                        out: vo,
+                        scratch: vsc,
+                        splits: vz,
+                    }),
+                ) if *ko == kr.id
+                    && *vo == vs.id
+                    && kr.id != vs.id
+                    && 8 <= self.limits.max_storage_buffers_per_shader_stage =>
+                {
+                    Some((ks.clone(), *kz, vsc.clone(), *vz))
+                }
+                _ => None,
+            };
             self.drop_tail(2);
+            if split.is_some() {
+                let len = self.cmds.len();
+                self.drop_cmd(len - 1);
+                self.drop_cmd(len - 3);
+            }
             let vwords = vw / 2;
             let items = n * (q_width as usize / head_dim as usize) * (n_rot as usize / 2)
                 + n * (kw / 2)
                 + n * vwords;
             let (groups, gx) = self.grid(items, 256);
-            let vs = self.res(v);
             let mut pp = [0u32; 16];
             pp[..10].copy_from_slice(&[
                 n as u32,
@@ -1224,7 +1308,20 @@ impl GpuBackend {
                 cells_off,
                 vwords as u32,
             ]);
-            self.dispatch(Kernel::RopeKv, &[qr, kr, &vs, kres, vres, aux], pp, groups);
+            match split {
+                Some((ks, kz, vsc, vz)) => {
+                    pp[10] = kz;
+                    pp[11] = vz;
+                    let binds = [qr, kr, &vs, kres, vres, aux, &ks, &vsc];
+                    self.dispatch(Kernel::RopeKv(true), &binds, pp, groups);
+                }
+                None => self.dispatch(
+                    Kernel::RopeKv(false),
+                    &[qr, kr, &vs, kres, vres, aux],
+                    pp,
+                    groups,
+                ),
+            }
         } else if self.fuse_q8k {
             let (kwords, vwords) = (kw / 2, vw / 2);
             let (groups, gx) = self.grid(n * (kwords + vwords), 256);
@@ -1303,6 +1400,17 @@ impl GpuBackend {
     /// off; it runs only where `coop_available`), for tests and measurement.
     pub fn set_attn_coop(&mut self, on: bool) {
         self.attn_coop = on;
+    }
+
+    /// Prompt attention on VK_NV_cooperative_matrix2 on or off (`ORCHARD_GPU_ATTN_CM2=0`
+    /// turns it off; it runs only where `attn_cm2_available`), for measurement.
+    pub fn set_attn_cm2(&mut self, on: bool) {
+        self.attn_cm2 = on;
+    }
+
+    /// Whether the device can run the prompt attention kernel on VK_NV_cooperative_matrix2.
+    pub fn attn_cm2_available(&self) -> bool {
+        self.attn_cm2_available
     }
 
     /// Tiled prefill attention on or off (`ORCHARD_GPU_ATTN_TILE=0` turns it off), for tests
@@ -1384,6 +1492,10 @@ impl GpuBackend {
     /// Whether prompt GLUs write the f16 Q8_K-rounded copy of their output that the cm2
     /// products read (on by default, where cm2 runs and the rows are 4096 or wider); with
     /// `always`, on every device and width (tests, through `prompt_f16_input`).
+    pub fn set_cm2_q8k_inputs(&mut self, on: bool) {
+        self.cm2_q8k_inputs = on;
+    }
+
     pub fn set_fuse_f16(&mut self, on: bool, always: bool) {
         self.fuse_f16 = on;
         self.fuse_f16_always = always;
@@ -1527,7 +1639,7 @@ impl GpuBackend {
     fn mark_fusable(&mut self, f: Fusable) {
         let on = match f {
             Fusable::Add { .. } => self.fuse_add_norm,
-            Fusable::Rope { .. } => self.fuse_rope_kv,
+            Fusable::Rope { .. } | Fusable::SplitSum { .. } => self.fuse_rope_kv,
             Fusable::MatVec { .. } => self.fuse_multi || self.fuse_matvec_add,
         };
         if !self.fuse_q8k || !on {
@@ -1538,6 +1650,18 @@ impl GpuBackend {
                 self.recent.remove(0);
             }
             self.recent.push((idx, f));
+        }
+    }
+
+    /// Drops the recorded dispatch at `idx` (taken over by a fused one recorded later, and read
+    /// by nothing in between), as `drop_tail` does.
+    fn drop_cmd(&mut self, idx: usize) {
+        self.cmds.remove(idx);
+        self.recent.retain(|(i, _)| *i != idx);
+        for (i, _) in &mut self.recent {
+            if *i > idx {
+                *i -= 1;
+            }
         }
     }
 
@@ -1604,15 +1728,18 @@ impl GpuBackend {
                 Kernel::Rope => (shaders::ROPE, 256, None),
                 Kernel::KvStore => (shaders::KV_STORE, 256, None),
                 Kernel::KvStore2 => (shaders::KV_STORE2, 256, None),
-                Kernel::AddNorm(_) => ("", 256, None),
-                Kernel::RopeKv => (shaders::ROPE_KV, 256, None),
+                Kernel::AddNorm(_) | Kernel::AddNormF16 | Kernel::AddNormSplit(_) => {
+                    ("", 256, None)
+                }
+                Kernel::RopeKv(_) => ("", 256, None),
                 Kernel::Attention => (shaders::ATTENTION, ATTN_WG, None),
                 Kernel::AttnTile(wg, ..) => ("", wg, None),
                 Kernel::AttnCoop(_) => ("", 128, None),
+                Kernel::AttnCm2(_) => ("", cm2::ATTN_THREADS, None),
                 Kernel::AttnDecode(a) => ("", 64 * a.hg, None),
                 Kernel::AttnCombine(q8k) => ("", if q8k { 256 } else { 64 }, None),
                 Kernel::ActQuant => (shaders::ACT_QUANT, 256, None),
-                Kernel::SplitSum => (shaders::SPLIT_SUM, 256, None),
+                Kernel::SplitSum(_) => ("", 256, None),
                 Kernel::ActQ8KWide => (shaders::ACT_Q8K_WIDE, 256, None),
             };
             let src = match k {
@@ -1638,7 +1765,7 @@ impl GpuBackend {
                 }
                 Kernel::Glu => shaders::glu_source(body, false),
                 Kernel::MatMulCoop(_, t) => shaders::coop_source(t, fmt.as_ref()),
-                Kernel::MatMulCm2(..) => String::new(),
+                Kernel::MatMulCm2(..) | Kernel::AttnCm2(_) => String::new(),
                 Kernel::GluQ8K => shaders::glu_source(body, true),
                 Kernel::GluF16 => shaders::glu_source(body, false),
                 Kernel::ActQ8K => shaders::act_q8k_source(),
@@ -1647,11 +1774,14 @@ impl GpuBackend {
                 Kernel::NormQ8K => shaders::norm_source(shaders::NormKind::Q8K),
                 Kernel::AddNorm(false) => shaders::norm_source(shaders::NormKind::Add),
                 Kernel::AddNorm(true) => shaders::norm_source(shaders::NormKind::AddQ8K),
+                Kernel::AddNormF16 => shaders::norm_source(shaders::NormKind::AddF16),
+                Kernel::AddNormSplit(f16) => shaders::add_norm_split_source(f16),
+                Kernel::SplitSum(quads) => shaders::split_sum_source(quads),
                 Kernel::AttnTile(_, bq, bk, dmax) => shaders::attn_tile_source(wg, bq, bk, dmax),
                 Kernel::AttnCoop(dmax) => shaders::attn_coop_source(dmax),
                 Kernel::AttnDecode(a) => shaders::attn_decode_source(a),
                 Kernel::AttnCombine(q8k) => shaders::attn_combine_source(q8k),
-                Kernel::RopeKv => shaders::source(body, wg, None),
+                Kernel::RopeKv(split) => shaders::rope_kv_source(split),
                 _ => shaders::source(body, wg, fmt.as_ref()),
             };
             let desc = wgpu::ShaderModuleDescriptor {
@@ -1690,7 +1820,19 @@ impl GpuBackend {
                     // counts as bounds (clamped on edge tiles), and its scale reads are of rows
                     // below the chunk's row count; checked against the CPU on the card by
                     // `gpu_bench --kernels` (there is no CI device with the extension).
-                    unsafe { cm2::module(&self.device, &format!("{k:?}"), words) }
+                    unsafe { cm2::module(&self.device, &format!("{k:?}"), words, cm2::THREADS) }
+                }
+                Kernel::AttnCm2(d) => {
+                    let words = cm2::attention_spirv(d).expect("a head dim with a module");
+                    // SAFETY: as `MatMulCm2` above (`attn_cm2_available` implies `cm2`); its
+                    // bindings are `ATTN_COOP`'s. Q and O are tensor-addressed with the block's
+                    // token count as bound, K and V with the block's last cell (clamped), all
+                    // inside their bindings as the host validated every cell; the table, range
+                    // and block words it reads are the host's. Checked against the CPU on the
+                    // card by `gpu_bench --attn`.
+                    unsafe {
+                        cm2::module(&self.device, &format!("{k:?}"), words, cm2::ATTN_THREADS)
+                    }
                 }
                 // SAFETY: see above.
                 _ => unsafe { self.device.create_shader_module_trusted(desc, checks) },
@@ -1904,11 +2046,13 @@ impl GpuBackend {
         }
         let part = n * crow;
         let bytes = (split * part * 4) as u64;
-        let scratch = match &self.cm2_scratch {
+        let slot = self.cm2_scratch_next;
+        self.cm2_scratch_next ^= 1;
+        let scratch = match &self.cm2_scratch[slot] {
             Some(s) if s.buf.size() >= bytes => s.clone(),
             _ => {
                 let s = self.storage("cm2_split", bytes);
-                self.cm2_scratch = Some(s.clone());
+                self.cm2_scratch[slot] = Some(s.clone());
                 s
             }
         };
@@ -1922,17 +2066,29 @@ impl GpuBackend {
             p,
             groups,
         );
-        let (g, gx) = self.grid(part, 256);
+        let quads = [crow, stride, row0].iter().all(|v| v.is_multiple_of(4));
+        let w = if quads { 4 } else { 1 };
+        let (g, gx) = self.grid(part / w, 256);
         let mut q = [0u32; 16];
         q[..6].copy_from_slice(&[
-            part as u32,
-            crow as u32,
+            (part / w) as u32,
+            (crow / w) as u32,
             split as u32,
             gx,
-            stride as u32,
-            row0 as u32,
+            (stride / w) as u32,
+            (row0 / w) as u32,
         ]);
-        self.dispatch(Kernel::SplitSum, &[&scratch, res[2]], q, g);
+        self.dispatch(Kernel::SplitSum(quads), &[&scratch, res[2]], q, g);
+        if crow == stride && row0 == 0 {
+            // Partial and output indices agree: `ROPE_KV` can add these itself.
+            let out = res[2].id;
+            let splits = split as u32;
+            self.mark_fusable(Fusable::SplitSum {
+                out,
+                scratch,
+                splits,
+            });
+        }
     }
 
     /// `x` as a matmul with weights of `dtype` should read it: the buffer itself, or a copy
@@ -1954,6 +2110,9 @@ impl GpuBackend {
                 return xr;
             }
             mode = 2;
+        }
+        if f16 {
+            mode = self.f16_mode();
         }
         let n = self.buf(x).n_tokens * self.buf(x).width;
         if !n.is_multiple_of(block) || (f16 && !n.is_multiple_of(256)) {
@@ -2029,19 +2188,27 @@ impl GpuBackend {
         Some((res, cap, (n / 4) as u32))
     }
 
-    /// Where `GLU_F16` writing `x` (about to be `n_tokens` x `width`) should put
-    /// the f16 Q8_K-rounded copy `matmul_input` gives cm2 products, when that fusion applies:
-    /// the buffer and its capacity in values. Register it with `f16_written` after.
+    /// How `matmul_input` rounds the f16 copies cm2 products read: 1 through Q8_K, 2 plain.
+    fn f16_mode(&self) -> u32 {
+        if self.exact_activations && self.cm2_q8k_inputs {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Where a kernel writing `x` (about to be `n_tokens` x `width`) should put the f16 copy
+    /// `matmul_input` gives cm2 products (rounded as `f16_mode` says), when that fusion
+    /// applies: the buffer and its capacity in values. Register it with `f16_written` after.
     fn f16_fused_target(
         &mut self,
         x: BufId,
         n_tokens: usize,
         width: usize,
     ) -> Option<(Res, usize)> {
-        let key = (x.0, 1 | ACT_F16);
+        let key = (x.0, self.f16_mode() | ACT_F16);
         let cm2_reads = self.cm2 && width >= CM2_MIN_COLS;
         if !self.fuse_f16
-            || !self.exact_activations
             || n_tokens <= MATVEC_MAX_TOKENS
             || !width.is_multiple_of(256)
             || !(cm2_reads || self.fuse_f16_always)
@@ -2055,12 +2222,12 @@ impl GpuBackend {
         })
     }
 
-    /// Records that `res` holds the f16 Q8_K-rounded copy of `x` as `x` is now.
+    /// Records that `res` holds the f16 copy of `x` (rounded as `f16_mode` says) as `x` is now.
     fn f16_written(&mut self, x: BufId, res: Res, cap: usize) {
         let xr = self.res(x);
         let src = (xr.id, self.versions.get(&xr.id).copied().unwrap_or(0));
-        self.act_q
-            .insert((x.0, 1 | ACT_F16), ActQ { src, res, cap });
+        let key = (x.0, self.f16_mode() | ACT_F16);
+        self.act_q.insert(key, ActQ { src, res, cap });
     }
 
     /// Records that `res` holds the Q8_K copy of `x` as `x` is now.
@@ -2614,14 +2781,50 @@ impl Backend for GpuBackend {
             _ => None,
         };
         if let Some(yr) = pending_add {
+            // The split-K sum that made the addend, recorded just before the add, taken over
+            // too (a prompt's down product: the norm then reads its partial products).
+            let split = match self.tail(1) {
+                Some(Fusable::SplitSum {
+                    out: so,
+                    scratch,
+                    splits,
+                }) if *so == yr.id && yr.id != xr.id => Some((scratch.clone(), *splits)),
+                _ => None,
+            };
             self.drop_tail(1);
             let mut p = [0u32; 16];
             p[..4].copy_from_slice(&[width as u32, n as u32, w.is_some() as u32, gx]);
             p[12] = eps.to_bits();
+            let f16 = self
+                .f16_fused_target(out, n, width)
+                .filter(|_| self.f16_mode() == 2 && self.f16_shaders);
+            let plain_f32 = !q8k_norm || !self.fuse_add_norm_q8k;
+            if let (Some((s, splits)), true) = (split, plain_f32) {
+                self.drop_tail(1);
+                p[5] = splits;
+                p[6] = (n * width) as u32;
+                match f16 {
+                    Some((f, cap)) => {
+                        let binds = [&xr, &yr, &wr, &or, &f, &s];
+                        self.dispatch(Kernel::AddNormSplit(true), &binds, p, groups);
+                        self.f16_written(out, f, cap);
+                    }
+                    None => {
+                        let binds = [&xr, &yr, &wr, &or, &s];
+                        self.dispatch(Kernel::AddNormSplit(false), &binds, p, groups);
+                    }
+                }
+                return;
+            }
             if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
                 p[4] = d_off;
                 self.dispatch(Kernel::AddNorm(true), &[&xr, &yr, &wr, &or, &q], p, groups);
                 self.q8k_written(out, q, cap);
+            } else if let Some((f, cap)) = f16 {
+                // Plain f16 only: the norm's thread layout has no cheap Q8_K rounding (three
+                // fused layouts were slower than the separate pass, run 38).
+                self.dispatch(Kernel::AddNormF16, &[&xr, &yr, &wr, &or, &f], p, groups);
+                self.f16_written(out, f, cap);
             } else {
                 self.dispatch(Kernel::AddNorm(false), &[&xr, &yr, &wr, &or], p, groups);
             }
@@ -3020,7 +3223,8 @@ impl Backend for GpuBackend {
         if let Some((q, cap)) = self.f16_fused_target(out, n, width) {
             let (groups, gx) = self.grid((total / 256).div_ceil(8), 1);
             let mut p = [0u32; 16];
-            p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, 0, gx]);
+            let plain = (self.f16_mode() == 2) as u32;
+            p[..4].copy_from_slice(&[total as u32, (kind == GluKind::GeGlu) as u32, plain, gx]);
             self.dispatch(Kernel::GluF16, &[&g, &u, &o, &q], p, groups);
             self.f16_written(out, q, cap);
             return;
@@ -3135,7 +3339,13 @@ impl Backend for GpuBackend {
             runs.push((run.start, run.len()));
         }
         let ranges_off = self.push_aux(&ranges);
-        let tile = self.attn_tile_blocks(p, &runs, &ranges);
+        // Whether every sequence's cells are consecutive, as `attn_cm2.comp` reads them.
+        let consecutive = seq_len.iter().all(|(&seq, &len)| {
+            batch.cells[seq as usize][..len]
+                .windows(2)
+                .all(|w| w[1] == w[0].wrapping_add(1))
+        });
+        let tile = self.attn_tile_blocks(p, &runs, &ranges, consecutive);
         let aux = self.aux_res.clone();
         let (qr, kr) = (self.res(q), self.res(k));
         // The RoPEs of Q and K just recorded (same table), folded into the KV store.
@@ -3314,6 +3524,19 @@ impl Backend for GpuBackend {
             }
             (None, None) => (Kernel::Attention, [p.n_head as u32, n as u32, 1]),
         };
+        if let Kernel::AttnCm2(_) = kernel {
+            // The plain f16 copy the o product reads, written by the same dispatch.
+            let f16 = self
+                .f16_fused_target(out, n, width)
+                .filter(|_| self.f16_mode() == 2);
+            pp[10] = f16.is_some() as u32;
+            let f = f16.as_ref().map_or(&self.dummy, |(f, _)| f).clone();
+            self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or, &f], pp, groups);
+            if let Some((f, cap)) = f16 {
+                self.f16_written(out, f, cap);
+            }
+            return Ok(());
+        }
         self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or], pp, groups);
         Ok(())
     }
@@ -3423,7 +3646,7 @@ impl GpuBackend {
         });
         // SAFETY: a diagnostic outside the engine's paths, on a device `cm2::request_device`
         // opened; the module is the caller's, run on buffers sized by the caller for it.
-        let module = unsafe { cm2::module(&dev, "foreign cm2", words) };
+        let module = unsafe { cm2::module(&dev, "foreign cm2", words, cm2::THREADS) };
         let pipe = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("foreign cm2"),
             layout: Some(&pl),

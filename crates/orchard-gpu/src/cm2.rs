@@ -3,27 +3,39 @@
 //!
 //! WGSL reaches tensor cores only through subgroup-scope KHR matrices (`MATMUL_COOP`), where
 //! llama.cpp's own KHR path on an H200 runs an 8B prompt at ~6.9k t/s against 10.7k with this
-//! extension (bench/gpu/results/run32). So on a device that has it, Q4_K prompt products of 8B
-//! size run `src/cm2/matmul_cm2.comp`: GLSL compiled ahead of time (`scripts/build-cm2.sh`), loaded
-//! through wgpu's SPIR-V passthrough, on a device opened through wgpu-hal with the extension and
-//! its features enabled. Everything else about the device is wgpu's.
+//! extension (bench/gpu/results/run32). So on a device that has it, Q4_K and Q6_K prompt
+//! products of 8B size run `src/cm2/matmul_cm2.comp`, and prompt attention runs
+//! `src/cm2/attn_cm2.comp` (one pass: WGSL cannot rescale a matrix accumulator, so its
+//! `ATTN_COOP` takes two; run 39: 0.06 ms an 8B layer against 0.12): GLSL compiled ahead of time
+//! (`scripts/build-cm2.sh`), loaded through wgpu's SPIR-V passthrough, on a device opened
+//! through wgpu-hal with the extension and its features enabled. Everything else about the
+//! device is wgpu's.
 
 use std::borrow::Cow;
 
 use orchard_core::DType;
 
-/// Invocations of the kernel's workgroup (its `local_size_x`).
+/// Invocations of the matmul kernel's workgroup (its `local_size_x`).
 pub(crate) const THREADS: u32 = 256;
+/// And of the attention kernel's (`attn_cm2.comp`).
+pub(crate) const ATTN_THREADS: u32 = 128;
+/// Query tokens a workgroup of the attention kernel takes.
+pub(crate) const ATTN_QUERIES: u32 = 64;
 
 #[cfg(all(feature = "cm2-spv-override", not(target_vendor = "apple")))]
 pub(crate) use vulkan::pipeline_statistics;
 #[cfg(not(target_vendor = "apple"))]
-pub(crate) use vulkan::{request_device, supported};
+pub(crate) use vulkan::{attention_supported, request_device, supported};
 
 /// No Vulkan backend in wgpu on Apple platforms (Metal only): never available there.
 #[cfg(target_vendor = "apple")]
 pub(crate) fn supported(_adapter: &wgpu::Adapter) -> Result<(), String> {
     Err("no Vulkan backend on this platform".into())
+}
+
+#[cfg(target_vendor = "apple")]
+pub(crate) fn attention_supported(_adapter: &wgpu::Adapter) -> bool {
+    false
 }
 
 #[cfg(target_vendor = "apple")]
@@ -90,11 +102,28 @@ mod vulkan {
             .all(|&f| f == vk::TRUE)
         }
 
-        fn enable_needed(&mut self) {
+        /// What the attention kernel uses beyond that.
+        fn attention(&self) -> bool {
+            [
+                self.reductions,
+                self.per_element_operations,
+                self.conversions,
+            ]
+            .iter()
+            .all(|&f| f == vk::TRUE)
+        }
+
+        /// The matmul's features, and the attention kernel's where `available` has them.
+        fn enable_needed(&mut self, available: &Features) {
             self.workgroup_scope = vk::TRUE;
             self.flexible_dimensions = vk::TRUE;
             self.tensor_addressing = vk::TRUE;
             self.block_loads = vk::TRUE;
+            if available.attention() {
+                self.reductions = vk::TRUE;
+                self.per_element_operations = vk::TRUE;
+                self.conversions = vk::TRUE;
+            }
         }
     }
 
@@ -108,12 +137,13 @@ mod vulkan {
         workgroup_scope_reserved_shared_memory: u32,
     }
 
-    /// Whether `adapter` is a Vulkan device with the extension and every feature the kernel uses
-    /// (and `bufferDeviceAddress`: the decode callback receives a block pointer).
-    pub(crate) fn supported(adapter: &wgpu::Adapter) -> Result<(), String> {
+    /// The extension's features `adapter` reports, whether it has `bufferDeviceAddress`, and its
+    /// workgroup-scope limits; `Err` where it is not a Vulkan device with the extension.
+    fn query(adapter: &wgpu::Adapter) -> Result<(Features, bool, Properties), String> {
         // SAFETY: the hal adapter is only read (extension list, features and properties through
         // the instance's own entry points) while the guard keeps it alive; every structure chained
-        // for the queries lives on this stack frame until the call returns.
+        // for the queries lives on this stack frame until the call returns, and the chain
+        // pointers are cleared before they are returned.
         unsafe {
             let Some(hal) = adapter.as_hal::<wgpu::hal::api::Vulkan>() else {
                 return Err("not a Vulkan adapter".into());
@@ -153,20 +183,34 @@ mod vulkan {
                 ..Default::default()
             };
             instance.get_physical_device_properties2(pd, &mut p2);
-            if !cm2.needed() || bda.buffer_device_address != vk::TRUE {
-                return Err("a feature the kernel uses is missing".into());
-            }
-            if props.workgroup_scope_max_workgroup_size < THREADS
-                || props.flexible_dimensions_max_dimension < 256
-            {
-                return Err(format!(
-                    "workgroup-scope limits {} invocations, dimension {}",
-                    props.workgroup_scope_max_workgroup_size,
-                    props.flexible_dimensions_max_dimension
-                ));
-            }
-            Ok(())
+            cm2.p_next = std::ptr::null_mut();
+            props.p_next = std::ptr::null_mut();
+            Ok((cm2, bda.buffer_device_address == vk::TRUE, props))
         }
+    }
+
+    /// Whether `adapter` is a Vulkan device with the extension and every feature the matmul
+    /// kernel uses (and `bufferDeviceAddress`: the decode callback receives a block pointer).
+    pub(crate) fn supported(adapter: &wgpu::Adapter) -> Result<(), String> {
+        let (cm2, bda, props) = query(adapter)?;
+        if !cm2.needed() || !bda {
+            return Err("a feature the kernel uses is missing".into());
+        }
+        if props.workgroup_scope_max_workgroup_size < THREADS
+            || props.flexible_dimensions_max_dimension < 256
+        {
+            return Err(format!(
+                "workgroup-scope limits {} invocations, dimension {}",
+                props.workgroup_scope_max_workgroup_size, props.flexible_dimensions_max_dimension
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `adapter` also has what the attention kernel uses beyond the matmul's
+    /// features (row reductions, per-element operations, conversions between matrix uses).
+    pub(crate) fn attention_supported(adapter: &wgpu::Adapter) -> bool {
+        query(adapter).is_ok_and(|(f, ..)| f.attention())
     }
 
     /// Opens `adapter` as `request_device` would, with the extension, its features and
@@ -175,8 +219,9 @@ mod vulkan {
         adapter: &wgpu::Adapter,
         desc: &wgpu::DeviceDescriptor,
     ) -> Result<(wgpu::Device, wgpu::Queue), String> {
+        let (available, ..) = query(adapter)?;
         let mut cm2 = Features::new();
-        cm2.enable_needed();
+        cm2.enable_needed(&available);
         let mut bda = vk::PhysicalDeviceBufferDeviceAddressFeatures {
             buffer_device_address: vk::TRUE,
             ..Default::default()
@@ -437,21 +482,43 @@ pub(crate) fn spirv(dt: DType, tile: Tile) -> Vec<u32> {
     bytemuck::pod_collect_to_vec(bytes)
 }
 
-/// The passthrough module of `words` (entry point `main`, [`THREADS`] invocations).
+/// The SPIR-V words of the prompt attention kernel for head dim `d` (K and V alike), where
+/// one is built: 64, 128 and 256 (64 queries a workgroup; 64 cells a step, 32 at 256).
+pub(crate) fn attention_spirv(d: u32) -> Option<Vec<u32>> {
+    let bytes: &[u8] = match d {
+        64 => include_bytes!("cm2/attn_cm2_d64.spv"),
+        128 => include_bytes!("cm2/attn_cm2_d128.spv"),
+        256 => include_bytes!("cm2/attn_cm2_d256.spv"),
+        _ => return None,
+    };
+    #[cfg(feature = "cm2-spv-override")]
+    if let Some(dir) = std::env::var_os("ORCHARD_GPU_CM2_SPV_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("attn_cm2_d{d}.spv"));
+        if let Ok(b) = std::fs::read(&path) {
+            tracing::warn!("cm2 attention d{d}: module from {}", path.display());
+            return Some(bytemuck::pod_collect_to_vec(&b));
+        }
+    }
+    Some(bytemuck::pod_collect_to_vec(bytes))
+}
+
+/// The passthrough module of `words` (entry point `main`, `threads` invocations).
 ///
 /// # Safety
-/// `words` must be one of [`spirv`]'s modules and the device opened by [`request_device`] with
-/// `PASSTHROUGH_SHADERS`: wgpu does not parse or validate passthrough SPIR-V.
+/// `words` must be one of [`spirv`]'s or [`attention_spirv`]'s modules (`threads` its
+/// workgroup size) and the device opened by [`request_device`] with `PASSTHROUGH_SHADERS`:
+/// wgpu does not parse or validate passthrough SPIR-V.
 pub(crate) unsafe fn module(
     device: &wgpu::Device,
     label: &str,
     words: Vec<u32>,
+    threads: u32,
 ) -> wgpu::ShaderModule {
     let desc = wgpu::ShaderModuleDescriptorPassthrough {
         label: Some(label),
         entry_points: Cow::Owned(vec![wgpu::PassthroughShaderEntryPoint {
             name: Cow::Borrowed("main"),
-            workgroup_size: (THREADS, 1, 1),
+            workgroup_size: (threads, 1, 1),
         }]),
         spirv: Some(Cow::Owned(words)),
         ..Default::default()
@@ -478,6 +545,11 @@ mod tests {
             assert_ne!(spirv(dt, TILES[1]), spirv(dt, TILES[2]));
         }
         assert_ne!(spirv(DType::Q4_K, TILES[1]), spirv(DType::Q6_K, TILES[1]));
+        for d in [64, 128, 256] {
+            let w = attention_spirv(d).expect("an attention module");
+            assert_eq!(w[0], 0x0723_0203, "SPIR-V magic");
+        }
+        assert!(attention_spirv(96).is_none());
         assert_eq!("128x256x64h".parse::<Tile>(), Ok(TILES[2]));
         assert!("128x256x64".parse::<Tile>().is_err());
     }

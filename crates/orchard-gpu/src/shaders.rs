@@ -704,6 +704,9 @@ pub(crate) enum NormKind {
     /// whole row's squares in `NORM`'s order, so O is bit-identical to `NORM`'s) and quantizes
     /// it (`q8k_block`). a = (len, word offset of the Q8_K scales, has weight, _), f.x = eps.
     Q8K,
+    /// `ADD_NORM_F16`: `Add` that also writes O in f16 to F (what `matmul_cm2.comp` reads
+    /// where its inputs are plain f16). Bindings X, Y, Wn, O, F; parameters as `Add`.
+    AddF16,
     /// `ADD_NORM_Q8K`: `Add` with the packed Q8_K copy of O, for decode rows of whole
     /// 256-value blocks. The add and the sum of squares run as in `Add` (strided, `NORM`'s
     /// order); the normalizing and quantizing then give each block to 16 threads of 16
@@ -730,11 +733,14 @@ const NORM_SUM: &str = r#"
     }
 "#;
 
-/// `NormKind::Add`'s sum of squares: the same order, adding Y into X on the way.
+/// `NormKind::Add`'s sum of squares: the same order, adding Y into X on the way. The sums
+/// and, for rows of up to 4096 values (one pass of the loop), the norm weights stay in
+/// registers for `ADD_NORM_APPLY`, the weights loaded before the reduction.
 const ADD_NORM_SUM: &str = r#"
     var s = 0.0;
+    var xv: array<f32, 16>;
+    var wv: array<f32, 16>;
     for (var i0 = lid; i0 < n; i0 += 4096u) {
-        var xv: array<f32, 16>;
         for (var k = 0u; k < 16u; k++) {
             let i = base + i0 + k * 256u;
             if (i0 + k * 256u < n) { xv[k] = X[i] + Y[i]; }
@@ -745,6 +751,27 @@ const ADD_NORM_SUM: &str = r#"
                 s += xv[k] * xv[k];
             }
         }
+    }
+    if (n <= 4096u && P.a.z != 0u) {
+        for (var k = 0u; k < 16u; k++) {
+            if (lid + k * 256u < n) { wv[k] = Wn[lid + k * 256u]; }
+        }
+    }
+"#;
+
+/// `NormKind::Add`'s normalizing: from the registers `ADD_NORM_SUM` left where the row took
+/// one pass (the same values and products as `NORM_APPLY`, without reading X back after the
+/// reduction), else as `NORM_APPLY`.
+const ADD_NORM_APPLY: &str = r#"    if (n <= 4096u) {
+        for (var k = 0u; k < 16u; k++) {
+            let i = lid + k * 256u;
+            if (i < n) {
+                var v = xv[k] * scale;
+                if (P.a.z != 0u) { v = v * wv[k]; }
+                O[base + i] = v;
+            }
+        }
+        return;
     }
 "#;
 
@@ -854,8 +881,12 @@ const ADD_NORM_Q8K_APPLY: &str = r#"    let sub = lid & 15u;
 pub(crate) fn norm_source(kind: NormKind) -> String {
     use std::fmt::Write;
     use NormKind::*;
-    let add = matches!(kind, Add | AddQ8K);
-    let mut s = String::from(PARAMS);
+    let add = matches!(kind, Add | AddQ8K | AddF16);
+    let mut s = String::new();
+    if kind == AddF16 {
+        s.push_str("enable f16;\n");
+    }
+    s.push_str(PARAMS);
     let x = if matches!(kind, Plain | Q8K) {
         "read"
     } else {
@@ -869,11 +900,19 @@ pub(crate) fn norm_source(kind: NormKind) -> String {
     if kind != Inplace {
         names.push(("O", "read_write"));
     }
+    let f32_bindings = names.len();
     for (i, (name, access)) in names.into_iter().enumerate() {
         let _ = writeln!(
             s,
             "@group(0) @binding({}) var<storage, {access}> {name}: array<f32>;",
             i + 1
+        );
+    }
+    if kind == AddF16 {
+        let _ = writeln!(
+            s,
+            "@group(0) @binding({}) var<storage, read_write> F: array<f16>;",
+            f32_bindings + 1
         );
     }
     if matches!(kind, Q8K | AddQ8K) {
@@ -903,7 +942,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         );
     }
     s.push_str(match kind {
-        Add => ADD_NORM_SUM,
+        Add | AddF16 => ADD_NORM_SUM,
         AddQ8K => ADD_NORM_Q8K_SUM,
         _ => NORM_SUM,
     });
@@ -917,6 +956,15 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         Q8K => s.push_str(NORM_Q8K_APPLY),
         AddQ8K => s.push_str(ADD_NORM_Q8K_APPLY),
         Inplace => s.push_str(&NORM_APPLY.replace("OUT[", "X[")),
+        Add => {
+            s.push_str(ADD_NORM_APPLY);
+            s.push_str(&NORM_APPLY.replace("OUT[", "O["));
+        }
+        AddF16 => {
+            let f16 = "O[base + i] = v;\n                F[base + i] = f16(v);";
+            s.push_str(&ADD_NORM_APPLY.replace("O[base + i] = v;", f16));
+            s.push_str(&NORM_APPLY.replace("OUT[base + i] = v;", f16));
+        }
         _ => s.push_str(&NORM_APPLY.replace("OUT[", "O[")),
     }
     s.push_str("}\n");
@@ -926,6 +974,34 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         _ => {}
     }
     s
+}
+
+/// `NormKind::Add` (or `AddF16` with `f16`) taking Y as `matmul_cm2.comp`'s split-K partial
+/// products (S: b.y slices of b.z values, in Y's layout) in place of the `SPLIT_SUM` pass that
+/// would add them: each value summed over its slices in `SPLIT_SUM`'s order and written to Y as
+/// that pass would have, then added into X as `Add` does. The last binding is S.
+pub(crate) fn add_norm_split_source(f16: bool) -> String {
+    let kind = if f16 { NormKind::AddF16 } else { NormKind::Add };
+    let s = norm_source(kind);
+    let last = if f16 { 5 } else { 4 };
+    let decl = "var<storage, read> Y: array<f32>;";
+    assert!(s.contains(decl) && s.contains("xv[k] = X[i] + Y[i];"));
+    s.replacen(
+        decl,
+        &format!(
+            "var<storage, read_write> Y: array<f32>;
+@group(0) @binding({}) var<storage, read> S: array<f32>;
+fn yin(i: u32) -> f32 {{
+    var s = S[i];
+    for (var z = 1u; z < P.b.y; z++) {{ s += S[z * P.b.z + i]; }}
+    Y[i] = s;
+    return s;
+}}",
+            last + 1
+        ),
+        1,
+    )
+    .replace("xv[k] = X[i] + Y[i];", "xv[k] = X[i] + yin(i);")
 }
 
 /// In-place element-wise ops on X with an optional second operand Y.
@@ -1075,6 +1151,8 @@ pub(crate) const ROPE_KV: &str = r#"
 @group(0) @binding(4) var<storage, read_write> Ck: array<u32>;
 @group(0) @binding(5) var<storage, read_write> Cv: array<u32>;
 @group(0) @binding(6) var<storage, read> A: array<u32>;
+fn kin(i: u32) -> f32 { return K[i]; }
+fn vin(i: u32) -> f32 { return V[i]; }
 fn cs(t: u32, p: u32) -> vec2<f32> {
     let o = P.b.y + t * P.b.x + 2u * p;
     return vec2<f32>(bitcast<f32>(A[o]), bitcast<f32>(A[o + 1u]));
@@ -1114,15 +1192,18 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         let base = t * P.a.z + (w / (hd / 2u)) * hd;
         let dst = A[P.c.x + t] * kwpr + w;
         if (e0 >= P.b.x) {
-            Ck[dst] = pack2x16float(vec2<f32>(K[base + e0], K[base + e0 + 1u]));
+            let k0 = kin(base + e0);
+            let k1 = kin(base + e0 + 1u);
+//@KOUT
+            Ck[dst] = pack2x16float(vec2<f32>(k0, k1));
             return;
         }
         if (neox) {
             if (e0 >= half_rot) { return; }
-            let a0 = K[base + e0];
-            let a1 = K[base + e0 + 1u];
-            let b0 = K[base + e0 + half_rot];
-            let b1 = K[base + e0 + 1u + half_rot];
+            let a0 = kin(base + e0);
+            let a1 = kin(base + e0 + 1u);
+            let b0 = kin(base + e0 + half_rot);
+            let b1 = kin(base + e0 + 1u + half_rot);
             let c0 = cs(t, e0);
             let c1 = cs(t, e0 + 1u);
             let ya0 = a0 * c0.x - b0 * c0.y;
@@ -1136,8 +1217,8 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
             Ck[dst] = pack2x16float(vec2<f32>(ya0, ya1));
             Ck[dst + half_rot / 2u] = pack2x16float(vec2<f32>(yb0, yb1));
         } else {
-            let x0 = K[base + e0];
-            let x1 = K[base + e0 + 1u];
+            let x0 = kin(base + e0);
+            let x1 = kin(base + e0 + 1u);
             let c = cs(t, e0 / 2u);
             let y0 = x0 * c.x - x1 * c.y;
             let y1 = x0 * c.y + x1 * c.x;
@@ -1153,9 +1234,54 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     let t = l / vwpr;
     let w = l % vwpr;
     let cell = A[P.c.x + t];
-    Cv[cell * vwpr + w] = pack2x16float(vec2<f32>(V[t * vwpr * 2u + 2u * w], V[t * vwpr * 2u + 2u * w + 1u]));
+    let vi = t * vwpr * 2u + 2u * w;
+    let v0 = vin(vi);
+    let v1 = vin(vi + 1u);
+//@VOUT
+    Cv[cell * vwpr + w] = pack2x16float(vec2<f32>(v0, v1));
 }
 "#;
+
+/// `ROPE_KV` taking K and V as `matmul_cm2.comp`'s split-K partial products (Ks, Vs: c.z and
+/// c.w slices of tokens x width each) in place of the `SPLIT_SUM` passes that would add them:
+/// each value summed over its slices in `SPLIT_SUM`'s order, and written to K and V as those
+/// passes would have (the rotated K as `ROPE_KV` writes it), besides the cache.
+pub(crate) fn rope_kv_source(split: bool) -> String {
+    if !split {
+        return source(
+            &ROPE_KV.replace("//@KOUT\n", "").replace("//@VOUT\n", ""),
+            256,
+            None,
+        );
+    }
+    let body = ROPE_KV
+        .replace(
+            "var<storage, read> V: array<f32>;",
+            "var<storage, read_write> V: array<f32>;
+@group(0) @binding(7) var<storage, read> Ks: array<f32>;
+@group(0) @binding(8) var<storage, read> Vs: array<f32>;",
+        )
+        .replace(
+            "fn kin(i: u32) -> f32 { return K[i]; }
+fn vin(i: u32) -> f32 { return V[i]; }",
+            "fn kin(i: u32) -> f32 {
+    var s = Ks[i];
+    for (var z = 1u; z < P.c.z; z++) { s += Ks[z * P.a.x * P.a.z + i]; }
+    return s;
+}
+fn vin(i: u32) -> f32 {
+    var s = Vs[i];
+    for (var z = 1u; z < P.c.w; z++) { s += Vs[z * P.a.x * 2u * P.c.y + i]; }
+    return s;
+}",
+        )
+        .replace(
+            "//@KOUT\n",
+            "            K[base + e0] = k0;\n            K[base + e0 + 1u] = k1;\n",
+        )
+        .replace("//@VOUT\n", "    V[vi] = v0;\n    V[vi + 1u] = v1;\n");
+    source(&body, 256, None)
+}
 
 /// The fused kernels' sources with their helpers.
 pub(crate) fn glu_source(body: &str, q8k: bool) -> String {
@@ -2387,7 +2513,7 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// Adds `matmul_cm2.comp`'s split-K partial products (`splits` slices of tokens x rows, row
 /// stride rows, in S) into the output: token t's row r goes to O[t * stride + row0 + r], the
 /// slices summed in order. a = (tokens * rows, rows, splits, grid x), b = (stride, row0, _, _).
-pub(crate) const SPLIT_SUM: &str = r#"
+const SPLIT_SUM: &str = r#"
 @group(0) @binding(1) var<storage, read> S: array<f32>;
 @group(0) @binding(2) var<storage, read_write> O: array<f32>;
 @compute @workgroup_size(256)
@@ -2399,6 +2525,20 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     O[(i / P.a.y) * P.b.x + P.b.y + i % P.a.y] = s;
 }
 "#;
+
+/// `SPLIT_SUM`, or with `quads` four values a thread where rows, stride and row0 are multiples
+/// of 4 (every product of the models): a quarter of the threads and index divisions, 16-byte
+/// accesses (one value a thread, its 95 dispatches took 1.1 ms of an 8B prompt step on an
+/// H200). The same sums in the same order; with `quads`, a = (quads, rows / 4, splits, grid x),
+/// b = (stride / 4, row0 / 4, _, _).
+pub(crate) fn split_sum_source(quads: bool) -> String {
+    let body = if quads {
+        SPLIT_SUM.replace("array<f32>", "array<vec4<f32>>")
+    } else {
+        SPLIT_SUM.to_string()
+    };
+    source(&body, 256, None)
+}
 
 /// The part `ACT_Q8K_WIDE` and `GLU_F16` share: a thread's eight values `v` of 256-value block
 /// `blk` (its lane `s` of the block's 32; `live` where the block exists) rounded into `o`
@@ -2483,8 +2623,9 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
 /// (`matmul_cm2.comp`): each thread computes eight consecutive values of `act(G) * U`, writes
 /// them to O and rounds them through its block's Q8_K scale (the first signed extreme of the
 /// block, as `ACT_Q8K_WIDE`, held beside the maximum in shared memory rather than read back
-/// from O) into the packed f16 copy Q. Eight 256-value blocks a workgroup.
-/// a = (values (a multiple of 256), kind, _, grid x).
+/// from O) into the packed f16 copy Q; with a.z = 1, Q is O in plain f16 (`cm2_q8k_inputs`
+/// off). Eight 256-value blocks a workgroup. a = (values (a multiple of 256), kind, plain,
+/// grid x).
 pub(crate) const GLU_F16: &str = concat!(
     r#"
 @group(0) @binding(1) var<storage, read> G: array<vec4<f32>>;
@@ -2512,6 +2653,15 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         O[q0] = a;
         O[q0 + 1u] = b;
         v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    }
+    if (P.a.z != 0u) {
+        // Plain f16 (no Q8_K rounding): uniform, so no thread leaves before a barrier.
+        if (live) {
+            Q[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(v[0], v[1])),
+                pack2x16float(vec2<f32>(v[2], v[3])), pack2x16float(vec2<f32>(v[4], v[5])),
+                pack2x16float(vec2<f32>(v[6], v[7])));
+        }
+        return;
     }
 "#,
     q8k_wide_round!(),
@@ -3132,6 +3282,27 @@ mod tests {
             std::fs::write(format!("{dir}/{name}.wgsl"), src).expect("writes the source");
         }
         words
+    }
+
+    /// The kernels that only a device with VK_NV_cooperative_matrix2 reaches (split-K sums
+    /// folded into `ROPE_KV` and the add + norm, `SPLIT_SUM4`): valid WGSL with the bindings
+    /// the host gives them. Their results are checked on such a device (`gpu_bench --logits`,
+    /// the 8B model's logits against the CPU backend's).
+    #[test]
+    fn split_sum_kernels_compile() {
+        let rope = rope_kv_source(true);
+        assert!(rope.contains("@binding(8)") && rope.contains("V[vi] = v0;"));
+        naga_spirv(&rope, "rope kv split", "rope-kv-split");
+        naga_spirv(&rope_kv_source(false), "rope kv", "rope-kv");
+        for f16 in [false, true] {
+            let src = add_norm_split_source(f16);
+            let last = if f16 { 6 } else { 5 };
+            assert!(src.contains(&format!("@binding({last}) var<storage, read> S")));
+            naga_spirv(&src, "add norm split", &format!("add-norm-split-{f16}"));
+        }
+        let quads = split_sum_source(true);
+        assert_eq!(quads.matches("array<vec4<f32>>").count(), 2);
+        naga_spirv(&quads, "split sum4", "split-sum4");
     }
 
     #[test]

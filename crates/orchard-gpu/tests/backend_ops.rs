@@ -1390,56 +1390,105 @@ fn residual_add_folds_into_the_norm() {
     }
 }
 
-/// The prompt form of the fused GLU (`GLU_F16`) writes the f16 Q8_K-rounded copy that cm2
-/// products read: bit for bit what the separate `ACT_Q8K_WIDE` pass makes of its output (a
-/// block of zeros, rows of several blocks, SwiGLU and GeGLU), in one fewer dispatch each, with
-/// the same f32 output.
+/// The prompt form of the fused GLU (`GLU_F16`) writes the f16 copy that cm2 products read:
+/// bit for bit what the separate pass makes of its output (`ACT_Q8K_WIDE` where the products
+/// read Q8_K-rounded inputs, `ACT_QUANT`'s f16 mode where they read plain f16, the default),
+/// for a block of zeros, rows of several blocks, SwiGLU and GeGLU, in one fewer dispatch each,
+/// with the same f32 output.
 #[test]
 fn prompt_glu_writes_the_f16_product_input() {
     let mut rng = Rng(0xf16);
-    for cols in [768usize, 4096] {
-        let n = 12;
-        let mut gv = rng.vec(n * cols, 4.0);
-        // row 1's first block is zero: its copy is zero
-        gv[cols..cols + 256].iter_mut().for_each(|v| *v = 0.0);
-        let uv = rng.vec(n * cols, 2.0);
-        let run = |g: &mut GpuBackend| {
-            let gate = buf(g, n, cols, &gv);
-            let up = buf(g, n, cols, &uv);
-            let mut v = Vec::new();
-            for kind in [GluKind::SwiGlu, GluKind::GeGlu] {
-                let a = g.alloc(n, cols);
-                g.glu(gate, up, kind, a);
-                v.extend(g.prompt_f16_input(a));
-                v.extend(read(g, a));
+    for q8k in [true, false] {
+        for cols in [768usize, 4096] {
+            let n = 12;
+            let mut gv = rng.vec(n * cols, 4.0);
+            // row 1's first block is zero: its copy is zero
+            gv[cols..cols + 256].iter_mut().for_each(|v| *v = 0.0);
+            let uv = rng.vec(n * cols, 2.0);
+            let run = |g: &mut GpuBackend| {
+                let gate = buf(g, n, cols, &gv);
+                let up = buf(g, n, cols, &uv);
+                let mut v = Vec::new();
+                for kind in [GluKind::SwiGlu, GluKind::GeGlu] {
+                    let a = g.alloc(n, cols);
+                    g.glu(gate, up, kind, a);
+                    v.extend(g.prompt_f16_input(a));
+                    v.extend(read(g, a));
+                }
+                v
+            };
+            let mut g = gpu();
+            g.set_cm2_q8k_inputs(q8k);
+            let what = format!("f16 copies, {cols} wide, Q8_K-rounded {q8k}");
+            let got = assert_fusion_saves(&mut g, |g, on| g.set_fuse_f16(on, on), 2, &what, run);
+            assert!(
+                got[cols..cols + 256].iter().all(|&v| v == 0.0),
+                "{what}: zero block"
+            );
+            assert!(got[..256].iter().any(|&v| v != 0.0), "{what}: copy written");
+            let out = &got[n * cols..2 * n * cols];
+            if !q8k {
+                assert_f16_of(&got[..n * cols], out, &what);
+                continue;
             }
+            // the copy is the GLU's output rounded: within a Q8_K step (1/127 of its block's
+            // extreme) plus f16 rounding
+            for (b, (c, o)) in got[..n * cols].chunks(256).zip(out.chunks(256)).enumerate() {
+                let amax = o.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (x, y) in c.iter().zip(o) {
+                    assert!(
+                        (x - y).abs() <= amax / 254.0 * 1.01 + y.abs() / 1024.0,
+                        "{what}: block {b}: {x} for {y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `copy` is `out` rounded to f16, value for value.
+fn assert_f16_of(copy: &[f32], out: &[f32], what: &str) {
+    assert_eq!(copy.len(), out.len(), "{what}: lengths");
+    for (i, (c, o)) in copy.iter().zip(out).enumerate() {
+        assert_eq!(
+            c.to_bits(),
+            half::f16::from_f32(*o).to_f32().to_bits(),
+            "{what}: value {i}: {c} for {o}"
+        );
+    }
+}
+
+/// A prompt's residual add + norm (`ADD_NORM_F16`) writes the plain f16 copy cm2 products
+/// read: bit for bit what the separate pass makes of the norm's output, in one fewer
+/// dispatch, with the same f32 outputs (norm and residual); rows the kernel takes in one pass
+/// (up to 4096 values, from registers) and in two.
+#[test]
+fn prompt_add_norm_writes_the_f16_product_input() {
+    let mut rng = Rng(0xadd);
+    for cols in [768usize, 4096, 5120] {
+        let n = 12;
+        let xv = rng.vec(n * cols, 2.0);
+        let yv = rng.vec(n * cols, 2.0);
+        let nv = rng.vec(cols, 1.0);
+        let nw = weight("norm", DType::F32, cols, 1, &nv);
+        let run = |g: &mut GpuBackend| {
+            let nid = g.add_weight(&nw).unwrap();
+            let x = buf(g, n, cols, &xv);
+            let y = buf(g, n, cols, &yv);
+            let h = g.alloc(n, cols);
+            g.add(x, y);
+            g.rms_norm(x, Some(nid), 1e-5, h);
+            let mut v = g.prompt_f16_input(h);
+            v.extend(read(g, h));
+            v.extend(read(g, x));
             v
         };
         let mut g = gpu();
-        let got = assert_fusion_saves(
-            &mut g,
-            |g, on| g.set_fuse_f16(on, on),
-            2,
-            &format!("f16 copies, {cols} wide"),
-            run,
-        );
-        assert!(
-            got[cols..cols + 256].iter().all(|&v| v == 0.0),
-            "{cols}: zero block"
-        );
-        assert!(got[..256].iter().any(|&v| v != 0.0), "{cols}: copy written");
-        // the copy is the GLU's output rounded: within a Q8_K step (1/127 of its block's
-        // extreme) plus f16 rounding
-        let out = &got[n * cols..2 * n * cols];
-        for (b, (c, o)) in got[..n * cols].chunks(256).zip(out.chunks(256)).enumerate() {
-            let amax = o.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (x, y) in c.iter().zip(o) {
-                assert!(
-                    (x - y).abs() <= amax / 254.0 * 1.01 + y.abs() / 1024.0,
-                    "{cols}: block {b}: {x} for {y}"
-                );
-            }
-        }
+        let what = format!("add + norm f16 copy, {cols} wide");
+        let got = assert_fusion_saves(&mut g, |g, on| g.set_fuse_f16(on, on), 1, &what, run);
+        assert_f16_of(&got[..n * cols], &got[n * cols..2 * n * cols], &what);
+        let want: Vec<f32> = xv.iter().zip(&yv).map(|(a, b)| a + b).collect();
+        assert_eq!(&got[2 * n * cols..], &want[..], "{what}: residual");
     }
 }
 
