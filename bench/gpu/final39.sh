@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Run 39: prompt attention on VK_NV_cooperative_matrix2 (attn_cm2.comp), plain f16 inputs to
-# the cm2 products written by the kernels that make them. Optionally (ATTN=1) the attention
-# kernels side by side against the CPU; then per synthetic Q4_K_M shape (MODELS: 8b, smollm2,
-# gemma3) the prompt's last logits against the CPU backend's for each orchard setting (LOGITS=1),
-# and orchard and llama.cpp's Vulkan backend alternately, ROUNDS times, pp512 and tg128 (CFGS:
-# orchard settings to alternate with the default, e.g. ORCHARD_GPU_CM2_Q8K=1 or
-# ORCHARD_GPU_ATTN_CM2=0); one profiled 8B step. Carried: .gl/ and $BIN (gpu_bench,
-# llama-bench-vulkan.xz, lib/).
+# Runs 38 and 39 (final38.sh folded in): the cm2 prompt product shapes in SHAPES (e.g.
+# "q4_K:4096x14336 q6_K:14336x4096"; none by default) on each tile in TILES, checked against
+# the CPU; optionally (ATTN=1) the prompt attention kernels side by side against the CPU; then
+# per synthetic Q4_K_M shape (MODELS: 8b, smollm2, gemma3) the prompt's last logits against
+# the CPU backend's for each orchard setting (LOGITS=1, the default), and orchard and
+# llama.cpp's Vulkan backend alternately, ROUNDS times, pp512 and tg128 (CFGS: orchard
+# settings to alternate with the default, e.g. ORCHARD_GPU_CM2_Q8K=1 or
+# ORCHARD_GPU_ATTN_CM2=0); one profiled 8B step (PROFILE=1, the default). Carried: .gl/ and
+# $BIN (gpu_bench, llama-bench-vulkan.xz, lib/).
 set -u
 . bench/gpu/vulkan-env.sh
+for f in ${SHAPES-}; do
+    timeout 40 env ORCHARD_BENCH_CM2_TILES=${TILES:-128x256x64h,128x128x64,128x64x32} ORCHARD_BENCH_CHECK_TOKENS=77 \
+        $N --kernels --no-matvec --warm-ms 200 --formats ${f%%:*} --shape ${f#*:} 2>&1 |
+        grep -E "cm2" | tee -a "$OUT/kernels.txt"
+done
 if [ "${ATTN:-0}" = 1 ]; then
     timeout 150 $N --attn -p 512 2>&1 | grep -E "attn|non-finite|panic" | tee "$OUT/attn.txt"
 fi

@@ -318,7 +318,7 @@ enum Kernel {
     /// RMS norm and GLU writing a packed Q8_K copy of their output too (decode).
     NormQ8K,
     GluQ8K,
-    /// `GLU_F16`: the prompt form, writing the f16 Q8_K-rounded copy `matmul_cm2.comp` reads.
+    /// `GLU_F16`: the prompt form, writing the f16 copy `matmul_cm2.comp` reads.
     GluF16,
     Norm,
     NormInplace,
@@ -656,11 +656,12 @@ pub struct GpuBackend {
     /// that the integer-dot kernels read (one dispatch instead of two), and K and V go into
     /// the cache in one dispatch; `ORCHARD_GPU_FUSE=0` turns both off.
     fuse_q8k: bool,
-    /// Whether prompt GLUs also write the f16 Q8_K-rounded copy a cm2 product reads
-    /// (`GLU_F16`; `ORCHARD_GPU_FUSE_F16=0` turns it off), and whether they do so without cm2
-    /// too (tests: lavapipe has no cm2). The norms do not: two fused forms of the residual add
-    /// and norm were slower than `ADD_NORM` plus `ACT_Q8K_WIDE` (34 and 42 against 30 us a
-    /// dispatch on 8B prompt rows, H200, run 38).
+    /// Whether the kernels that make a cm2 product's input also write its f16 copy (`GLU_F16`,
+    /// `ADD_NORM_F16`, the cm2 attention; `ORCHARD_GPU_FUSE_F16=0` turns it off), and whether
+    /// they do so without cm2 too (tests: lavapipe has no cm2). The add + norm and the
+    /// attention write plain f16 only: fused forms of the norm with the Q8_K rounding were
+    /// slower than `ADD_NORM` plus `ACT_Q8K_WIDE` (34 and 42 against 30 us a dispatch on 8B
+    /// prompt rows, H200, run 38).
     fuse_f16: bool,
     fuse_f16_always: bool,
     /// Tiled prefill attention (`ATTN_TILE`) for steps whose sequences all have 64+ queries.
@@ -1282,24 +1283,11 @@ impl GpuBackend {
             // The split-K sums of the K and V products, recorded just before the RoPEs (V's
             // product between them, which reads neither), taken over too.
             let vs = self.res(v);
-            let split = match (self.tail(4), self.tail(2)) {
-                (
-                    Some(Fusable::SplitSum {
-                        out: ko,
-                        scratch: ks,
-                        splits: kz,
-                    }),
-                    Some(Fusable::SplitSum {
-                        out: vo,
-                        scratch: vsc,
-                        splits: vz,
-                    }),
-                ) if *ko == kr.id
-                    && *vo == vs.id
-                    && kr.id != vs.id
-                    && 8 <= self.limits.max_storage_buffers_per_shader_stage =>
+            let split = match (self.split_sum_at(4, kr.id), self.split_sum_at(2, vs.id)) {
+                (Some((ks, kz)), Some((vsc, vz)))
+                    if kr.id != vs.id && 8 <= self.limits.max_storage_buffers_per_shader_stage =>
                 {
-                    Some((ks.clone(), *kz, vsc.clone(), *vz))
+                    Some((ks, kz, vsc, vz))
                 }
                 _ => None,
             };
@@ -1508,20 +1496,22 @@ impl GpuBackend {
         self.fuse_q8k = on;
     }
 
-    /// Whether prompt GLUs write the f16 Q8_K-rounded copy of their output that the cm2
-    /// products read (on by default, where cm2 runs and the rows are 4096 or wider); with
-    /// `always`, on every device and width (tests, through `prompt_f16_input`).
+    /// Whether cm2 products read their inputs rounded through Q8_K (`ORCHARD_GPU_CM2_Q8K=1`)
+    /// or in plain f16 (the default).
     pub fn set_cm2_q8k_inputs(&mut self, on: bool) {
         self.cm2_q8k_inputs = on;
     }
 
+    /// Whether the kernels that make a prompt product's input write the f16 copy cm2 products
+    /// read (on by default, where cm2 runs and the rows are 4096 or wider); with `always`, on
+    /// every device and width (tests, through `prompt_f16_input`).
     pub fn set_fuse_f16(&mut self, on: bool, always: bool) {
         self.fuse_f16 = on;
         self.fuse_f16_always = always;
     }
 
-    /// The f16 Q8_K-rounded copy of `x` a cm2 prompt product reads (the fused one where a
-    /// GLU wrote it, else made now), unpacked: for tests of the fused kernel.
+    /// The f16 copy of `x` a cm2 prompt product reads (the fused one where the kernel that
+    /// wrote `x` made it, else made now), unpacked: for tests of the fused kernels.
     #[doc(hidden)]
     pub fn prompt_f16_input(&mut self, x: BufId) -> Vec<f32> {
         let n = self.buf(x).n_tokens * self.buf(x).width;
@@ -1669,6 +1659,19 @@ impl GpuBackend {
                 self.recent.remove(0);
             }
             self.recent.push((idx, f));
+        }
+    }
+
+    /// The scratch buffer and split count of the `SPLIT_SUM` into all of buffer `out`
+    /// recorded `back` dispatches ago, where one was (and marked fusable).
+    fn split_sum_at(&self, back: usize, out: u64) -> Option<(Res, u32)> {
+        match self.tail(back) {
+            Some(Fusable::SplitSum {
+                out: o,
+                scratch,
+                splits,
+            }) if *o == out => Some((scratch.clone(), *splits)),
+            _ => None,
         }
     }
 
@@ -2099,7 +2102,8 @@ impl GpuBackend {
         ]);
         self.dispatch(Kernel::SplitSum(quads), &[&scratch, res[2]], q, g);
         if crow == stride && row0 == 0 {
-            // Partial and output indices agree: `ROPE_KV` can add these itself.
+            // Partial and output indices agree: the consumer (`ROPE_KV`, the add + norm) can
+            // add these itself.
             let out = res[2].id;
             let splits = split as u32;
             self.mark_fusable(Fusable::SplitSum {
@@ -2217,17 +2221,20 @@ impl GpuBackend {
     }
 
     /// Where a kernel writing `x` (about to be `n_tokens` x `width`) should put the f16 copy
-    /// `matmul_input` gives cm2 products (rounded as `f16_mode` says), when that fusion
-    /// applies: the buffer and its capacity in values. Register it with `f16_written` after.
+    /// `matmul_input` gives cm2 products (rounded as `f16_mode` says; `plain_only` for a kernel
+    /// that can only write plain f16), when that fusion applies: the buffer and its capacity
+    /// in values. Register it with `f16_written` after.
     fn f16_fused_target(
         &mut self,
         x: BufId,
         n_tokens: usize,
         width: usize,
+        plain_only: bool,
     ) -> Option<(Res, usize)> {
         let key = (x.0, self.f16_mode() | ACT_F16);
         let cm2_reads = self.cm2 && width >= CM2_MIN_COLS;
         if !self.fuse_f16
+            || (plain_only && self.f16_mode() != 2)
             || n_tokens <= MATVEC_MAX_TOKENS
             || !width.is_multiple_of(256)
             || !(cm2_reads || self.fuse_f16_always)
@@ -2800,52 +2807,44 @@ impl Backend for GpuBackend {
             _ => None,
         };
         if let Some(yr) = pending_add {
-            // The split-K sum that made the addend, recorded just before the add, taken over
-            // too (a prompt's down product: the norm then reads its partial products).
-            let split = match self.tail(1) {
-                Some(Fusable::SplitSum {
-                    out: so,
-                    scratch,
-                    splits,
-                }) if *so == yr.id && yr.id != xr.id => Some((scratch.clone(), *splits)),
-                _ => None,
-            };
             self.drop_tail(1);
             let mut p = [0u32; 16];
             p[..4].copy_from_slice(&[width as u32, n as u32, w.is_some() as u32, gx]);
             p[12] = eps.to_bits();
-            let f16 = self
-                .f16_fused_target(out, n, width)
-                .filter(|_| self.f16_mode() == 2 && self.f16_shaders);
-            let plain_f32 = !q8k_norm || !self.fuse_add_norm_q8k;
-            if let (Some((s, splits)), true) = (split, plain_f32) {
-                self.drop_tail(1);
-                p[5] = splits;
-                p[6] = (n * width) as u32;
-                match f16 {
-                    Some((f, cap)) => {
-                        let binds = [&xr, &yr, &wr, &or, &f, &s];
-                        self.dispatch(Kernel::AddNormSplit(true), &binds, p, groups);
-                        self.f16_written(out, f, cap);
-                    }
-                    None => {
-                        let binds = [&xr, &yr, &wr, &or, &s];
-                        self.dispatch(Kernel::AddNormSplit(false), &binds, p, groups);
-                    }
-                }
-                return;
-            }
             if let Some((q, cap, d_off)) = self.q8k_fused_target(out, n, width) {
                 p[4] = d_off;
                 self.dispatch(Kernel::AddNorm(true), &[&xr, &yr, &wr, &or, &q], p, groups);
                 self.q8k_written(out, q, cap);
-            } else if let Some((f, cap)) = f16 {
-                // Plain f16 only: the norm's thread layout has no cheap Q8_K rounding (three
-                // fused layouts were slower than the separate pass, run 38).
-                self.dispatch(Kernel::AddNormF16, &[&xr, &yr, &wr, &or, &f], p, groups);
-                self.f16_written(out, f, cap);
+                return;
+            }
+            // The plain f16 copy (the norm's thread layout has no cheap Q8_K rounding: three
+            // fused layouts were slower than the separate pass, run 38), and the split-K sum
+            // that made the addend, recorded just before the add (a prompt's down product),
+            // taken over too: the norm then reads its partial products.
+            let f16 = if self.f16_shaders {
+                self.f16_fused_target(out, n, width, true)
             } else {
-                self.dispatch(Kernel::AddNorm(false), &[&xr, &yr, &wr, &or], p, groups);
+                None
+            };
+            let split = self.split_sum_at(0, yr.id).filter(|_| yr.id != xr.id);
+            let mut binds = vec![&xr, &yr, &wr, &or];
+            if let Some((f, _)) = &f16 {
+                binds.push(f);
+            }
+            let kernel = match &split {
+                Some((s, splits)) => {
+                    self.drop_tail(1);
+                    p[5] = *splits;
+                    p[6] = (n * width) as u32;
+                    binds.push(s);
+                    Kernel::AddNormSplit(f16.is_some())
+                }
+                None if f16.is_some() => Kernel::AddNormF16,
+                None => Kernel::AddNorm(false),
+            };
+            self.dispatch(kernel, &binds, p, groups);
+            if let Some((f, cap)) = f16 {
+                self.f16_written(out, f, cap);
             }
             return;
         }
@@ -3259,7 +3258,7 @@ impl Backend for GpuBackend {
             self.q8k_written(out, q, cap);
             return;
         }
-        if let Some((q, cap)) = self.f16_fused_target(out, n, width) {
+        if let Some((q, cap)) = self.f16_fused_target(out, n, width, false) {
             let (groups, gx) = self.grid((total / 256).div_ceil(8), 1);
             let mut p = [0u32; 16];
             let plain = (self.f16_mode() == 2) as u32;
@@ -3565,9 +3564,7 @@ impl Backend for GpuBackend {
         };
         if let Kernel::AttnCm2(_) = kernel {
             // The plain f16 copy the o product reads, written by the same dispatch.
-            let f16 = self
-                .f16_fused_target(out, n, width)
-                .filter(|_| self.f16_mode() == 2);
+            let f16 = self.f16_fused_target(out, n, width, true);
             pp[10] = f16.is_some() as u32;
             let f = f16.as_ref().map_or(&self.dummy, |(f, _)| f).clone();
             self.dispatch(kernel, &[&qr, &kres, &vres, &aux, &or, &f], pp, groups);

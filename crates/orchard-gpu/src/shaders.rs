@@ -2540,6 +2540,36 @@ pub(crate) fn split_sum_source(quads: bool) -> String {
     source(&body, 256, None)
 }
 
+/// The entry point `ACT_Q8K_WIDE` and `GLU_F16` share (after their bindings), with the shared
+/// memory of `q8k_wide_round!` and how they share out a workgroup's eight 256-value blocks:
+/// lane `s` of block `blk` (`live` where it exists) takes its eight values at quads `q0` and
+/// `q0 + 1`; and the packing of eight values into four words of f16 pairs (what
+/// `matmul_cm2.comp` reads), a module-scope function.
+macro_rules! q8k_wide_main {
+    () => {
+        r#"var<workgroup> am: array<f32, 256>;
+var<workgroup> av: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = lid % 32u; // this thread's eight values of its block
+    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
+    let live = blk * 256u < P.a.x;
+    let q0 = blk * 64u + 2u * s; // first of its two quads
+"#
+    };
+}
+
+macro_rules! pack8_f16_fn {
+    () => {
+        r#"
+fn pack8_f16(o: array<f32, 8>) -> vec4<u32> {
+    return vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])), pack2x16float(vec2<f32>(o[2], o[3])),
+        pack2x16float(vec2<f32>(o[4], o[5])), pack2x16float(vec2<f32>(o[6], o[7])));
+}
+"#
+    };
+}
+
 /// The part `ACT_Q8K_WIDE` and `GLU_F16` share: a thread's eight values `v` of 256-value block
 /// `blk` (its lane `s` of the block's 32; `live` where the block exists) rounded into `o`
 /// through the block's scale, set by its first signed extreme (kept beside each partial
@@ -2590,15 +2620,9 @@ pub(crate) const ACT_Q8K_WIDE: &str = concat!(
     r#"
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> O: array<vec4<u32>>;
-var<workgroup> am: array<f32, 256>;
-var<workgroup> av: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = lid % 32u; // this thread's eight values of its block
-    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
-    let live = blk * 256u < P.a.x;
-    let q0 = blk * 64u + 2u * s; // first of its two quads
-    var a = vec4<f32>(0.0);
+"#,
+    q8k_wide_main!(),
+    r#"    var a = vec4<f32>(0.0);
     var b = vec4<f32>(0.0);
     if (live) {
         a = X[q0];
@@ -2611,12 +2635,11 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
         O[q0] = bitcast<vec4<u32>>(vec4<f32>(o[0], o[1], o[2], o[3]));
         O[q0 + 1u] = bitcast<vec4<u32>>(vec4<f32>(o[4], o[5], o[6], o[7]));
     } else {
-        O[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
-            pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
-            pack2x16float(vec2<f32>(o[6], o[7])));
+        O[blk * 32u + s] = pack8_f16(o);
     }
 }
-"#
+"#,
+    pack8_f16_fn!()
 );
 
 /// `GLU` fused with `ACT_Q8K_WIDE` on its output, for prompt rows whose products read f16
@@ -2632,15 +2655,9 @@ pub(crate) const GLU_F16: &str = concat!(
 @group(0) @binding(2) var<storage, read> U: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Q: array<vec4<u32>>;
-var<workgroup> am: array<f32, 256>;
-var<workgroup> av: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = lid % 32u; // this thread's eight values of its block
-    let blk = (g.y * P.a.w + g.x) * 8u + lid / 32u;
-    let live = blk * 256u < P.a.x;
-    let q0 = blk * 64u + 2u * s; // first of its two quads
-    var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+"#,
+    q8k_wide_main!(),
+    r#"    var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     if (live) {
         let g0 = G[q0];
         let g1 = G[q0 + 1u];
@@ -2657,19 +2674,16 @@ fn main(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) li
     if (P.a.z != 0u) {
         // Plain f16 (no Q8_K rounding): uniform, so no thread leaves before a barrier.
         if (live) {
-            Q[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(v[0], v[1])),
-                pack2x16float(vec2<f32>(v[2], v[3])), pack2x16float(vec2<f32>(v[4], v[5])),
-                pack2x16float(vec2<f32>(v[6], v[7])));
+            Q[blk * 32u + s] = pack8_f16(v);
         }
         return;
     }
 "#,
     q8k_wide_round!(),
-    r#"    Q[blk * 32u + s] = vec4<u32>(pack2x16float(vec2<f32>(o[0], o[1])),
-        pack2x16float(vec2<f32>(o[2], o[3])), pack2x16float(vec2<f32>(o[4], o[5])),
-        pack2x16float(vec2<f32>(o[6], o[7])));
+    r#"    Q[blk * 32u + s] = pack8_f16(o);
 }
-"#
+"#,
+    pack8_f16_fn!()
 );
 
 /// Assembles a kernel's source: the params block, the format's `deq` for weight kernels, the

@@ -58,7 +58,6 @@ pub struct Context {
     output_slot: usize,
     n_cells: usize,
     host: Vec<f32>,
-    embd_row: Vec<f32>,
     /// Sequence of each row of the current step (see `Backend::set_row_sequences`).
     row_seqs: Vec<u32>,
 }
@@ -151,7 +150,6 @@ impl Context {
             output_slot,
             n_cells,
             host: Vec::new(),
-            embd_row: Vec::new(),
             row_seqs: Vec::new(),
         })
     }
@@ -250,7 +248,6 @@ impl Context {
             .expect("validated at load") as usize;
         let bytes = emb.bytes();
         self.host.resize(n * hp.n_embd, 0.0);
-        self.embd_row.resize(hp.n_embd, 0.0);
         // A prompt's rows on scoped threads, EMBD_ROWS or more each: one thread took ~1.1 ms
         // for 512 rows of 4096 (Q4_K), all of it before the first layer could start on a GPU
         // (an 8B prompt on an H200: pp512 +4 %). Not the CPU kernels' pool: its workers would
@@ -273,8 +270,15 @@ impl Context {
                 }
             }
         };
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get().min(8));
-        let per = EMBD_ROWS.max(n.div_ceil(threads));
+        // Asked once: on Linux the answer reads the cgroup's CPU quota from files.
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let per = if n < 2 * EMBD_ROWS {
+            n.max(1)
+        } else {
+            let threads = *THREADS
+                .get_or_init(|| std::thread::available_parallelism().map_or(1, |t| t.get().min(8)));
+            EMBD_ROWS.max(n.div_ceil(threads))
+        };
         let lookup = &lookup;
         // Chunks whose thread the OS would not give, done here afterwards.
         let mut unspawned = Vec::new();
